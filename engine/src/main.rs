@@ -1,0 +1,113 @@
+//! `relay`: an AT Protocol relay on io_uring, one glommio executor per core.
+//!
+//! This binary owns the CLI, the core layout and executors, the listeners, XRPC handlers, metrics and
+//! shutdown. It holds no relay policy: validation, sequencing and fanout live in `shards`.
+
+mod http;
+mod layout;
+mod runtime;
+mod xrpc;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// An AT Protocol relay: subscribes to PDS hosts, validates and sequences their events, persists them
+/// in RocksDB and serves `com.atproto.sync.subscribeRepos` with cursor replay.
+#[derive(Parser, Debug)]
+#[command(name = "relay", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the relay.
+    Serve(ServeArgs),
+}
+
+/// When the sequencer's group commits are fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Fsync {
+    /// Every group commit is fsynced before its events are served (survives power loss).
+    Always,
+    /// Group commits reach the OS but are not fsynced (survives a process crash, not a power loss).
+    Never,
+}
+
+/// Flags of `relay serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Upstream host to subscribe to, as `hostname[:port]` (repeatable). Only `localhost` hosts are
+    /// supported in this version (plain ws://); TLS upstreams are not implemented yet.
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+
+    /// PLC directory base URL for did:plc resolution, http:// only in this version,
+    /// e.g. http://localhost:2582.
+    #[arg(long, value_name = "URL", required_unless_present = "print_layout")]
+    pub plc_url: Option<String>,
+
+    /// Directory of the RocksDB store (created if missing).
+    #[arg(long, default_value = "./data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Address the HTTP/websocket API listens on (one SO_REUSEPORT listener per fanout core).
+    #[arg(long, default_value = "127.0.0.1:2470", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// CPUs running ingest shards, e.g. `0-3,6` (default: automatic layout).
+    #[arg(long, value_name = "CPUS")]
+    pub ingest_cores: Option<String>,
+
+    /// CPUs running fanout shards and the API, e.g. `4-7` (default: automatic layout).
+    #[arg(long, value_name = "CPUS")]
+    pub fanout_cores: Option<String>,
+
+    /// CPU running the sequencer (default: automatic layout).
+    #[arg(long, value_name = "CPU")]
+    pub sequencer_core: Option<usize>,
+
+    /// CPU RocksDB's flush and compaction threads are pinned to (default: automatic layout).
+    #[arg(long, value_name = "CPU")]
+    pub compaction_core: Option<usize>,
+
+    /// Print which role runs on which CPU, then exit.
+    #[arg(long)]
+    pub print_layout: bool,
+
+    /// Durability of group commits.
+    #[arg(long, value_enum, default_value = "always")]
+    pub fsync: Fsync,
+
+    /// Frames queued per subscriber before it is dropped with ConsumerTooSlow (1 and up).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub subscriber_queue: u64,
+
+    /// RocksDB background threads for flushes and compactions (1-64).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=64))]
+    pub rocksdb_threads: i32,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => runtime::serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Process start-up and shutdown: the store (opened on the compaction core so RocksDB's threads
+//! inherit that pinning), the channels between roles, one pinned glommio executor per CPU with a task
+//! queue per role, and signal handling.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+use prometheus_client::registry::Registry;
+use shards::fanout::{FanoutConfig, FanoutShard};
+use shards::identity::IdentityConfig;
+use shards::ingest::{IngestConfig, shard_for_host};
+use shards::messages::{IngestMsg, PublishedBatch};
+use shards::sequencer::SequencerConfig;
+use shards::{Metrics, ingest, sequencer};
+use storage::{Store, StoreOptions};
+use wire::Hostname;
+
+use crate::layout::{self, Layout};
+use crate::{Fsync, ServeArgs};
+
+/// Capacity of each ingest → sequencer queue, in messages.
+const INGEST_QUEUE: usize = 4096;
+/// Capacity of each sequencer → fanout queue, in batches.
+const FANOUT_QUEUE: usize = 256;
+/// glommio's registered I/O buffer per executor. The relay does no glommio file I/O, so this stays
+/// small; it is locked memory (see kernel-notes.md).
+const IO_MEMORY_BYTES: usize = 1 << 20;
+
+/// What one executor runs.
+#[derive(Default)]
+struct Work {
+    ingest: Option<(SharedSender<IngestMsg>, Vec<Hostname>)>,
+    sequencer: Option<(Vec<SharedReceiver<IngestMsg>>, Vec<SharedSender<PublishedBatch>>)>,
+    fanout: Option<SharedReceiver<PublishedBatch>>,
+}
+
+/// Shared between executors and the main thread.
+struct Control {
+    stop: AtomicBool,
+    fatal: Mutex<Vec<String>>,
+}
+
+impl Control {
+    fn fail(&self, msg: String) {
+        tracing::error!("{msg}");
+        if let Ok(mut f) = self.fatal.lock() {
+            f.push(msg);
+        }
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+fn parse_hosts(raw: &[String]) -> anyhow::Result<Vec<Hostname>> {
+    let mut hosts = Vec::new();
+    for h in raw {
+        let bare = h.trim_start_matches("ws://").trim_start_matches("http://").trim_end_matches('/');
+        let host = Hostname::parse_lenient(bare).with_context(|| format!("--host {h:?} is not a hostname[:port]"))?;
+        if !host.is_localhost() {
+            bail!("--host {h}: only localhost hosts (plain ws://) are supported in this version; TLS upstreams are not implemented yet");
+        }
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    Ok(hosts)
+}
+
+fn raise_memlock() {
+    // SAFETY: getrlimit/setrlimit only read/write the struct passed.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) != 0 {
+                tracing::warn!("cannot raise RLIMIT_MEMLOCK soft limit to the hard limit");
+            }
+        }
+    }
+}
+
+/// Opens the store from a thread pinned to the compaction CPU, so RocksDB's background threads
+/// (created during open) inherit that affinity.
+fn open_store(args: &ServeArgs, compaction_cpu: usize) -> anyhow::Result<Arc<Store>> {
+    let path = args.data_dir.clone();
+    let options = StoreOptions {
+        sync_writes: args.fsync == Fsync::Always,
+        background_threads: args.rocksdb_threads,
+        ..StoreOptions::default()
+    };
+    std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+    let opened = std::thread::Builder::new()
+        .name("relay-store-open".into())
+        .spawn(move || {
+            if let Err(e) = layout::pin_current_thread(compaction_cpu) {
+                tracing::warn!(cpu = compaction_cpu, error = %e, "cannot pin RocksDB threads");
+            }
+            Store::open(&path, &options)
+        })
+        .context("spawning the store thread")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
+    Ok(Arc::new(opened.with_context(|| format!("opening the store in {}", args.data_dir.display()))?))
+}
+
+/// Runs `relay serve` until SIGINT/SIGTERM or a fatal error.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let allowed = layout::allowed_cpus();
+    let layout = layout::resolve(
+        &allowed,
+        args.ingest_cores.as_deref(),
+        args.fanout_cores.as_deref(),
+        args.sequencer_core,
+        args.compaction_core,
+    )?;
+    if args.print_layout {
+        print!("{layout}");
+        return Ok(());
+    }
+    let plc_url = args.plc_url.clone().context("--plc-url is required")?;
+    shards::net::HttpUrl::parse(&plc_url).with_context(|| format!("--plc-url {plc_url}"))?;
+    let hosts = parse_hosts(&args.hosts)?;
+    raise_memlock();
+
+    let store = open_store(&args, layout.compaction)?;
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+    let control = Arc::new(Control { stop: AtomicBool::new(false), fatal: Mutex::new(Vec::new()) });
+
+    let mut work: std::collections::BTreeMap<usize, Work> =
+        layout.executor_cpus().into_iter().map(|c| (c, Work::default())).collect();
+    let mut ingest_rx = Vec::new();
+    let mut per_shard_hosts: Vec<Vec<Hostname>> = vec![Vec::new(); layout.ingest.len()];
+    for h in hosts {
+        per_shard_hosts[shard_for_host(&h, layout.ingest.len())].push(h);
+    }
+    for (cpu, hosts) in layout.ingest.iter().zip(per_shard_hosts) {
+        let (tx, rx) = shared_channel::new_bounded(INGEST_QUEUE);
+        ingest_rx.push(rx);
+        if let Some(w) = work.get_mut(cpu) {
+            w.ingest = Some((tx, hosts));
+        }
+    }
+    let mut fanout_tx = Vec::new();
+    for cpu in &layout.fanout {
+        let (tx, rx) = shared_channel::new_bounded(FANOUT_QUEUE);
+        fanout_tx.push(tx);
+        if let Some(w) = work.get_mut(cpu) {
+            w.fanout = Some(rx);
+        }
+    }
+    if let Some(w) = work.get_mut(&layout.sequencer) {
+        w.sequencer = Some((ingest_rx, fanout_tx));
+    }
+
+    tracing::info!(layout = %layout.summary(), data_dir = %args.data_dir.display(), listen = %args.listen, "starting relay");
+    let mut handles = Vec::new();
+    for (cpu, w) in work {
+        let ctx = ExecCtx {
+            args: args.clone(),
+            plc_url: plc_url.clone(),
+            store: Arc::clone(&store),
+            metrics: metrics.clone(),
+            registry: Arc::clone(&registry),
+            control: Arc::clone(&control),
+        };
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("relay-cpu{cpu}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(move || run_executor(ctx, w))
+            .with_context(|| format!("starting the executor on CPU {cpu} (is io_uring available and `ulimit -l` at least 1 MiB?)"))?;
+        handles.push(handle);
+    }
+
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .context("installing signal handlers")?;
+    let sig_handle = signals.handle();
+    let watcher_control = Arc::clone(&control);
+    let signal_thread = std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "shutting down");
+            watcher_control.stop.store(true, Ordering::Release);
+        }
+    });
+    for h in handles {
+        let _ = h.join();
+    }
+    sig_handle.close();
+    let _ = signal_thread.join();
+    let fatal = control.fatal.lock().map(|f| f.clone()).unwrap_or_default();
+    // Dropping the last Arc<Store> closes RocksDB; every acknowledged batch is already in its WAL.
+    drop(store);
+    if let Some(first) = fatal.first() {
+        bail!("{first}");
+    }
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+struct ExecCtx {
+    args: ServeArgs,
+    plc_url: String,
+    store: Arc<Store>,
+    metrics: Metrics,
+    registry: Arc<Registry>,
+    control: Arc<Control>,
+}
+
+async fn run_executor(ctx: ExecCtx, work: Work) {
+    let ex = glommio::executor();
+    let control = Arc::clone(&ctx.control);
+    if let Some((tx, hosts)) = work.ingest {
+        let tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "ingest");
+        let mut config = IngestConfig::new(IdentityConfig::new(ctx.plc_url.clone()));
+        config.identity.timeout = Duration::from_secs(10);
+        let fut = ingest::run(config, hosts, tx, Arc::clone(&ctx.store), ctx.metrics.clone());
+        if let Ok(t) = glommio::spawn_local_into(fut, tq) {
+            t.detach();
+        }
+    }
+    if let Some((rx, tx)) = work.sequencer {
+        let tq = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(10)), "sequencer");
+        let store = Arc::clone(&ctx.store);
+        let metrics = ctx.metrics.clone();
+        let control = Arc::clone(&ctx.control);
+        let fut = async move {
+            if let Err(e) = sequencer::run(SequencerConfig::default(), rx, tx, store, metrics).await {
+                control.fail(format!("sequencer stopped: {e}"));
+            }
+        };
+        if let Ok(t) = glommio::spawn_local_into(fut, tq) {
+            t.detach();
+        }
+    }
+    if let Some(rx) = work.fanout {
+        if let Err(e) = start_fanout(&ctx, rx) {
+            control.fail(format!("{e:#}"));
+        }
+    }
+    while !control.stop.load(Ordering::Acquire) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn start_fanout(ctx: &ExecCtx, rx: SharedReceiver<PublishedBatch>) -> anyhow::Result<()> {
+    let ex = glommio::executor();
+    let fanout_tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "fanout");
+    // The API answers health checks under load: its own queue, latency-sensitive.
+    let api_tq = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(5)), "api");
+    let config = FanoutConfig {
+        subscriber_queue: usize::try_from(ctx.args.subscriber_queue).unwrap_or(usize::MAX),
+        ..FanoutConfig::default()
+    };
+    let shard = FanoutShard::new(config, Arc::clone(&ctx.store), ctx.metrics.clone()).context("starting a fanout shard")?;
+    glommio::spawn_local_into(Rc::clone(&shard).run_publisher(rx), fanout_tq)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .detach();
+    let listener = glommio::net::TcpListener::bind(ctx.args.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", ctx.args.listen))?;
+    tracing::info!(listen = %ctx.args.listen, "listening");
+    let xrpc_ctx = Rc::new(crate::xrpc::Ctx { fanout: shard, fanout_tq, registry: Arc::clone(&ctx.registry) });
+    glommio::spawn_local_into(crate::http::accept_loop(listener, xrpc_ctx, api_tq), api_tq)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .detach();
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! `com.atproto.sync.subscribeRepos`: the websocket upgrade and the `cursor` parameter. The stream
+//! itself is served by the fanout shard (`shards::fanout`).
+
+/// The lexicon NSID.
+pub const NSID: &str = "com.atproto.sync.subscribeRepos";
+
+use wire::RelaySeq;
+
+use super::{Ctx, Routed};
+use crate::http::{Request, Response};
+
+/// Validates the upgrade request and the cursor.
+///
+/// Errors (HTTP 400, XRPC `InvalidRequest`): not a websocket upgrade, missing or unsupported
+/// `Sec-WebSocket-Version` (13 only), missing key, or a cursor that is not a non-negative integer.
+/// A cursor ahead of the relay is answered inside the stream with the lexicon's `FutureCursor` error.
+pub fn handle(req: &Request, _ctx: &Ctx) -> Routed {
+    let mut cursor = None;
+    for (name, value) in req.params() {
+        if name == "cursor" {
+            match value.parse::<u64>() {
+                Ok(c) if c <= i64::MAX as u64 => cursor = Some(RelaySeq(c)),
+                _ => {
+                    return Routed::Respond(Response::xrpc_error(
+                        400,
+                        "InvalidRequest",
+                        &format!("cursor must be a non-negative integer, got {value:?}"),
+                    ));
+                }
+            }
+        }
+    }
+    let upgrade = req.header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let connection = req
+        .header("connection")
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    if !upgrade || !connection {
+        return Routed::Respond(Response::xrpc_error(400, "InvalidRequest", "subscribeRepos needs a websocket upgrade"));
+    }
+    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Routed::Respond(Response::xrpc_error(400, "InvalidRequest", "Sec-WebSocket-Version must be 13"));
+    }
+    let Some(key) = req.header("sec-websocket-key") else {
+        return Routed::Respond(Response::xrpc_error(400, "InvalidRequest", "missing Sec-WebSocket-Key"));
+    };
+    Routed::Upgrade { accept_key: wire::ws::accept_key(key), cursor }
+}

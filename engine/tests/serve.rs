@@ -1,0 +1,170 @@
+//! End-to-end scenarios of `relay serve`: fake host → relay → subscriber. Every input frame is marked
+//! deliver or drop, and drops are asserted by reason, not only deliveries.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Account, FakeHost, FakePlc, Relay, Seen, read_until_idle, subscribe};
+use wire::frame::Event;
+
+/// What a frame from the host must become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Deliver,
+    Drop(&'static str),
+}
+
+fn type_of(seen: &Seen) -> &'static str {
+    match seen {
+        Seen::Event(e) => e.type_name(),
+        Seen::Error(_) => "error",
+    }
+}
+
+#[test]
+fn validates_sequences_replays_and_survives_restart() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let pds = format!("http://{}", host.hostname());
+    let mut alice = Account::new("did:plc:alice0000000000000000000", 1);
+    let bob = Account::new("did:plc:bob00000000000000000000000", 2);
+    let stranger = Account::new("did:plc:unknown000000000000000000", 3);
+    let mallory = Account::new("did:plc:mallory000000000000000000", 4);
+    plc.put(&alice.did, alice.did_doc(&pds));
+    // Bob's document names another PDS: this host has no authority over him.
+    plc.put(&bob.did, bob.did_doc("https://elsewhere.example.com"));
+
+    let mut inputs: Vec<(Vec<u8>, Expect)> = Vec::new();
+    inputs.push((alice.identity(1), Expect::Deliver));
+    let (rev1, f) = alice.commit(2, None);
+    inputs.push((f, Expect::Deliver));
+    let (rev2, f) = alice.commit(3, Some(rev1.clone()));
+    inputs.push((f, Expect::Deliver));
+    // Signed by another key.
+    let rev_bad = alice.next_rev();
+    let ev = alice.commit_with(4, &rev_bad, Some(rev2.clone()), 64, &mallory.key);
+    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("bad_signature")));
+    // Valid signature, but rev1 again: not newer than the stored rev.
+    let ev = alice.commit_with(5, &rev1, None, 64, &alice.key);
+    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("stale_rev")));
+    let rev_b = alice.next_rev();
+    let ev = bob.commit_with(6, &rev_b, None, 64, &bob.key);
+    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("wrong_host")));
+    // The event names Bob as repo, the signed commit is Alice's.
+    let mut ev = alice.commit_with(7, &alice.next_rev(), None, 64, &alice.key);
+    ev.repo = bob.did.clone();
+    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("repo_mismatch")));
+    inputs.push((vec![0xa2, 0x61, 0x74, 0xff, 0x00], Expect::Drop("malformed_frame")));
+    inputs.push((alice.sync(9, &rev2), Expect::Deliver));
+    inputs.push((alice.account(10, true), Expect::Deliver));
+    let ev = stranger.commit_with(11, &stranger_rev(), None, 64, &stranger.key);
+    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("identity_unresolved")));
+    // A frame whose seq goes backwards on the connection.
+    inputs.push((alice.account(4, true), Expect::Drop("seq_not_increasing")));
+    let (rev3, f) = alice.commit(13, Some(rev2.clone()));
+    inputs.push((f, Expect::Deliver));
+    for (i, (frame, _)) in inputs.iter().enumerate() {
+        host.push(i as u64 + 1, frame.clone());
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let relay = Relay::start(&data, &host.hostname(), &plc.url, &[]);
+    let upstream = inputs.len() as u64;
+    relay.wait_until(Duration::from_secs(20), "all frames processed", || {
+        relay.metric("relay_events_relayed_total", "") + relay.metric("relay_events_dropped_total", "") >= upstream
+    });
+
+    // Drops, by reason: each expected once, nothing else.
+    let mut want_drops: Vec<&str> = inputs.iter().filter_map(|(_, e)| if let Expect::Drop(r) = e { Some(*r) } else { None }).collect();
+    want_drops.sort_unstable();
+    for reason in &want_drops {
+        assert_eq!(relay.metric("relay_events_dropped_total", &format!("reason=\"{reason}\"")), 1, "{reason}");
+    }
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), want_drops.len() as u64);
+
+    // Deliveries, in order, with relay seqs 1..n.
+    let want: Vec<&Vec<u8>> = inputs.iter().filter(|(_, e)| *e == Expect::Deliver).map(|(f, _)| f).collect();
+    let mut sub = subscribe(relay.port, Some("0"));
+    let got = read_until_idle(&mut sub, Duration::from_millis(500));
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for (i, (seen, frame)) in got.iter().zip(&want).enumerate() {
+        let Seen::Event(mut original) = support::decode(frame) else { panic!() };
+        original.set_seq(i as i64 + 1);
+        let Seen::Event(e) = seen else { panic!("{seen:?}") };
+        assert_eq!(e, &original, "delivery {i} is the host's event with the relay seq");
+    }
+    assert_eq!(got.iter().map(type_of).collect::<Vec<_>>(), ["#identity", "#commit", "#commit", "#sync", "#account", "#commit"]);
+
+    // Replay from a middle cursor, a future cursor, a bad cursor.
+    let mut sub = subscribe(relay.port, Some("3"));
+    let tail: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500)).iter().filter_map(Seen::seq).collect();
+    assert_eq!(tail, vec![4, 5, 6]);
+    let mut sub = subscribe(relay.port, Some("999"));
+    let seen = read_until_idle(&mut sub, Duration::from_millis(500));
+    assert!(matches!(seen.as_slice(), [Seen::Error(e)] if e == "FutureCursor"), "{seen:?}");
+    let (status, body) = relay.get("/xrpc/com.atproto.sync.subscribeRepos?cursor=abc");
+    assert_eq!(status, 400);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"], "InvalidRequest");
+    let (status, body) = relay.get("/xrpc/_health");
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["seq"], 6);
+    assert_eq!(relay.get("/xrpc/com.atproto.sync.listRepos").0, 501);
+
+    // Live: a subscriber without cursor gets only new events, once.
+    let mut live = subscribe(relay.port, None);
+    let (rev4, f) = alice.commit(14, Some(rev3.clone()));
+    host.push(14, f);
+    let seen = read_until_idle(&mut live, Duration::from_millis(700));
+    assert_eq!(seen.iter().filter_map(Seen::seq).collect::<Vec<_>>(), vec![7]);
+
+    // Restart: the host is resumed after its last processed seq, the relay seq continues.
+    relay.stop();
+    let (_, f) = alice.commit(15, Some(rev4));
+    host.push(15, f);
+    let relay = Relay::start(&data, &host.hostname(), &plc.url, &[]);
+    relay.wait_until(Duration::from_secs(20), "post-restart event", || relay.metric("relay_events_relayed_total", "") >= 1);
+    let cursors = host.cursors.lock().unwrap().clone();
+    assert_eq!(cursors, vec![None, Some(14)], "first connection live, then resumed after seq 14");
+    let mut sub = subscribe(relay.port, Some("0"));
+    let seqs: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500)).iter().filter_map(Seen::seq).collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>(), "no gap, no repeat across the restart");
+    relay.stop();
+}
+
+fn stranger_rev() -> wire::Tid {
+    wire::Tid::from_u64(1_700_000_000_000_000 << 10)
+}
+
+#[test]
+fn slow_consumer_gets_consumer_too_slow_and_others_are_unaffected() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let mut alice = Account::new("did:plc:slowalice0000000000000000", 5);
+    plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &["--subscriber-queue", "200"]);
+
+    let mut stalled = subscribe(relay.port, None);
+    let mut healthy = subscribe(relay.port, None);
+    let reader = std::thread::spawn(move || read_until_idle(&mut healthy, Duration::from_secs(3)));
+    // ~38 MB of events: more than the loopback socket buffers of the stalled subscriber hold.
+    let events = 800u64;
+    let mut since = None;
+    for seq in 1..=events {
+        let rev = alice.next_rev();
+        let ev = alice.commit_with(seq, &rev, since.replace(rev.clone()), 48 * 1024, &alice.key.clone());
+        host.push(seq, Event::Commit(ev).encode().unwrap());
+    }
+    relay.wait_until(Duration::from_secs(60), "all relayed", || relay.metric("relay_events_relayed_total", "") >= events);
+    relay.wait_until(Duration::from_secs(20), "slow consumer closed", || {
+        relay.metric("relay_subscribers_closed_total", "consumer_too_slow") == 1
+    });
+    let healthy_seen = reader.join().unwrap();
+    assert_eq!(healthy_seen.len() as u64, events, "the healthy subscriber got everything");
+    let stalled_seen = read_until_idle(&mut stalled, Duration::from_secs(2));
+    assert!((stalled_seen.len() as u64) < events);
+    assert!(matches!(stalled_seen.last(), Some(Seen::Error(e)) if e == "ConsumerTooSlow"), "last frame: {:?}", stalled_seen.last().map(type_of));
+    relay.stop();
+}

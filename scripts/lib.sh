@@ -1,0 +1,53 @@
+# Shared helpers for the scripts (sourced, not run).
+# ROOT: the project; SHARED: ../shared beside it (peers and fixtures).
+ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+SHARED=${SHARED:-$(cd "$ROOT/../shared" && pwd)}
+PEERS=$SHARED/peers/peers.sh
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# clang/libclang for RocksDB's bindgen, curl for health checks. Installs only what is missing.
+ensure_system_deps() {
+  local missing=()
+  command -v clang >/dev/null || missing+=(clang)
+  ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v g++ >/dev/null || missing+=(g++)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# io_uring registers locked memory: glommio needs RLIMIT_MEMLOCK >= 512 KiB per executor, the relay
+# asks for 1 MiB; raise the soft limit as far as allowed (kernel-notes.md).
+raise_memlock() {
+  ulimit -l unlimited 2>/dev/null || ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
+  log "ulimit -l = $(ulimit -l)"
+}
+
+ensure_peers() { "$PEERS" install >/dev/null; }
+
+build_relay() {
+  (cd "$ROOT" && cargo build --locked -p engine --bin relay)
+  RELAY_BIN=$ROOT/target/debug/relay
+}
+
+# wait_http URL SECS: until URL answers 200.
+wait_http() {
+  for _ in $(seq 1 $(( $2 * 10 ))); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# metric NAME [LABELS-REGEX] BASE: sum of the matching samples of /metrics.
+metric() {
+  local name=$1 base=$3 labels=${2:-}
+  curl -fsS "$base/metrics" | awk -v n="$name" -v l="$labels" '
+    $1 ~ "^"n"({|$)" && (l == "" || $1 ~ l) { s += $2 } END { printf "%d\n", s }'
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command (README and .ci/run): installs what is missing, runs the unit, table and
+# integration tests of every crate, then the end-to-end scenario against the reference PDS.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+ensure_system_deps
+raise_memlock
+cd "$ROOT"
+log "cargo test"
+cargo test --locked --workspace 2>&1
+log "end-to-end against the reference PDS"
+"$ROOT/scripts/e2e-pds.sh"

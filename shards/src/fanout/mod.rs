@@ -1,0 +1,124 @@
+//! Fanout shards: one per fanout core. A shard receives every persisted batch from the sequencer and
+//! hands each event (a complete websocket frame, encoded once) to each of its subscribers' bounded
+//! queues. A subscriber whose queue is full is marked too slow; its own task then sends the
+//! `ConsumerTooSlow` error frame and closes the socket.
+//!
+//! Replay (`?cursor=N`) reads stored events with `seq > N` from RocksDB in chunks, then joins the live
+//! stream without a gap or a duplicate: the switch to live happens on this executor with no await
+//! between "caught up to the shard's head" and "registered for live events", and live events at or
+//! below the last replayed `seq` are skipped.
+
+mod subscriber;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::channels::shared_channel::SharedReceiver;
+use storage::Store;
+use wire::RelaySeq;
+
+use crate::messages::PublishedBatch;
+use crate::metrics::Metrics;
+
+pub use subscriber::{Outgoing, SubscriberInfo};
+
+/// Fanout settings.
+#[derive(Debug, Clone, Copy)]
+pub struct FanoutConfig {
+    /// Frames queued per subscriber before it is disconnected with `ConsumerTooSlow`. Default 10,000;
+    /// valid 1 and up. Queued frames are shared, so a slot costs a pointer, not a frame.
+    pub subscriber_queue: usize,
+    /// Events read from the store per replay step. Default 512.
+    pub replay_chunk: usize,
+    /// A write to a subscriber that makes no progress for this long closes it. Default 30 s.
+    pub write_timeout: Duration,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self { subscriber_queue: 10_000, replay_chunk: 512, write_timeout: Duration::from_secs(30) }
+    }
+}
+
+struct Registered {
+    queue: Rc<subscriber::Queue>,
+    info: SubscriberInfo,
+}
+
+/// A fanout shard (single-threaded: lives on one executor).
+pub struct FanoutShard {
+    config: FanoutConfig,
+    store: Arc<Store>,
+    metrics: Metrics,
+    /// The highest relay seq published to this shard; every event at or below it is in the store.
+    head: Cell<u64>,
+    live: RefCell<BTreeMap<u64, Registered>>,
+    next_id: Cell<u64>,
+}
+
+impl FanoutShard {
+    /// A shard whose head starts at the store's last seq (everything stored is replayable).
+    ///
+    /// # Errors
+    /// [`storage::StoreError`] when the store cannot be read.
+    pub fn new(config: FanoutConfig, store: Arc<Store>, metrics: Metrics) -> Result<Rc<Self>, storage::StoreError> {
+        let head = store.last_seq()?.map_or(0, |s| s.0);
+        Ok(Rc::new(Self {
+            config,
+            store,
+            metrics,
+            head: Cell::new(head),
+            live: RefCell::new(BTreeMap::new()),
+            next_id: Cell::new(1),
+        }))
+    }
+
+    /// The highest relay seq published to this shard.
+    pub fn head(&self) -> RelaySeq {
+        RelaySeq(self.head.get())
+    }
+
+    /// Subscribers currently receiving live events on this shard.
+    pub fn subscribers(&self) -> Vec<SubscriberInfo> {
+        self.live.borrow().values().map(|r| r.info.clone()).collect()
+    }
+
+    /// Receives batches from the sequencer and queues them for every live subscriber, until the
+    /// sequencer goes away.
+    pub async fn run_publisher(self: Rc<Self>, from_sequencer: SharedReceiver<PublishedBatch>) {
+        let rx = from_sequencer.connect().await;
+        while let Some(batch) = rx.recv().await {
+            self.publish(&batch);
+        }
+    }
+
+    fn publish(&self, batch: &PublishedBatch) {
+        let Some((last, _)) = batch.last() else { return };
+        self.head.set(last.0);
+        let mut live = self.live.borrow_mut();
+        live.retain(|_, sub| {
+            for (seq, frame) in batch.iter() {
+                if sub.queue.push(Outgoing::Event(*seq, frame.clone())).is_err() {
+                    // Full: the subscriber's own task sends ConsumerTooSlow and closes.
+                    sub.queue.mark_too_slow();
+                    return false;
+                }
+            }
+            true
+        });
+    }
+
+    fn register(&self, queue: Rc<subscriber::Queue>, info: SubscriberInfo) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        self.live.borrow_mut().insert(id, Registered { queue, info });
+        id
+    }
+
+    fn unregister(&self, id: u64) {
+        self.live.borrow_mut().remove(&id);
+    }
+}

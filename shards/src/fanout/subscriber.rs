@@ -1,0 +1,314 @@
+//! One subscriber connection: its bounded queue, the writer (replay, then live), and the reader
+//! (pings and closes from the subscriber).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use futures_lite::io::{ReadHalf, WriteHalf};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use wire::frame::ErrorBody;
+use wire::ws::{self, Opcode};
+use wire::RelaySeq;
+
+use super::FanoutShard;
+use crate::metrics::Metrics;
+
+/// Bytes gathered into one socket write at most (several frames per syscall under load).
+const MAX_WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Something to write to a subscriber.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// An event frame (complete websocket frame) with its relay seq.
+    Event(RelaySeq, Bytes),
+    /// A control frame (pong), written in order with events.
+    Control(Bytes),
+    /// A close frame; the writer writes it and stops.
+    Close(Bytes),
+}
+
+/// What the admin and logs know of a subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberInfo {
+    /// Remote address.
+    pub remote: String,
+    /// The cursor it connected with.
+    pub cursor: Option<u64>,
+    /// `User-Agent` header, if any.
+    pub user_agent: Option<String>,
+}
+
+/// A subscriber's bounded queue. Events beyond the capacity are refused; control frames are not.
+pub(crate) struct Queue {
+    items: RefCell<VecDeque<Outgoing>>,
+    capacity: usize,
+    too_slow: Cell<bool>,
+    closed: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Self {
+        Self {
+            items: RefCell::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            too_slow: Cell::new(false),
+            closed: Cell::new(false),
+            waker: Cell::new(None),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Queues an event; `Err` when the queue is full.
+    pub(crate) fn push(&self, item: Outgoing) -> Result<(), Outgoing> {
+        let mut items = self.items.borrow_mut();
+        if items.len() >= self.capacity {
+            return Err(item);
+        }
+        items.push_back(item);
+        drop(items);
+        self.wake();
+        Ok(())
+    }
+
+    fn push_control(&self, item: Outgoing) {
+        self.items.borrow_mut().push_back(item);
+        self.wake();
+    }
+
+    /// Marks the subscriber as too slow; its writer stops at once.
+    pub(crate) fn mark_too_slow(&self) {
+        self.too_slow.set(true);
+        self.wake();
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.wake();
+    }
+
+    fn stopped(&self) -> bool {
+        self.too_slow.get() || self.closed.get()
+    }
+
+    /// Waits for items and takes up to `max_bytes` of them; `None` once the subscriber is stopped.
+    async fn next_batch(&self, out: &mut Vec<Outgoing>, max_bytes: usize) -> Option<()> {
+        std::future::poll_fn(|cx| {
+            if self.stopped() {
+                return Poll::Ready(None);
+            }
+            let mut items = self.items.borrow_mut();
+            if items.is_empty() {
+                self.waker.set(Some(cx.waker().clone()));
+                return Poll::Pending;
+            }
+            let mut bytes = 0;
+            while let Some(item) = items.pop_front() {
+                bytes += match &item {
+                    Outgoing::Event(_, b) | Outgoing::Control(b) | Outgoing::Close(b) => b.len(),
+                };
+                out.push(item);
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            Poll::Ready(Some(()))
+        })
+        .await
+    }
+}
+
+fn error_frame(error: &str, message: &str) -> Vec<u8> {
+    let body = ErrorBody { error: error.to_owned(), message: Some(message.to_owned()) };
+    // Encoding two strings cannot fail.
+    ws::encode_frame(Opcode::Binary, &body.encode().unwrap_or_default())
+}
+
+/// Why a subscriber's writer ended (the `reason` label of `relay_subscribers_closed_total`).
+#[derive(Debug, Clone, Copy)]
+enum End {
+    ConsumerTooSlow,
+    FutureCursor,
+    ClientClosed,
+    WriteError,
+    StoreError,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::ConsumerTooSlow => "consumer_too_slow",
+            End::FutureCursor => "future_cursor",
+            End::ClientClosed => "client_closed",
+            End::WriteError => "write_error",
+            End::StoreError => "store_error",
+        }
+    }
+}
+
+impl FanoutShard {
+    /// Serves one subscriber whose websocket handshake has been answered: replays from `cursor`
+    /// (events with `seq > cursor`) when given, then streams live events until the subscriber closes,
+    /// falls too far behind, or a write fails. `leftover` holds bytes read past the HTTP head.
+    pub async fn serve(self: Rc<Self>, stream: TcpStream, cursor: Option<RelaySeq>, leftover: Vec<u8>, info: SubscriberInfo) {
+        self.metrics.subscribers.inc();
+        let _ = stream.set_write_timeout(Some(self.config.write_timeout));
+        let (rd, mut wr) = futures_lite::io::split(stream);
+        let queue = Rc::new(Queue::new(self.config.subscriber_queue));
+        let reader = glommio::spawn_local(read_client(rd, Rc::clone(&queue), leftover));
+        let end = self.write_events(&mut wr, &queue, cursor, info).await;
+        match end {
+            End::ConsumerTooSlow => {
+                tracing::info!("subscriber too slow; closing");
+                let mut bye = error_frame("ConsumerTooSlow", "subscriber queue overflowed");
+                bye.extend(ws::encode_close(1008, "ConsumerTooSlow"));
+                let _ = crate::net::with_timeout(std::time::Duration::from_secs(1), wr.write_all(&bye)).await;
+            }
+            End::FutureCursor => {
+                let mut bye = error_frame("FutureCursor", "cursor is ahead of the relay's sequence");
+                bye.extend(ws::encode_close(1008, "FutureCursor"));
+                let _ = wr.write_all(&bye).await;
+            }
+            End::StoreError => {
+                let _ = wr.write_all(&ws::encode_close(1011, "internal error")).await;
+            }
+            End::ClientClosed | End::WriteError => {}
+        }
+        let _ = wr.close().await;
+        drop(reader);
+        Metrics::inc(&self.metrics.subscribers_closed, "reason", end.as_str());
+        self.metrics.subscribers.dec();
+    }
+
+    async fn write_events(
+        &self,
+        wr: &mut WriteHalf<TcpStream>,
+        queue: &Rc<Queue>,
+        cursor: Option<RelaySeq>,
+        info: SubscriberInfo,
+    ) -> End {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut last_sent = match cursor {
+            Some(c) if c.0 > self.head.get() => return End::FutureCursor,
+            Some(c) => c.0,
+            None => self.head.get(),
+        };
+        if cursor.is_some() {
+            let chunk = self.config.replay_chunk.max(1);
+            loop {
+                let store = std::sync::Arc::clone(&self.store);
+                let after = RelaySeq(last_sent);
+                let events = match glommio::executor().spawn_blocking(move || store.events_after(after, chunk)).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!(error = %e, "replay read failed");
+                        return End::StoreError;
+                    }
+                };
+                if queue.stopped() {
+                    return End::ClientClosed;
+                }
+                let n = events.len();
+                buf.clear();
+                for (seq, frame) in events {
+                    ws::push_frame_header(&mut buf, Opcode::Binary, frame.len());
+                    buf.extend_from_slice(&frame);
+                    last_sent = seq.0;
+                }
+                if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
+                    return End::WriteError;
+                }
+                // Caught up: nothing more stored, and nothing published since that is not stored-and-sent.
+                // No await between this check and `register`, so no live event can slip between them.
+                if n < chunk && last_sent >= self.head.get() {
+                    break;
+                }
+            }
+        }
+        let id = self.register(Rc::clone(queue), info);
+        let end = self.stream_live(wr, queue, &mut buf, last_sent).await;
+        self.unregister(id);
+        end
+    }
+
+    async fn stream_live(&self, wr: &mut WriteHalf<TcpStream>, queue: &Queue, buf: &mut Vec<u8>, mut last_sent: u64) -> End {
+        let mut items = Vec::new();
+        loop {
+            items.clear();
+            if queue.next_batch(&mut items, MAX_WRITE_BATCH_BYTES).await.is_none() {
+                return if queue.too_slow.get() { End::ConsumerTooSlow } else { End::ClientClosed };
+            }
+            buf.clear();
+            let mut closing = false;
+            for item in items.drain(..) {
+                match item {
+                    Outgoing::Event(seq, frame) => {
+                        if seq.0 > last_sent {
+                            buf.extend_from_slice(&frame);
+                            last_sent = seq.0;
+                        }
+                    }
+                    Outgoing::Control(frame) => buf.extend_from_slice(&frame),
+                    Outgoing::Close(frame) => {
+                        buf.extend_from_slice(&frame);
+                        closing = true;
+                        break;
+                    }
+                }
+            }
+            if queue.too_slow.get() {
+                return End::ConsumerTooSlow;
+            }
+            if !buf.is_empty() && wr.write_all(buf).await.is_err() {
+                return End::WriteError;
+            }
+            if closing {
+                return End::ClientClosed;
+            }
+        }
+    }
+}
+
+async fn read_client(mut rd: ReadHalf<TcpStream>, queue: Rc<Queue>, mut buf: Vec<u8>) {
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        loop {
+            match ws::decode_client_frame(&buf) {
+                Ok(Some((frame, used))) => {
+                    buf.drain(..used);
+                    match frame.opcode {
+                        Opcode::Ping => queue.push_control(Outgoing::Control(ws::encode_frame(Opcode::Pong, &frame.payload).into())),
+                        Opcode::Close => {
+                            queue.push_control(Outgoing::Close(ws::encode_close(1000, "").into()));
+                            return;
+                        }
+                        // Subscribers have nothing to say on this endpoint; data frames are ignored.
+                        _ => {}
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "subscriber protocol error");
+                    queue.push_control(Outgoing::Close(ws::encode_close(1002, "protocol error").into()));
+                    return;
+                }
+            }
+        }
+        match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                queue.close();
+                return;
+            }
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+        }
+    }
+}

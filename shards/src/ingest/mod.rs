@@ -1,0 +1,239 @@
+//! Ingest shards: one per ingest core. Each owns the hosts assigned to it by [`shard_for_host`], keeps
+//! one websocket connection per host, validates every frame ([`process::process_frame`]) and sends
+//! the results to the sequencer in the host's order, so events of one DID stay in order.
+//!
+//! Per host: connect to `ws://{host}/xrpc/com.atproto.sync.subscribeRepos?cursor={cursor}`, resume
+//! from the last fully processed upstream `seq` (persisted by the sequencer in the `hosts` column
+//! family), reconnect with [`Backoff`] after any error. Only `localhost` hosts are accepted over plain
+//! `ws://` here; TLS upstreams come with host management.
+
+pub mod process;
+
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use futures_util::StreamExt;
+use glommio::channels::shared_channel::{ConnectedSender, SharedSender};
+use storage::Store;
+use wire::frame::{Event, Frame};
+use wire::{HostSeq, Hostname, Limits};
+
+use crate::backoff::Backoff;
+use crate::identity::{IdentityConfig, Resolver};
+use crate::messages::IngestMsg;
+use crate::metrics::Metrics;
+use crate::net;
+
+/// Ingest settings.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Event size limits.
+    pub limits: Limits,
+    /// Identity resolution.
+    pub identity: IdentityConfig,
+    /// First reconnect delay. Default 1 s.
+    pub backoff_base: Duration,
+    /// Longest reconnect delay. Default 60 s.
+    pub backoff_max: Duration,
+    /// TCP connect plus websocket handshake deadline. Default 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl IngestConfig {
+    /// Defaults for everything but identity resolution.
+    pub fn new(identity: IdentityConfig) -> Self {
+        Self {
+            limits: Limits::default(),
+            identity,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The ingest shard (0-based, below `shards`) that owns `host`: a stable hash of the hostname, so a
+/// host always lands on the same shard for a given shard count.
+pub fn shard_for_host(host: &Hostname, shards: usize) -> usize {
+    // FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host.as_str().bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+struct Shard {
+    config: IngestConfig,
+    store: Arc<Store>,
+    metrics: Metrics,
+    resolver: Resolver,
+    to_sequencer: ConnectedSender<IngestMsg>,
+}
+
+/// Runs an ingest shard on the current executor until the sequencer goes away: spawns one task per
+/// host and waits for them.
+pub async fn run(
+    config: IngestConfig,
+    hosts: Vec<Hostname>,
+    to_sequencer: SharedSender<IngestMsg>,
+    store: Arc<Store>,
+    metrics: Metrics,
+) {
+    let resolver = Resolver::new(config.identity.clone(), Arc::clone(&store), metrics.clone());
+    let shard = Rc::new(Shard { config, store, metrics, resolver, to_sequencer: to_sequencer.connect().await });
+    let tasks: Vec<_> = hosts
+        .into_iter()
+        .map(|host| glommio::spawn_local(run_host(Rc::clone(&shard), host)))
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn run_host(shard: Rc<Shard>, host: Hostname) {
+    let label: Arc<str> = Arc::from(host.as_str());
+    let mut seed = std::collections::hash_map::DefaultHasher::new();
+    host.hash(&mut seed);
+    let mut backoff = Backoff::new(shard.config.backoff_base, shard.config.backoff_max, seed.finish());
+    let mut cursor = match shard.store.host(host.as_str()) {
+        Ok(state) => state.map(|s| s.cursor),
+        Err(e) => {
+            tracing::error!(host = %host, error = %e, "cannot read host cursor; not connecting");
+            return;
+        }
+    };
+    loop {
+        match connect(&shard, &host, cursor).await {
+            Ok(ws) => {
+                Metrics::inc(&shard.metrics.upstream_connects, "result", "ok");
+                shard.metrics.upstream_connected.inc();
+                tracing::info!(host = %host, cursor = ?cursor.map(|c| c.0), "connected to host");
+                let outcome = read_frames(&shard, &host, &label, ws, &mut cursor).await;
+                shard.metrics.upstream_connected.dec();
+                match outcome {
+                    ReadOutcome::SequencerGone => return,
+                    ReadOutcome::Closed { progressed } => {
+                        if progressed {
+                            backoff.reset();
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                Metrics::inc(&shard.metrics.upstream_connects, "result", "error");
+                tracing::warn!(host = %host, error = %e, "cannot connect to host");
+            }
+        }
+        let delay = backoff.next_delay();
+        tracing::debug!(host = %host, delay_ms = delay.as_millis() as u64, "reconnecting later");
+        glommio::timer::sleep(delay).await;
+    }
+}
+
+type Ws = async_tungstenite::WebSocketStream<glommio::net::TcpStream>;
+
+async fn connect(shard: &Shard, host: &Hostname, cursor: Option<HostSeq>) -> Result<Ws, String> {
+    let port = host.port().unwrap_or(80);
+    let url = match cursor {
+        Some(c) => format!("ws://{host}/xrpc/com.atproto.sync.subscribeRepos?cursor={c}"),
+        None => format!("ws://{host}/xrpc/com.atproto.sync.subscribeRepos"),
+    };
+    let timeout = shard.config.connect_timeout;
+    let handshake = async {
+        let tcp = net::connect(host.name(), port, timeout).await.map_err(|e| e.to_string())?;
+        // Messages above the relay's own limit are still read (and dropped as frame_too_big) up to
+        // twice that size, so one oversized frame does not make the connection loop on reconnect.
+        let limit = shard.config.limits.max_frame_bytes.saturating_mul(2);
+        let config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
+        async_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config))
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(|e| e.to_string())
+    };
+    net::with_timeout(timeout, handshake).await.unwrap_or_else(|| Err("handshake timed out".into()))
+}
+
+enum ReadOutcome {
+    Closed { progressed: bool },
+    SequencerGone,
+}
+
+fn frame_type(v: &process::Verdict) -> &'static str {
+    match v {
+        process::Verdict::Accept(a) => match a.event {
+            Event::Commit(_) => "commit",
+            Event::Sync(_) => "sync",
+            Event::Identity(_) => "identity",
+            Event::Account(_) => "account",
+            Event::Info(_) => "info",
+        },
+        process::Verdict::Info(Frame::Error(_)) => "error",
+        process::Verdict::Info(_) => "info",
+        process::Verdict::Drop(..) => "other",
+    }
+}
+
+async fn read_frames(
+    shard: &Shard,
+    host: &Hostname,
+    label: &Arc<str>,
+    mut ws: Ws,
+    cursor: &mut Option<HostSeq>,
+) -> ReadOutcome {
+    let mut last_seq: Option<HostSeq> = None;
+    let mut progressed = false;
+    while let Some(msg) = ws.next().await {
+        let bytes = match msg {
+            Ok(Message::Binary(b)) => b,
+            Ok(Message::Close(frame)) => {
+                tracing::info!(host = %host, close = ?frame, "host closed the connection");
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(host = %host, error = %e, "host connection error");
+                break;
+            }
+        };
+        let verdict =
+            process::process_frame(&bytes, host, label, last_seq, &shard.config.limits, &shard.resolver, now_ms()).await;
+        Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(&verdict));
+        let msg = match verdict {
+            process::Verdict::Accept(ev) => {
+                last_seq = Some(ev.host_seq);
+                IngestMsg::Event(ev)
+            }
+            process::Verdict::Drop(reason, seq) => {
+                shard.metrics.drop_event(reason);
+                tracing::info!(host = %host, seq = ?seq.map(|s| s.0), %reason, "dropped event");
+                match seq {
+                    // Only a seq above the last one moves the cursor.
+                    Some(s) if last_seq.is_none_or(|l| s > l) => {
+                        last_seq = Some(s);
+                        IngestMsg::Cursor { host: Arc::clone(label), seq: s }
+                    }
+                    _ => continue,
+                }
+            }
+            process::Verdict::Info(frame) => {
+                tracing::warn!(host = %host, ?frame, "host sent info/error frame");
+                continue;
+            }
+        };
+        progressed = true;
+        *cursor = last_seq;
+        if shard.to_sequencer.send(msg).await.is_err() {
+            return ReadOutcome::SequencerGone;
+        }
+    }
+    ReadOutcome::Closed { progressed }
+}

@@ -1,0 +1,17 @@
+//! The relay's shards: ingest (host connections, validation, cursors), the sequencer (the one place a
+//! relay `seq` is assigned, group commits to RocksDB) and fanout (subscribers, replay, slow-consumer
+//! policy). Each runs on a glommio executor; they talk only through SPSC `shared_channel` queues.
+//!
+//! This crate must not parse CLI flags or environment variables, or own the process: the `engine`
+//! crate builds the configs and executors and calls the `run` functions here.
+
+pub mod backoff;
+pub mod fanout;
+pub mod identity;
+pub mod ingest;
+pub mod messages;
+pub mod metrics;
+pub mod net;
+pub mod sequencer;
+
+pub use metrics::Metrics;

@@ -1,0 +1,49 @@
+//! What crosses executors: ingest → sequencer ([`IngestMsg`]) and sequencer → fanout
+//! ([`PublishedBatch`]). Both travel over glommio `shared_channel` SPSC queues.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use wire::frame::Event;
+use wire::{Cid, HostSeq, RelaySeq};
+
+/// The commit an accepted `#commit` or `#sync` moves the account to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitRef {
+    /// CID of the commit object.
+    pub commit: Cid,
+    /// CID of its MST root (`data`).
+    pub data: Cid,
+}
+
+/// An event that passed ingest validation, on its way to the sequencer.
+#[derive(Debug, Clone)]
+pub struct AcceptedEvent {
+    /// The host it came from.
+    pub host: Arc<str>,
+    /// Its `seq` on that host.
+    pub host_seq: HostSeq,
+    /// The decoded event; the sequencer replaces its `seq` and encodes it once.
+    pub event: Event,
+    /// For `#commit` and `#sync`: the commit it declares.
+    pub commit: Option<CommitRef>,
+}
+
+/// A message from an ingest shard to the sequencer.
+#[derive(Debug, Clone)]
+pub enum IngestMsg {
+    /// A validated event to sequence.
+    Event(AcceptedEvent),
+    /// A host frame was fully processed without producing an event (dropped or informational): the
+    /// host cursor may advance to `seq`.
+    Cursor {
+        /// The host.
+        host: Arc<str>,
+        /// The processed upstream `seq`.
+        seq: HostSeq,
+    },
+}
+
+/// Events persisted by one sequencer batch, in increasing relay `seq`, each as a complete websocket
+/// binary frame (encoded once, shared by every subscriber of every fanout shard).
+pub type PublishedBatch = Arc<Vec<(RelaySeq, Bytes)>>;

@@ -1,0 +1,72 @@
+//! Counters and gauges the shards update, as `prometheus-client` handles.
+//!
+//! The engine builds one [`Metrics`], registers it in its registry with [`Metrics::register`] and
+//! hands clones to every shard; the handles are atomics shared across executors. Names follow
+//! `relay_<thing>_<unit|total>`; labels come from bounded enums only.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use wire::DropReason;
+
+/// A single static label, e.g. `reason="bad_signature"`.
+pub type Label = Vec<(&'static str, &'static str)>;
+
+/// All metrics of the shards.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// `relay_events_dropped_total{reason}`: events from hosts not relayed, by [`DropReason`].
+    pub events_dropped: Family<Label, Counter>,
+    /// `relay_upstream_frames_total{type}`: websocket messages received from hosts, by frame type
+    /// (`commit`, `sync`, `identity`, `account`, `info`, `error`, `other`).
+    pub upstream_frames: Family<Label, Counter>,
+    /// `relay_events_relayed_total`: events given a relay `seq` and persisted.
+    pub events_relayed: Counter,
+    /// `relay_last_seq`: the highest relay `seq` assigned.
+    pub last_seq: Gauge,
+    /// `relay_upstream_connects_total{result}`: connection attempts to hosts (`ok`, `error`).
+    pub upstream_connects: Family<Label, Counter>,
+    /// `relay_upstream_connected`: hosts with an open firehose connection.
+    pub upstream_connected: Gauge,
+    /// `relay_identity_lookups_total{result}`: identity lookups (`cache`, `store`, `resolved`,
+    /// `failed`).
+    pub identity_lookups: Family<Label, Counter>,
+    /// `relay_subscribers`: connected subscribers.
+    pub subscribers: Gauge,
+    /// `relay_subscribers_closed_total{reason}`: subscribers disconnected (`consumer_too_slow`,
+    /// `future_cursor`, `client_closed`, `write_error`).
+    pub subscribers_closed: Family<Label, Counter>,
+    /// `relay_batch_commits_total`: RocksDB group commits by the sequencer.
+    pub batch_commits: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric in `registry` (prefix-free names; the engine adds none).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("relay_events_dropped", "Events from hosts not relayed, by reason", self.events_dropped.clone());
+        registry.register("relay_upstream_frames", "Websocket messages received from hosts, by frame type", self.upstream_frames.clone());
+        registry.register("relay_events_relayed", "Events sequenced and persisted", self.events_relayed.clone());
+        registry.register("relay_last_seq", "Highest relay seq assigned", self.last_seq.clone());
+        registry.register("relay_upstream_connects", "Connection attempts to hosts, by result", self.upstream_connects.clone());
+        registry.register("relay_upstream_connected", "Hosts with an open firehose connection", self.upstream_connected.clone());
+        registry.register("relay_identity_lookups", "Identity lookups, by where they were answered", self.identity_lookups.clone());
+        registry.register("relay_subscribers", "Connected subscribers", self.subscribers.clone());
+        registry.register("relay_subscribers_closed", "Subscribers disconnected, by reason", self.subscribers_closed.clone());
+        registry.register("relay_batch_commits", "RocksDB group commits by the sequencer", self.batch_commits.clone());
+        // Pre-create every drop reason so a zero is visible, not an absent series.
+        for reason in DropReason::ALL {
+            self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]);
+        }
+    }
+
+    /// Counts one dropped event.
+    pub fn drop_event(&self, reason: DropReason) {
+        self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]).inc();
+    }
+
+    /// Increments `family{key=value}`.
+    pub fn inc(family: &Family<Label, Counter>, key: &'static str, value: &'static str) {
+        family.get_or_create(&vec![(key, value)]).inc();
+    }
+}

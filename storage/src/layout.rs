@@ -1,0 +1,153 @@
+//! Value encodings of the `repos`, `hosts` and `identities` column families (see the crate docs for
+//! the byte tables).
+
+use wire::crypto::{KeyType, PublicKey};
+use wire::{Cid, HostSeq, Tid};
+
+/// The last relayed commit of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoState {
+    /// The account's current `rev`.
+    pub rev: Tid,
+    /// CID of the current commit object.
+    pub commit: Cid,
+    /// CID of the current MST root (`data`), the `prevData` the next commit must name.
+    pub data: Cid,
+    /// The host the account was last relayed from.
+    pub host: String,
+}
+
+/// The persisted state of an upstream host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostState {
+    /// The last upstream `seq` fully processed; a reconnect resumes after it.
+    pub cursor: HostSeq,
+}
+
+/// A cached identity resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRecord {
+    /// When it was fetched, in milliseconds since the UNIX epoch.
+    pub fetched_at_ms: u64,
+    /// The `#atproto` signing key.
+    pub signing_key: PublicKey,
+    /// The `#atproto_pds` endpoint, if any.
+    pub pds_endpoint: Option<String>,
+    /// The claimed handle, if any.
+    pub handle: Option<String>,
+}
+
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (head, rest) = b.split_at_checked(n)?;
+    *b = rest;
+    Some(head)
+}
+
+fn take_u64(b: &mut &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(take(b, 8)?.try_into().ok()?))
+}
+
+fn take_cid(b: &mut &[u8]) -> Option<Cid> {
+    let len = *take(b, 1)?.first()?;
+    Cid::read_bytes(take(b, usize::from(len))?).ok()
+}
+
+impl RepoState {
+    /// Encodes per the `repos` byte table.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 2 + 72 + self.host.len());
+        out.extend_from_slice(&self.rev.to_u64().to_be_bytes());
+        for cid in [&self.commit, &self.data] {
+            let b = cid.to_bytes();
+            out.push(b.len() as u8);
+            out.extend_from_slice(&b);
+        }
+        out.extend_from_slice(self.host.as_bytes());
+        out
+    }
+
+    /// Decodes per the `repos` byte table; `None` when the bytes do not fit it.
+    pub fn decode(mut b: &[u8]) -> Option<Self> {
+        let rev = Tid::from_u64(take_u64(&mut b)?);
+        let commit = take_cid(&mut b)?;
+        let data = take_cid(&mut b)?;
+        let host = std::str::from_utf8(b).ok()?.to_owned();
+        Some(Self { rev, commit, data, host })
+    }
+}
+
+impl HostState {
+    /// Encodes per the `hosts` byte table.
+    pub fn encode(&self) -> Vec<u8> {
+        self.cursor.0.to_be_bytes().to_vec()
+    }
+
+    /// Decodes per the `hosts` byte table.
+    pub fn decode(mut b: &[u8]) -> Option<Self> {
+        let cursor = HostSeq(take_u64(&mut b)?);
+        b.is_empty().then_some(Self { cursor })
+    }
+}
+
+impl IdentityRecord {
+    /// Encodes per the `identities` byte table.
+    pub fn encode(&self) -> Vec<u8> {
+        let endpoint = self.pds_endpoint.as_deref().unwrap_or("");
+        let handle = self.handle.as_deref().unwrap_or("");
+        let mut out = Vec::with_capacity(44 + endpoint.len() + handle.len());
+        out.extend_from_slice(&self.fetched_at_ms.to_be_bytes());
+        out.push(match self.signing_key.key_type() {
+            KeyType::K256 => 1,
+            KeyType::P256 => 2,
+        });
+        out.extend_from_slice(&self.signing_key.to_compressed());
+        let elen = u16::try_from(endpoint.len()).unwrap_or(0);
+        out.extend_from_slice(&elen.to_be_bytes());
+        out.extend_from_slice(endpoint.as_bytes().get(..usize::from(elen)).unwrap_or_default());
+        out.extend_from_slice(handle.as_bytes());
+        out
+    }
+
+    /// Decodes per the `identities` byte table.
+    pub fn decode(mut b: &[u8]) -> Option<Self> {
+        let fetched_at_ms = take_u64(&mut b)?;
+        let kind = match take(&mut b, 1)?.first()? {
+            1 => KeyType::K256,
+            2 => KeyType::P256,
+            _ => return None,
+        };
+        let signing_key = PublicKey::from_sec1(kind, take(&mut b, 33)?).ok()?;
+        let elen = u16::from_be_bytes(take(&mut b, 2)?.try_into().ok()?);
+        let endpoint = std::str::from_utf8(take(&mut b, usize::from(elen))?).ok()?;
+        let handle = std::str::from_utf8(b).ok()?;
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Some(Self { fetched_at_ms, signing_key, pds_endpoint: some(endpoint), handle: some(handle) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let cid = wire::car::cid_for(wire::car::CODEC_DAG_CBOR, b"x");
+        let repo = RepoState {
+            rev: Tid::new("3n2senwrdcs2x").unwrap(),
+            commit: cid,
+            data: wire::car::cid_for(wire::car::CODEC_DAG_CBOR, b"y"),
+            host: "localhost:2583".into(),
+        };
+        assert_eq!(RepoState::decode(&repo.encode()), Some(repo.clone()));
+        assert_eq!(RepoState::decode(&repo.encode()[..20]), None);
+
+        let host = HostState { cursor: HostSeq(42) };
+        assert_eq!(HostState::decode(&host.encode()), Some(host));
+
+        let key = PublicKey::from_did_key("did:key:zDnaembgSGUhZULN2Caob4HLJPaxBh92N7rtH21TErzqf8HQo").unwrap();
+        for (ep, h) in [(Some("http://localhost:2583".to_owned()), Some("a.test".to_owned())), (None, None)] {
+            let id = IdentityRecord { fetched_at_ms: 7, signing_key: key.clone(), pds_endpoint: ep, handle: h };
+            assert_eq!(IdentityRecord::decode(&id.encode()), Some(id));
+        }
+    }
+}

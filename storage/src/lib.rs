@@ -1,0 +1,82 @@
+//! RocksDB persistence for the relay.
+//!
+//! This crate owns the column families, their key/value byte layouts (below), group-commit batches,
+//! the replay reader and recovery of the relay sequence at start. It must not decide protocol policy
+//! (what is valid, what is dropped) or own sockets; the shards call it.
+//!
+//! # Layout (format version 1)
+//!
+//! All integers are big-endian. CIDs are in their binary form. The format version is stored in
+//! `meta`; opening a store of another version fails with [`StoreError::UnsupportedFormat`].
+//!
+//! ## `events`: relay sequence → frame
+//!
+//! | part  | offset | bytes | field |
+//! |-------|--------|-------|-------|
+//! | key   | 0      | 8     | relay `seq` (u64) |
+//! | value | 0      | n     | the complete event-stream frame (DAG-CBOR header ‖ body) carrying that `seq` |
+//!
+//! ## `repos`: account DID → last relayed commit
+//!
+//! | part  | offset  | bytes | field |
+//! |-------|---------|-------|-------|
+//! | key   | 0       | n     | DID (UTF-8) |
+//! | value | 0       | 8     | `rev` as the TID's 64-bit integer |
+//! |       | 8       | 1     | `a` = length of the commit CID |
+//! |       | 9       | a     | commit CID |
+//! |       | 9+a     | 1     | `b` = length of the data (MST root) CID |
+//! |       | 10+a    | b     | data CID |
+//! |       | 10+a+b  | rest  | hostname the account was last relayed from (UTF-8) |
+//!
+//! ## `hosts`: hostname → upstream state
+//!
+//! | part  | offset | bytes | field |
+//! |-------|--------|-------|-------|
+//! | key   | 0      | n     | hostname, lowercase, with `:port` when not default (UTF-8) |
+//! | value | 0      | 8     | cursor: the last upstream `seq` fully processed (u64) |
+//!
+//! ## `identities`: DID → resolved identity cache
+//!
+//! | part  | offset | bytes | field |
+//! |-------|--------|-------|-------|
+//! | key   | 0      | n     | DID (UTF-8) |
+//! | value | 0      | 8     | fetched-at, milliseconds since the UNIX epoch (u64) |
+//! |       | 8      | 1     | key type: 1 = secp256k1, 2 = P-256 |
+//! |       | 9      | 33    | SEC1 compressed public key |
+//! |       | 42     | 2     | `e` = length of the PDS endpoint (u16) |
+//! |       | 44     | e     | PDS endpoint URL (UTF-8), empty when the document has none |
+//! |       | 44+e   | rest  | handle (UTF-8), empty when none |
+//!
+//! ## `meta`
+//!
+//! | key              | value |
+//! |------------------|-------|
+//! | `format_version` | u32, currently 1 |
+//! | `last_seq`       | u64: the highest relay `seq` ever assigned (survives retention) |
+
+mod error;
+mod layout;
+mod store;
+
+pub use error::StoreError;
+pub use layout::{HostState, IdentityRecord, RepoState};
+pub use store::{CommitBatch, Store, StoreOptions};
+
+/// The on-disk format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Column family names.
+pub mod cf {
+    /// Relay seq → frame.
+    pub const EVENTS: &str = "events";
+    /// DID → last relayed commit.
+    pub const REPOS: &str = "repos";
+    /// Hostname → upstream cursor.
+    pub const HOSTS: &str = "hosts";
+    /// DID → cached identity.
+    pub const IDENTITIES: &str = "identities";
+    /// Store-wide values.
+    pub const META: &str = "meta";
+    /// All of them, in creation order.
+    pub const ALL: [&str; 5] = [EVENTS, REPOS, HOSTS, IDENTITIES, META];
+}

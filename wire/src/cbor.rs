@@ -1,0 +1,186 @@
+//! DAG-CBOR helpers on top of `serde_ipld_dagcbor`: typed decode/encode and the byte length of one
+//! encoded item (an event-stream frame is two concatenated items, header then body).
+//!
+//! DAG-CBOR per <https://atproto.com/specs/data-model#dag-cbor>: definite lengths only, canonical map
+//! key order (length first, then bytewise), tag 42 for CID links.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Maximum nesting of arrays/maps accepted by [`item_len`]; deeper input is rejected, not recursed.
+pub const MAX_DEPTH: usize = 64;
+
+/// A DAG-CBOR decode or encode error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CborError {
+    /// The input ended inside an item.
+    #[error("truncated CBOR at offset {offset}")]
+    Truncated {
+        /// Byte offset where more input was needed.
+        offset: usize,
+    },
+    /// An encoding DAG-CBOR forbids (indefinite length, reserved additional info, nesting too deep).
+    #[error("invalid DAG-CBOR at offset {offset}")]
+    Invalid {
+        /// Byte offset of the offending head.
+        offset: usize,
+    },
+    /// The bytes are well-formed but do not match the expected shape.
+    #[error("DAG-CBOR decode: {0}")]
+    Decode(String),
+    /// Serialization failed (only for values that cannot be DAG-CBOR, e.g. floats NaN).
+    #[error("DAG-CBOR encode: {0}")]
+    Encode(String),
+}
+
+/// Decodes one DAG-CBOR value of type `T` that must span all of `bytes`.
+///
+/// # Errors
+/// [`CborError::Decode`] when the bytes are not DAG-CBOR of shape `T` or trailing bytes remain.
+pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CborError> {
+    serde_ipld_dagcbor::from_slice(bytes).map_err(|e| CborError::Decode(e.to_string()))
+}
+
+/// Encodes `value` as canonical DAG-CBOR (map keys sorted length-first).
+///
+/// # Errors
+/// [`CborError::Encode`] when `value` holds something DAG-CBOR cannot represent.
+pub fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, CborError> {
+    serde_ipld_dagcbor::to_vec(value).map_err(|e| CborError::Encode(e.to_string()))
+}
+
+/// Reads the head of a CBOR item at `pos`: (major type, argument, head length).
+fn head(buf: &[u8], pos: usize) -> Result<(u8, u64, usize), CborError> {
+    let first = *buf.get(pos).ok_or(CborError::Truncated { offset: pos })?;
+    let major = first >> 5;
+    let info = first & 0x1f;
+    let (n, extra) = match info {
+        0..=23 => (u64::from(info), 0),
+        24 => (1, 1),
+        25 => (2, 2),
+        26 => (4, 4),
+        27 => (8, 8),
+        _ => return Err(CborError::Invalid { offset: pos }),
+    };
+    if extra == 0 {
+        return Ok((major, n, 1));
+    }
+    let bytes = buf
+        .get(pos + 1..pos + 1 + extra)
+        .ok_or(CborError::Truncated { offset: pos + 1 })?;
+    let arg = bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    Ok((major, arg, 1 + extra))
+}
+
+/// Returns the byte length of the single CBOR item that starts at `buf[0]`.
+///
+/// Used to split an event-stream frame into its header and body. Only definite-length items are
+/// accepted (DAG-CBOR forbids the others); nesting deeper than [`MAX_DEPTH`] is rejected.
+///
+/// # Errors
+/// [`CborError::Truncated`] when `buf` ends inside the item, [`CborError::Invalid`] for indefinite
+/// lengths, reserved additional-info values or excessive nesting.
+pub fn item_len(buf: &[u8]) -> Result<usize, CborError> {
+    // Iterative walk: `pending` counts the items still to read at each open level.
+    let mut pos = 0usize;
+    let mut pending: Vec<u64> = vec![1];
+    while let Some(top) = pending.last_mut() {
+        if *top == 0 {
+            pending.pop();
+            continue;
+        }
+        *top -= 1;
+        let (major, arg, hl) = head(buf, pos)?;
+        pos += hl;
+        match major {
+            0 | 1 | 7 => {}
+            2 | 3 => {
+                let len = usize::try_from(arg).map_err(|_| CborError::Invalid { offset: pos })?;
+                let end = pos.checked_add(len).ok_or(CborError::Invalid { offset: pos })?;
+                if end > buf.len() {
+                    return Err(CborError::Truncated { offset: buf.len() });
+                }
+                pos = end;
+            }
+            4 | 5 => {
+                if pending.len() >= MAX_DEPTH {
+                    return Err(CborError::Invalid { offset: pos - hl });
+                }
+                let items = if major == 5 { arg.checked_mul(2) } else { Some(arg) };
+                let items = items.ok_or(CborError::Invalid { offset: pos - hl })?;
+                // Every item needs at least one byte: reject counts the buffer cannot hold.
+                if items > (buf.len() - pos) as u64 {
+                    return Err(CborError::Truncated { offset: buf.len() });
+                }
+                pending.push(items);
+            }
+            6 => {
+                if pending.len() >= MAX_DEPTH {
+                    return Err(CborError::Invalid { offset: pos - hl });
+                }
+                pending.push(1);
+            }
+            _ => return Err(CborError::Invalid { offset: pos - hl }),
+        }
+    }
+    Ok(pos)
+}
+
+/// Appends the CBOR head of an unsigned integer (major type 0) in its shortest form.
+pub fn write_uint(out: &mut Vec<u8>, v: u64) {
+    write_head(out, 0, v);
+}
+
+/// Appends a CBOR head of `major` type with argument `v`, shortest form.
+pub fn write_head(out: &mut Vec<u8>, major: u8, v: u64) {
+    let m = major << 5;
+    if v < 24 {
+        out.push(m | v as u8);
+    } else if v <= u64::from(u8::MAX) {
+        out.extend_from_slice(&[m | 24, v as u8]);
+    } else if v <= u64::from(u16::MAX) {
+        out.push(m | 25);
+        out.extend_from_slice(&(v as u16).to_be_bytes());
+    } else if v <= u64::from(u32::MAX) {
+        out.push(m | 26);
+        out.extend_from_slice(&(v as u32).to_be_bytes());
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_len_of_nested_values() {
+        let v = to_vec(&serde_json::json!({"a": [1, 2, {"b": "xyz"}], "c": null})).unwrap();
+        let mut buf = v.clone();
+        buf.extend_from_slice(&[0xa0, 0x01]);
+        assert_eq!(item_len(&buf).unwrap(), v.len());
+    }
+
+    #[test]
+    fn item_len_rejects_bad_input() {
+        assert!(matches!(item_len(&[]), Err(CborError::Truncated { .. })));
+        assert!(matches!(item_len(&[0x9f]), Err(CborError::Invalid { .. }))); // indefinite array
+        assert!(matches!(item_len(&[0x5a, 0xff, 0xff, 0xff, 0xff]), Err(CborError::Truncated { .. })));
+        assert!(matches!(
+            item_len(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            Err(CborError::Truncated { .. })
+        ));
+        let deep = vec![0x81u8; 100];
+        assert!(matches!(item_len(&deep), Err(CborError::Invalid { .. })));
+    }
+
+    #[test]
+    fn uint_heads_are_shortest() {
+        for (v, want) in [(0u64, 1usize), (23, 1), (24, 2), (255, 2), (256, 3), (65536, 5), (1 << 32, 9)] {
+            let mut out = Vec::new();
+            write_uint(&mut out, v);
+            assert_eq!(out.len(), want, "{v}");
+            assert_eq!(item_len(&out).unwrap(), want);
+        }
+    }
+}

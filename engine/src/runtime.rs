@@ -20,7 +20,7 @@ use shards::{Metrics, ingest, sequencer};
 use storage::{Store, StoreOptions};
 use wire::Hostname;
 
-use crate::layout::{self, Layout};
+use crate::layout;
 use crate::{Fsync, ServeArgs};
 
 /// Capacity of each ingest → sequencer queue, in messages.
@@ -174,7 +174,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .name(&format!("relay-cpu{cpu}"))
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || run_executor(ctx, w))
-            .with_context(|| format!("starting the executor on CPU {cpu} (is io_uring available and `ulimit -l` at least 1 MiB?)"))?;
+            .map_err(|e| {
+                anyhow::anyhow!("starting the executor on CPU {cpu}: {e} (is io_uring available and `ulimit -l` at least 1 MiB?)")
+            })?;
         handles.push(handle);
     }
 

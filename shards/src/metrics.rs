@@ -56,7 +56,7 @@ impl Metrics {
         registry.register("relay_batch_commits", "RocksDB group commits by the sequencer", self.batch_commits.clone());
         // Pre-create every drop reason so a zero is visible, not an absent series.
         for reason in DropReason::ALL {
-            self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]);
+            let _ = self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]);
         }
     }
 

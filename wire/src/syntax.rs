@@ -196,7 +196,7 @@ fn check_nsid(s: &str) -> Result<(), SyntaxError> {
     let Some((name, authority)) = segments.split_last() else {
         return Err(SyntaxError::Nsid);
     };
-    if authority.len() < 2 || authority.iter().map(|a| a.len() + 1).sum::<usize>() > 254 {
+    if authority.len() < 2 {
         return Err(SyntaxError::Nsid);
     }
     for (i, seg) in authority.iter().enumerate() {

@@ -34,17 +34,17 @@ fn check<T, E>(kind: &str, parse: impl Fn(&str) -> Result<T, E>) {
 
 #[test]
 fn did_syntax() {
-    check("did", Did::new);
+    check("did", |s| Did::new(s));
 }
 
 #[test]
 fn tid_syntax() {
-    check("tid", Tid::new);
+    check("tid", |s| Tid::new(s));
 }
 
 #[test]
 fn nsid_syntax() {
-    check("nsid", Nsid::new);
+    check("nsid", |s| Nsid::new(s));
 }
 
 #[test]

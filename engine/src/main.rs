@@ -83,8 +83,9 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "always")]
     pub fsync: Fsync,
 
-    /// Frames queued per subscriber before it is dropped with ConsumerTooSlow (1 and up).
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Frames queued per subscriber before it is dropped with ConsumerTooSlow (1024 and up: at least
+    /// one sequencer batch).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1024..))]
     pub subscriber_queue: u64,
 
     /// RocksDB background threads for flushes and compactions (1-64).

@@ -52,7 +52,8 @@ fn validates_sequences_replays_and_survives_restart() {
     let ev = bob.commit_with(6, &rev_b, None, 64, &bob.key);
     inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("wrong_host")));
     // The event names Bob as repo, the signed commit is Alice's.
-    let mut ev = alice.commit_with(7, &alice.next_rev(), None, 64, &alice.key);
+    let rev_m = alice.next_rev();
+    let mut ev = alice.commit_with(7, &rev_m, None, 64, &alice.key);
     ev.repo = bob.did.clone();
     inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("repo_mismatch")));
     inputs.push((vec![0xa2, 0x61, 0x74, 0xff, 0x00], Expect::Drop("malformed_frame")));
@@ -144,27 +145,43 @@ fn slow_consumer_gets_consumer_too_slow_and_others_are_unaffected() {
     let mut alice = Account::new("did:plc:slowalice0000000000000000", 5);
     plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &["--subscriber-queue", "200"]);
+    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &["--subscriber-queue", "1024"]);
 
-    let mut stalled = subscribe(relay.port, None);
+    // The slow subscriber reads one frame every 2 ms (500 events/s), well below the relay's rate.
+    let mut slow = subscribe(relay.port, None);
     let mut healthy = subscribe(relay.port, None);
+    let slow_reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        loop {
+            match slow.read() {
+                Ok(tungstenite::Message::Binary(b)) => seen.push(support::decode(&b)),
+                Ok(tungstenite::Message::Close(_)) | Err(_) => return seen,
+                Ok(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
     let reader = std::thread::spawn(move || read_until_idle(&mut healthy, Duration::from_secs(3)));
-    // ~38 MB of events: more than the loopback socket buffers of the stalled subscriber hold.
-    let events = 800u64;
+    // ~32 MB of events: more than the slow subscriber's queue and loopback socket buffers hold.
+    let events = 4000u64;
     let mut since = None;
     for seq in 1..=events {
         let rev = alice.next_rev();
-        let ev = alice.commit_with(seq, &rev, since.replace(rev.clone()), 48 * 1024, &alice.key.clone());
+        let ev = alice.commit_with(seq, &rev, since.replace(rev.clone()), 8 * 1024, &alice.key.clone());
         host.push(seq, Event::Commit(ev).encode().unwrap());
     }
     relay.wait_until(Duration::from_secs(60), "all relayed", || relay.metric("relay_events_relayed_total", "") >= events);
-    relay.wait_until(Duration::from_secs(20), "slow consumer closed", || {
-        relay.metric("relay_subscribers_closed_total", "consumer_too_slow") == 1
-    });
     let healthy_seen = reader.join().unwrap();
     assert_eq!(healthy_seen.len() as u64, events, "the healthy subscriber got everything");
-    let stalled_seen = read_until_idle(&mut stalled, Duration::from_secs(2));
-    assert!((stalled_seen.len() as u64) < events);
-    assert!(matches!(stalled_seen.last(), Some(Seen::Error(e)) if e == "ConsumerTooSlow"), "last frame: {:?}", stalled_seen.last().map(type_of));
+    let slow_seen = slow_reader.join().unwrap();
+    assert!((slow_seen.len() as u64) < events, "the slow subscriber was cut off");
+    assert!(
+        matches!(slow_seen.last(), Some(Seen::Error(e)) if e == "ConsumerTooSlow"),
+        "last frame: {:?}",
+        slow_seen.last().map(type_of)
+    );
+    let seqs: Vec<i64> = slow_seen.iter().filter_map(Seen::seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "what it got, it got in order");
+    assert_eq!(relay.metric("relay_subscribers_closed_total", "consumer_too_slow"), 1);
     relay.stop();
 }

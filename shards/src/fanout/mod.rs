@@ -28,8 +28,10 @@ pub use subscriber::{Outgoing, SubscriberInfo};
 /// Fanout settings.
 #[derive(Debug, Clone, Copy)]
 pub struct FanoutConfig {
-    /// Frames queued per subscriber before it is disconnected with `ConsumerTooSlow`. Default 10,000;
-    /// valid 1 and up. Queued frames are shared, so a slot costs a pointer, not a frame.
+    /// Frames queued per subscriber before it is disconnected with `ConsumerTooSlow`. Default 10,000.
+    /// It should hold at least one sequencer batch
+    /// ([`crate::sequencer::SequencerConfig::max_batch_events`]), or a burst alone can overflow a
+    /// subscriber that keeps up. Queued frames are shared, so a slot costs a pointer, not a frame.
     pub subscriber_queue: usize,
     /// Events read from the store per replay step. Default 512.
     pub replay_chunk: usize,
@@ -92,6 +94,9 @@ impl FanoutShard {
         let rx = from_sequencer.connect().await;
         while let Some(batch) = rx.recv().await {
             self.publish(&batch);
+            // Let the subscribers' writers drain their queues before the next batch: with batches
+            // already waiting, `recv` would otherwise return at once, batch after batch.
+            futures_lite::future::yield_now().await;
         }
     }
 

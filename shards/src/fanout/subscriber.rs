@@ -5,6 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::io::{ReadHalf, WriteHalf};
@@ -19,6 +20,9 @@ use crate::metrics::Metrics;
 
 /// Bytes gathered into one socket write at most (several frames per syscall under load).
 const MAX_WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// When a subscriber is found too slow during a write, how long that write may still take (so the
+/// stream stays frame-aligned and the error frame can follow) before the socket is closed without it.
+const TOO_SLOW_GRACE: Duration = Duration::from_secs(2);
 
 /// Something to write to a subscriber.
 #[derive(Debug, Clone)]
@@ -96,6 +100,18 @@ impl Queue {
         self.wake();
     }
 
+    /// Completes once the subscriber is marked too slow (or closed).
+    async fn until_stopped(&self) {
+        std::future::poll_fn(|cx| {
+            if self.stopped() {
+                return Poll::Ready(());
+            }
+            self.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
     fn stopped(&self) -> bool {
         self.too_slow.get() || self.closed.get()
     }
@@ -137,6 +153,8 @@ fn error_frame(error: &str, message: &str) -> Vec<u8> {
 #[derive(Debug, Clone, Copy)]
 enum End {
     ConsumerTooSlow,
+    /// Too slow, and the write in flight did not finish: no error frame can follow a partial frame.
+    ConsumerTooSlowMidFrame,
     FutureCursor,
     ClientClosed,
     WriteError,
@@ -146,7 +164,7 @@ enum End {
 impl End {
     fn as_str(self) -> &'static str {
         match self {
-            End::ConsumerTooSlow => "consumer_too_slow",
+            End::ConsumerTooSlow | End::ConsumerTooSlowMidFrame => "consumer_too_slow",
             End::FutureCursor => "future_cursor",
             End::ClientClosed => "client_closed",
             End::WriteError => "write_error",
@@ -171,7 +189,7 @@ impl FanoutShard {
                 tracing::info!("subscriber too slow; closing");
                 let mut bye = error_frame("ConsumerTooSlow", "subscriber queue overflowed");
                 bye.extend(ws::encode_close(1008, "ConsumerTooSlow"));
-                let _ = crate::net::with_timeout(std::time::Duration::from_secs(1), wr.write_all(&bye)).await;
+                let _ = crate::net::with_timeout(Duration::from_secs(1), wr.write_all(&bye)).await;
             }
             End::FutureCursor => {
                 let mut bye = error_frame("FutureCursor", "cursor is ahead of the relay's sequence");
@@ -181,7 +199,7 @@ impl FanoutShard {
             End::StoreError => {
                 let _ = wr.write_all(&ws::encode_close(1011, "internal error")).await;
             }
-            End::ClientClosed | End::WriteError => {}
+            End::ConsumerTooSlowMidFrame | End::ClientClosed | End::WriteError => {}
         }
         let _ = wr.close().await;
         drop(reader);
@@ -224,8 +242,8 @@ impl FanoutShard {
                     buf.extend_from_slice(&frame);
                     last_sent = seq.0;
                 }
-                if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
-                    return End::WriteError;
+                if let Err(end) = write(wr, &buf, queue).await {
+                    return end;
                 }
                 // Caught up: nothing more stored, and nothing published since that is not stored-and-sent.
                 // No await between this check and `register`, so no live event can slip between them.
@@ -268,13 +286,36 @@ impl FanoutShard {
             if queue.too_slow.get() {
                 return End::ConsumerTooSlow;
             }
-            if !buf.is_empty() && wr.write_all(buf).await.is_err() {
-                return End::WriteError;
+            if let Err(end) = write(wr, buf, queue).await {
+                return end;
             }
             if closing {
                 return End::ClientClosed;
             }
         }
+    }
+}
+
+/// Writes `buf`, unless the subscriber is found too slow meanwhile (see [`TOO_SLOW_GRACE`]).
+async fn write(wr: &mut WriteHalf<TcpStream>, buf: &[u8], queue: &Queue) -> Result<(), End> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let mut write = std::pin::pin!(wr.write_all(buf));
+    let raced = futures_lite::future::or(async { Some((&mut write).await) }, async {
+        queue.until_stopped().await;
+        None
+    })
+    .await;
+    match raced {
+        Some(Ok(())) => Ok(()),
+        Some(Err(_)) => Err(End::WriteError),
+        None if queue.too_slow.get() => match crate::net::with_timeout(TOO_SLOW_GRACE, write).await {
+            Some(Ok(())) => Err(End::ConsumerTooSlow),
+            _ => Err(End::ConsumerTooSlowMidFrame),
+        },
+        // The subscriber went away: nothing more to write.
+        None => Err(End::ClientClosed),
     }
 }
 

@@ -3,6 +3,9 @@
 //!
 //! Run: `cargo bench -p bench --bench pipeline`
 
+// criterion_group! generates an undocumented public fn.
+#![allow(missing_docs)]
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use wire::Limits;
 use wire::frame::{Event, Frame, decode_frame};
@@ -23,7 +26,14 @@ fn pipeline(c: &mut Criterion) {
     let bytes: usize = frames.iter().map(Vec::len).sum();
     let mut g = c.benchmark_group("commit");
     g.throughput(Throughput::Elements(frames.len() as u64));
-    g.bench_function("decode", |b| b.iter(|| frames.iter().map(|f| decode_frame(f).is_ok() as usize).sum::<usize>()));
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            frames
+                .iter()
+                .map(|f| decode_frame(f).is_ok() as usize)
+                .sum::<usize>()
+        })
+    });
     let decoded: Vec<_> = frames
         .iter()
         .map(|f| match decode_frame(f) {
@@ -32,14 +42,25 @@ fn pipeline(c: &mut Criterion) {
         })
         .collect();
     g.bench_function("check_car_and_commit", |b| {
-        b.iter(|| decoded.iter().map(|c| check_commit(c, &limits).is_ok() as usize).sum::<usize>())
+        b.iter(|| {
+            decoded
+                .iter()
+                .map(|c| check_commit(c, &limits).is_ok() as usize)
+                .sum::<usize>()
+        })
     });
-    let checked: Vec<_> = decoded.iter().map(|c| (c.repo.clone(), check_commit(c, &limits).map(|r| r.1))).collect();
+    let checked: Vec<_> = decoded
+        .iter()
+        .map(|c| (c.repo.clone(), check_commit(c, &limits).map(|r| r.1)))
+        .collect();
     g.bench_function("verify_signature_k256", |b| {
         b.iter(|| {
             checked
                 .iter()
-                .map(|(did, s)| s.as_ref().map_or(0, |s| s.verify(&keys[did]).is_ok() as usize))
+                .map(|(did, s)| {
+                    s.as_ref()
+                        .map_or(0, |s| s.verify(&keys[did]).is_ok() as usize)
+                })
                 .sum::<usize>()
         })
     });
@@ -60,9 +81,13 @@ fn pipeline(c: &mut Criterion) {
             frames
                 .iter()
                 .map(|f| {
-                    let Ok(Frame::Message(mut e)) = decode_frame(f) else { return 0 };
+                    let Ok(Frame::Message(mut e)) = decode_frame(f) else {
+                        return 0;
+                    };
                     let Event::Commit(c) = &e else { return 0 };
-                    let Ok((_, signed)) = check_commit(c, &limits) else { return 0 };
+                    let Ok((_, signed)) = check_commit(c, &limits) else {
+                        return 0;
+                    };
                     if signed.verify(&keys[&c.repo]).is_err() {
                         return 0;
                     }
@@ -73,7 +98,10 @@ fn pipeline(c: &mut Criterion) {
         })
     });
     g.finish();
-    eprintln!("{} recorded #commit frames with ops, {bytes} bytes in all", frames.len());
+    eprintln!(
+        "{} recorded #commit frames with ops, {bytes} bytes in all",
+        frames.len()
+    );
 }
 
 criterion_group!(benches, pipeline);

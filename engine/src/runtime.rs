@@ -31,11 +31,17 @@ const FANOUT_QUEUE: usize = 256;
 /// small; it is locked memory (see kernel-notes.md).
 const IO_MEMORY_BYTES: usize = 1 << 20;
 
+/// The sequencer's ends of the channels: from every ingest shard, to every fanout shard.
+struct SequencerWork {
+    from_ingest: Vec<SharedReceiver<IngestMsg>>,
+    to_fanout: Vec<SharedSender<PublishedBatch>>,
+}
+
 /// What one executor runs.
 #[derive(Default)]
 struct Work {
     ingest: Option<(SharedSender<IngestMsg>, Vec<Hostname>)>,
-    sequencer: Option<(Vec<SharedReceiver<IngestMsg>>, Vec<SharedSender<PublishedBatch>>)>,
+    sequencer: Option<SequencerWork>,
     fanout: Option<SharedReceiver<PublishedBatch>>,
 }
 
@@ -58,10 +64,16 @@ impl Control {
 fn parse_hosts(raw: &[String]) -> anyhow::Result<Vec<Hostname>> {
     let mut hosts = Vec::new();
     for h in raw {
-        let bare = h.trim_start_matches("ws://").trim_start_matches("http://").trim_end_matches('/');
-        let host = Hostname::parse_lenient(bare).with_context(|| format!("--host {h:?} is not a hostname[:port]"))?;
+        let bare = h
+            .trim_start_matches("ws://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let host = Hostname::parse_lenient(bare)
+            .with_context(|| format!("--host {h:?} is not a hostname[:port]"))?;
         if !host.is_localhost() {
-            bail!("--host {h}: only localhost hosts (plain ws://) are supported in this version; TLS upstreams are not implemented yet");
+            bail!(
+                "--host {h}: only localhost hosts (plain ws://) are supported in this version; TLS upstreams are not implemented yet"
+            );
         }
         if !hosts.contains(&host) {
             hosts.push(host);
@@ -73,9 +85,15 @@ fn parse_hosts(raw: &[String]) -> anyhow::Result<Vec<Hostname>> {
 fn raise_memlock() {
     // SAFETY: getrlimit/setrlimit only read/write the struct passed.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
             if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) != 0 {
                 tracing::warn!("cannot raise RLIMIT_MEMLOCK soft limit to the hard limit");
             }
@@ -104,7 +122,9 @@ fn open_store(args: &ServeArgs, compaction_cpu: usize) -> anyhow::Result<Arc<Sto
         .context("spawning the store thread")?
         .join()
         .map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
-    Ok(Arc::new(opened.with_context(|| format!("opening the store in {}", args.data_dir.display()))?))
+    Ok(Arc::new(opened.with_context(|| {
+        format!("opening the store in {}", args.data_dir.display())
+    })?))
 }
 
 /// Runs `relay serve` until SIGINT/SIGTERM or a fatal error.
@@ -131,10 +151,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let registry = Arc::new(registry);
-    let control = Arc::new(Control { stop: AtomicBool::new(false), fatal: Mutex::new(Vec::new()) });
+    let control = Arc::new(Control {
+        stop: AtomicBool::new(false),
+        fatal: Mutex::new(Vec::new()),
+    });
 
-    let mut work: std::collections::BTreeMap<usize, Work> =
-        layout.executor_cpus().into_iter().map(|c| (c, Work::default())).collect();
+    let mut work: std::collections::BTreeMap<usize, Work> = layout
+        .executor_cpus()
+        .into_iter()
+        .map(|c| (c, Work::default()))
+        .collect();
     let mut ingest_rx = Vec::new();
     let mut per_shard_hosts: Vec<Vec<Hostname>> = vec![Vec::new(); layout.ingest.len()];
     for h in hosts {
@@ -156,7 +182,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(w) = work.get_mut(&layout.sequencer) {
-        w.sequencer = Some((ingest_rx, fanout_tx));
+        w.sequencer = Some(SequencerWork {
+            from_ingest: ingest_rx,
+            to_fanout: fanout_tx,
+        });
     }
 
     tracing::info!(layout = %layout.summary(), data_dir = %args.data_dir.display(), listen = %args.listen, "starting relay");
@@ -180,8 +209,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         handles.push(handle);
     }
 
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
     let sig_handle = signals.handle();
     let watcher_control = Arc::clone(&control);
     let signal_thread = std::thread::spawn(move || {
@@ -221,18 +253,33 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         let tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "ingest");
         let mut config = IngestConfig::new(IdentityConfig::new(ctx.plc_url.clone()));
         config.identity.timeout = Duration::from_secs(10);
-        let fut = ingest::run(config, hosts, tx, Arc::clone(&ctx.store), ctx.metrics.clone());
+        let fut = ingest::run(
+            config,
+            hosts,
+            tx,
+            Arc::clone(&ctx.store),
+            ctx.metrics.clone(),
+        );
         if let Ok(t) = glommio::spawn_local_into(fut, tq) {
             t.detach();
         }
     }
-    if let Some((rx, tx)) = work.sequencer {
-        let tq = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(10)), "sequencer");
+    if let Some(SequencerWork {
+        from_ingest: rx,
+        to_fanout: tx,
+    }) = work.sequencer
+    {
+        let tq = ex.create_task_queue(
+            Shares::Static(1000),
+            Latency::Matters(Duration::from_millis(10)),
+            "sequencer",
+        );
         let store = Arc::clone(&ctx.store);
         let metrics = ctx.metrics.clone();
         let control = Arc::clone(&ctx.control);
         let fut = async move {
-            if let Err(e) = sequencer::run(SequencerConfig::default(), rx, tx, store, metrics).await {
+            if let Err(e) = sequencer::run(SequencerConfig::default(), rx, tx, store, metrics).await
+            {
                 control.fail(format!("sequencer stopped: {e}"));
             }
         };
@@ -240,10 +287,10 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
             t.detach();
         }
     }
-    if let Some(rx) = work.fanout {
-        if let Err(e) = start_fanout(&ctx, rx) {
-            control.fail(format!("{e:#}"));
-        }
+    if let Some(rx) = work.fanout
+        && let Err(e) = start_fanout(&ctx, rx)
+    {
+        control.fail(format!("{e:#}"));
     }
     while !control.stop.load(Ordering::Acquire) {
         glommio::timer::sleep(Duration::from_millis(50)).await;
@@ -254,19 +301,28 @@ fn start_fanout(ctx: &ExecCtx, rx: SharedReceiver<PublishedBatch>) -> anyhow::Re
     let ex = glommio::executor();
     let fanout_tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "fanout");
     // The API answers health checks under load: its own queue, latency-sensitive.
-    let api_tq = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(5)), "api");
+    let api_tq = ex.create_task_queue(
+        Shares::Static(1000),
+        Latency::Matters(Duration::from_millis(5)),
+        "api",
+    );
     let config = FanoutConfig {
         subscriber_queue: usize::try_from(ctx.args.subscriber_queue).unwrap_or(usize::MAX),
         ..FanoutConfig::default()
     };
-    let shard = FanoutShard::new(config, Arc::clone(&ctx.store), ctx.metrics.clone()).context("starting a fanout shard")?;
+    let shard = FanoutShard::new(config, Arc::clone(&ctx.store), ctx.metrics.clone())
+        .context("starting a fanout shard")?;
     glommio::spawn_local_into(Rc::clone(&shard).run_publisher(rx), fanout_tq)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .detach();
     let listener = glommio::net::TcpListener::bind(ctx.args.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", ctx.args.listen))?;
     tracing::info!(listen = %ctx.args.listen, "listening");
-    let xrpc_ctx = Rc::new(crate::xrpc::Ctx { fanout: shard, fanout_tq, registry: Arc::clone(&ctx.registry) });
+    let xrpc_ctx = Rc::new(crate::xrpc::Ctx {
+        fanout: shard,
+        fanout_tq,
+        registry: Arc::clone(&ctx.registry),
+    });
     glommio::spawn_local_into(crate::http::accept_loop(listener, xrpc_ctx, api_tq), api_tq)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .detach();

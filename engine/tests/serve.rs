@@ -44,23 +44,41 @@ fn validates_sequences_replays_and_survives_restart() {
     // Signed by another key.
     let rev_bad = alice.next_rev();
     let ev = alice.commit_with(4, &rev_bad, Some(rev2.clone()), 64, &mallory.key);
-    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("bad_signature")));
+    inputs.push((
+        Event::Commit(ev).encode().unwrap(),
+        Expect::Drop("bad_signature"),
+    ));
     // Valid signature, but rev1 again: not newer than the stored rev.
     let ev = alice.commit_with(5, &rev1, None, 64, &alice.key);
-    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("stale_rev")));
+    inputs.push((
+        Event::Commit(ev).encode().unwrap(),
+        Expect::Drop("stale_rev"),
+    ));
     let rev_b = alice.next_rev();
     let ev = bob.commit_with(6, &rev_b, None, 64, &bob.key);
-    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("wrong_host")));
+    inputs.push((
+        Event::Commit(ev).encode().unwrap(),
+        Expect::Drop("wrong_host"),
+    ));
     // The event names Bob as repo, the signed commit is Alice's.
     let rev_m = alice.next_rev();
     let mut ev = alice.commit_with(7, &rev_m, None, 64, &alice.key);
     ev.repo = bob.did.clone();
-    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("repo_mismatch")));
-    inputs.push((vec![0xa2, 0x61, 0x74, 0xff, 0x00], Expect::Drop("malformed_frame")));
+    inputs.push((
+        Event::Commit(ev).encode().unwrap(),
+        Expect::Drop("repo_mismatch"),
+    ));
+    inputs.push((
+        vec![0xa2, 0x61, 0x74, 0xff, 0x00],
+        Expect::Drop("malformed_frame"),
+    ));
     inputs.push((alice.sync(9, &rev2), Expect::Deliver));
     inputs.push((alice.account(10, true), Expect::Deliver));
     let ev = stranger.commit_with(11, &stranger_rev(), None, 64, &stranger.key);
-    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("identity_unresolved")));
+    inputs.push((
+        Event::Commit(ev).encode().unwrap(),
+        Expect::Drop("identity_unresolved"),
+    ));
     // A frame whose seq goes backwards on the connection.
     inputs.push((alice.account(4, true), Expect::Drop("seq_not_increasing")));
     let (rev3, f) = alice.commit(13, Some(rev2.clone()));
@@ -74,43 +92,97 @@ fn validates_sequences_replays_and_survives_restart() {
     let relay = Relay::start(&data, &host.hostname(), &plc.url, &[]);
     let upstream = inputs.len() as u64;
     relay.wait_until(Duration::from_secs(20), "all frames processed", || {
-        relay.metric("relay_events_relayed_total", "") + relay.metric("relay_events_dropped_total", "") >= upstream
+        relay.metric("relay_events_relayed_total", "")
+            + relay.metric("relay_events_dropped_total", "")
+            >= upstream
     });
 
     // Drops, by reason: each expected once, nothing else.
-    let mut want_drops: Vec<&str> = inputs.iter().filter_map(|(_, e)| if let Expect::Drop(r) = e { Some(*r) } else { None }).collect();
+    let mut want_drops: Vec<&str> = inputs
+        .iter()
+        .filter_map(|(_, e)| {
+            if let Expect::Drop(r) = e {
+                Some(*r)
+            } else {
+                None
+            }
+        })
+        .collect();
     want_drops.sort_unstable();
     for reason in &want_drops {
-        assert_eq!(relay.metric("relay_events_dropped_total", &format!("reason=\"{reason}\"")), 1, "{reason}");
+        assert_eq!(
+            relay.metric(
+                "relay_events_dropped_total",
+                &format!("reason=\"{reason}\"")
+            ),
+            1,
+            "{reason}"
+        );
     }
-    assert_eq!(relay.metric("relay_events_dropped_total", ""), want_drops.len() as u64);
+    assert_eq!(
+        relay.metric("relay_events_dropped_total", ""),
+        want_drops.len() as u64
+    );
 
     // Deliveries, in order, with relay seqs 1..n.
-    let want: Vec<&Vec<u8>> = inputs.iter().filter(|(_, e)| *e == Expect::Deliver).map(|(f, _)| f).collect();
+    let want: Vec<&Vec<u8>> = inputs
+        .iter()
+        .filter(|(_, e)| *e == Expect::Deliver)
+        .map(|(f, _)| f)
+        .collect();
     let mut sub = subscribe(relay.port, Some("0"));
     let got = read_until_idle(&mut sub, Duration::from_millis(500));
     assert_eq!(got.len(), want.len(), "{got:?}");
     for (i, (seen, frame)) in got.iter().zip(&want).enumerate() {
-        let Seen::Event(mut original) = support::decode(frame) else { panic!() };
+        let Seen::Event(mut original) = support::decode(frame) else {
+            panic!()
+        };
         original.set_seq(i as i64 + 1);
-        let Seen::Event(e) = seen else { panic!("{seen:?}") };
-        assert_eq!(e, &original, "delivery {i} is the host's event with the relay seq");
+        let Seen::Event(e) = seen else {
+            panic!("{seen:?}")
+        };
+        assert_eq!(
+            e, &original,
+            "delivery {i} is the host's event with the relay seq"
+        );
     }
-    assert_eq!(got.iter().map(type_of).collect::<Vec<_>>(), ["#identity", "#commit", "#commit", "#sync", "#account", "#commit"]);
+    assert_eq!(
+        got.iter().map(type_of).collect::<Vec<_>>(),
+        [
+            "#identity",
+            "#commit",
+            "#commit",
+            "#sync",
+            "#account",
+            "#commit"
+        ]
+    );
 
     // Replay from a middle cursor, a future cursor, a bad cursor.
     let mut sub = subscribe(relay.port, Some("3"));
-    let tail: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500)).iter().filter_map(Seen::seq).collect();
+    let tail: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500))
+        .iter()
+        .filter_map(Seen::seq)
+        .collect();
     assert_eq!(tail, vec![4, 5, 6]);
     let mut sub = subscribe(relay.port, Some("999"));
     let seen = read_until_idle(&mut sub, Duration::from_millis(500));
-    assert!(matches!(seen.as_slice(), [Seen::Error(e)] if e == "FutureCursor"), "{seen:?}");
+    assert!(
+        matches!(seen.as_slice(), [Seen::Error(e)] if e == "FutureCursor"),
+        "{seen:?}"
+    );
     let (status, body) = relay.get("/xrpc/com.atproto.sync.subscribeRepos?cursor=abc");
     assert_eq!(status, 400);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"], "InvalidRequest");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"],
+        "InvalidRequest"
+    );
     let (status, body) = relay.get("/xrpc/_health");
     assert_eq!(status, 200);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["seq"], 6);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["seq"],
+        6
+    );
     assert_eq!(relay.get("/xrpc/com.atproto.sync.listRepos").0, 501);
 
     // Live: a subscriber without cursor gets only new events, once.
@@ -118,19 +190,35 @@ fn validates_sequences_replays_and_survives_restart() {
     let (rev4, f) = alice.commit(14, Some(rev3.clone()));
     host.push(14, f);
     let seen = read_until_idle(&mut live, Duration::from_millis(700));
-    assert_eq!(seen.iter().filter_map(Seen::seq).collect::<Vec<_>>(), vec![7]);
+    assert_eq!(
+        seen.iter().filter_map(Seen::seq).collect::<Vec<_>>(),
+        vec![7]
+    );
 
     // Restart: the host is resumed after its last processed seq, the relay seq continues.
     relay.stop();
     let (_, f) = alice.commit(15, Some(rev4));
     host.push(15, f);
     let relay = Relay::start(&data, &host.hostname(), &plc.url, &[]);
-    relay.wait_until(Duration::from_secs(20), "post-restart event", || relay.metric("relay_events_relayed_total", "") >= 1);
+    relay.wait_until(Duration::from_secs(20), "post-restart event", || {
+        relay.metric("relay_events_relayed_total", "") >= 1
+    });
     let cursors = host.cursors.lock().unwrap().clone();
-    assert_eq!(cursors, vec![None, Some(14)], "first connection live, then resumed after seq 14");
+    assert_eq!(
+        cursors,
+        vec![None, Some(14)],
+        "first connection live, then resumed after seq 14"
+    );
     let mut sub = subscribe(relay.port, Some("0"));
-    let seqs: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500)).iter().filter_map(Seen::seq).collect();
-    assert_eq!(seqs, (1..=8).collect::<Vec<_>>(), "no gap, no repeat across the restart");
+    let seqs: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500))
+        .iter()
+        .filter_map(Seen::seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=8).collect::<Vec<_>>(),
+        "no gap, no repeat across the restart"
+    );
     relay.stop();
 }
 
@@ -143,9 +231,17 @@ fn slow_consumer_gets_consumer_too_slow_and_others_are_unaffected() {
     let plc = FakePlc::start();
     let host = FakeHost::start();
     let mut alice = Account::new("did:plc:slowalice0000000000000000", 5);
-    plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
+    plc.put(
+        &alice.did,
+        alice.did_doc(&format!("http://{}", host.hostname())),
+    );
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &["--subscriber-queue", "1024"]);
+    let relay = Relay::start(
+        &dir.path().join("data"),
+        &host.hostname(),
+        &plc.url,
+        &["--subscriber-queue", "1024"],
+    );
 
     // The slow subscriber reads one frame every 2 ms (500 events/s), well below the relay's rate.
     let mut slow = subscribe(relay.port, None);
@@ -167,21 +263,43 @@ fn slow_consumer_gets_consumer_too_slow_and_others_are_unaffected() {
     let mut since = None;
     for seq in 1..=events {
         let rev = alice.next_rev();
-        let ev = alice.commit_with(seq, &rev, since.replace(rev.clone()), 8 * 1024, &alice.key.clone());
+        let ev = alice.commit_with(
+            seq,
+            &rev,
+            since.replace(rev.clone()),
+            8 * 1024,
+            &alice.key.clone(),
+        );
         host.push(seq, Event::Commit(ev).encode().unwrap());
     }
-    relay.wait_until(Duration::from_secs(60), "all relayed", || relay.metric("relay_events_relayed_total", "") >= events);
+    relay.wait_until(Duration::from_secs(60), "all relayed", || {
+        relay.metric("relay_events_relayed_total", "") >= events
+    });
     let healthy_seen = reader.join().unwrap();
-    assert_eq!(healthy_seen.len() as u64, events, "the healthy subscriber got everything");
+    assert_eq!(
+        healthy_seen.len() as u64,
+        events,
+        "the healthy subscriber got everything"
+    );
     let slow_seen = slow_reader.join().unwrap();
-    assert!((slow_seen.len() as u64) < events, "the slow subscriber was cut off");
+    assert!(
+        (slow_seen.len() as u64) < events,
+        "the slow subscriber was cut off"
+    );
     assert!(
         matches!(slow_seen.last(), Some(Seen::Error(e)) if e == "ConsumerTooSlow"),
         "last frame: {:?}",
         slow_seen.last().map(type_of)
     );
     let seqs: Vec<i64> = slow_seen.iter().filter_map(Seen::seq).collect();
-    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "what it got, it got in order");
-    assert_eq!(relay.metric("relay_subscribers_closed_total", "consumer_too_slow"), 1);
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "what it got, it got in order"
+    );
+    assert_eq!(
+        relay.metric("relay_subscribers_closed_total", "consumer_too_slow"),
+        1
+    );
     relay.stop();
 }

@@ -84,7 +84,12 @@ pub struct Resolver {
 impl Resolver {
     /// A resolver backed by `store`.
     pub fn new(config: IdentityConfig, store: Arc<Store>, metrics: Metrics) -> Self {
-        Self { config, store, metrics, cache: RefCell::new(HashMap::new()) }
+        Self {
+            config,
+            store,
+            metrics,
+            cache: RefCell::new(HashMap::new()),
+        }
     }
 
     fn fresh(&self, rec: &IdentityRecord, now_ms: u64) -> bool {
@@ -96,18 +101,27 @@ impl Resolver {
     ///
     /// # Errors
     /// [`ResolveError`] when it has to be fetched and cannot be.
-    pub async fn lookup(&self, did: &Did, now_ms: u64) -> Result<(Rc<IdentityRecord>, Source), ResolveError> {
-        if let Some(rec) = self.cache.borrow().get(did).filter(|r| self.fresh(r, now_ms)) {
+    pub async fn lookup(
+        &self,
+        did: &Did,
+        now_ms: u64,
+    ) -> Result<(Rc<IdentityRecord>, Source), ResolveError> {
+        if let Some(rec) = self
+            .cache
+            .borrow()
+            .get(did)
+            .filter(|r| self.fresh(r, now_ms))
+        {
             Metrics::inc(&self.metrics.identity_lookups, "result", "cache");
             return Ok((Rc::clone(rec), Source::Cached));
         }
-        if let Ok(Some(rec)) = self.store.identity(did) {
-            if self.fresh(&rec, now_ms) {
-                Metrics::inc(&self.metrics.identity_lookups, "result", "store");
-                let rec = Rc::new(rec);
-                self.remember(did, Rc::clone(&rec));
-                return Ok((rec, Source::Cached));
-            }
+        if let Ok(Some(rec)) = self.store.identity(did)
+            && self.fresh(&rec, now_ms)
+        {
+            Metrics::inc(&self.metrics.identity_lookups, "result", "store");
+            let rec = Rc::new(rec);
+            self.remember(did, Rc::clone(&rec));
+            return Ok((rec, Source::Cached));
         }
         Ok((self.refresh(did, now_ms).await?, Source::Fetched))
     }
@@ -116,7 +130,11 @@ impl Resolver {
     ///
     /// # Errors
     /// [`ResolveError`] when it cannot be fetched or parsed; the cached entry is then removed.
-    pub async fn refresh(&self, did: &Did, now_ms: u64) -> Result<Rc<IdentityRecord>, ResolveError> {
+    pub async fn refresh(
+        &self,
+        did: &Did,
+        now_ms: u64,
+    ) -> Result<Rc<IdentityRecord>, ResolveError> {
         match self.fetch(did, now_ms).await {
             Ok(rec) => {
                 Metrics::inc(&self.metrics.identity_lookups, "result", "resolved");
@@ -142,10 +160,11 @@ impl Resolver {
 
     fn remember(&self, did: &Did, rec: Rc<IdentityRecord>) {
         let mut cache = self.cache.borrow_mut();
-        if cache.len() >= self.config.memory_entries && !cache.contains_key(did) {
-            if let Some(victim) = cache.keys().next().cloned() {
-                cache.remove(&victim);
-            }
+        if cache.len() >= self.config.memory_entries
+            && !cache.contains_key(did)
+            && let Some(victim) = cache.keys().next().cloned()
+        {
+            cache.remove(&victim);
         }
         cache.insert(did.clone(), rec);
     }
@@ -154,7 +173,11 @@ impl Resolver {
         if did.method() != "plc" {
             return Err(ResolveError::UnsupportedMethod(did.method().to_owned()));
         }
-        let url = HttpUrl::parse(&format!("{}/{}", self.config.plc_url.trim_end_matches('/'), did))?;
+        let url = HttpUrl::parse(&format!(
+            "{}/{}",
+            self.config.plc_url.trim_end_matches('/'),
+            did
+        ))?;
         let (status, body) = http_get(&url, MAX_DID_DOC_BYTES, self.config.timeout).await?;
         if status != 200 {
             return Err(ResolveError::Status(status));

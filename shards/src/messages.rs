@@ -30,6 +30,8 @@ pub struct AcceptedEvent {
 }
 
 /// A message from an ingest shard to the sequencer.
+// Events are the common case; boxing them would add an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum IngestMsg {
     /// A validated event to sequence.

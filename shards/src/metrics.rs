@@ -44,25 +44,69 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every metric in `registry` (prefix-free names; the engine adds none).
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("relay_events_dropped", "Events from hosts not relayed, by reason", self.events_dropped.clone());
-        registry.register("relay_upstream_frames", "Websocket messages received from hosts, by frame type", self.upstream_frames.clone());
-        registry.register("relay_events_relayed", "Events sequenced and persisted", self.events_relayed.clone());
-        registry.register("relay_last_seq", "Highest relay seq assigned", self.last_seq.clone());
-        registry.register("relay_upstream_connects", "Connection attempts to hosts, by result", self.upstream_connects.clone());
-        registry.register("relay_upstream_connected", "Hosts with an open firehose connection", self.upstream_connected.clone());
-        registry.register("relay_identity_lookups", "Identity lookups, by where they were answered", self.identity_lookups.clone());
-        registry.register("relay_subscribers", "Connected subscribers", self.subscribers.clone());
-        registry.register("relay_subscribers_closed", "Subscribers disconnected, by reason", self.subscribers_closed.clone());
-        registry.register("relay_batch_commits", "RocksDB group commits by the sequencer", self.batch_commits.clone());
+        registry.register(
+            "relay_events_dropped",
+            "Events from hosts not relayed, by reason",
+            self.events_dropped.clone(),
+        );
+        registry.register(
+            "relay_upstream_frames",
+            "Websocket messages received from hosts, by frame type",
+            self.upstream_frames.clone(),
+        );
+        registry.register(
+            "relay_events_relayed",
+            "Events sequenced and persisted",
+            self.events_relayed.clone(),
+        );
+        registry.register(
+            "relay_last_seq",
+            "Highest relay seq assigned",
+            self.last_seq.clone(),
+        );
+        registry.register(
+            "relay_upstream_connects",
+            "Connection attempts to hosts, by result",
+            self.upstream_connects.clone(),
+        );
+        registry.register(
+            "relay_upstream_connected",
+            "Hosts with an open firehose connection",
+            self.upstream_connected.clone(),
+        );
+        registry.register(
+            "relay_identity_lookups",
+            "Identity lookups, by where they were answered",
+            self.identity_lookups.clone(),
+        );
+        registry.register(
+            "relay_subscribers",
+            "Connected subscribers",
+            self.subscribers.clone(),
+        );
+        registry.register(
+            "relay_subscribers_closed",
+            "Subscribers disconnected, by reason",
+            self.subscribers_closed.clone(),
+        );
+        registry.register(
+            "relay_batch_commits",
+            "RocksDB group commits by the sequencer",
+            self.batch_commits.clone(),
+        );
         // Pre-create every drop reason so a zero is visible, not an absent series.
         for reason in DropReason::ALL {
-            let _ = self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]);
+            let _ = self
+                .events_dropped
+                .get_or_create(&vec![("reason", reason.as_str())]);
         }
     }
 
     /// Counts one dropped event.
     pub fn drop_event(&self, reason: DropReason) {
-        self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]).inc();
+        self.events_dropped
+            .get_or_create(&vec![("reason", reason.as_str())])
+            .inc();
     }
 
     /// Increments `family{key=value}`.

@@ -53,11 +53,21 @@ pub enum NetError {
 pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, NetError> {
     let name = host.to_owned();
     let addrs = glommio::executor()
-        .spawn_blocking(move || (name.as_str(), port).to_socket_addrs().map(Iterator::collect::<Vec<_>>))
+        .spawn_blocking(move || {
+            (name.as_str(), port)
+                .to_socket_addrs()
+                .map(Iterator::collect::<Vec<_>>)
+        })
         .await
-        .map_err(|e| NetError::Resolve { host: host.to_owned(), reason: e.to_string() })?;
+        .map_err(|e| NetError::Resolve {
+            host: host.to_owned(),
+            reason: e.to_string(),
+        })?;
     if addrs.is_empty() {
-        return Err(NetError::Resolve { host: host.to_owned(), reason: "no addresses".into() });
+        return Err(NetError::Resolve {
+            host: host.to_owned(),
+            reason: "no addresses".into(),
+        });
     }
     Ok(addrs)
 }
@@ -78,7 +88,10 @@ pub async fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStre
             Err(e) => last = std::io::Error::other(e.to_string()),
         }
     }
-    Err(NetError::Connect { host: host.to_owned(), source: last })
+    Err(NetError::Connect {
+        host: host.to_owned(),
+        source: last,
+    })
 }
 
 /// A parsed `http://` URL.
@@ -98,7 +111,9 @@ impl HttpUrl {
     /// # Errors
     /// [`NetError::Url`] for any other scheme or a bad port.
     pub fn parse(url: &str) -> Result<Self, NetError> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| NetError::Url(url.to_owned()))?;
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| NetError::Url(url.to_owned()))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, "/"),
@@ -110,7 +125,11 @@ impl HttpUrl {
         if host.is_empty() {
             return Err(NetError::Url(url.to_owned()));
         }
-        Ok(Self { host: host.to_owned(), port, path: path.to_owned() })
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -119,10 +138,18 @@ impl HttpUrl {
 ///
 /// # Errors
 /// [`NetError`] for connection, protocol, size or deadline failures.
-pub async fn http_get(url: &HttpUrl, max_body: usize, timeout: Duration) -> Result<(u16, Vec<u8>), NetError> {
+pub async fn http_get(
+    url: &HttpUrl,
+    max_body: usize,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), NetError> {
     let fut = async {
         let mut stream = connect(&url.host, url.port, timeout).await?;
-        let host_header = if url.port == 80 { url.host.clone() } else { format!("{}:{}", url.host, url.port) };
+        let host_header = if url.port == 80 {
+            url.host.clone()
+        } else {
+            format!("{}:{}", url.host, url.port)
+        };
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {host_header}\r\nAccept: application/json\r\nUser-Agent: relay/{}\r\nConnection: close\r\n\r\n",
             url.path,
@@ -131,11 +158,16 @@ pub async fn http_get(url: &HttpUrl, max_body: usize, timeout: Duration) -> Resu
         stream.write_all(req.as_bytes()).await?;
         read_response(&mut stream, max_body).await
     };
-    with_timeout(timeout, fut).await.unwrap_or(Err(NetError::Timeout))
+    with_timeout(timeout, fut)
+        .await
+        .unwrap_or(Err(NetError::Timeout))
 }
 
 /// Runs `fut` for at most `dur`; `None` when the deadline passed first.
-pub async fn with_timeout<T>(dur: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
+pub async fn with_timeout<T>(
+    dur: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
     futures_lite::future::or(async { Some(fut.await) }, async {
         glommio::timer::sleep(dur).await;
         None
@@ -143,27 +175,39 @@ pub async fn with_timeout<T>(dur: Duration, fut: impl std::future::Future<Output
     .await
 }
 
-async fn read_response(stream: &mut TcpStream, max_body: usize) -> Result<(u16, Vec<u8>), NetError> {
+async fn read_response(
+    stream: &mut TcpStream,
+    max_body: usize,
+) -> Result<(u16, Vec<u8>), NetError> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 8192];
     let (status, head_len, content_length, chunked) = loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(NetError::Http("connection closed before the response head".into()));
+            return Err(NetError::Http(
+                "connection closed before the response head".into(),
+            ));
         }
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&buf).map_err(|e| NetError::Http(e.to_string()))? {
+        match resp
+            .parse(&buf)
+            .map_err(|e| NetError::Http(e.to_string()))?
+        {
             httparse::Status::Complete(len) => {
                 let status = resp.code.unwrap_or(0);
                 let mut cl = None;
                 let mut chunked = false;
                 for h in resp.headers.iter() {
                     if h.name.eq_ignore_ascii_case("content-length") {
-                        cl = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+                        cl = std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse::<usize>().ok());
                     } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                        chunked = String::from_utf8_lossy(h.value).to_ascii_lowercase().contains("chunked");
+                        chunked = String::from_utf8_lossy(h.value)
+                            .to_ascii_lowercase()
+                            .contains("chunked");
                     }
                 }
                 break (status, len, cl, chunked);
@@ -179,16 +223,16 @@ async fn read_response(stream: &mut TcpStream, max_body: usize) -> Result<(u16, 
     loop {
         if let Some(cl) = content_length {
             if cl > max_body {
-                return Err(NetError::Http(format!("body of {cl} bytes exceeds {max_body}")));
+                return Err(NetError::Http(format!(
+                    "body of {cl} bytes exceeds {max_body}"
+                )));
             }
             if body.len() >= cl {
                 body.truncate(cl);
                 return Ok((status, body));
             }
-        } else if chunked {
-            if let Some(decoded) = decode_chunked(&body)? {
-                return Ok((status, decoded));
-            }
+        } else if chunked && let Some(decoded) = decode_chunked(&body)? {
+            return Ok((status, decoded));
         }
         if body.len() > max_body + 64 * 1024 {
             return Err(NetError::Http(format!("body exceeds {max_body} bytes")));
@@ -209,18 +253,24 @@ fn decode_chunked(buf: &[u8]) -> Result<Option<Vec<u8>>, NetError> {
     let mut out = Vec::new();
     let mut pos = 0;
     loop {
-        let Some(line_end) = buf.get(pos..).and_then(|b| b.windows(2).position(|w| w == b"\r\n")) else {
+        let Some(line_end) = buf
+            .get(pos..)
+            .and_then(|b| b.windows(2).position(|w| w == b"\r\n"))
+        else {
             return Ok(None);
         };
         let line = std::str::from_utf8(buf.get(pos..pos + line_end).unwrap_or_default())
             .map_err(|_| NetError::Http("bad chunk size".into()))?;
         let size_str = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_str, 16).map_err(|_| NetError::Http("bad chunk size".into()))?;
+        let size = usize::from_str_radix(size_str, 16)
+            .map_err(|_| NetError::Http("bad chunk size".into()))?;
         pos += line_end + 2;
         if size == 0 {
             return Ok(Some(out));
         }
-        let Some(data) = buf.get(pos..pos + size) else { return Ok(None) };
+        let Some(data) = buf.get(pos..pos + size) else {
+            return Ok(None);
+        };
         out.extend_from_slice(data);
         pos += size + 2;
         if pos > buf.len() {
@@ -236,7 +286,10 @@ mod tests {
     #[test]
     fn urls() {
         let u = HttpUrl::parse("http://localhost:2582/did:plc:abc").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("localhost", 2582, "/did:plc:abc"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("localhost", 2582, "/did:plc:abc")
+        );
         assert_eq!(HttpUrl::parse("http://plc.example").unwrap().path, "/");
         assert!(HttpUrl::parse("https://plc.directory").is_err());
         assert!(HttpUrl::parse("http://:80/").is_err());
@@ -244,7 +297,12 @@ mod tests {
 
     #[test]
     fn chunked_bodies() {
-        assert_eq!(decode_chunked(b"4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n").unwrap().unwrap(), b"Wikipedia");
+        assert_eq!(
+            decode_chunked(b"4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n")
+                .unwrap()
+                .unwrap(),
+            b"Wikipedia"
+        );
         assert_eq!(decode_chunked(b"4\r\nWi").unwrap(), None);
         assert!(decode_chunked(b"zz\r\n").is_err());
     }

@@ -30,7 +30,9 @@ pub struct SequencerConfig {
 
 impl Default for SequencerConfig {
     fn default() -> Self {
-        Self { max_batch_events: 1024 }
+        Self {
+            max_batch_events: 1024,
+        }
     }
 }
 
@@ -42,29 +44,33 @@ pub enum SequencerError {
     Store(#[from] StoreError),
 }
 
-/// The verdict of the per-account check for one event.
-enum Check {
-    Sequence(Option<RepoState>),
-    Drop(DropReason),
-}
-
-/// Decides whether `ev` moves its account forward, given the account's last relayed state.
-fn check_rev(ev: &AcceptedEvent, prior: Option<&RepoState>) -> Check {
-    let Some(commit) = ev.commit else { return Check::Sequence(None) };
+/// Decides whether `ev` moves its account forward, given the account's last relayed state: the
+/// account's new state to store (`None` for events that do not change it), or why to drop it.
+fn check_rev(
+    ev: &AcceptedEvent,
+    prior: Option<&RepoState>,
+) -> Result<Option<RepoState>, DropReason> {
+    let Some(commit) = ev.commit else {
+        return Ok(None);
+    };
     let (did, rev, is_sync) = match &ev.event {
         Event::Commit(c) => (&c.repo, &c.rev, false),
         Event::Sync(s) => (&s.did, &s.rev, true),
-        _ => return Check::Sequence(None),
+        _ => return Ok(None),
     };
     if let Some(prior) = prior {
         // A #sync may restate the current commit (same rev); a #commit must advance.
-        let stale = if is_sync { rev < &prior.rev } else { rev <= &prior.rev };
+        let stale = if is_sync {
+            rev < &prior.rev
+        } else {
+            rev <= &prior.rev
+        };
         if stale {
             tracing::info!(%did, rev = %rev, stored_rev = %prior.rev, "stale rev");
-            return Check::Drop(DropReason::StaleRev);
+            return Err(DropReason::StaleRev);
         }
     }
-    Check::Sequence(Some(RepoState {
+    Ok(Some(RepoState {
         rev: rev.clone(),
         commit: commit.commit,
         data: commit.data,
@@ -107,9 +113,14 @@ pub async fn run(
 
     let mut last_seq = store.last_seq()?.map_or(0, |s| s.0);
     metrics.last_seq.set(last_seq as i64);
-    tracing::info!(seq = last_seq, "sequencer starting after the last stored seq");
+    tracing::info!(
+        seq = last_seq,
+        "sequencer starting after the last stored seq"
+    );
     loop {
-        let Some(first) = merged_rx.recv().await else { return Ok(()) };
+        let Some(first) = merged_rx.recv().await else {
+            return Ok(());
+        };
         let mut msgs = vec![first];
         while msgs.len() < config.max_batch_events {
             match poll_once(merged_rx.recv()).await {
@@ -129,7 +140,12 @@ pub async fn run(
                 }
                 IngestMsg::Event(ev) => ev,
             };
-            hosts.insert(Arc::clone(&ev.host), HostState { cursor: ev.host_seq });
+            hosts.insert(
+                Arc::clone(&ev.host),
+                HostState {
+                    cursor: ev.host_seq,
+                },
+            );
             let prior = match ev.event.did().and_then(|d| repos.get(d)) {
                 Some(state) => Some(state.clone()),
                 None => match ev.event.did() {
@@ -138,11 +154,11 @@ pub async fn run(
                 },
             };
             let new_state = match check_rev(&ev, prior.as_ref()) {
-                Check::Drop(reason) => {
+                Err(reason) => {
                     metrics.drop_event(reason);
                     continue;
                 }
-                Check::Sequence(state) => state,
+                Ok(state) => state,
             };
             let seq = last_seq + 1;
             ev.event.set_seq(seq as i64);
@@ -159,7 +175,10 @@ pub async fn run(
             if let (Some(state), Some(did)) = (new_state, ev.event.did()) {
                 repos.insert(did.clone(), state);
             }
-            published.push((RelaySeq(seq), Bytes::from(ws::encode_frame(ws::Opcode::Binary, &frame))));
+            published.push((
+                RelaySeq(seq),
+                Bytes::from(ws::encode_frame(ws::Opcode::Binary, &frame)),
+            ));
             batch.events.push((RelaySeq(seq), Bytes::from(frame)));
         }
         batch.repos = repos.into_iter().collect();
@@ -169,7 +188,9 @@ pub async fn run(
         }
         let events = batch.events.len();
         let writer = Arc::clone(&store);
-        glommio::executor().spawn_blocking(move || writer.commit(&batch)).await?;
+        glommio::executor()
+            .spawn_blocking(move || writer.commit(&batch))
+            .await?;
         metrics.batch_commits.inc();
         metrics.events_relayed.inc_by(events as u64);
         metrics.last_seq.set(last_seq as i64);

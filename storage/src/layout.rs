@@ -72,7 +72,12 @@ impl RepoState {
         let commit = take_cid(&mut b)?;
         let data = take_cid(&mut b)?;
         let host = std::str::from_utf8(b).ok()?.to_owned();
-        Some(Self { rev, commit, data, host })
+        Some(Self {
+            rev,
+            commit,
+            data,
+            host,
+        })
     }
 }
 
@@ -103,7 +108,12 @@ impl IdentityRecord {
         out.extend_from_slice(&self.signing_key.to_compressed());
         let elen = u16::try_from(endpoint.len()).unwrap_or(0);
         out.extend_from_slice(&elen.to_be_bytes());
-        out.extend_from_slice(endpoint.as_bytes().get(..usize::from(elen)).unwrap_or_default());
+        out.extend_from_slice(
+            endpoint
+                .as_bytes()
+                .get(..usize::from(elen))
+                .unwrap_or_default(),
+        );
         out.extend_from_slice(handle.as_bytes());
         out
     }
@@ -121,7 +131,12 @@ impl IdentityRecord {
         let endpoint = std::str::from_utf8(take(&mut b, usize::from(elen))?).ok()?;
         let handle = std::str::from_utf8(b).ok()?;
         let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-        Some(Self { fetched_at_ms, signing_key, pds_endpoint: some(endpoint), handle: some(handle) })
+        Some(Self {
+            fetched_at_ms,
+            signing_key,
+            pds_endpoint: some(endpoint),
+            handle: some(handle),
+        })
     }
 }
 
@@ -141,12 +156,27 @@ mod tests {
         assert_eq!(RepoState::decode(&repo.encode()), Some(repo.clone()));
         assert_eq!(RepoState::decode(&repo.encode()[..20]), None);
 
-        let host = HostState { cursor: HostSeq(42) };
+        let host = HostState {
+            cursor: HostSeq(42),
+        };
         assert_eq!(HostState::decode(&host.encode()), Some(host));
 
-        let key = PublicKey::from_did_key("did:key:zDnaembgSGUhZULN2Caob4HLJPaxBh92N7rtH21TErzqf8HQo").unwrap();
-        for (ep, h) in [(Some("http://localhost:2583".to_owned()), Some("a.test".to_owned())), (None, None)] {
-            let id = IdentityRecord { fetched_at_ms: 7, signing_key: key.clone(), pds_endpoint: ep, handle: h };
+        let key =
+            PublicKey::from_did_key("did:key:zDnaembgSGUhZULN2Caob4HLJPaxBh92N7rtH21TErzqf8HQo")
+                .unwrap();
+        for (ep, h) in [
+            (
+                Some("http://localhost:2583".to_owned()),
+                Some("a.test".to_owned()),
+            ),
+            (None, None),
+        ] {
+            let id = IdentityRecord {
+                fetched_at_ms: 7,
+                signing_key: key.clone(),
+                pds_endpoint: ep,
+                handle: h,
+            };
             assert_eq!(IdentityRecord::decode(&id.encode()), Some(id));
         }
     }

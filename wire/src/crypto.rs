@@ -18,8 +18,8 @@ const MULTICODEC_P256: [u8; 2] = [0x80, 0x24];
 
 /// Half the order of P-256, big-endian: a signature's `s` must not exceed it (low-S rule).
 const P256_HALF_ORDER: [u8; 32] = [
-    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xde, 0x73,
-    0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
 ];
 
 /// The curve of a key.
@@ -84,7 +84,9 @@ impl PublicKey {
             KeyType::P256 => {
                 let compressed = compress_p256(bytes).ok_or(KeyError::InvalidPoint(kind))?;
                 // Parse once here so a key that is not on the curve fails at resolution time.
-                if aws_lc_rs::signature::ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, compressed).is_err() {
+                if aws_lc_rs::signature::ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, compressed)
+                    .is_err()
+                {
                     return Err(KeyError::InvalidPoint(kind));
                 }
                 Ok(PublicKey::P256(compressed))
@@ -153,7 +155,10 @@ impl PublicKey {
         };
         let mut bytes = prefix.to_vec();
         bytes.extend_from_slice(&self.to_compressed());
-        format!("did:key:{}", multibase::encode(multibase::Base::Base58Btc, bytes))
+        format!(
+            "did:key:{}",
+            multibase::encode(multibase::Base::Base58Btc, bytes)
+        )
     }
 
     /// Verifies a compact 64-byte low-S signature over `sha256(msg)`.
@@ -167,8 +172,8 @@ impl PublicKey {
         }
         match self {
             PublicKey::K256(key) => {
-                let mut signature =
-                    secp256k1::ecdsa::Signature::from_compact(sig).map_err(|_| SignatureError::Format)?;
+                let mut signature = secp256k1::ecdsa::Signature::from_compact(sig)
+                    .map_err(|_| SignatureError::Format)?;
                 let mut normalized = signature;
                 normalized.normalize_s();
                 if normalized != signature {
@@ -212,7 +217,9 @@ fn compress_p256(bytes: &[u8]) -> Option<[u8; 33]> {
 fn decode_base58btc(s: &str) -> Result<Vec<u8>, KeyError> {
     match multibase::decode(s) {
         Ok((multibase::Base::Base58Btc, bytes)) => Ok(bytes),
-        Ok((base, _)) => Err(KeyError::Encoding(format!("multibase {base:?}, want base58btc"))),
+        Ok((base, _)) => Err(KeyError::Encoding(format!(
+            "multibase {base:?}, want base58btc"
+        ))),
         Err(e) => Err(KeyError::Encoding(e.to_string())),
     }
 }
@@ -229,7 +236,10 @@ mod tests {
         ] {
             assert_eq!(PublicKey::from_did_key(k).unwrap().to_did_key(), k);
         }
-        assert!(PublicKey::from_did_key("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK").is_err());
+        assert!(
+            PublicKey::from_did_key("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK")
+                .is_err()
+        );
         assert!(PublicKey::from_did_key("zQ3sh").is_err());
     }
 }

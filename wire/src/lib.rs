@@ -8,7 +8,15 @@
 //! It must not do I/O, read the clock (callers pass `now`), log, or panic on input: the lints below
 //! forbid `unwrap`, `expect`, indexing and `panic!` outside tests.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 
 pub mod car;
 pub mod cbor;
@@ -21,5 +29,5 @@ pub mod validate;
 pub mod ws;
 
 pub use cid::Cid;
-pub use syntax::{Did, Hostname, HostSeq, Nsid, RelaySeq, Tid};
+pub use syntax::{Did, HostSeq, Hostname, Nsid, RelaySeq, Tid};
 pub use validate::{DropReason, Limits};

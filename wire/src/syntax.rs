@@ -99,7 +99,8 @@ fn check_did(s: &str) -> Result<(), SyntaxError> {
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_lowercase()) {
         return Err(SyntaxError::Did);
     }
-    let ok_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'%' | b'-');
+    let ok_char =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'%' | b'-');
     match id.as_bytes().last() {
         None | Some(b':') | Some(b'%') => return Err(SyntaxError::Did),
         Some(_) => {}
@@ -247,7 +248,8 @@ fn check_hostname(s: &str) -> Result<(), SyntaxError> {
         let b = label.as_bytes();
         let ok = !b.is_empty()
             && b.len() <= 63
-            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
             && b.first() != Some(&b'-')
             && b.last() != Some(&b'-');
         if !ok {
@@ -331,17 +333,34 @@ mod tests {
 
     #[test]
     fn hostnames() {
-        for ok in ["localhost", "localhost:2583", "pds.example.com", "a-b.c0.org:443"] {
+        for ok in [
+            "localhost",
+            "localhost:2583",
+            "pds.example.com",
+            "a-b.c0.org:443",
+        ] {
             assert!(Hostname::new(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "Localhost", "a..b", "-a.com", "a-.com", "1.2.3.4", "x.com:0", "x.com:99999", "x.com:", "x_y.com",
+            "",
+            "Localhost",
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "1.2.3.4",
+            "x.com:0",
+            "x.com:99999",
+            "x.com:",
+            "x_y.com",
             "x.com:080",
         ] {
             assert!(Hostname::new(bad).is_err(), "{bad}");
         }
         let h = Hostname::new("localhost:2583").unwrap();
-        assert_eq!((h.name(), h.port(), h.is_localhost()), ("localhost", Some(2583), true));
+        assert_eq!(
+            (h.name(), h.port(), h.is_localhost()),
+            ("localhost", Some(2583), true)
+        );
     }
 
     #[test]

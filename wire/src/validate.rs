@@ -27,7 +27,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_frame_bytes: 5_000_000, max_blocks_bytes: 2_000_000, max_ops: 200 }
+        Self {
+            max_frame_bytes: 5_000_000,
+            max_blocks_bytes: 2_000_000,
+            max_ops: 200,
+        }
     }
 }
 
@@ -181,7 +185,12 @@ fn check_signed_car(
     check_commit_block(&car, commit_cid, did, rev)
 }
 
-fn check_commit_block(car: &car::Car<'_>, root: &cid::Cid, did: &Did, rev: &Tid) -> Result<(Cid, SignedCommit), DropReason> {
+fn check_commit_block(
+    car: &car::Car<'_>,
+    root: &cid::Cid,
+    did: &Did,
+    rev: &Tid,
+) -> Result<(Cid, SignedCommit), DropReason> {
     if root.codec() != car::CODEC_DAG_CBOR {
         return Err(DropReason::BadCommit);
     }

@@ -91,7 +91,10 @@ fn signature_fixtures() {
         high_s += usize::from(f.tags.iter().any(|t| t == "high-s"));
         der += usize::from(f.tags.iter().any(|t| t == "der-encoded"));
     }
-    assert!(high_s >= 2 && der >= 2, "fixtures cover high-S ({high_s}) and DER ({der}) rejects");
+    assert!(
+        high_s >= 2 && der >= 2,
+        "fixtures cover high-S ({high_s}) and DER ({der}) rejects"
+    );
 }
 
 #[derive(serde::Deserialize)]
@@ -102,7 +105,10 @@ struct DidKeyVector {
 
 #[test]
 fn did_key_vectors() {
-    for (file, kind) in [("w3c_didkey_K256.json", KeyType::K256), ("w3c_didkey_P256.json", KeyType::P256)] {
+    for (file, kind) in [
+        ("w3c_didkey_K256.json", KeyType::K256),
+        ("w3c_didkey_P256.json", KeyType::P256),
+    ] {
         let text = std::fs::read_to_string(fixtures().join("crypto").join(file)).unwrap();
         let vectors: Vec<DidKeyVector> = serde_json::from_str(&text).unwrap();
         assert!(!vectors.is_empty());
@@ -125,11 +131,14 @@ struct DataModelFixture {
 /// bytes, and those bytes hash to the fixture's CID.
 #[test]
 fn data_model_fixtures() {
-    let text = std::fs::read_to_string(fixtures().join("data-model/data-model-fixtures.json")).unwrap();
+    let text =
+        std::fs::read_to_string(fixtures().join("data-model/data-model-fixtures.json")).unwrap();
     let fixtures: Vec<DataModelFixture> = serde_json::from_str(&text).unwrap();
     assert!(!fixtures.is_empty());
     for f in fixtures {
-        let cbor = base64::engine::general_purpose::STANDARD_NO_PAD.decode(&f.cbor_base64).unwrap();
+        let cbor = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(&f.cbor_base64)
+            .unwrap();
         let value: ipld_core::ipld::Ipld = wire::cbor::from_slice(&cbor).unwrap();
         assert_eq!(wire::cbor::to_vec(&value).unwrap(), cbor, "{}", f.json);
         let cid = wire::car::cid_for(wire::car::CODEC_DAG_CBOR, &cbor);

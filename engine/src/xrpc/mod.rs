@@ -52,12 +52,17 @@ pub fn route(req: &Request, ctx: &Ctx) -> Routed {
             Some(resp) => Routed::Respond(resp),
             None => subscribe_repos::handle(req, ctx),
         },
-        _ => Routed::Respond(Response::xrpc_error(501, "MethodNotImplemented", &format!("method {nsid} is not implemented"))),
+        _ => Routed::Respond(Response::xrpc_error(
+            501,
+            "MethodNotImplemented",
+            &format!("method {nsid} is not implemented"),
+        )),
     }
 }
 
 fn only_get(req: &Request) -> Option<Response> {
-    (req.method != "GET").then(|| Response::xrpc_error(405, "InvalidRequest", "only GET is allowed on this method"))
+    (req.method != "GET")
+        .then(|| Response::xrpc_error(405, "InvalidRequest", "only GET is allowed on this method"))
 }
 
 fn metrics(ctx: &Ctx) -> Response {
@@ -65,5 +70,9 @@ fn metrics(ctx: &Ctx) -> Response {
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &ctx.registry) {
         return Response::xrpc_error(500, "InternalServerError", &e.to_string());
     }
-    Response { status: 200, content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8", body: body.into_bytes() }
+    Response {
+        status: 200,
+        content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        body: body.into_bytes(),
+    }
 }

@@ -41,7 +41,11 @@ pub struct FanoutConfig {
 
 impl Default for FanoutConfig {
     fn default() -> Self {
-        Self { subscriber_queue: 10_000, replay_chunk: 512, write_timeout: Duration::from_secs(30) }
+        Self {
+            subscriber_queue: 10_000,
+            replay_chunk: 512,
+            write_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -66,7 +70,11 @@ impl FanoutShard {
     ///
     /// # Errors
     /// [`storage::StoreError`] when the store cannot be read.
-    pub fn new(config: FanoutConfig, store: Arc<Store>, metrics: Metrics) -> Result<Rc<Self>, storage::StoreError> {
+    pub fn new(
+        config: FanoutConfig,
+        store: Arc<Store>,
+        metrics: Metrics,
+    ) -> Result<Rc<Self>, storage::StoreError> {
         let head = store.last_seq()?.map_or(0, |s| s.0);
         Ok(Rc::new(Self {
             config,
@@ -85,7 +93,11 @@ impl FanoutShard {
 
     /// Subscribers currently receiving live events on this shard.
     pub fn subscribers(&self) -> Vec<SubscriberInfo> {
-        self.live.borrow().values().map(|r| r.info.clone()).collect()
+        self.live
+            .borrow()
+            .values()
+            .map(|r| r.info.clone())
+            .collect()
     }
 
     /// Receives batches from the sequencer and queues them for every live subscriber, until the
@@ -101,12 +113,18 @@ impl FanoutShard {
     }
 
     fn publish(&self, batch: &PublishedBatch) {
-        let Some((last, _)) = batch.last() else { return };
+        let Some((last, _)) = batch.last() else {
+            return;
+        };
         self.head.set(last.0);
         let mut live = self.live.borrow_mut();
         live.retain(|_, sub| {
             for (seq, frame) in batch.iter() {
-                if sub.queue.push(Outgoing::Event(*seq, frame.clone())).is_err() {
+                if sub
+                    .queue
+                    .push(Outgoing::Event(*seq, frame.clone()))
+                    .is_err()
+                {
                     // Full: the subscriber's own task sends ConsumerTooSlow and closes.
                     sub.queue.mark_too_slow();
                     return false;
@@ -119,7 +137,9 @@ impl FanoutShard {
     fn register(&self, queue: Rc<subscriber::Queue>, info: SubscriberInfo) -> u64 {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        self.live.borrow_mut().insert(id, Registered { queue, info });
+        self.live
+            .borrow_mut()
+            .insert(id, Registered { queue, info });
         id
     }
 

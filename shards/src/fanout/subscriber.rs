@@ -11,9 +11,9 @@ use bytes::Bytes;
 use futures_lite::io::{ReadHalf, WriteHalf};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use wire::RelaySeq;
 use wire::frame::ErrorBody;
 use wire::ws::{self, Opcode};
-use wire::RelaySeq;
 
 use super::FanoutShard;
 use crate::metrics::Metrics;
@@ -144,7 +144,10 @@ impl Queue {
 }
 
 fn error_frame(error: &str, message: &str) -> Vec<u8> {
-    let body = ErrorBody { error: error.to_owned(), message: Some(message.to_owned()) };
+    let body = ErrorBody {
+        error: error.to_owned(),
+        message: Some(message.to_owned()),
+    };
     // Encoding two strings cannot fail.
     ws::encode_frame(Opcode::Binary, &body.encode().unwrap_or_default())
 }
@@ -177,7 +180,13 @@ impl FanoutShard {
     /// Serves one subscriber whose websocket handshake has been answered: replays from `cursor`
     /// (events with `seq > cursor`) when given, then streams live events until the subscriber closes,
     /// falls too far behind, or a write fails. `leftover` holds bytes read past the HTTP head.
-    pub async fn serve(self: Rc<Self>, stream: TcpStream, cursor: Option<RelaySeq>, leftover: Vec<u8>, info: SubscriberInfo) {
+    pub async fn serve(
+        self: Rc<Self>,
+        stream: TcpStream,
+        cursor: Option<RelaySeq>,
+        leftover: Vec<u8>,
+        info: SubscriberInfo,
+    ) {
         self.metrics.subscribers.inc();
         let _ = stream.set_write_timeout(Some(self.config.write_timeout));
         let (rd, mut wr) = futures_lite::io::split(stream);
@@ -192,12 +201,15 @@ impl FanoutShard {
                 let _ = crate::net::with_timeout(Duration::from_secs(1), wr.write_all(&bye)).await;
             }
             End::FutureCursor => {
-                let mut bye = error_frame("FutureCursor", "cursor is ahead of the relay's sequence");
+                let mut bye =
+                    error_frame("FutureCursor", "cursor is ahead of the relay's sequence");
                 bye.extend(ws::encode_close(1008, "FutureCursor"));
                 let _ = wr.write_all(&bye).await;
             }
             End::StoreError => {
-                let _ = wr.write_all(&ws::encode_close(1011, "internal error")).await;
+                let _ = wr
+                    .write_all(&ws::encode_close(1011, "internal error"))
+                    .await;
             }
             End::ConsumerTooSlowMidFrame | End::ClientClosed | End::WriteError => {}
         }
@@ -225,7 +237,10 @@ impl FanoutShard {
             loop {
                 let store = std::sync::Arc::clone(&self.store);
                 let after = RelaySeq(last_sent);
-                let events = match glommio::executor().spawn_blocking(move || store.events_after(after, chunk)).await {
+                let events = match glommio::executor()
+                    .spawn_blocking(move || store.events_after(after, chunk))
+                    .await
+                {
                     Ok(e) => e,
                     Err(e) => {
                         tracing::error!(error = %e, "replay read failed");
@@ -258,12 +273,26 @@ impl FanoutShard {
         end
     }
 
-    async fn stream_live(&self, wr: &mut WriteHalf<TcpStream>, queue: &Queue, buf: &mut Vec<u8>, mut last_sent: u64) -> End {
+    async fn stream_live(
+        &self,
+        wr: &mut WriteHalf<TcpStream>,
+        queue: &Queue,
+        buf: &mut Vec<u8>,
+        mut last_sent: u64,
+    ) -> End {
         let mut items = Vec::new();
         loop {
             items.clear();
-            if queue.next_batch(&mut items, MAX_WRITE_BATCH_BYTES).await.is_none() {
-                return if queue.too_slow.get() { End::ConsumerTooSlow } else { End::ClientClosed };
+            if queue
+                .next_batch(&mut items, MAX_WRITE_BATCH_BYTES)
+                .await
+                .is_none()
+            {
+                return if queue.too_slow.get() {
+                    End::ConsumerTooSlow
+                } else {
+                    End::ClientClosed
+                };
             }
             buf.clear();
             let mut closing = false;
@@ -310,7 +339,8 @@ async fn write(wr: &mut WriteHalf<TcpStream>, buf: &[u8], queue: &Queue) -> Resu
     match raced {
         Some(Ok(())) => Ok(()),
         Some(Err(_)) => Err(End::WriteError),
-        None if queue.too_slow.get() => match crate::net::with_timeout(TOO_SLOW_GRACE, write).await {
+        None if queue.too_slow.get() => match crate::net::with_timeout(TOO_SLOW_GRACE, write).await
+        {
             Some(Ok(())) => Err(End::ConsumerTooSlow),
             _ => Err(End::ConsumerTooSlowMidFrame),
         },
@@ -327,7 +357,9 @@ async fn read_client(mut rd: ReadHalf<TcpStream>, queue: Rc<Queue>, mut buf: Vec
                 Ok(Some((frame, used))) => {
                     buf.drain(..used);
                     match frame.opcode {
-                        Opcode::Ping => queue.push_control(Outgoing::Control(ws::encode_frame(Opcode::Pong, &frame.payload).into())),
+                        Opcode::Ping => queue.push_control(Outgoing::Control(
+                            ws::encode_frame(Opcode::Pong, &frame.payload).into(),
+                        )),
                         Opcode::Close => {
                             queue.push_control(Outgoing::Close(ws::encode_close(1000, "").into()));
                             return;
@@ -339,7 +371,9 @@ async fn read_client(mut rd: ReadHalf<TcpStream>, queue: Rc<Queue>, mut buf: Vec
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "subscriber protocol error");
-                    queue.push_control(Outgoing::Close(ws::encode_close(1002, "protocol error").into()));
+                    queue.push_control(Outgoing::Close(
+                        ws::encode_close(1002, "protocol error").into(),
+                    ));
                     return;
                 }
             }

@@ -85,7 +85,13 @@ pub async fn run(
     metrics: Metrics,
 ) {
     let resolver = Resolver::new(config.identity.clone(), Arc::clone(&store), metrics.clone());
-    let shard = Rc::new(Shard { config, store, metrics, resolver, to_sequencer: to_sequencer.connect().await });
+    let shard = Rc::new(Shard {
+        config,
+        store,
+        metrics,
+        resolver,
+        to_sequencer: to_sequencer.connect().await,
+    });
     let tasks: Vec<_> = hosts
         .into_iter()
         .map(|host| glommio::spawn_local(run_host(Rc::clone(&shard), host)))
@@ -96,14 +102,20 @@ pub async fn run(
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn run_host(shard: Rc<Shard>, host: Hostname) {
     let label: Arc<str> = Arc::from(host.as_str());
     let mut seed = std::collections::hash_map::DefaultHasher::new();
     host.hash(&mut seed);
-    let mut backoff = Backoff::new(shard.config.backoff_base, shard.config.backoff_max, seed.finish());
+    let mut backoff = Backoff::new(
+        shard.config.backoff_base,
+        shard.config.backoff_max,
+        seed.finish(),
+    );
     let mut cursor = match shard.store.host(host.as_str()) {
         Ok(state) => state.map(|s| s.cursor),
         Err(e) => {
@@ -149,17 +161,23 @@ async fn connect(shard: &Shard, host: &Hostname, cursor: Option<HostSeq>) -> Res
     };
     let timeout = shard.config.connect_timeout;
     let handshake = async {
-        let tcp = net::connect(host.name(), port, timeout).await.map_err(|e| e.to_string())?;
+        let tcp = net::connect(host.name(), port, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
         // Messages above the relay's own limit are still read (and dropped as frame_too_big) up to
         // twice that size, so one oversized frame does not make the connection loop on reconnect.
         let limit = shard.config.limits.max_frame_bytes.saturating_mul(2);
-        let config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit));
         async_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config))
             .await
             .map(|(ws, _)| ws)
             .map_err(|e| e.to_string())
     };
-    net::with_timeout(timeout, handshake).await.unwrap_or_else(|| Err("handshake timed out".into()))
+    net::with_timeout(timeout, handshake)
+        .await
+        .unwrap_or_else(|| Err("handshake timed out".into()))
 }
 
 enum ReadOutcome {
@@ -204,8 +222,16 @@ async fn read_frames(
                 break;
             }
         };
-        let verdict =
-            process::process_frame(&bytes, host, label, last_seq, &shard.config.limits, &shard.resolver, now_ms()).await;
+        let verdict = process::process_frame(
+            &bytes,
+            host,
+            label,
+            last_seq,
+            &shard.config.limits,
+            &shard.resolver,
+            now_ms(),
+        )
+        .await;
         Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(&verdict));
         let msg = match verdict {
             process::Verdict::Accept(ev) => {
@@ -219,7 +245,10 @@ async fn read_frames(
                     // Only a seq above the last one moves the cursor.
                     Some(s) if last_seq.is_none_or(|l| s > l) => {
                         last_seq = Some(s);
-                        IngestMsg::Cursor { host: Arc::clone(label), seq: s }
+                        IngestMsg::Cursor {
+                            host: Arc::clone(label),
+                            seq: s,
+                        }
                     }
                     _ => continue,
                 }

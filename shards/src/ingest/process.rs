@@ -11,6 +11,8 @@ use crate::identity::{Resolver, Source};
 use crate::messages::{AcceptedEvent, CommitRef};
 
 /// What to do with one frame from a host.
+// Accepting is the common case; boxing it would add an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Verdict {
     /// Relay it.
@@ -39,7 +41,9 @@ pub async fn process_frame(
         Ok(Frame::Message(Event::Info(i))) => return Verdict::Info(Frame::Message(Event::Info(i))),
         Ok(Frame::Message(e)) => e,
         Ok(f @ Frame::Error(_)) => return Verdict::Info(f),
-        Err(wire::frame::FrameError::UnknownType(_)) => return Verdict::Drop(DropReason::UnknownType, None),
+        Err(wire::frame::FrameError::UnknownType(_)) => {
+            return Verdict::Drop(DropReason::UnknownType, None);
+        }
         Err(_) => return Verdict::Drop(DropReason::MalformedFrame, None),
     };
     let Some(seq) = event.seq().and_then(|s| u64::try_from(s).ok()).map(HostSeq) else {
@@ -75,7 +79,10 @@ pub async fn process_frame(
     // Host authority, then the signature. A cached identity that fails either is fetched again once
     // (the account may have migrated or rotated its key) before the event is dropped.
     loop {
-        let authority = identity.pds_endpoint.as_deref().and_then(wire::did_doc::endpoint_host);
+        let authority = identity
+            .pds_endpoint
+            .as_deref()
+            .and_then(wire::did_doc::endpoint_host);
         let verdict = if authority.as_ref() != Some(host) {
             Some(DropReason::WrongHost)
         } else if signed.verify(&identity.signing_key).is_err() {
@@ -95,10 +102,18 @@ pub async fn process_frame(
             },
         }
     }
-    let commit = CommitRef { commit: commit_cid, data: signed.commit.data };
+    let commit = CommitRef {
+        commit: commit_cid,
+        data: signed.commit.data,
+    };
     accept(host_label, seq, event, Some(commit))
 }
 
 fn accept(host: &Arc<str>, seq: HostSeq, event: Event, commit: Option<CommitRef>) -> Verdict {
-    Verdict::Accept(AcceptedEvent { host: Arc::clone(host), host_seq: seq, event, commit })
+    Verdict::Accept(AcceptedEvent {
+        host: Arc::clone(host),
+        host_seq: seq,
+        event,
+        commit,
+    })
 }

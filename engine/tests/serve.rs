@@ -258,6 +258,20 @@ fn slow_consumer_gets_consumer_too_slow_and_others_are_unaffected() {
         }
     });
     let reader = std::thread::spawn(move || read_until_idle(&mut healthy, Duration::from_secs(3)));
+    // /xrpc/_health is polled throughout the burst; every poll must answer 200.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop_on_drop = support::StopOnDrop(std::sync::Arc::clone(&stop));
+    let health = {
+        let (port, stop) = (relay.port, std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                statuses.push(support::http_get(port, "/xrpc/_health").map_or(0, |r| r.0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            statuses
+        })
+    };
     // ~32 MB of events: more than the slow subscriber's queue and loopback socket buffers hold.
     let events = 4000u64;
     let mut since = None;
@@ -276,6 +290,12 @@ fn slow_consumer_gets_consumer_too_slow_and_others_are_unaffected() {
         relay.metric("relay_events_relayed_total", "") >= events
     });
     let healthy_seen = reader.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let statuses = health.join().unwrap();
+    assert!(
+        statuses.len() > 5 && statuses.iter().all(|s| *s == 200),
+        "health during the burst: {statuses:?}"
+    );
     assert_eq!(
         healthy_seen.len() as u64,
         events,
@@ -300,6 +320,65 @@ fn slow_consumer_gets_consumer_too_slow_and_others_are_unaffected() {
     assert_eq!(
         relay.metric("relay_subscribers_closed_total", "consumer_too_slow"),
         1
+    );
+    relay.stop();
+}
+
+#[test]
+fn one_core_layout_relays_and_pins_rocksdb_threads() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let mut alice = Account::new("did:plc:onecore0000000000000000000", 6);
+    plc.put(
+        &alice.did,
+        alice.did_doc(&format!("http://{}", host.hostname())),
+    );
+    let (rev1, f) = alice.commit(1, None);
+    host.push(1, f);
+    let (_, f) = alice.commit(2, Some(rev1));
+    host.push(2, f);
+    let dir = tempfile::tempdir().unwrap();
+    let layout = [
+        "--ingest-cores",
+        "0",
+        "--fanout-cores",
+        "0",
+        "--sequencer-core",
+        "0",
+        "--compaction-core",
+        "0",
+    ];
+    let relay = Relay::start(
+        &dir.path().join("data"),
+        &host.hostname(),
+        &plc.url,
+        &layout,
+    );
+    relay.wait_until(Duration::from_secs(20), "relayed", || {
+        relay.metric("relay_events_relayed_total", "") >= 2
+    });
+    let mut sub = subscribe(relay.port, Some("0"));
+    let seqs: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500))
+        .iter()
+        .filter_map(Seen::seq)
+        .collect();
+    assert_eq!(seqs, vec![1, 2]);
+    let threads = relay.threads();
+    let rocks: Vec<_> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("rocksdb:"))
+        .collect();
+    assert!(!rocks.is_empty(), "{threads:?}");
+    assert!(
+        rocks.iter().all(|(_, cpus)| cpus == "0"),
+        "RocksDB threads pinned to the compaction core: {threads:?}"
+    );
+    assert!(
+        threads
+            .iter()
+            .filter(|(n, _)| n.starts_with("relay-cpu"))
+            .all(|(_, cpus)| cpus == "0"),
+        "{threads:?}"
     );
     relay.stop();
 }

@@ -394,6 +394,26 @@ impl Relay {
         relay
     }
 
+    /// The relay's threads as (name, allowed CPU list), from `/proc`.
+    pub fn threads(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+            .unwrap()
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            out.push((comm.trim().to_owned(), cpus));
+        }
+        out
+    }
+
     /// `GET path` → (status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.port, path).unwrap_or((0, String::new()))

@@ -195,10 +195,31 @@ fn validates_sequences_replays_and_survives_restart() {
         vec![7]
     );
 
+    // Key rotation: the cached key no longer verifies, so the document is fetched again once and the
+    // commit signed with the new key is relayed.
+    let mut rotated = Account::new(alice.did.as_str(), 9);
+    for _ in 0..10 {
+        rotated.next_rev();
+    }
+    plc.put(&rotated.did, rotated.did_doc(&pds));
+    let (rev5, f) = rotated.commit(15, Some(rev4));
+    host.push(15, f);
+    let seen = read_until_idle(&mut live, Duration::from_millis(700));
+    assert_eq!(
+        seen.iter().filter_map(Seen::seq).collect::<Vec<_>>(),
+        vec![8],
+        "signed with the rotated key"
+    );
+    assert_eq!(
+        relay.metric("relay_identity_lookups_total", "result=\"resolved\""),
+        4,
+        "alice: first use, the bad signature, the rotation; bob: first use"
+    );
+
     // Restart: the host is resumed after its last processed seq, the relay seq continues.
     relay.stop();
-    let (_, f) = alice.commit(15, Some(rev4));
-    host.push(15, f);
+    let (_, f) = rotated.commit(16, Some(rev5));
+    host.push(16, f);
     let relay = Relay::start(&data, &host.hostname(), &plc.url, &[]);
     relay.wait_until(Duration::from_secs(20), "post-restart event", || {
         relay.metric("relay_events_relayed_total", "") >= 1
@@ -206,8 +227,8 @@ fn validates_sequences_replays_and_survives_restart() {
     let cursors = host.cursors.lock().unwrap().clone();
     assert_eq!(
         cursors,
-        vec![None, Some(14)],
-        "first connection live, then resumed after seq 14"
+        vec![None, Some(15)],
+        "first connection live, then resumed after seq 15"
     );
     let mut sub = subscribe(relay.port, Some("0"));
     let seqs: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500))
@@ -216,7 +237,7 @@ fn validates_sequences_replays_and_survives_restart() {
         .collect();
     assert_eq!(
         seqs,
-        (1..=8).collect::<Vec<_>>(),
+        (1..=9).collect::<Vec<_>>(),
         "no gap, no repeat across the restart"
     );
     relay.stop();

@@ -251,8 +251,7 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
     let control = Arc::clone(&ctx.control);
     if let Some((tx, hosts)) = work.ingest {
         let tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "ingest");
-        let mut config = IngestConfig::new(IdentityConfig::new(ctx.plc_url.clone()));
-        config.identity.timeout = Duration::from_secs(10);
+        let config = IngestConfig::new(IdentityConfig::new(ctx.plc_url.clone()));
         let fut = ingest::run(
             config,
             hosts,

@@ -24,6 +24,7 @@ pub mod commit;
 pub mod crypto;
 pub mod did_doc;
 pub mod frame;
+pub mod mst;
 pub mod syntax;
 pub mod validate;
 pub mod ws;

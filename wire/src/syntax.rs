@@ -24,6 +24,55 @@ pub enum SyntaxError {
     /// The string is not a hostname with an optional `:port`.
     #[error("invalid hostname")]
     Hostname,
+    /// The string is not an atproto datetime per <https://atproto.com/specs/lexicon#datetime>.
+    #[error("invalid datetime")]
+    Datetime,
+}
+
+/// Checks atproto datetime syntax (<https://atproto.com/specs/lexicon#datetime>): RFC 3339
+/// `YYYY-MM-DDTHH:MM:SS`, optional fractional seconds, then `Z` or a `±HH:MM` offset other than
+/// `-00:00`; uppercase `T` and `Z`; fields in range.
+///
+/// # Errors
+/// [`SyntaxError::Datetime`].
+pub fn check_datetime(s: &str) -> Result<(), SyntaxError> {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = b.get(r)?;
+        if part.iter().all(u8::is_ascii_digit) {
+            Some(part.iter().fold(0, |acc, d| acc * 10 + u32::from(d - b'0')))
+        } else {
+            None
+        }
+    };
+    let fixed = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if fixed.iter().any(|(i, c)| b.get(*i) != Some(c)) {
+        return Err(SyntaxError::Datetime);
+    }
+    let fields = (digits(0..4), digits(5..7), digits(8..10), digits(11..13), digits(14..16), digits(17..19));
+    let (Some(_), Some(mo), Some(d), Some(h), Some(mi), Some(sec)) = fields else {
+        return Err(SyntaxError::Datetime);
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return Err(SyntaxError::Datetime);
+    }
+    let mut rest = b.get(19..).unwrap_or_default();
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return Err(SyntaxError::Datetime);
+        }
+        rest = frac.get(n..).unwrap_or_default();
+    }
+    match rest {
+        b"Z" => Ok(()),
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let all_digits = [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit());
+            let negative_zero = *sign == b'-' && [h1, h2, m1, m2].iter().all(|c| **c == b'0');
+            if all_digits && !negative_zero { Ok(()) } else { Err(SyntaxError::Datetime) }
+        }
+        _ => Err(SyntaxError::Datetime),
+    }
 }
 
 macro_rules! string_newtype {

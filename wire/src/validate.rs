@@ -4,25 +4,34 @@
 //! Rules from <https://atproto.com/specs/sync> and the `com.atproto.sync.subscribeRepos` lexicon:
 //! `blocks` is a CAR whose single root is the `commit` CID and whose blocks hash to their CIDs; the
 //! commit object is version 3 and agrees with the event's `repo`/`did` and `rev`; at most 200 ops,
-//! `blocks` at most 2,000,000 bytes. The signature needs the account's key and is checked by the
-//! caller with [`SignedCommit::verify`].
+//! `blocks` at most 2,000,000 bytes (10,000 for `#sync`); `rev` at most 5 minutes ahead; `time` a
+//! datetime. Sync 1.1: each op's `cid` is what the signed tree holds at its path, and inverting the ops
+//! gives `prevData`. The signature needs the account's key and is checked by the caller with
+//! [`SignedCommit::verify`]; the per-account checks (`since`, `prevData` against the stored state)
+//! need the relay's state and are the sequencer's.
 
 use crate::car::{self, CarError};
 use crate::commit::{COMMIT_VERSION, SignedCommit};
 use crate::frame::{CommitEvent, SyncEvent};
+use crate::mst::{Mst, MstError};
 use crate::syntax::{Did, Tid};
 use cid::Cid;
 
-/// Size limits on events, in bytes and counts. The defaults are the lexicon's and the spec's.
+/// Limits on events, in bytes, counts and time. The defaults are the lexicon's and the spec's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest websocket message accepted from a host, in bytes. Default 5,000,000 (5 MB; event-stream
     /// spec). Larger frames are dropped as [`DropReason::FrameTooBig`].
     pub max_frame_bytes: usize,
-    /// Largest `blocks` field, in bytes. Default 2,000,000 (lexicon `maxLength`).
+    /// Largest `blocks` of a `#commit`, in bytes. Default 2,000,000 (lexicon `maxLength`).
     pub max_blocks_bytes: usize,
+    /// Largest `blocks` of a `#sync`, in bytes. Default 10,000 (lexicon `maxLength`).
+    pub max_sync_blocks_bytes: usize,
     /// Most `ops` in one `#commit`. Default 200 (lexicon `maxLength`).
     pub max_ops: usize,
+    /// How far a `rev` may be ahead of the relay's clock, in microseconds. Default 300,000,000
+    /// (5 minutes, <https://atproto.com/specs/sync>).
+    pub max_future_rev_us: u64,
 }
 
 impl Default for Limits {
@@ -30,7 +39,9 @@ impl Default for Limits {
         Self {
             max_frame_bytes: 5_000_000,
             max_blocks_bytes: 2_000_000,
+            max_sync_blocks_bytes: 10_000,
             max_ops: 200,
+            max_future_rev_us: 300_000_000,
         }
     }
 }
@@ -71,11 +82,33 @@ pub enum DropReason {
     WrongHost,
     /// The `rev` is not newer than the account's last relayed `rev` (`#sync`: older than it).
     StaleRev,
+    /// The `rev` is more than [`Limits::max_future_rev_us`] ahead of the relay's clock.
+    FutureRev,
+    /// The `time` field is not an atproto datetime.
+    BadTime,
+    /// `rebase` or `tooBig` is true: deprecated forms whose blocks cannot be verified.
+    DeprecatedFlag,
+    /// An op's `cid` is not what the signed tree holds at its path (or a deleted path is present).
+    OpCidMismatch,
+    /// The CAR lacks an MST block needed to check the ops or to invert them (Sync 1.1 proof).
+    MissingMstBlock,
+    /// An MST node does not decode or breaks the MST rules.
+    BadMst,
+    /// Inverting the ops on the signed tree does not give the event's `prevData`.
+    InversionMismatch,
+    /// `prevData` is not the data CID of the account's last relayed commit.
+    WrongPrevData,
+    /// `since` is not the `rev` of the account's last relayed commit.
+    WrongSince,
+    /// The account is not active (deactivated, suspended, deleted, … upstream).
+    InactiveAccount,
+    /// The account is taken down on this relay.
+    TakenDown,
 }
 
 impl DropReason {
     /// Every reason, for pre-registering counters.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 27] = [
         DropReason::FrameTooBig,
         DropReason::MalformedFrame,
         DropReason::UnknownType,
@@ -92,6 +125,17 @@ impl DropReason {
         DropReason::BadSignature,
         DropReason::WrongHost,
         DropReason::StaleRev,
+        DropReason::FutureRev,
+        DropReason::BadTime,
+        DropReason::DeprecatedFlag,
+        DropReason::OpCidMismatch,
+        DropReason::MissingMstBlock,
+        DropReason::BadMst,
+        DropReason::InversionMismatch,
+        DropReason::WrongPrevData,
+        DropReason::WrongSince,
+        DropReason::InactiveAccount,
+        DropReason::TakenDown,
     ];
 
     /// The counter label, snake_case.
@@ -113,7 +157,31 @@ impl DropReason {
             DropReason::BadSignature => "bad_signature",
             DropReason::WrongHost => "wrong_host",
             DropReason::StaleRev => "stale_rev",
+            DropReason::FutureRev => "future_rev",
+            DropReason::BadTime => "bad_time",
+            DropReason::DeprecatedFlag => "deprecated_flag",
+            DropReason::OpCidMismatch => "op_cid_mismatch",
+            DropReason::MissingMstBlock => "missing_mst_block",
+            DropReason::BadMst => "bad_mst",
+            DropReason::InversionMismatch => "inversion_mismatch",
+            DropReason::WrongPrevData => "wrong_prev_data",
+            DropReason::WrongSince => "wrong_since",
+            DropReason::InactiveAccount => "inactive_account",
+            DropReason::TakenDown => "taken_down",
         }
+    }
+
+    /// Whether this is a Sync 1.1 consistency failure (`--lenient-sync` relays these and counts them).
+    pub fn is_sync_violation(self) -> bool {
+        matches!(
+            self,
+            DropReason::OpCidMismatch
+                | DropReason::MissingMstBlock
+                | DropReason::BadMst
+                | DropReason::InversionMismatch
+                | DropReason::WrongPrevData
+                | DropReason::WrongSince
+        )
     }
 }
 
@@ -129,35 +197,70 @@ impl From<CarError> for DropReason {
     }
 }
 
-/// Checks the CAR and commit object of a `#commit` against the event; returns the commit's CID and
-/// the decoded commit for the signature check.
+/// A `#commit` or `#sync` whose structure checked out.
+#[derive(Debug, Clone)]
+pub struct CheckedCommit {
+    /// CID of the commit object.
+    pub cid: Cid,
+    /// The commit, ready for the signature check.
+    pub signed: SignedCommit,
+    /// The Sync 1.1 proof: `Ok` when every op matches the signed tree and inverting the ops gives
+    /// `prevData` (or the event has no `prevData`). The caller decides whether a failure drops the
+    /// event (the default) or is only counted (`--lenient-sync`).
+    pub proof: Result<(), DropReason>,
+}
+
+/// Checks a `#commit`: deprecated flags, `time`, `rev` not in the future (`now_us`: the relay's clock
+/// in microseconds since the UNIX epoch), op shapes, limits, the CAR and the commit object; then the
+/// Sync 1.1 proof (see [`CheckedCommit::proof`]).
 ///
 /// # Errors
-/// The first failing rule as a [`DropReason`].
-pub fn check_commit(ev: &CommitEvent, limits: &Limits) -> Result<(Cid, SignedCommit), DropReason> {
+/// The first failing structural rule as a [`DropReason`].
+pub fn check_commit(ev: &CommitEvent, limits: &Limits, now_us: u64) -> Result<CheckedCommit, DropReason> {
+    if ev.rebase == Some(true) || ev.too_big == Some(true) {
+        return Err(DropReason::DeprecatedFlag);
+    }
+    check_time(&ev.time)?;
+    check_rev_time(&ev.rev, limits, now_us)?;
     if ev.ops.len() > limits.max_ops {
         return Err(DropReason::TooManyOps);
     }
+    let sync11 = ev.prev_data.is_some();
     for op in &ev.ops {
         let ok = match op.action.as_str() {
-            "create" | "update" => op.cid.is_some(),
-            "delete" => op.cid.is_none(),
+            "create" => op.cid.is_some() && op.prev.is_none(),
+            "update" => op.cid.is_some() && (op.prev.is_some() || !sync11),
+            "delete" => op.cid.is_none() && (op.prev.is_some() || !sync11),
             _ => false,
         };
         if !ok || op.path.split_once('/').is_none() {
             return Err(DropReason::BadOp);
         }
     }
-    check_signed_car(&ev.blocks, &ev.commit, &ev.repo, &ev.rev, limits)
+    if ev.blocks.len() > limits.max_blocks_bytes {
+        return Err(DropReason::BlocksTooBig);
+    }
+    let car = car::read_car(&ev.blocks)?;
+    if car.roots.as_slice() != [ev.commit] {
+        return Err(DropReason::CommitNotInCar);
+    }
+    let signed = check_commit_block(&car, &ev.commit, &ev.repo, &ev.rev)?;
+    let proof = match ev.prev_data {
+        Some(prev_data) => check_proof(ev, &car, signed.commit.data, prev_data),
+        None => Ok(()),
+    };
+    Ok(CheckedCommit { cid: ev.commit, signed, proof })
 }
 
-/// Checks the CAR and commit object of a `#sync`; the CAR root is the commit. Returns the commit's
-/// CID and the decoded commit.
+/// Checks a `#sync`: `time`, `rev` not in the future, the `blocks` limit, and a CAR whose root is the
+/// commit object.
 ///
 /// # Errors
 /// The first failing rule as a [`DropReason`].
-pub fn check_sync(ev: &SyncEvent, limits: &Limits) -> Result<(Cid, SignedCommit), DropReason> {
-    if ev.blocks.len() > limits.max_blocks_bytes {
+pub fn check_sync(ev: &SyncEvent, limits: &Limits, now_us: u64) -> Result<CheckedCommit, DropReason> {
+    check_time(&ev.time)?;
+    check_rev_time(&ev.rev, limits, now_us)?;
+    if ev.blocks.len() > limits.max_sync_blocks_bytes {
         return Err(DropReason::BlocksTooBig);
     }
     let car = car::read_car(&ev.blocks)?;
@@ -165,32 +268,58 @@ pub fn check_sync(ev: &SyncEvent, limits: &Limits) -> Result<(Cid, SignedCommit)
         [root] => *root,
         _ => return Err(DropReason::CommitNotInCar),
     };
-    check_commit_block(&car, &root, &ev.did, &ev.rev)
+    let signed = check_commit_block(&car, &root, &ev.did, &ev.rev)?;
+    Ok(CheckedCommit { cid: root, signed, proof: Ok(()) })
 }
 
-fn check_signed_car(
-    blocks: &[u8],
-    commit_cid: &cid::Cid,
-    did: &Did,
-    rev: &Tid,
-    limits: &Limits,
-) -> Result<(Cid, SignedCommit), DropReason> {
-    if blocks.len() > limits.max_blocks_bytes {
-        return Err(DropReason::BlocksTooBig);
-    }
-    let car = car::read_car(blocks)?;
-    if car.roots.as_slice() != [*commit_cid] {
-        return Err(DropReason::CommitNotInCar);
-    }
-    check_commit_block(&car, commit_cid, did, rev)
+/// Checks an event's `time` field.
+///
+/// # Errors
+/// [`DropReason::BadTime`].
+pub fn check_time(time: &str) -> Result<(), DropReason> {
+    crate::syntax::check_datetime(time).map_err(|_| DropReason::BadTime)
 }
 
-fn check_commit_block(
-    car: &car::Car<'_>,
-    root: &cid::Cid,
-    did: &Did,
-    rev: &Tid,
-) -> Result<(Cid, SignedCommit), DropReason> {
+fn check_rev_time(rev: &Tid, limits: &Limits, now_us: u64) -> Result<(), DropReason> {
+    if rev.timestamp_us() > now_us.saturating_add(limits.max_future_rev_us) {
+        return Err(DropReason::FutureRev);
+    }
+    Ok(())
+}
+
+fn mst_reason(e: MstError) -> DropReason {
+    match e {
+        MstError::MissingBlock(_) => DropReason::MissingMstBlock,
+        MstError::InvalidNode { .. } => DropReason::BadMst,
+        MstError::KeyNotFound | MstError::InvalidKey => DropReason::OpCidMismatch,
+    }
+}
+
+/// Sync 1.1: every op agrees with the signed tree, and inverting the ops on it gives `prev_data`.
+fn check_proof(ev: &CommitEvent, car: &car::Car<'_>, data: Cid, prev_data: Cid) -> Result<(), DropReason> {
+    let mut mst = Mst::load(data, car).map_err(mst_reason)?;
+    for op in &ev.ops {
+        let held = mst.get(op.path.as_bytes(), car).map_err(mst_reason)?;
+        if held != op.cid {
+            return Err(DropReason::OpCidMismatch);
+        }
+    }
+    for op in &ev.ops {
+        let key = op.path.as_bytes();
+        let undone = match (op.action.as_str(), op.prev) {
+            ("create", _) => mst.remove(key, car),
+            ("update" | "delete", Some(prev)) => mst.insert(key, prev, car),
+            _ => return Err(DropReason::BadOp),
+        };
+        undone.map_err(mst_reason)?;
+    }
+    if mst.root_cid(None).map_err(mst_reason)? != prev_data {
+        return Err(DropReason::InversionMismatch);
+    }
+    Ok(())
+}
+
+fn check_commit_block(car: &car::Car<'_>, root: &cid::Cid, did: &Did, rev: &Tid) -> Result<SignedCommit, DropReason> {
     if root.codec() != car::CODEC_DAG_CBOR {
         return Err(DropReason::BadCommit);
     }
@@ -205,7 +334,7 @@ fn check_commit_block(
     if &signed.commit.rev != rev {
         return Err(DropReason::RevMismatch);
     }
-    Ok((*root, signed))
+    Ok(signed)
 }
 
 #[cfg(test)]

@@ -48,6 +48,11 @@ fn nsid_syntax() {
 }
 
 #[test]
+fn datetime_syntax() {
+    check("datetime", wire::syntax::check_datetime);
+}
+
+#[test]
 fn every_valid_handle_is_a_hostname() {
     for h in lines("handle_syntax_valid.txt") {
         assert!(wire::Hostname::parse_lenient(&h).is_ok(), "{h}");

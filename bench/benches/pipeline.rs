@@ -26,14 +26,7 @@ fn pipeline(c: &mut Criterion) {
     let bytes: usize = frames.iter().map(Vec::len).sum();
     let mut g = c.benchmark_group("commit");
     g.throughput(Throughput::Elements(frames.len() as u64));
-    g.bench_function("decode", |b| {
-        b.iter(|| {
-            frames
-                .iter()
-                .map(|f| decode_frame(f).is_ok() as usize)
-                .sum::<usize>()
-        })
-    });
+    g.bench_function("decode", |b| b.iter(|| frames.iter().map(|f| decode_frame(f).is_ok() as usize).sum::<usize>()));
     let decoded: Vec<_> = frames
         .iter()
         .map(|f| match decode_frame(f) {
@@ -41,26 +34,16 @@ fn pipeline(c: &mut Criterion) {
             _ => unreachable!(),
         })
         .collect();
-    g.bench_function("check_car_and_commit", |b| {
-        b.iter(|| {
-            decoded
-                .iter()
-                .map(|c| check_commit(c, &limits).is_ok() as usize)
-                .sum::<usize>()
-        })
+    g.bench_function("check_car_commit_and_sync11_proof", |b| {
+        b.iter(|| decoded.iter().map(|c| check_commit(c, &limits, u64::MAX / 2).is_ok() as usize).sum::<usize>())
     });
-    let checked: Vec<_> = decoded
-        .iter()
-        .map(|c| (c.repo.clone(), check_commit(c, &limits).map(|r| r.1)))
-        .collect();
+    let checked: Vec<_> =
+        decoded.iter().map(|c| (c.repo.clone(), check_commit(c, &limits, u64::MAX / 2).map(|r| r.signed))).collect();
     g.bench_function("verify_signature_k256", |b| {
         b.iter(|| {
             checked
                 .iter()
-                .map(|(did, s)| {
-                    s.as_ref()
-                        .map_or(0, |s| s.verify(&keys[did]).is_ok() as usize)
-                })
+                .map(|(did, s)| s.as_ref().map_or(0, |s| s.verify(&keys[did]).is_ok() as usize))
                 .sum::<usize>()
         })
     });
@@ -85,10 +68,10 @@ fn pipeline(c: &mut Criterion) {
                         return 0;
                     };
                     let Event::Commit(c) = &e else { return 0 };
-                    let Ok((_, signed)) = check_commit(c, &limits) else {
+                    let Ok(checked) = check_commit(c, &limits, u64::MAX / 2) else {
                         return 0;
                     };
-                    if signed.verify(&keys[&c.repo]).is_err() {
+                    if checked.proof.is_err() || checked.signed.verify(&keys[&c.repo]).is_err() {
                         return 0;
                     }
                     e.set_seq(123_456_789);
@@ -98,10 +81,7 @@ fn pipeline(c: &mut Criterion) {
         })
     });
     g.finish();
-    eprintln!(
-        "{} recorded #commit frames with ops, {bytes} bytes in all",
-        frames.len()
-    );
+    eprintln!("{} recorded #commit frames with ops, {bytes} bytes in all", frames.len());
 }
 
 criterion_group!(benches, pipeline);

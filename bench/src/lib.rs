@@ -25,11 +25,7 @@ pub fn recorded_frames() -> Vec<Vec<u8>> {
         .unwrap_or_default();
     paths.retain(|p| p.extension().is_some_and(|e| e == "cbor"));
     paths.sort();
-    assert!(
-        !paths.is_empty(),
-        "no recorded frames under {}",
-        recorded_dir().display()
-    );
+    assert!(!paths.is_empty(), "no recorded frames under {}", recorded_dir().display());
     paths.iter().filter_map(|p| std::fs::read(p).ok()).collect()
 }
 

@@ -32,10 +32,7 @@ pub struct Request {
 impl Request {
     /// The first header named `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// Query parameters, percent-decoding not applied (XRPC parameters used here are plain).
@@ -63,19 +60,12 @@ pub struct Response {
 impl Response {
     /// A JSON response.
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
-        Self {
-            status,
-            content_type: "application/json; charset=utf-8",
-            body: value.to_string().into_bytes(),
-        }
+        Self { status, content_type: "application/json; charset=utf-8", body: value.to_string().into_bytes() }
     }
 
     /// An XRPC error: `{"error": name, "message": message}`.
     pub fn xrpc_error(status: u16, error: &str, message: &str) -> Self {
-        Self::json(
-            status,
-            &serde_json::json!({ "error": error, "message": message }),
-        )
+        Self::json(status, &serde_json::json!({ "error": error, "message": message }))
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -108,8 +98,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>, api_tq: TaskQueueH
             Ok(stream) => {
                 let ctx = Rc::clone(&ctx);
                 // Spawning into a queue this executor created cannot fail.
-                if let Ok(task) = glommio::spawn_local_into(handle_connection(stream, ctx), api_tq)
-                {
+                if let Ok(task) = glommio::spawn_local_into(handle_connection(stream, ctx), api_tq) {
                     task.detach();
                 }
             }
@@ -145,19 +134,13 @@ async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
                 return;
             }
             let info = shards::fanout::SubscriberInfo {
-                remote: stream
-                    .peer_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
+                remote: stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
                 cursor: cursor.map(|c| c.0),
                 user_agent: request.header("user-agent").map(str::to_owned),
             };
             tracing::info!(remote = %info.remote, cursor = ?info.cursor, "subscriber connected");
             let shard = Rc::clone(&ctx.fanout);
-            if let Ok(task) = glommio::spawn_local_into(
-                shard.serve(stream, cursor, leftover, info),
-                ctx.fanout_tq,
-            ) {
+            if let Ok(task) = glommio::spawn_local_into(shard.serve(stream, cursor, leftover, info), ctx.fanout_tq) {
                 task.detach();
             }
         }
@@ -190,30 +173,17 @@ async fn read_head(stream: &mut TcpStream) -> Result<Option<(Request, Vec<u8>)>,
                     headers: req
                         .headers
                         .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_ascii_lowercase(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
+                        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
                         .collect(),
                 };
                 return Ok(Some((request, buf.split_off(len))));
             }
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-                return Err(Response::xrpc_error(
-                    431,
-                    "InvalidRequest",
-                    "request head too large",
-                ));
+                return Err(Response::xrpc_error(431, "InvalidRequest", "request head too large"));
             }
             Ok(httparse::Status::Partial) => {}
             Err(e) => {
-                return Err(Response::xrpc_error(
-                    400,
-                    "InvalidRequest",
-                    &format!("malformed HTTP request: {e}"),
-                ));
+                return Err(Response::xrpc_error(400, "InvalidRequest", &format!("malformed HTTP request: {e}")));
             }
         }
     }

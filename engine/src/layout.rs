@@ -30,12 +30,8 @@ pub fn parse_cpu_list(s: &str) -> anyhow::Result<Vec<usize>> {
             Some((a, b)) => (a.trim(), b.trim()),
             None => (item, item),
         };
-        let lo: usize = lo
-            .parse()
-            .with_context(|| format!("bad CPU number {lo:?} in {s:?}"))?;
-        let hi: usize = hi
-            .parse()
-            .with_context(|| format!("bad CPU number {hi:?} in {s:?}"))?;
+        let lo: usize = lo.parse().with_context(|| format!("bad CPU number {lo:?} in {s:?}"))?;
+        let hi: usize = hi.parse().with_context(|| format!("bad CPU number {hi:?} in {s:?}"))?;
         if lo > hi {
             bail!("reversed CPU range {item:?} in {s:?}");
         }
@@ -59,33 +55,13 @@ pub fn parse_cpu_list(s: &str) -> anyhow::Result<Vec<usize>> {
 pub fn auto(cpus: &[usize]) -> Layout {
     let c = |i: usize| cpus.get(i).copied().unwrap_or(0);
     match cpus.len() {
-        0 | 1 => Layout {
-            ingest: vec![c(0)],
-            fanout: vec![c(0)],
-            sequencer: c(0),
-            compaction: c(0),
-        },
-        2 => Layout {
-            ingest: vec![c(0)],
-            fanout: vec![c(1)],
-            sequencer: c(0),
-            compaction: c(1),
-        },
-        3 => Layout {
-            ingest: vec![c(1)],
-            fanout: vec![c(2)],
-            sequencer: c(0),
-            compaction: c(0),
-        },
+        0 | 1 => Layout { ingest: vec![c(0)], fanout: vec![c(0)], sequencer: c(0), compaction: c(0) },
+        2 => Layout { ingest: vec![c(0)], fanout: vec![c(1)], sequencer: c(0), compaction: c(1) },
+        3 => Layout { ingest: vec![c(1)], fanout: vec![c(2)], sequencer: c(0), compaction: c(0) },
         n => {
             let middle: Vec<usize> = (1..n - 1).map(c).collect();
             let k = (middle.len() / 2).max(1);
-            Layout {
-                ingest: middle[..k].to_vec(),
-                fanout: middle[k..].to_vec(),
-                sequencer: c(0),
-                compaction: c(n - 1),
-            }
+            Layout { ingest: middle[..k].to_vec(), fanout: middle[k..].to_vec(), sequencer: c(0), compaction: c(n - 1) }
         }
     }
 }
@@ -118,17 +94,10 @@ pub fn resolve(
     if let Some(c) = compaction {
         layout.compaction = c;
     }
-    let all = layout
-        .ingest
-        .iter()
-        .chain(&layout.fanout)
-        .chain([&layout.sequencer, &layout.compaction]);
+    let all = layout.ingest.iter().chain(&layout.fanout).chain([&layout.sequencer, &layout.compaction]);
     for cpu in all {
         if !allowed.contains(cpu) {
-            bail!(
-                "CPU {cpu} is not available to this process (allowed: {})",
-                format_list(allowed)
-            );
+            bail!("CPU {cpu} is not available to this process (allowed: {})", format_list(allowed));
         }
     }
     Ok(layout)
@@ -137,13 +106,7 @@ pub fn resolve(
 impl Layout {
     /// Every CPU that runs an executor (ingest, sequencer or fanout), sorted.
     pub fn executor_cpus(&self) -> Vec<usize> {
-        let set: BTreeSet<usize> = self
-            .ingest
-            .iter()
-            .chain(&self.fanout)
-            .copied()
-            .chain([self.sequencer])
-            .collect();
+        let set: BTreeSet<usize> = self.ingest.iter().chain(&self.fanout).copied().chain([self.sequencer]).collect();
         set.into_iter().collect()
     }
 
@@ -189,10 +152,7 @@ impl fmt::Display for Layout {
 }
 
 fn format_list(cpus: &[usize]) -> String {
-    cpus.iter()
-        .map(usize::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// The CPUs this process may run on (its affinity mask).
@@ -204,9 +164,7 @@ pub fn allowed_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
         }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
     }
 }
 
@@ -245,40 +203,13 @@ mod tests {
     #[test]
     fn automatic_layouts() {
         let l1 = auto(&[0]);
-        assert_eq!(
-            (
-                l1.ingest.clone(),
-                l1.fanout.clone(),
-                l1.sequencer,
-                l1.compaction
-            ),
-            (vec![0], vec![0], 0, 0)
-        );
+        assert_eq!((l1.ingest.clone(), l1.fanout.clone(), l1.sequencer, l1.compaction), (vec![0], vec![0], 0, 0));
         let l2 = auto(&[0, 1]);
-        assert_eq!(
-            (
-                l2.ingest.clone(),
-                l2.fanout.clone(),
-                l2.sequencer,
-                l2.compaction
-            ),
-            (vec![0], vec![1], 0, 1)
-        );
+        assert_eq!((l2.ingest.clone(), l2.fanout.clone(), l2.sequencer, l2.compaction), (vec![0], vec![1], 0, 1));
         let l4 = auto(&[0, 1, 2, 3]);
-        assert_eq!(
-            (
-                l4.ingest.clone(),
-                l4.fanout.clone(),
-                l4.sequencer,
-                l4.compaction
-            ),
-            (vec![1], vec![2], 0, 3)
-        );
+        assert_eq!((l4.ingest.clone(), l4.fanout.clone(), l4.sequencer, l4.compaction), (vec![1], vec![2], 0, 3));
         let l8 = auto(&(0..8).collect::<Vec<_>>());
-        assert_eq!(
-            (l8.ingest.clone(), l8.fanout.clone()),
-            (vec![1, 2, 3], vec![4, 5, 6])
-        );
+        assert_eq!((l8.ingest.clone(), l8.fanout.clone()), (vec![1, 2, 3], vec![4, 5, 6]));
         assert_eq!(l8.compaction, 7);
         for n in 1..=64 {
             let cpus: Vec<usize> = (0..n).collect();
@@ -294,19 +225,13 @@ mod tests {
         let l = resolve(&allowed, Some("0-1"), Some("1"), Some(1), Some(0)).unwrap();
         assert_eq!(l.ingest, vec![0, 1]);
         assert_eq!(l.executor_cpus(), vec![0, 1]);
-        assert!(
-            resolve(&allowed, Some("0-2"), None, None, None)
-                .unwrap_err()
-                .to_string()
-                .contains("CPU 2")
-        );
+        assert!(resolve(&allowed, Some("0-2"), None, None, None).unwrap_err().to_string().contains("CPU 2"));
         assert!(resolve(&allowed, None, None, Some(7), None).is_err());
         assert!(resolve(&allowed, Some("x"), None, None, None).is_err());
         assert!(resolve(&[], None, None, None, None).is_err());
         let shown = l.to_string();
         assert!(
-            shown.contains("cpu 0: ingest[0] compaction")
-                && shown.contains("cpu 1: ingest[1] sequencer fanout[0]+api"),
+            shown.contains("cpu 0: ingest[0] compaction") && shown.contains("cpu 1: ingest[1] sequencer fanout[0]+api"),
             "{shown}"
         );
     }

@@ -46,8 +46,8 @@ pub struct ServeArgs {
     #[arg(long = "host", value_name = "HOST")]
     pub hosts: Vec<String>,
 
-    /// PLC directory base URL for did:plc resolution, http:// only in this version,
-    /// e.g. http://localhost:2582.
+    /// PLC directory base URL for did:plc resolution, e.g. https://plc.directory or
+    /// http://localhost:2582.
     #[arg(long, value_name = "URL", required_unless_present = "print_layout")]
     pub plc_url: Option<String>,
 
@@ -88,6 +88,17 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1024..))]
     pub subscriber_queue: u64,
 
+    /// Relay commits whose Sync 1.1 checks fail (op CIDs, inversion to prevData, since/prevData
+    /// against the stored state), counting them in relay_sync_violations_total, instead of dropping
+    /// them. For migrations off hosts that are not Sync 1.1 yet.
+    #[arg(long)]
+    pub lenient_sync: bool,
+
+    /// PEM file of extra CA certificates to trust for outbound TLS (besides the webpki roots), e.g.
+    /// a test CA.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
     /// RocksDB background threads for flushes and compactions (1-64).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=64))]
     pub rocksdb_threads: i32,
@@ -95,10 +106,7 @@ pub struct ServeArgs {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

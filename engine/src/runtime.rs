@@ -3,7 +3,7 @@
 //! queue per role, and signal handling.
 
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use shards::fanout::{FanoutConfig, FanoutShard};
 use shards::identity::IdentityConfig;
 use shards::ingest::{IngestConfig, shard_for_host};
 use shards::messages::{IngestMsg, PublishedBatch};
+use shards::net::HttpClient;
 use shards::sequencer::SequencerConfig;
 use shards::{Metrics, ingest, sequencer};
 use storage::{Store, StoreOptions};
@@ -64,12 +65,8 @@ impl Control {
 fn parse_hosts(raw: &[String]) -> anyhow::Result<Vec<Hostname>> {
     let mut hosts = Vec::new();
     for h in raw {
-        let bare = h
-            .trim_start_matches("ws://")
-            .trim_start_matches("http://")
-            .trim_end_matches('/');
-        let host = Hostname::parse_lenient(bare)
-            .with_context(|| format!("--host {h:?} is not a hostname[:port]"))?;
+        let bare = h.trim_start_matches("ws://").trim_start_matches("http://").trim_end_matches('/');
+        let host = Hostname::parse_lenient(bare).with_context(|| format!("--host {h:?} is not a hostname[:port]"))?;
         if !host.is_localhost() {
             bail!(
                 "--host {h}: only localhost hosts (plain ws://) are supported in this version; TLS upstreams are not implemented yet"
@@ -85,15 +82,9 @@ fn parse_hosts(raw: &[String]) -> anyhow::Result<Vec<Hostname>> {
 fn raise_memlock() {
     // SAFETY: getrlimit/setrlimit only read/write the struct passed.
     unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
             if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) != 0 {
                 tracing::warn!("cannot raise RLIMIT_MEMLOCK soft limit to the hard limit");
             }
@@ -122,9 +113,7 @@ fn open_store(args: &ServeArgs, compaction_cpu: usize) -> anyhow::Result<Arc<Sto
         .context("spawning the store thread")?
         .join()
         .map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
-    Ok(Arc::new(opened.with_context(|| {
-        format!("opening the store in {}", args.data_dir.display())
-    })?))
+    Ok(Arc::new(opened.with_context(|| format!("opening the store in {}", args.data_dir.display()))?))
 }
 
 /// Runs `relay serve` until SIGINT/SIGTERM or a fatal error.
@@ -143,24 +132,24 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let plc_url = args.plc_url.clone().context("--plc-url is required")?;
     shards::net::HttpUrl::parse(&plc_url).with_context(|| format!("--plc-url {plc_url}"))?;
+    let extra_ca = match &args.tls_ca {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading --tls-ca {}", path.display()))?),
+        None => None,
+    };
+    let http = HttpClient::new(extra_ca.as_deref()).context("--tls-ca")?;
     let hosts = parse_hosts(&args.hosts)?;
     raise_memlock();
 
     let store = open_store(&args, layout.compaction)?;
+    let committed = Arc::new(AtomicU64::new(store.last_seq()?.map_or(0, |s| s.0)));
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let registry = Arc::new(registry);
-    let control = Arc::new(Control {
-        stop: AtomicBool::new(false),
-        fatal: Mutex::new(Vec::new()),
-    });
+    let control = Arc::new(Control { stop: AtomicBool::new(false), fatal: Mutex::new(Vec::new()) });
 
-    let mut work: std::collections::BTreeMap<usize, Work> = layout
-        .executor_cpus()
-        .into_iter()
-        .map(|c| (c, Work::default()))
-        .collect();
+    let mut work: std::collections::BTreeMap<usize, Work> =
+        layout.executor_cpus().into_iter().map(|c| (c, Work::default())).collect();
     let mut ingest_rx = Vec::new();
     let mut per_shard_hosts: Vec<Vec<Hostname>> = vec![Vec::new(); layout.ingest.len()];
     for h in hosts {
@@ -182,10 +171,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(w) = work.get_mut(&layout.sequencer) {
-        w.sequencer = Some(SequencerWork {
-            from_ingest: ingest_rx,
-            to_fanout: fanout_tx,
-        });
+        w.sequencer = Some(SequencerWork { from_ingest: ingest_rx, to_fanout: fanout_tx });
     }
 
     tracing::info!(layout = %layout.summary(), data_dir = %args.data_dir.display(), listen = %args.listen, "starting relay");
@@ -194,6 +180,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let ctx = ExecCtx {
             args: args.clone(),
             plc_url: plc_url.clone(),
+            http: http.clone(),
+            committed: Arc::clone(&committed),
             store: Arc::clone(&store),
             metrics: metrics.clone(),
             registry: Arc::clone(&registry),
@@ -204,16 +192,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || run_executor(ctx, w))
             .map_err(|e| {
-                anyhow::anyhow!("starting the executor on CPU {cpu}: {e} (is io_uring available and `ulimit -l` at least 1 MiB?)")
+                anyhow::anyhow!(
+                    "starting the executor on CPU {cpu}: {e} (is io_uring available and `ulimit -l` at least 1 MiB?)"
+                )
             })?;
         handles.push(handle);
     }
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .context("installing signal handlers")?;
     let sig_handle = signals.handle();
     let watcher_control = Arc::clone(&control);
     let signal_thread = std::thread::spawn(move || {
@@ -240,6 +227,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 struct ExecCtx {
     args: ServeArgs,
     plc_url: String,
+    http: HttpClient,
+    committed: Arc<AtomicU64>,
     store: Arc<Store>,
     metrics: Metrics,
     registry: Arc<Registry>,
@@ -251,34 +240,22 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
     let control = Arc::clone(&ctx.control);
     if let Some((tx, hosts)) = work.ingest {
         let tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "ingest");
-        let config = IngestConfig::new(IdentityConfig::new(ctx.plc_url.clone()));
-        let fut = ingest::run(
-            config,
-            hosts,
-            tx,
-            Arc::clone(&ctx.store),
-            ctx.metrics.clone(),
-        );
+        let mut config = IngestConfig::new(IdentityConfig::new(ctx.plc_url.clone(), ctx.http.clone()));
+        config.lenient_sync = ctx.args.lenient_sync;
+        let fut = ingest::run(config, hosts, tx, Arc::clone(&ctx.store), ctx.metrics.clone());
         if let Ok(t) = glommio::spawn_local_into(fut, tq) {
             t.detach();
         }
     }
-    if let Some(SequencerWork {
-        from_ingest: rx,
-        to_fanout: tx,
-    }) = work.sequencer
-    {
-        let tq = ex.create_task_queue(
-            Shares::Static(1000),
-            Latency::Matters(Duration::from_millis(10)),
-            "sequencer",
-        );
+    if let Some(SequencerWork { from_ingest: rx, to_fanout: tx }) = work.sequencer {
+        let tq = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(10)), "sequencer");
         let store = Arc::clone(&ctx.store);
         let metrics = ctx.metrics.clone();
         let control = Arc::clone(&ctx.control);
+        let config = SequencerConfig { lenient_sync: ctx.args.lenient_sync, ..SequencerConfig::default() };
+        let committed = Arc::clone(&ctx.committed);
         let fut = async move {
-            if let Err(e) = sequencer::run(SequencerConfig::default(), rx, tx, store, metrics).await
-            {
+            if let Err(e) = sequencer::run(config, committed, rx, tx, store, metrics).await {
                 control.fail(format!("sequencer stopped: {e}"));
             }
         };
@@ -300,16 +277,12 @@ fn start_fanout(ctx: &ExecCtx, rx: SharedReceiver<PublishedBatch>) -> anyhow::Re
     let ex = glommio::executor();
     let fanout_tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "fanout");
     // The API answers health checks under load: its own queue, latency-sensitive.
-    let api_tq = ex.create_task_queue(
-        Shares::Static(1000),
-        Latency::Matters(Duration::from_millis(5)),
-        "api",
-    );
+    let api_tq = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(5)), "api");
     let config = FanoutConfig {
         subscriber_queue: usize::try_from(ctx.args.subscriber_queue).unwrap_or(usize::MAX),
         ..FanoutConfig::default()
     };
-    let shard = FanoutShard::new(config, Arc::clone(&ctx.store), ctx.metrics.clone())
+    let shard = FanoutShard::new(config, Arc::clone(&ctx.store), ctx.metrics.clone(), Arc::clone(&ctx.committed))
         .context("starting a fanout shard")?;
     glommio::spawn_local_into(Rc::clone(&shard).run_publisher(rx), fanout_tq)
         .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -317,11 +290,7 @@ fn start_fanout(ctx: &ExecCtx, rx: SharedReceiver<PublishedBatch>) -> anyhow::Re
     let listener = glommio::net::TcpListener::bind(ctx.args.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", ctx.args.listen))?;
     tracing::info!(listen = %ctx.args.listen, "listening");
-    let xrpc_ctx = Rc::new(crate::xrpc::Ctx {
-        fanout: shard,
-        fanout_tq,
-        registry: Arc::clone(&ctx.registry),
-    });
+    let xrpc_ctx = Rc::new(crate::xrpc::Ctx { fanout: shard, fanout_tq, registry: Arc::clone(&ctx.registry) });
     glommio::spawn_local_into(crate::http::accept_loop(listener, xrpc_ctx, api_tq), api_tq)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .detach();

@@ -44,41 +44,23 @@ fn validates_sequences_replays_and_survives_restart() {
     // Signed by another key.
     let rev_bad = alice.next_rev();
     let ev = alice.commit_with(4, &rev_bad, Some(rev2.clone()), 64, &mallory.key);
-    inputs.push((
-        Event::Commit(ev).encode().unwrap(),
-        Expect::Drop("bad_signature"),
-    ));
+    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("bad_signature")));
     // Valid signature, but rev1 again: not newer than the stored rev.
     let ev = alice.commit_with(5, &rev1, None, 64, &alice.key);
-    inputs.push((
-        Event::Commit(ev).encode().unwrap(),
-        Expect::Drop("stale_rev"),
-    ));
+    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("stale_rev")));
     let rev_b = alice.next_rev();
     let ev = bob.commit_with(6, &rev_b, None, 64, &bob.key);
-    inputs.push((
-        Event::Commit(ev).encode().unwrap(),
-        Expect::Drop("wrong_host"),
-    ));
+    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("wrong_host")));
     // The event names Bob as repo, the signed commit is Alice's.
     let rev_m = alice.next_rev();
     let mut ev = alice.commit_with(7, &rev_m, None, 64, &alice.key);
     ev.repo = bob.did.clone();
-    inputs.push((
-        Event::Commit(ev).encode().unwrap(),
-        Expect::Drop("repo_mismatch"),
-    ));
-    inputs.push((
-        vec![0xa2, 0x61, 0x74, 0xff, 0x00],
-        Expect::Drop("malformed_frame"),
-    ));
+    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("repo_mismatch")));
+    inputs.push((vec![0xa2, 0x61, 0x74, 0xff, 0x00], Expect::Drop("malformed_frame")));
     inputs.push((alice.sync(9, &rev2), Expect::Deliver));
     inputs.push((alice.account(10, true), Expect::Deliver));
     let ev = stranger.commit_with(11, &stranger_rev(), None, 64, &stranger.key);
-    inputs.push((
-        Event::Commit(ev).encode().unwrap(),
-        Expect::Drop("identity_unresolved"),
-    ));
+    inputs.push((Event::Commit(ev).encode().unwrap(), Expect::Drop("identity_unresolved")));
     // A frame whose seq goes backwards on the connection.
     inputs.push((alice.account(4, true), Expect::Drop("seq_not_increasing")));
     let (rev3, f) = alice.commit(13, Some(rev2.clone()));
@@ -92,97 +74,47 @@ fn validates_sequences_replays_and_survives_restart() {
     let relay = Relay::start(&data, &host.hostname(), &plc.url, &[]);
     let upstream = inputs.len() as u64;
     relay.wait_until(Duration::from_secs(20), "all frames processed", || {
-        relay.metric("relay_events_relayed_total", "")
-            + relay.metric("relay_events_dropped_total", "")
-            >= upstream
+        relay.metric("relay_events_relayed_total", "") + relay.metric("relay_events_dropped_total", "") >= upstream
     });
 
     // Drops, by reason: each expected once, nothing else.
-    let mut want_drops: Vec<&str> = inputs
-        .iter()
-        .filter_map(|(_, e)| {
-            if let Expect::Drop(r) = e {
-                Some(*r)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let mut want_drops: Vec<&str> =
+        inputs.iter().filter_map(|(_, e)| if let Expect::Drop(r) = e { Some(*r) } else { None }).collect();
     want_drops.sort_unstable();
     for reason in &want_drops {
-        assert_eq!(
-            relay.metric(
-                "relay_events_dropped_total",
-                &format!("reason=\"{reason}\"")
-            ),
-            1,
-            "{reason}"
-        );
+        assert_eq!(relay.metric("relay_events_dropped_total", &format!("reason=\"{reason}\"")), 1, "{reason}");
     }
-    assert_eq!(
-        relay.metric("relay_events_dropped_total", ""),
-        want_drops.len() as u64
-    );
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), want_drops.len() as u64);
 
     // Deliveries, in order, with relay seqs 1..n.
-    let want: Vec<&Vec<u8>> = inputs
-        .iter()
-        .filter(|(_, e)| *e == Expect::Deliver)
-        .map(|(f, _)| f)
-        .collect();
+    let want: Vec<&Vec<u8>> = inputs.iter().filter(|(_, e)| *e == Expect::Deliver).map(|(f, _)| f).collect();
     let mut sub = subscribe(relay.port, Some("0"));
     let got = read_until_idle(&mut sub, Duration::from_millis(500));
     assert_eq!(got.len(), want.len(), "{got:?}");
     for (i, (seen, frame)) in got.iter().zip(&want).enumerate() {
-        let Seen::Event(mut original) = support::decode(frame) else {
-            panic!()
-        };
+        let Seen::Event(mut original) = support::decode(frame) else { panic!() };
         original.set_seq(i as i64 + 1);
-        let Seen::Event(e) = seen else {
-            panic!("{seen:?}")
-        };
-        assert_eq!(
-            e, &original,
-            "delivery {i} is the host's event with the relay seq"
-        );
+        let Seen::Event(e) = seen else { panic!("{seen:?}") };
+        assert_eq!(e, &original, "delivery {i} is the host's event with the relay seq");
     }
     assert_eq!(
         got.iter().map(type_of).collect::<Vec<_>>(),
-        [
-            "#identity",
-            "#commit",
-            "#commit",
-            "#sync",
-            "#account",
-            "#commit"
-        ]
+        ["#identity", "#commit", "#commit", "#sync", "#account", "#commit"]
     );
 
     // Replay from a middle cursor, a future cursor, a bad cursor.
     let mut sub = subscribe(relay.port, Some("3"));
-    let tail: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500))
-        .iter()
-        .filter_map(Seen::seq)
-        .collect();
+    let tail: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500)).iter().filter_map(Seen::seq).collect();
     assert_eq!(tail, vec![4, 5, 6]);
     let mut sub = subscribe(relay.port, Some("999"));
     let seen = read_until_idle(&mut sub, Duration::from_millis(500));
-    assert!(
-        matches!(seen.as_slice(), [Seen::Error(e)] if e == "FutureCursor"),
-        "{seen:?}"
-    );
+    assert!(matches!(seen.as_slice(), [Seen::Error(e)] if e == "FutureCursor"), "{seen:?}");
     let (status, body) = relay.get("/xrpc/com.atproto.sync.subscribeRepos?cursor=abc");
     assert_eq!(status, 400);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"],
-        "InvalidRequest"
-    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"], "InvalidRequest");
     let (status, body) = relay.get("/xrpc/_health");
     assert_eq!(status, 200);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()["seq"],
-        6
-    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["seq"], 6);
     assert_eq!(relay.get("/xrpc/com.atproto.sync.listRepos").0, 501);
 
     // Live: a subscriber without cursor gets only new events, once.
@@ -190,10 +122,7 @@ fn validates_sequences_replays_and_survives_restart() {
     let (rev4, f) = alice.commit(14, Some(rev3.clone()));
     host.push(14, f);
     let seen = read_until_idle(&mut live, Duration::from_millis(700));
-    assert_eq!(
-        seen.iter().filter_map(Seen::seq).collect::<Vec<_>>(),
-        vec![7]
-    );
+    assert_eq!(seen.iter().filter_map(Seen::seq).collect::<Vec<_>>(), vec![7]);
 
     // Key rotation: the cached key no longer verifies, so the document is fetched again once and the
     // commit signed with the new key is relayed.
@@ -205,11 +134,7 @@ fn validates_sequences_replays_and_survives_restart() {
     let (rev5, f) = rotated.commit(15, Some(rev4));
     host.push(15, f);
     let seen = read_until_idle(&mut live, Duration::from_millis(700));
-    assert_eq!(
-        seen.iter().filter_map(Seen::seq).collect::<Vec<_>>(),
-        vec![8],
-        "signed with the rotated key"
-    );
+    assert_eq!(seen.iter().filter_map(Seen::seq).collect::<Vec<_>>(), vec![8], "signed with the rotated key");
     assert_eq!(
         relay.metric("relay_identity_lookups_total", "result=\"resolved\""),
         4,
@@ -225,21 +150,10 @@ fn validates_sequences_replays_and_survives_restart() {
         relay.metric("relay_events_relayed_total", "") >= 1
     });
     let cursors = host.cursors.lock().unwrap().clone();
-    assert_eq!(
-        cursors,
-        vec![None, Some(15)],
-        "first connection live, then resumed after seq 15"
-    );
+    assert_eq!(cursors, vec![None, Some(15)], "first connection live, then resumed after seq 15");
     let mut sub = subscribe(relay.port, Some("0"));
-    let seqs: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500))
-        .iter()
-        .filter_map(Seen::seq)
-        .collect();
-    assert_eq!(
-        seqs,
-        (1..=9).collect::<Vec<_>>(),
-        "no gap, no repeat across the restart"
-    );
+    let seqs: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500)).iter().filter_map(Seen::seq).collect();
+    assert_eq!(seqs, (1..=9).collect::<Vec<_>>(), "no gap, no repeat across the restart");
     relay.stop();
 }
 
@@ -252,17 +166,9 @@ fn slow_consumer_gets_consumer_too_slow_and_others_are_unaffected() {
     let plc = FakePlc::start();
     let host = FakeHost::start();
     let mut alice = Account::new("did:plc:slowalice0000000000000000", 5);
-    plc.put(
-        &alice.did,
-        alice.did_doc(&format!("http://{}", host.hostname())),
-    );
+    plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        &dir.path().join("data"),
-        &host.hostname(),
-        &plc.url,
-        &["--subscriber-queue", "1024"],
-    );
+    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &["--subscriber-queue", "1024"]);
 
     // The slow subscriber reads one frame every 2 ms (500 events/s), well below the relay's rate.
     let mut slow = subscribe(relay.port, None);
@@ -298,13 +204,7 @@ fn slow_consumer_gets_consumer_too_slow_and_others_are_unaffected() {
     let mut since = None;
     for seq in 1..=events {
         let rev = alice.next_rev();
-        let ev = alice.commit_with(
-            seq,
-            &rev,
-            since.replace(rev.clone()),
-            8 * 1024,
-            &alice.key.clone(),
-        );
+        let ev = alice.commit_with(seq, &rev, since.replace(rev.clone()), 8 * 1024, &alice.key.clone());
         host.push(seq, Event::Commit(ev).encode().unwrap());
     }
     relay.wait_until(Duration::from_secs(60), "all relayed", || {
@@ -313,35 +213,18 @@ fn slow_consumer_gets_consumer_too_slow_and_others_are_unaffected() {
     let healthy_seen = reader.join().unwrap();
     stop.store(true, std::sync::atomic::Ordering::Release);
     let statuses = health.join().unwrap();
-    assert!(
-        statuses.len() > 5 && statuses.iter().all(|s| *s == 200),
-        "health during the burst: {statuses:?}"
-    );
-    assert_eq!(
-        healthy_seen.len() as u64,
-        events,
-        "the healthy subscriber got everything"
-    );
+    assert!(statuses.len() > 5 && statuses.iter().all(|s| *s == 200), "health during the burst: {statuses:?}");
+    assert_eq!(healthy_seen.len() as u64, events, "the healthy subscriber got everything");
     let slow_seen = slow_reader.join().unwrap();
-    assert!(
-        (slow_seen.len() as u64) < events,
-        "the slow subscriber was cut off"
-    );
+    assert!((slow_seen.len() as u64) < events, "the slow subscriber was cut off");
     assert!(
         matches!(slow_seen.last(), Some(Seen::Error(e)) if e == "ConsumerTooSlow"),
         "last frame: {:?}",
         slow_seen.last().map(type_of)
     );
     let seqs: Vec<i64> = slow_seen.iter().filter_map(Seen::seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as i64).collect::<Vec<_>>(),
-        "what it got, it got in order"
-    );
-    assert_eq!(
-        relay.metric("relay_subscribers_closed_total", "consumer_too_slow"),
-        1
-    );
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "what it got, it got in order");
+    assert_eq!(relay.metric("relay_subscribers_closed_total", "consumer_too_slow"), 1);
     relay.stop();
 }
 
@@ -350,56 +233,22 @@ fn one_core_layout_relays_and_pins_rocksdb_threads() {
     let plc = FakePlc::start();
     let host = FakeHost::start();
     let mut alice = Account::new("did:plc:onecore0000000000000000000", 6);
-    plc.put(
-        &alice.did,
-        alice.did_doc(&format!("http://{}", host.hostname())),
-    );
+    plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
     let (rev1, f) = alice.commit(1, None);
     host.push(1, f);
     let (_, f) = alice.commit(2, Some(rev1));
     host.push(2, f);
     let dir = tempfile::tempdir().unwrap();
-    let layout = [
-        "--ingest-cores",
-        "0",
-        "--fanout-cores",
-        "0",
-        "--sequencer-core",
-        "0",
-        "--compaction-core",
-        "0",
-    ];
-    let relay = Relay::start(
-        &dir.path().join("data"),
-        &host.hostname(),
-        &plc.url,
-        &layout,
-    );
-    relay.wait_until(Duration::from_secs(20), "relayed", || {
-        relay.metric("relay_events_relayed_total", "") >= 2
-    });
+    let layout = ["--ingest-cores", "0", "--fanout-cores", "0", "--sequencer-core", "0", "--compaction-core", "0"];
+    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &layout);
+    relay.wait_until(Duration::from_secs(20), "relayed", || relay.metric("relay_events_relayed_total", "") >= 2);
     let mut sub = subscribe(relay.port, Some("0"));
-    let seqs: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500))
-        .iter()
-        .filter_map(Seen::seq)
-        .collect();
+    let seqs: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500)).iter().filter_map(Seen::seq).collect();
     assert_eq!(seqs, vec![1, 2]);
     let threads = relay.threads();
-    let rocks: Vec<_> = threads
-        .iter()
-        .filter(|(name, _)| name.starts_with("rocksdb:"))
-        .collect();
+    let rocks: Vec<_> = threads.iter().filter(|(name, _)| name.starts_with("rocksdb:")).collect();
     assert!(!rocks.is_empty(), "{threads:?}");
-    assert!(
-        rocks.iter().all(|(_, cpus)| cpus == "0"),
-        "RocksDB threads pinned to the compaction core: {threads:?}"
-    );
-    assert!(
-        threads
-            .iter()
-            .filter(|(n, _)| n.starts_with("relay-cpu"))
-            .all(|(_, cpus)| cpus == "0"),
-        "{threads:?}"
-    );
+    assert!(rocks.iter().all(|(_, cpus)| cpus == "0"), "RocksDB threads pinned to the compaction core: {threads:?}");
+    assert!(threads.iter().filter(|(n, _)| n.starts_with("relay-cpu")).all(|(_, cpus)| cpus == "0"), "{threads:?}");
     relay.stop();
 }

@@ -22,12 +22,7 @@ impl Backoff {
     /// A backoff from `base` (default 1 s) doubling up to `max` (default 60 s); `seed` makes the jitter
     /// deterministic per host.
     pub fn new(base: Duration, max: Duration, seed: u64) -> Self {
-        Self {
-            base,
-            max: max.max(base),
-            failures: 0,
-            rng: fastrand::Rng::with_seed(seed),
-        }
+        Self { base, max: max.max(base), failures: 0, rng: fastrand::Rng::with_seed(seed) }
     }
 
     /// Records a failure and returns how long to wait before the next attempt.
@@ -36,9 +31,7 @@ impl Backoff {
         let exp = self.failures.saturating_sub(1).min(30);
         let cap = self.base.saturating_mul(1u32 << exp).min(self.max);
         let half = cap / 2;
-        let jitter_ns = self
-            .rng
-            .u64(0..=u64::try_from((cap - half).as_nanos()).unwrap_or(u64::MAX));
+        let jitter_ns = self.rng.u64(0..=u64::try_from((cap - half).as_nanos()).unwrap_or(u64::MAX));
         half + Duration::from_nanos(jitter_ns)
     }
 
@@ -63,11 +56,7 @@ mod tests {
         let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
         for (i, d) in delays.iter().enumerate() {
             let cap = Duration::from_secs(1 << i.min(6)).min(Duration::from_secs(60));
-            assert!(
-                *d >= cap / 2 && *d <= cap,
-                "attempt {i}: {d:?} not in [{:?}, {cap:?}]",
-                cap / 2
-            );
+            assert!(*d >= cap / 2 && *d <= cap, "attempt {i}: {d:?} not in [{:?}, {cap:?}]", cap / 2);
         }
         assert_eq!(b.failures(), 10);
         b.reset();

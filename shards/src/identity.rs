@@ -1,10 +1,12 @@
-//! Identity resolution for ingest: DID → `#atproto` signing key and `#atproto_pds` endpoint, cached in
-//! memory (per ingest shard) and in the `identities` column family, so a restart does not re-resolve
-//! every account.
+//! Identity resolution for ingest: DID → `#atproto` signing key and `#atproto_pds` endpoint.
 //!
-//! Resolves `did:plc` from the PLC directory (`GET {plc_url}/{did}`, <https://web.plc.directory/spec/v0.1/did-plc>).
-//! `did:web` resolution is not implemented yet; such accounts fail with
-//! [`ResolveError::UnsupportedMethod`] and their events are dropped as `identity_unresolved`.
+//! Resolves `did:plc` from the PLC directory (`GET {plc_url}/{did}`,
+//! <https://web.plc.directory/spec/v0.1/did-plc>) and `did:web` from
+//! `/.well-known/did.json` of its hostname (<https://atproto.com/specs/did#did-web>; hostnames only,
+//! no paths). Results are cached in memory (per ingest shard) and in the `identities` column family
+//! with a TTL, so a restart does not storm the directory; failures are remembered for a short time.
+//! Concurrent lookups of one DID share one fetch. When the directory cannot be reached, an expired
+//! entry is still used rather than dropping the account's events.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,12 +14,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::{LocalBoxFuture, Shared};
 use storage::{IdentityRecord, Store};
 use wire::Did;
 use wire::did_doc::AtprotoIdentity;
 
 use crate::metrics::Metrics;
-use crate::net::{HttpUrl, NetError, http_get};
+use crate::net::{self, HttpUrl};
 
 /// Largest DID document accepted, in bytes.
 const MAX_DID_DOC_BYTES: usize = 256 * 1024;
@@ -25,70 +29,100 @@ const MAX_DID_DOC_BYTES: usize = 256 * 1024;
 /// Identity resolution settings.
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
-    /// Base URL of the PLC directory, `http://` only for now, e.g. `http://localhost:2582`.
+    /// Base URL of the PLC directory, e.g. `http://localhost:2582` or `https://plc.directory`.
     pub plc_url: String,
     /// How long a resolved identity is trusted before it is fetched again. Default 24 h.
     pub ttl: Duration,
-    /// Deadline of one resolution, connect included. Default 10 s.
+    /// How long a failed resolution is remembered before the directory is asked again. Default 2 min.
+    pub failure_ttl: Duration,
+    /// Deadline of one fetch attempt, connect included. Default 5 s.
     pub timeout: Duration,
+    /// Attempts for a fetch that fails transiently (network, 429, 5xx), with 250 ms then 1 s between
+    /// them. Default 3; valid 1 and up.
+    pub attempts: u32,
     /// Most identities kept in memory per ingest shard; beyond it entries are evicted. Default 100,000.
     pub memory_entries: usize,
+    /// Outbound HTTP (TLS trust).
+    pub http: net::HttpClient,
 }
 
 impl IdentityConfig {
     /// Settings with the defaults above for `plc_url`.
-    pub fn new(plc_url: impl Into<String>) -> Self {
+    pub fn new(plc_url: impl Into<String>, http: net::HttpClient) -> Self {
         Self {
             plc_url: plc_url.into(),
             ttl: Duration::from_secs(24 * 3600),
-            timeout: Duration::from_secs(10),
+            failure_ttl: Duration::from_secs(120),
+            timeout: Duration::from_secs(5),
+            attempts: 3,
             memory_entries: 100_000,
+            http,
         }
     }
 }
 
 /// Why an identity could not be resolved.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ResolveError {
-    /// The DID method is not resolvable by this relay (yet).
-    #[error("unsupported DID method {0}")]
-    UnsupportedMethod(String),
-    /// The directory could not be reached or answered badly.
+    /// The DID method (or a `did:web` with a path) is not resolvable.
+    #[error("unsupported DID: {0}")]
+    Unsupported(String),
+    /// The directory could not be reached or timed out (transient).
     #[error("fetching the DID document: {0}")]
-    Fetch(#[from] NetError),
-    /// The directory answered a non-200 status (404 for unknown or tombstoned DIDs).
+    Fetch(String),
+    /// The directory answered a non-200 status (404/410 for unknown or tombstoned DIDs).
     #[error("directory answered HTTP {0}")]
     Status(u16),
     /// The document does not describe this DID or has no usable key.
     #[error("{0}")]
-    Document(#[from] wire::did_doc::DidDocError),
+    Document(String),
+    /// A resolution of this DID failed less than [`IdentityConfig::failure_ttl`] ago.
+    #[error("resolution failed recently")]
+    RecentlyFailed,
+}
+
+impl ResolveError {
+    /// Whether asking again later may succeed (network errors, 429, 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ResolveError::Fetch(_) | ResolveError::RecentlyFailed => true,
+            ResolveError::Status(s) => *s == 429 || *s >= 500,
+            ResolveError::Unsupported(_) | ResolveError::Document(_) => false,
+        }
+    }
 }
 
 /// How an identity was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// From memory or the store, fetched earlier.
+    /// From memory or the store, within its TTL (or expired, when the directory is unreachable).
     Cached,
     /// Fetched from the directory just now.
     Fetched,
 }
 
+type Pending = Shared<LocalBoxFuture<'static, Result<IdentityRecord, ResolveError>>>;
+
 /// A per-shard identity resolver (single-threaded: lives on one executor).
 pub struct Resolver {
-    config: IdentityConfig,
+    config: Rc<IdentityConfig>,
     store: Arc<Store>,
     metrics: Metrics,
     cache: RefCell<HashMap<Did, Rc<IdentityRecord>>>,
+    failed_until_ms: RefCell<HashMap<Did, u64>>,
+    pending: RefCell<HashMap<Did, Pending>>,
 }
 
 impl Resolver {
     /// A resolver backed by `store`.
     pub fn new(config: IdentityConfig, store: Arc<Store>, metrics: Metrics) -> Self {
         Self {
-            config,
+            config: Rc::new(config),
             store,
             metrics,
             cache: RefCell::new(HashMap::new()),
+            failed_until_ms: RefCell::new(HashMap::new()),
+            pending: RefCell::new(HashMap::new()),
         }
     }
 
@@ -96,48 +130,72 @@ impl Resolver {
         now_ms.saturating_sub(rec.fetched_at_ms) < self.config.ttl.as_millis() as u64
     }
 
-    /// Returns the identity of `did`: from memory, else from the store, else fetched; entries older
-    /// than the TTL are fetched again.
-    ///
-    /// # Errors
-    /// [`ResolveError`] when it has to be fetched and cannot be.
-    pub async fn lookup(
-        &self,
-        did: &Did,
-        now_ms: u64,
-    ) -> Result<(Rc<IdentityRecord>, Source), ResolveError> {
-        if let Some(rec) = self
-            .cache
-            .borrow()
-            .get(did)
-            .filter(|r| self.fresh(r, now_ms))
-        {
-            Metrics::inc(&self.metrics.identity_lookups, "result", "cache");
-            return Ok((Rc::clone(rec), Source::Cached));
-        }
-        if let Ok(Some(rec)) = self.store.identity(did)
-            && self.fresh(&rec, now_ms)
-        {
-            Metrics::inc(&self.metrics.identity_lookups, "result", "store");
-            let rec = Rc::new(rec);
-            self.remember(did, Rc::clone(&rec));
-            return Ok((rec, Source::Cached));
-        }
-        Ok((self.refresh(did, now_ms).await?, Source::Fetched))
+    fn count(&self, result: &'static str) {
+        Metrics::inc(&self.metrics.identity_lookups, "result", result);
     }
 
-    /// Fetches the identity of `did` from the directory, replacing any cached one.
+    /// The cached record (memory, else store), fresh or not.
+    fn cached(&self, did: &Did) -> Option<Rc<IdentityRecord>> {
+        if let Some(rec) = self.cache.borrow().get(did) {
+            return Some(Rc::clone(rec));
+        }
+        let rec = Rc::new(self.store.identity(did).ok().flatten()?);
+        self.remember(did, Rc::clone(&rec));
+        Some(rec)
+    }
+
+    /// Returns the identity of `did`: cached within its TTL, else fetched. When the fetch fails
+    /// transiently, an expired cached entry is returned instead.
     ///
     /// # Errors
-    /// [`ResolveError`] when it cannot be fetched or parsed; the cached entry is then removed.
-    pub async fn refresh(
-        &self,
-        did: &Did,
-        now_ms: u64,
-    ) -> Result<Rc<IdentityRecord>, ResolveError> {
-        match self.fetch(did, now_ms).await {
+    /// [`ResolveError`] when nothing usable is cached and the fetch fails.
+    pub async fn lookup(&self, did: &Did, now_ms: u64) -> Result<(Rc<IdentityRecord>, Source), ResolveError> {
+        let cached = self.cached(did);
+        if let Some(rec) = cached.as_ref().filter(|r| self.fresh(r, now_ms)) {
+            self.count("cache");
+            return Ok((Rc::clone(rec), Source::Cached));
+        }
+        match self.refresh(did, now_ms).await {
+            Ok(rec) => Ok((rec, Source::Fetched)),
+            Err(e) if e.is_transient() => match cached {
+                Some(stale) => {
+                    self.count("stale");
+                    Ok((stale, Source::Cached))
+                }
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches the identity of `did`, replacing any cached one. A permanent failure (unknown DID, bad
+    /// document) forgets the cached entry; a transient one keeps it.
+    ///
+    /// # Errors
+    /// [`ResolveError`]; [`ResolveError::RecentlyFailed`] without asking when a fetch failed less
+    /// than [`IdentityConfig::failure_ttl`] ago.
+    pub async fn refresh(&self, did: &Did, now_ms: u64) -> Result<Rc<IdentityRecord>, ResolveError> {
+        if self.failed_until_ms.borrow().get(did).is_some_and(|until| *until > now_ms) {
+            self.count("failed");
+            return Err(ResolveError::RecentlyFailed);
+        }
+        let shared = {
+            let mut pending = self.pending.borrow_mut();
+            match pending.get(did) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = fetch(Rc::clone(&self.config), did.clone(), now_ms).boxed_local().shared();
+                    pending.insert(did.clone(), p.clone());
+                    p
+                }
+            }
+        };
+        let result = shared.await;
+        self.pending.borrow_mut().remove(did);
+        match result {
             Ok(rec) => {
-                Metrics::inc(&self.metrics.identity_lookups, "result", "resolved");
+                self.count("resolved");
+                self.failed_until_ms.borrow_mut().remove(did);
                 // A failed cache write only costs a later re-resolution.
                 let _ = self.store.put_identity(did, &rec);
                 let rec = Rc::new(rec);
@@ -145,8 +203,12 @@ impl Resolver {
                 Ok(rec)
             }
             Err(e) => {
-                Metrics::inc(&self.metrics.identity_lookups, "result", "failed");
-                self.purge(did);
+                self.count("failed");
+                let until = now_ms.saturating_add(self.config.failure_ttl.as_millis() as u64);
+                self.failed_until_ms.borrow_mut().insert(did.clone(), until);
+                if !e.is_transient() {
+                    self.purge(did);
+                }
                 Err(e)
             }
         }
@@ -158,6 +220,11 @@ impl Resolver {
         let _ = self.store.delete_identity(did);
     }
 
+    /// Forgets a recent failure, so the next lookup asks the directory (after `#identity`).
+    pub fn forget_failure(&self, did: &Did) {
+        self.failed_until_ms.borrow_mut().remove(did);
+    }
+
     fn remember(&self, did: &Did, rec: Rc<IdentityRecord>) {
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= self.config.memory_entries
@@ -167,27 +234,86 @@ impl Resolver {
             cache.remove(&victim);
         }
         cache.insert(did.clone(), rec);
+        let mut failed = self.failed_until_ms.borrow_mut();
+        if failed.len() >= self.config.memory_entries {
+            failed.clear();
+        }
+    }
+}
+
+/// The URL of the DID document of `did`.
+///
+/// # Errors
+/// [`ResolveError::Unsupported`] for methods other than `plc` and `web`, and `did:web` with a path.
+pub fn document_url(plc_url: &str, did: &Did) -> Result<String, ResolveError> {
+    match did.method() {
+        "plc" => Ok(format!("{}/{}", plc_url.trim_end_matches('/'), did)),
+        "web" => {
+            let id = did.as_str().strip_prefix("did:web:").unwrap_or_default();
+            if id.contains(':') {
+                return Err(ResolveError::Unsupported(format!("{did}: did:web with a path")));
+            }
+            let host = id.replace("%3A", ":").replace("%3a", ":");
+            let host = wire::Hostname::parse_lenient(&host)
+                .map_err(|_| ResolveError::Unsupported(format!("{did}: not a hostname")))?;
+            let scheme = if host.is_localhost() { "http" } else { "https" };
+            Ok(format!("{scheme}://{host}/.well-known/did.json"))
+        }
+        m => Err(ResolveError::Unsupported(format!("did:{m}"))),
+    }
+}
+
+async fn fetch(config: Rc<IdentityConfig>, did: Did, now_ms: u64) -> Result<IdentityRecord, ResolveError> {
+    let url =
+        HttpUrl::parse(&document_url(&config.plc_url, &did)?).map_err(|e| ResolveError::Unsupported(e.to_string()))?;
+    let mut last = ResolveError::Fetch("no attempt".into());
+    for attempt in 0..config.attempts.max(1) {
+        if attempt > 0 {
+            glommio::timer::sleep(if attempt == 1 { Duration::from_millis(250) } else { Duration::from_secs(1) }).await;
+        }
+        let result = match config.http.get(&url, MAX_DID_DOC_BYTES, config.timeout).await {
+            Ok((200, body)) => {
+                return AtprotoIdentity::from_json(&did, &body)
+                    .map(|id| IdentityRecord {
+                        fetched_at_ms: now_ms,
+                        signing_key: id.signing_key,
+                        pds_endpoint: id.pds_endpoint,
+                        handle: id.handle,
+                    })
+                    .map_err(|e| ResolveError::Document(e.to_string()));
+            }
+            Ok((status, _)) => ResolveError::Status(status),
+            Err(e) => ResolveError::Fetch(e.to_string()),
+        };
+        if !result.is_transient() {
+            return Err(result);
+        }
+        last = result;
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_urls() {
+        let d = |s| Did::new(s).unwrap();
+        assert_eq!(document_url("http://plc:2582/", &d("did:plc:abc")).unwrap(), "http://plc:2582/did:plc:abc");
+        assert_eq!(document_url("x", &d("did:web:example.com")).unwrap(), "https://example.com/.well-known/did.json");
+        assert_eq!(
+            document_url("x", &d("did:web:localhost%3A1234")).unwrap(),
+            "http://localhost:1234/.well-known/did.json"
+        );
+        assert!(document_url("x", &d("did:web:example.com:user:alice")).is_err());
+        assert!(document_url("x", &d("did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme")).is_err());
     }
 
-    async fn fetch(&self, did: &Did, now_ms: u64) -> Result<IdentityRecord, ResolveError> {
-        if did.method() != "plc" {
-            return Err(ResolveError::UnsupportedMethod(did.method().to_owned()));
-        }
-        let url = HttpUrl::parse(&format!(
-            "{}/{}",
-            self.config.plc_url.trim_end_matches('/'),
-            did
-        ))?;
-        let (status, body) = http_get(&url, MAX_DID_DOC_BYTES, self.config.timeout).await?;
-        if status != 200 {
-            return Err(ResolveError::Status(status));
-        }
-        let id = AtprotoIdentity::from_json(did, &body)?;
-        Ok(IdentityRecord {
-            fetched_at_ms: now_ms,
-            signing_key: id.signing_key,
-            pds_endpoint: id.pds_endpoint,
-            handle: id.handle,
-        })
+    #[test]
+    fn transient_errors() {
+        assert!(ResolveError::Fetch("x".into()).is_transient());
+        assert!(ResolveError::Status(503).is_transient() && ResolveError::Status(429).is_transient());
+        assert!(!ResolveError::Status(404).is_transient() && !ResolveError::Document("x".into()).is_transient());
     }
 }

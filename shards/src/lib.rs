@@ -5,6 +5,7 @@
 //! This crate must not parse CLI flags or environment variables, or own the process: the `engine`
 //! crate builds the configs and executors and calls the `run` functions here.
 
+pub mod accounts;
 pub mod backoff;
 pub mod fanout;
 pub mod identity;

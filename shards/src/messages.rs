@@ -27,6 +27,9 @@ pub struct AcceptedEvent {
     pub event: Event,
     /// For `#commit` and `#sync`: the commit it declares.
     pub commit: Option<CommitRef>,
+    /// Ingest asked the host (`getRepoStatus`) and it says the account is active, although the relay
+    /// had it inactive: the sequencer marks it active again (indigo #1161).
+    pub confirmed_active: bool,
 }
 
 /// A message from an ingest shard to the sequencer.

@@ -18,6 +18,8 @@ pub type Label = Vec<(&'static str, &'static str)>;
 pub struct Metrics {
     /// `relay_events_dropped_total{reason}`: events from hosts not relayed, by [`DropReason`].
     pub events_dropped: Family<Label, Counter>,
+    /// `relay_sync_violations_total{reason}`: Sync 1.1 violations relayed because of `--lenient-sync`.
+    pub sync_violations: Family<Label, Counter>,
     /// `relay_upstream_frames_total{type}`: websocket messages received from hosts, by frame type
     /// (`commit`, `sync`, `identity`, `account`, `info`, `error`, `other`).
     pub upstream_frames: Family<Label, Counter>,
@@ -30,7 +32,7 @@ pub struct Metrics {
     /// `relay_upstream_connected`: hosts with an open firehose connection.
     pub upstream_connected: Gauge,
     /// `relay_identity_lookups_total{result}`: identity lookups (`cache`, `store`, `resolved`,
-    /// `failed`).
+    /// `stale` (an expired entry used because the directory could not be reached), `failed`).
     pub identity_lookups: Family<Label, Counter>,
     /// `relay_subscribers`: connected subscribers.
     pub subscribers: Gauge,
@@ -50,20 +52,17 @@ impl Metrics {
             self.events_dropped.clone(),
         );
         registry.register(
+            "relay_sync_violations",
+            "Sync 1.1 violations relayed because of --lenient-sync",
+            self.sync_violations.clone(),
+        );
+        registry.register(
             "relay_upstream_frames",
             "Websocket messages received from hosts, by frame type",
             self.upstream_frames.clone(),
         );
-        registry.register(
-            "relay_events_relayed",
-            "Events sequenced and persisted",
-            self.events_relayed.clone(),
-        );
-        registry.register(
-            "relay_last_seq",
-            "Highest relay seq assigned",
-            self.last_seq.clone(),
-        );
+        registry.register("relay_events_relayed", "Events sequenced and persisted", self.events_relayed.clone());
+        registry.register("relay_last_seq", "Highest relay seq assigned", self.last_seq.clone());
         registry.register(
             "relay_upstream_connects",
             "Connection attempts to hosts, by result",
@@ -79,34 +78,22 @@ impl Metrics {
             "Identity lookups, by where they were answered",
             self.identity_lookups.clone(),
         );
-        registry.register(
-            "relay_subscribers",
-            "Connected subscribers",
-            self.subscribers.clone(),
-        );
+        registry.register("relay_subscribers", "Connected subscribers", self.subscribers.clone());
         registry.register(
             "relay_subscribers_closed",
             "Subscribers disconnected, by reason",
             self.subscribers_closed.clone(),
         );
-        registry.register(
-            "relay_batch_commits",
-            "RocksDB group commits by the sequencer",
-            self.batch_commits.clone(),
-        );
+        registry.register("relay_batch_commits", "RocksDB group commits by the sequencer", self.batch_commits.clone());
         // Pre-create every drop reason so a zero is visible, not an absent series.
         for reason in DropReason::ALL {
-            let _ = self
-                .events_dropped
-                .get_or_create(&vec![("reason", reason.as_str())]);
+            let _ = self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]);
         }
     }
 
     /// Counts one dropped event.
     pub fn drop_event(&self, reason: DropReason) {
-        self.events_dropped
-            .get_or_create(&vec![("reason", reason.as_str())])
-            .inc();
+        self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]).inc();
     }
 
     /// Increments `family{key=value}`.

@@ -1,14 +1,18 @@
-//! Outbound connections: DNS off the executor, TCP connect over glommio, and a small HTTP/1.1 `GET`
-//! client for identity resolution.
+//! Outbound connections: DNS off the executor, TCP connect over glommio, TLS with rustls
+//! (futures-rustls over glommio streams; webpki roots plus an optional extra CA), and a small
+//! HTTP/1.1 `GET` client for identity resolution and `getRepoStatus`.
 //!
 //! Why not hyper: it needs an executor and I/O adapter layer for glommio, and the relay's only HTTP
-//! client use is a `GET` of a DID document (a JSON body with `Content-Length` or chunked encoding).
+//! client use is a `GET` of a small JSON document (`Content-Length`, chunked or close-delimited).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 
 /// Largest HTTP response head accepted, in bytes.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -35,9 +39,12 @@ pub enum NetError {
     /// A socket error after connecting.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// The URL is not `http://host[:port]/path`.
-    #[error("unsupported URL {0} (only http:// is supported)")]
+    /// The URL is not `http(s)://host[:port]/path`.
+    #[error("unsupported URL {0}")]
     Url(String),
+    /// TLS setup or handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The response is not valid HTTP/1.1 or too large.
     #[error("bad HTTP response: {0}")]
     Http(String),
@@ -53,21 +60,11 @@ pub enum NetError {
 pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, NetError> {
     let name = host.to_owned();
     let addrs = glommio::executor()
-        .spawn_blocking(move || {
-            (name.as_str(), port)
-                .to_socket_addrs()
-                .map(Iterator::collect::<Vec<_>>)
-        })
+        .spawn_blocking(move || (name.as_str(), port).to_socket_addrs().map(Iterator::collect::<Vec<_>>))
         .await
-        .map_err(|e| NetError::Resolve {
-            host: host.to_owned(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| NetError::Resolve { host: host.to_owned(), reason: e.to_string() })?;
     if addrs.is_empty() {
-        return Err(NetError::Resolve {
-            host: host.to_owned(),
-            reason: "no addresses".into(),
-        });
+        return Err(NetError::Resolve { host: host.to_owned(), reason: "no addresses".into() });
     }
     Ok(addrs)
 }
@@ -88,86 +85,154 @@ pub async fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStre
             Err(e) => last = std::io::Error::other(e.to_string()),
         }
     }
-    Err(NetError::Connect {
-        host: host.to_owned(),
-        source: last,
-    })
+    Err(NetError::Connect { host: host.to_owned(), source: last })
 }
 
-/// A parsed `http://` URL.
+/// A parsed `http://` or `https://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// `https`.
+    pub tls: bool,
     /// Host name or address.
     pub host: String,
-    /// Port, 80 when absent.
+    /// Port, 80 (http) or 443 (https) when absent.
     pub port: u16,
     /// Path and query, starting with `/`.
     pub path: String,
 }
 
 impl HttpUrl {
-    /// Parses `http://host[:port][/path]`.
+    /// Parses `http(s)://host[:port][/path]`.
     ///
     /// # Errors
     /// [`NetError::Url`] for any other scheme or a bad port.
     pub fn parse(url: &str) -> Result<Self, NetError> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| NetError::Url(url.to_owned()))?;
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(NetError::Url(url.to_owned()));
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, "/"),
         };
+        let default_port = if tls { 443 } else { 80 };
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) => (h, p.parse().map_err(|_| NetError::Url(url.to_owned()))?),
-            None => (authority, 80),
+            None => (authority, default_port),
         };
         if host.is_empty() {
             return Err(NetError::Url(url.to_owned()));
         }
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-            path: path.to_owned(),
-        })
+        Ok(Self { tls, host: host.to_owned(), port, path: path.to_owned() })
+    }
+
+    fn host_header(&self) -> String {
+        if self.port == if self.tls { 443 } else { 80 } {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
-/// Performs `GET url` and returns the status and body (at most `max_body` bytes), all within
-/// `timeout`.
-///
-/// # Errors
-/// [`NetError`] for connection, protocol, size or deadline failures.
-pub async fn http_get(
+/// Outbound HTTP and TLS settings, shared by every shard (cheap to clone).
+#[derive(Clone)]
+pub struct HttpClient {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient").finish_non_exhaustive()
+    }
+}
+
+impl HttpClient {
+    /// A client trusting the webpki (Mozilla) roots plus the certificates in `extra_ca_pem`, if any.
+    ///
+    /// # Errors
+    /// [`NetError::Tls`] when the PEM holds no certificate or one rustls rejects.
+    pub fn new(extra_ca_pem: Option<&[u8]>) -> Result<Self, NetError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = extra_ca_pem {
+            let mut added = 0;
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| NetError::Tls(format!("extra CA: {e}")))?;
+                roots.add(cert).map_err(|e| NetError::Tls(format!("extra CA: {e}")))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(NetError::Tls("extra CA file holds no certificate".into()));
+            }
+        }
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| NetError::Tls(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        Ok(Self { tls: Arc::new(config) })
+    }
+
+    /// Connects to `host:port` and runs a TLS handshake for `host`.
+    ///
+    /// # Errors
+    /// [`NetError`] for DNS, TCP or TLS failures.
+    pub async fn connect_tls(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<futures_rustls::client::TlsStream<TcpStream>, NetError> {
+        let tcp = connect(host, port, timeout).await?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| NetError::Tls(e.to_string()))?;
+        futures_rustls::TlsConnector::from(Arc::clone(&self.tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| NetError::Tls(e.to_string()))
+    }
+
+    /// Performs `GET url` and returns the status and body (at most `max_body` bytes), all within
+    /// `timeout`.
+    ///
+    /// # Errors
+    /// [`NetError`] for connection, TLS, protocol, size or deadline failures.
+    pub async fn get(&self, url: &HttpUrl, max_body: usize, timeout: Duration) -> Result<(u16, Vec<u8>), NetError> {
+        let fut = async {
+            if url.tls {
+                let mut stream = self.connect_tls(&url.host, url.port, timeout).await?;
+                request(&mut stream, url, max_body).await
+            } else {
+                let mut stream = connect(&url.host, url.port, timeout).await?;
+                request(&mut stream, url, max_body).await
+            }
+        };
+        with_timeout(timeout, fut).await.unwrap_or(Err(NetError::Timeout))
+    }
+}
+
+async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     url: &HttpUrl,
     max_body: usize,
-    timeout: Duration,
 ) -> Result<(u16, Vec<u8>), NetError> {
-    let fut = async {
-        let mut stream = connect(&url.host, url.port, timeout).await?;
-        let host_header = if url.port == 80 {
-            url.host.clone()
-        } else {
-            format!("{}:{}", url.host, url.port)
-        };
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {host_header}\r\nAccept: application/json\r\nUser-Agent: relay/{}\r\nConnection: close\r\n\r\n",
-            url.path,
-            env!("CARGO_PKG_VERSION")
-        );
-        stream.write_all(req.as_bytes()).await?;
-        read_response(&mut stream, max_body).await
-    };
-    with_timeout(timeout, fut)
-        .await
-        .unwrap_or(Err(NetError::Timeout))
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: relay/{}\r\nConnection: close\r\n\r\n",
+        url.path,
+        url.host_header(),
+        env!("CARGO_PKG_VERSION")
+    );
+    stream.write_all(req.as_bytes()).await?;
+    stream.flush().await?;
+    read_response(stream, max_body).await
 }
 
 /// Runs `fut` for at most `dur`; `None` when the deadline passed first.
-pub async fn with_timeout<T>(
-    dur: Duration,
-    fut: impl std::future::Future<Output = T>,
-) -> Option<T> {
+pub async fn with_timeout<T>(dur: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
     futures_lite::future::or(async { Some(fut.await) }, async {
         glommio::timer::sleep(dur).await;
         None
@@ -175,39 +240,27 @@ pub async fn with_timeout<T>(
     .await
 }
 
-async fn read_response(
-    stream: &mut TcpStream,
-    max_body: usize,
-) -> Result<(u16, Vec<u8>), NetError> {
+async fn read_response<S: AsyncRead + Unpin>(stream: &mut S, max_body: usize) -> Result<(u16, Vec<u8>), NetError> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 8192];
     let (status, head_len, content_length, chunked) = loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(NetError::Http(
-                "connection closed before the response head".into(),
-            ));
+            return Err(NetError::Http("connection closed before the response head".into()));
         }
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut resp = httparse::Response::new(&mut headers);
-        match resp
-            .parse(&buf)
-            .map_err(|e| NetError::Http(e.to_string()))?
-        {
+        match resp.parse(&buf).map_err(|e| NetError::Http(e.to_string()))? {
             httparse::Status::Complete(len) => {
                 let status = resp.code.unwrap_or(0);
                 let mut cl = None;
                 let mut chunked = false;
                 for h in resp.headers.iter() {
                     if h.name.eq_ignore_ascii_case("content-length") {
-                        cl = std::str::from_utf8(h.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse::<usize>().ok());
+                        cl = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
                     } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                        chunked = String::from_utf8_lossy(h.value)
-                            .to_ascii_lowercase()
-                            .contains("chunked");
+                        chunked = String::from_utf8_lossy(h.value).to_ascii_lowercase().contains("chunked");
                     }
                 }
                 break (status, len, cl, chunked);
@@ -223,9 +276,7 @@ async fn read_response(
     loop {
         if let Some(cl) = content_length {
             if cl > max_body {
-                return Err(NetError::Http(format!(
-                    "body of {cl} bytes exceeds {max_body}"
-                )));
+                return Err(NetError::Http(format!("body of {cl} bytes exceeds {max_body}")));
             }
             if body.len() >= cl {
                 body.truncate(cl);
@@ -253,26 +304,21 @@ fn decode_chunked(buf: &[u8]) -> Result<Option<Vec<u8>>, NetError> {
     let mut out = Vec::new();
     let mut pos = 0;
     loop {
-        let Some(line_end) = buf
-            .get(pos..)
-            .and_then(|b| b.windows(2).position(|w| w == b"\r\n"))
-        else {
+        let Some(line_end) = buf.get(pos..).and_then(|b| b.windows(2).position(|w| w == b"\r\n")) else {
             return Ok(None);
         };
         let line = std::str::from_utf8(buf.get(pos..pos + line_end).unwrap_or_default())
             .map_err(|_| NetError::Http("bad chunk size".into()))?;
         let size_str = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_str, 16)
-            .map_err(|_| NetError::Http("bad chunk size".into()))?;
+        let size = usize::from_str_radix(size_str, 16).map_err(|_| NetError::Http("bad chunk size".into()))?;
         pos += line_end + 2;
         if size == 0 {
             return Ok(Some(out));
         }
-        let Some(data) = buf.get(pos..pos + size) else {
-            return Ok(None);
-        };
+        let end = pos.checked_add(size).ok_or_else(|| NetError::Http("chunk size overflows".into()))?;
+        let Some(data) = buf.get(pos..end) else { return Ok(None) };
         out.extend_from_slice(data);
-        pos += size + 2;
+        pos = end + 2;
         if pos > buf.len() {
             return Ok(None);
         }
@@ -286,24 +332,19 @@ mod tests {
     #[test]
     fn urls() {
         let u = HttpUrl::parse("http://localhost:2582/did:plc:abc").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("localhost", 2582, "/did:plc:abc")
-        );
+        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("localhost", 2582, "/did:plc:abc"));
         assert_eq!(HttpUrl::parse("http://plc.example").unwrap().path, "/");
-        assert!(HttpUrl::parse("https://plc.directory").is_err());
+        let u = HttpUrl::parse("https://plc.directory").unwrap();
+        assert_eq!((u.tls, u.port, u.host_header().as_str()), (true, 443, "plc.directory"));
+        assert!(HttpUrl::parse("ftp://x").is_err());
         assert!(HttpUrl::parse("http://:80/").is_err());
     }
 
     #[test]
     fn chunked_bodies() {
-        assert_eq!(
-            decode_chunked(b"4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n")
-                .unwrap()
-                .unwrap(),
-            b"Wikipedia"
-        );
+        assert_eq!(decode_chunked(b"4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n").unwrap().unwrap(), b"Wikipedia");
         assert_eq!(decode_chunked(b"4\r\nWi").unwrap(), None);
         assert!(decode_chunked(b"zz\r\n").is_err());
+        assert!(decode_chunked(b"ffffffffffffffff\r\nab").is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! The sequencer: the one place a relay `seq` is assigned.
 //!
-//! It drains the SPSC queues from every ingest shard into batches. For each accepted event it checks
-//! the account's stored `rev` (a `#commit` must be strictly newer, a `#sync` not older), assigns the
+//! It drains the SPSC queues from every ingest shard into batches. For each accepted event it applies
+//! the per-account rules ([`crate::accounts`]: status, `rev` order, `since`/`prevData`), assigns the
 //! next `seq`, re-encodes the frame with it once, and adds the event, the account's new state and the
 //! host cursor to one RocksDB `WriteBatch`. Only after that batch is durable are the events handed to
 //! the fanout shards, so a subscriber never sees an event a crash could lose.
@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures_lite::future::poll_once;
@@ -18,7 +19,8 @@ use storage::{CommitBatch, HostState, RepoState, Store, StoreError};
 use wire::frame::Event;
 use wire::{Did, DropReason, RelaySeq, ws};
 
-use crate::messages::{AcceptedEvent, IngestMsg, PublishedBatch};
+use crate::accounts;
+use crate::messages::{IngestMsg, PublishedBatch};
 use crate::metrics::Metrics;
 
 /// Sequencer settings.
@@ -26,13 +28,13 @@ use crate::metrics::Metrics;
 pub struct SequencerConfig {
     /// Most events in one group commit. Default 1,024; valid 1 and up.
     pub max_batch_events: usize,
+    /// Relay (and count) `since`/`prevData` mismatches instead of dropping them. Default false.
+    pub lenient_sync: bool,
 }
 
 impl Default for SequencerConfig {
     fn default() -> Self {
-        Self {
-            max_batch_events: 1024,
-        }
+        Self { max_batch_events: 1024, lenient_sync: false }
     }
 }
 
@@ -44,47 +46,16 @@ pub enum SequencerError {
     Store(#[from] StoreError),
 }
 
-/// Decides whether `ev` moves its account forward, given the account's last relayed state: the
-/// account's new state to store (`None` for events that do not change it), or why to drop it.
-fn check_rev(
-    ev: &AcceptedEvent,
-    prior: Option<&RepoState>,
-) -> Result<Option<RepoState>, DropReason> {
-    let Some(commit) = ev.commit else {
-        return Ok(None);
-    };
-    let (did, rev, is_sync) = match &ev.event {
-        Event::Commit(c) => (&c.repo, &c.rev, false),
-        Event::Sync(s) => (&s.did, &s.rev, true),
-        _ => return Ok(None),
-    };
-    if let Some(prior) = prior {
-        // A #sync may restate the current commit (same rev); a #commit must advance.
-        let stale = if is_sync {
-            rev < &prior.rev
-        } else {
-            rev <= &prior.rev
-        };
-        if stale {
-            tracing::info!(%did, rev = %rev, stored_rev = %prior.rev, "stale rev");
-            return Err(DropReason::StaleRev);
-        }
-    }
-    Ok(Some(RepoState {
-        rev: rev.clone(),
-        commit: commit.commit,
-        data: commit.data,
-        host: ev.host.to_string(),
-    }))
-}
-
-/// Runs the sequencer on the current executor until every ingest shard has gone away.
+/// Runs the sequencer on the current executor until every ingest shard has gone away. `committed` is
+/// set to the last durable relay seq after each group commit (fanout shards read it to tell a future
+/// cursor from one that is only ahead of their own head).
 ///
 /// # Errors
 /// [`SequencerError::Store`] when the store fails; the relay must stop, since no later event can be
 /// made durable.
 pub async fn run(
     config: SequencerConfig,
+    committed: Arc<AtomicU64>,
     from_ingest: Vec<SharedReceiver<IngestMsg>>,
     to_fanout: Vec<SharedSender<PublishedBatch>>,
     store: Arc<Store>,
@@ -113,10 +84,7 @@ pub async fn run(
 
     let mut last_seq = store.last_seq()?.map_or(0, |s| s.0);
     metrics.last_seq.set(last_seq as i64);
-    tracing::info!(
-        seq = last_seq,
-        "sequencer starting after the last stored seq"
-    );
+    tracing::info!(seq = last_seq, "sequencer starting after the last stored seq");
     loop {
         let Some(first) = merged_rx.recv().await else {
             return Ok(());
@@ -140,25 +108,26 @@ pub async fn run(
                 }
                 IngestMsg::Event(ev) => ev,
             };
-            hosts.insert(
-                Arc::clone(&ev.host),
-                HostState {
-                    cursor: ev.host_seq,
-                },
-            );
-            let prior = match ev.event.did().and_then(|d| repos.get(d)) {
+            hosts.insert(Arc::clone(&ev.host), HostState { cursor: ev.host_seq });
+            let Some(did) = ev.event.did().cloned() else { continue };
+            let prior = match repos.get(&did) {
                 Some(state) => Some(state.clone()),
-                None => match ev.event.did() {
-                    Some(did) if ev.commit.is_some() => store.repo(did)?,
-                    _ => None,
-                },
+                None if matches!(ev.event, Event::Identity(_)) => None,
+                None => store.repo(&did)?,
             };
-            let new_state = match check_rev(&ev, prior.as_ref()) {
+            let new_state = match accounts::apply(&mut ev, prior.as_ref(), config.lenient_sync) {
                 Err(reason) => {
+                    tracing::info!(%did, host = %ev.host, %reason, "dropped event");
                     metrics.drop_event(reason);
                     continue;
                 }
-                Ok(state) => state,
+                Ok(applied) => {
+                    if let Some(v) = applied.violation {
+                        tracing::warn!(%did, host = %ev.host, reason = %v, "relaying a Sync 1.1 violation (lenient)");
+                        Metrics::inc(&metrics.sync_violations, "reason", v.as_str());
+                    }
+                    applied.state
+                }
             };
             let seq = last_seq + 1;
             ev.event.set_seq(seq as i64);
@@ -172,13 +141,10 @@ pub async fn run(
                 }
             };
             last_seq = seq;
-            if let (Some(state), Some(did)) = (new_state, ev.event.did()) {
-                repos.insert(did.clone(), state);
+            if let Some(state) = new_state {
+                repos.insert(did, state);
             }
-            published.push((
-                RelaySeq(seq),
-                Bytes::from(ws::encode_frame(ws::Opcode::Binary, &frame)),
-            ));
+            published.push((RelaySeq(seq), Bytes::from(ws::encode_frame(ws::Opcode::Binary, &frame))));
             batch.events.push((RelaySeq(seq), Bytes::from(frame)));
         }
         batch.repos = repos.into_iter().collect();
@@ -188,12 +154,11 @@ pub async fn run(
         }
         let events = batch.events.len();
         let writer = Arc::clone(&store);
-        glommio::executor()
-            .spawn_blocking(move || writer.commit(&batch))
-            .await?;
+        glommio::executor().spawn_blocking(move || writer.commit(&batch)).await?;
         metrics.batch_commits.inc();
         metrics.events_relayed.inc_by(events as u64);
         metrics.last_seq.set(last_seq as i64);
+        committed.store(last_seq, Ordering::Release);
         if published.is_empty() {
             continue;
         }

@@ -2,19 +2,42 @@
 //! the byte tables).
 
 use wire::crypto::{KeyType, PublicKey};
-use wire::{Cid, HostSeq, Tid};
+use wire::{AccountStatus, Cid, HostSeq, Tid};
 
-/// The last relayed commit of an account.
+/// What the relay knows of an account: its last relayed commit and its status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoState {
-    /// The account's current `rev`.
-    pub rev: Tid,
-    /// CID of the current commit object.
-    pub commit: Cid,
-    /// CID of the current MST root (`data`), the `prevData` the next commit must name.
-    pub data: Cid,
+    /// The `rev` of the last relayed commit, if any.
+    pub rev: Option<Tid>,
+    /// CID of that commit object.
+    pub commit: Option<Cid>,
+    /// CID of its MST root (`data`): the `prevData` the next commit must name.
+    pub data: Option<Cid>,
     /// The host the account was last relayed from.
     pub host: String,
+    /// The status its host last declared (`#account`).
+    pub upstream: AccountStatus,
+    /// Taken down on this relay.
+    pub taken_down: bool,
+}
+
+impl RepoState {
+    /// A new active account on `host` with no commit yet.
+    pub fn new(host: impl Into<String>) -> Self {
+        Self {
+            rev: None,
+            commit: None,
+            data: None,
+            host: host.into(),
+            upstream: AccountStatus::Active,
+            taken_down: false,
+        }
+    }
+
+    /// The status the relay serves: `Takendown` when taken down here, else the host's.
+    pub fn status(&self) -> AccountStatus {
+        if self.taken_down { AccountStatus::Takendown } else { self.upstream }
+    }
 }
 
 /// The persisted state of an upstream host.
@@ -47,18 +70,24 @@ fn take_u64(b: &mut &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(take(b, 8)?.try_into().ok()?))
 }
 
-fn take_cid(b: &mut &[u8]) -> Option<Cid> {
+/// A length-prefixed CID; `Some(None)` for length 0.
+fn take_cid(b: &mut &[u8]) -> Option<Option<Cid>> {
     let len = *take(b, 1)?.first()?;
-    Cid::read_bytes(take(b, usize::from(len))?).ok()
+    if len == 0 {
+        return Some(None);
+    }
+    Cid::read_bytes(take(b, usize::from(len))?).ok().map(Some)
 }
 
 impl RepoState {
     /// Encodes per the `repos` byte table.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + 2 + 72 + self.host.len());
-        out.extend_from_slice(&self.rev.to_u64().to_be_bytes());
+        let mut out = Vec::with_capacity(12 + 72 + self.host.len());
+        out.push(self.upstream.code());
+        out.push(u8::from(self.taken_down));
+        out.extend_from_slice(&self.rev.as_ref().map_or(0, Tid::to_u64).to_be_bytes());
         for cid in [&self.commit, &self.data] {
-            let b = cid.to_bytes();
+            let b = cid.map(|c| c.to_bytes()).unwrap_or_default();
             out.push(b.len() as u8);
             out.extend_from_slice(&b);
         }
@@ -68,16 +97,16 @@ impl RepoState {
 
     /// Decodes per the `repos` byte table; `None` when the bytes do not fit it.
     pub fn decode(mut b: &[u8]) -> Option<Self> {
-        let rev = Tid::from_u64(take_u64(&mut b)?);
+        let upstream = AccountStatus::from_code(*take(&mut b, 1)?.first()?);
+        let taken_down = *take(&mut b, 1)?.first()? == 1;
+        let rev = match take_u64(&mut b)? {
+            0 => None,
+            v => Some(Tid::from_u64(v)),
+        };
         let commit = take_cid(&mut b)?;
         let data = take_cid(&mut b)?;
         let host = std::str::from_utf8(b).ok()?.to_owned();
-        Some(Self {
-            rev,
-            commit,
-            data,
-            host,
-        })
+        Some(Self { rev, commit, data, host, upstream, taken_down })
     }
 }
 
@@ -108,12 +137,7 @@ impl IdentityRecord {
         out.extend_from_slice(&self.signing_key.to_compressed());
         let elen = u16::try_from(endpoint.len()).unwrap_or(0);
         out.extend_from_slice(&elen.to_be_bytes());
-        out.extend_from_slice(
-            endpoint
-                .as_bytes()
-                .get(..usize::from(elen))
-                .unwrap_or_default(),
-        );
+        out.extend_from_slice(endpoint.as_bytes().get(..usize::from(elen)).unwrap_or_default());
         out.extend_from_slice(handle.as_bytes());
         out
     }
@@ -131,12 +155,7 @@ impl IdentityRecord {
         let endpoint = std::str::from_utf8(take(&mut b, usize::from(elen))?).ok()?;
         let handle = std::str::from_utf8(b).ok()?;
         let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-        Some(Self {
-            fetched_at_ms,
-            signing_key,
-            pds_endpoint: some(endpoint),
-            handle: some(handle),
-        })
+        Some(Self { fetched_at_ms, signing_key, pds_endpoint: some(endpoint), handle: some(handle) })
     }
 }
 
@@ -148,35 +167,24 @@ mod tests {
     fn round_trips() {
         let cid = wire::car::cid_for(wire::car::CODEC_DAG_CBOR, b"x");
         let repo = RepoState {
-            rev: Tid::new("3n2senwrdcs2x").unwrap(),
-            commit: cid,
-            data: wire::car::cid_for(wire::car::CODEC_DAG_CBOR, b"y"),
+            rev: Some(Tid::new("3n2senwrdcs2x").unwrap()),
+            commit: Some(cid),
+            data: Some(wire::car::cid_for(wire::car::CODEC_DAG_CBOR, b"y")),
             host: "localhost:2583".into(),
+            upstream: AccountStatus::Suspended,
+            taken_down: true,
         };
         assert_eq!(RepoState::decode(&repo.encode()), Some(repo.clone()));
         assert_eq!(RepoState::decode(&repo.encode()[..20]), None);
+        let fresh = RepoState::new("h");
+        assert_eq!(RepoState::decode(&fresh.encode()), Some(fresh));
 
-        let host = HostState {
-            cursor: HostSeq(42),
-        };
+        let host = HostState { cursor: HostSeq(42) };
         assert_eq!(HostState::decode(&host.encode()), Some(host));
 
-        let key =
-            PublicKey::from_did_key("did:key:zDnaembgSGUhZULN2Caob4HLJPaxBh92N7rtH21TErzqf8HQo")
-                .unwrap();
-        for (ep, h) in [
-            (
-                Some("http://localhost:2583".to_owned()),
-                Some("a.test".to_owned()),
-            ),
-            (None, None),
-        ] {
-            let id = IdentityRecord {
-                fetched_at_ms: 7,
-                signing_key: key.clone(),
-                pds_endpoint: ep,
-                handle: h,
-            };
+        let key = PublicKey::from_did_key("did:key:zDnaembgSGUhZULN2Caob4HLJPaxBh92N7rtH21TErzqf8HQo").unwrap();
+        for (ep, h) in [(Some("http://localhost:2583".to_owned()), Some("a.test".to_owned())), (None, None)] {
+            let id = IdentityRecord { fetched_at_ms: 7, signing_key: key.clone(), pds_endpoint: ep, handle: h };
             assert_eq!(IdentityRecord::decode(&id.encode()), Some(id));
         }
     }

@@ -16,17 +16,19 @@
 //! | key   | 0      | 8     | relay `seq` (u64) |
 //! | value | 0      | n     | the complete event-stream frame (DAG-CBOR header ‖ body) carrying that `seq` |
 //!
-//! ## `repos`: account DID → last relayed commit
+//! ## `repos`: account DID → account state
 //!
 //! | part  | offset  | bytes | field |
 //! |-------|---------|-------|-------|
 //! | key   | 0       | n     | DID (UTF-8) |
-//! | value | 0       | 8     | `rev` as the TID's 64-bit integer |
-//! |       | 8       | 1     | `a` = length of the commit CID |
-//! |       | 9       | a     | commit CID |
-//! |       | 9+a     | 1     | `b` = length of the data (MST root) CID |
-//! |       | 10+a    | b     | data CID |
-//! |       | 10+a+b  | rest  | hostname the account was last relayed from (UTF-8) |
+//! | value | 0       | 1     | upstream status: 0 active, 1 deactivated, 2 deleted, 3 desynchronized, 4 suspended, 5 takendown, 6 throttled, 255 other |
+//! |       | 1       | 1     | local status: 0 none, 1 taken down on this relay |
+//! |       | 2       | 8     | `rev` of the last relayed commit as the TID's 64-bit integer; 0 when none |
+//! |       | 10      | 1     | `a` = length of the commit CID (0 when none) |
+//! |       | 11      | a     | commit CID |
+//! |       | 11+a    | 1     | `b` = length of the data (MST root) CID (0 when none) |
+//! |       | 12+a    | b     | data CID |
+//! |       | 12+a+b  | rest  | hostname the account was last relayed from (UTF-8) |
 //!
 //! ## `hosts`: hostname → upstream state
 //!

@@ -4,10 +4,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions,
-};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 use wire::{Did, RelaySeq};
 
 use crate::error::StoreError;
@@ -34,11 +31,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self {
-            sync_writes: true,
-            background_threads: 2,
-            write_buffer_bytes: 64 << 20,
-        }
+        Self { sync_writes: true, background_threads: 2, write_buffer_bytes: 64 << 20 }
     }
 }
 
@@ -70,9 +63,7 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.db.path())
-            .finish()
+        f.debug_struct("Store").field("path", &self.db.path()).finish()
     }
 }
 
@@ -104,23 +95,14 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
-        let store = Self {
-            db,
-            sync_writes: options.sync_writes,
-            poisoned: AtomicBool::new(false),
-        };
+        let store = Self { db, sync_writes: options.sync_writes, poisoned: AtomicBool::new(false) };
         let meta = store.cf(cf::META);
         match store.db.get_cf(meta, META_FORMAT_VERSION)? {
-            None => store
-                .db
-                .put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes())?,
+            None => store.db.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes())?,
             Some(v) => {
                 let found = v.as_slice().try_into().map(u32::from_be_bytes).unwrap_or(0);
                 if found != FORMAT_VERSION {
-                    return Err(StoreError::UnsupportedFormat {
-                        found,
-                        want: FORMAT_VERSION,
-                    });
+                    return Err(StoreError::UnsupportedFormat { found, want: FORMAT_VERSION });
                 }
             }
         }
@@ -130,9 +112,7 @@ impl Store {
     fn cf(&self, name: &str) -> &ColumnFamily {
         // Every name in cf::ALL is created by `open`, so the handle always exists.
         #[allow(clippy::expect_used)]
-        self.db
-            .cf_handle(name)
-            .expect("column family created at open")
+        self.db.cf_handle(name).expect("column family created at open")
     }
 
     /// The highest relay `seq` ever assigned, or `None` for a new store.
@@ -147,11 +127,7 @@ impl Store {
             Some(v) => Some(be_u64(&v).ok_or_else(|| corrupt(cf::META, META_LAST_SEQ))?),
             None => None,
         };
-        let last_event = match self
-            .db
-            .iterator_cf(self.cf(cf::EVENTS), IteratorMode::End)
-            .next()
-        {
+        let last_event = match self.db.iterator_cf(self.cf(cf::EVENTS), IteratorMode::End).next() {
             Some(item) => {
                 let (k, _) = item?;
                 Some(be_u64(&k).ok_or_else(|| corrupt(cf::EVENTS, &k))?)
@@ -199,21 +175,10 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
-    pub fn events_after(
-        &self,
-        after: RelaySeq,
-        max: usize,
-    ) -> Result<Vec<(RelaySeq, Bytes)>, StoreError> {
+    pub fn events_after(&self, after: RelaySeq, max: usize) -> Result<Vec<(RelaySeq, Bytes)>, StoreError> {
         let start = after.0.saturating_add(1).to_be_bytes();
         let mut out = Vec::with_capacity(max.min(1024));
-        for item in self
-            .db
-            .iterator_cf(
-                self.cf(cf::EVENTS),
-                IteratorMode::From(&start, Direction::Forward),
-            )
-            .take(max)
-        {
+        for item in self.db.iterator_cf(self.cf(cf::EVENTS), IteratorMode::From(&start, Direction::Forward)).take(max) {
             let (k, v) = item?;
             let seq = be_u64(&k).ok_or_else(|| corrupt(cf::EVENTS, &k))?;
             out.push((RelaySeq(seq), Bytes::from(Vec::from(v))));
@@ -226,16 +191,10 @@ impl Store {
     /// # Errors
     /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
     pub fn first_seq(&self) -> Result<Option<RelaySeq>, StoreError> {
-        match self
-            .db
-            .iterator_cf(self.cf(cf::EVENTS), IteratorMode::Start)
-            .next()
-        {
+        match self.db.iterator_cf(self.cf(cf::EVENTS), IteratorMode::Start).next() {
             Some(item) => {
                 let (k, _) = item?;
-                Ok(Some(RelaySeq(
-                    be_u64(&k).ok_or_else(|| corrupt(cf::EVENTS, &k))?,
-                )))
+                Ok(Some(RelaySeq(be_u64(&k).ok_or_else(|| corrupt(cf::EVENTS, &k))?)))
             }
             None => Ok(None),
         }
@@ -262,11 +221,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
     pub fn identity(&self, did: &Did) -> Result<Option<IdentityRecord>, StoreError> {
-        self.get_decoded(
-            cf::IDENTITIES,
-            did.as_str().as_bytes(),
-            IdentityRecord::decode,
-        )
+        self.get_decoded(cf::IDENTITIES, did.as_str().as_bytes(), IdentityRecord::decode)
     }
 
     /// Caches an identity. Not fsynced: a lost entry is only re-resolved.
@@ -274,9 +229,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Rocks`].
     pub fn put_identity(&self, did: &Did, record: &IdentityRecord) -> Result<(), StoreError> {
-        Ok(self
-            .db
-            .put_cf(self.cf(cf::IDENTITIES), did.as_str(), record.encode())?)
+        Ok(self.db.put_cf(self.cf(cf::IDENTITIES), did.as_str(), record.encode())?)
     }
 
     /// Removes a cached identity (after `#identity`, or when it failed to verify).
@@ -301,10 +254,7 @@ impl Store {
 }
 
 fn corrupt(cf: &'static str, key: &[u8]) -> StoreError {
-    StoreError::Corrupt {
-        cf,
-        key: String::from_utf8_lossy(key).into_owned(),
-    }
+    StoreError::Corrupt { cf, key: String::from_utf8_lossy(key).into_owned() }
 }
 
 #[cfg(test)]
@@ -314,9 +264,7 @@ mod tests {
 
     fn batch(seqs: std::ops::RangeInclusive<u64>) -> CommitBatch {
         CommitBatch {
-            events: seqs
-                .map(|s| (RelaySeq(s), Bytes::from(format!("frame {s}"))))
-                .collect(),
+            events: seqs.map(|s| (RelaySeq(s), Bytes::from(format!("frame {s}")))).collect(),
             repos: vec![],
             hosts: vec![("localhost:2583".into(), HostState { cursor: HostSeq(9) })],
         }
@@ -333,18 +281,10 @@ mod tests {
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         assert_eq!(store.last_seq().unwrap(), Some(RelaySeq(5)));
         assert_eq!(store.first_seq().unwrap(), Some(RelaySeq(1)));
-        let got: Vec<u64> = store
-            .events_after(RelaySeq(2), 10)
-            .unwrap()
-            .iter()
-            .map(|e| e.0.0)
-            .collect();
+        let got: Vec<u64> = store.events_after(RelaySeq(2), 10).unwrap().iter().map(|e| e.0.0).collect();
         assert_eq!(got, vec![3, 4, 5]);
         assert_eq!(store.events_after(RelaySeq(0), 2).unwrap().len(), 2);
-        assert_eq!(
-            store.host("localhost:2583").unwrap(),
-            Some(HostState { cursor: HostSeq(9) })
-        );
+        assert_eq!(store.host("localhost:2583").unwrap(), Some(HostState { cursor: HostSeq(9) }));
         assert_eq!(store.host("other").unwrap(), None);
     }
 
@@ -355,10 +295,10 @@ mod tests {
         let did = Did::new("did:plc:abc").unwrap();
         let cid = wire::car::cid_for(wire::car::CODEC_DAG_CBOR, b"c");
         let state = RepoState {
-            rev: Tid::new("3n2senwrdcs2x").unwrap(),
-            commit: cid,
-            data: cid,
-            host: "h".into(),
+            rev: Some(Tid::new("3n2senwrdcs2x").unwrap()),
+            commit: Some(cid),
+            data: Some(cid),
+            ..RepoState::new("h")
         };
         let mut b = batch(1..=1);
         b.repos.push((did.clone(), state.clone()));

@@ -102,9 +102,7 @@ impl<'a> Car<'a> {
 pub fn read_varint(buf: &[u8], pos: usize) -> Result<(u64, usize), CarError> {
     let mut v = 0u64;
     for i in 0..9 {
-        let b = *buf
-            .get(pos + i)
-            .ok_or(CarError::Truncated { offset: pos + i })?;
+        let b = *buf.get(pos + i).ok_or(CarError::Truncated { offset: pos + i })?;
         v |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
             if b == 0 && i > 0 {
@@ -128,12 +126,8 @@ fn section(buf: &[u8], pos: usize) -> Result<(&[u8], usize), CarError> {
     let (len, vl) = read_varint(buf, pos)?;
     let start = pos + vl;
     let len = usize::try_from(len).map_err(|_| CarError::Truncated { offset: start })?;
-    let end = start
-        .checked_add(len)
-        .ok_or(CarError::Truncated { offset: start })?;
-    let bytes = buf
-        .get(start..end)
-        .ok_or(CarError::Truncated { offset: buf.len() })?;
+    let end = start.checked_add(len).ok_or(CarError::Truncated { offset: start })?;
+    let bytes = buf.get(start..end).ok_or(CarError::Truncated { offset: buf.len() })?;
     Ok((bytes, end))
 }
 
@@ -143,8 +137,7 @@ fn section(buf: &[u8], pos: usize) -> Result<(&[u8], usize), CarError> {
 /// The [`CarError`] variant for the first problem found.
 pub fn read_car(buf: &[u8]) -> Result<Car<'_>, CarError> {
     let (header_bytes, mut pos) = section(buf, 0)?;
-    let header: CarHeader =
-        cbor::from_slice(header_bytes).map_err(|e| CarError::Header(e.to_string()))?;
+    let header: CarHeader = cbor::from_slice(header_bytes).map_err(|e| CarError::Header(e.to_string()))?;
     if header.version != 1 {
         return Err(CarError::Header(format!("version {}", header.version)));
     }
@@ -154,32 +147,22 @@ pub fn read_car(buf: &[u8]) -> Result<Car<'_>, CarError> {
         let (sec, next) = section(buf, pos)?;
         let mut cursor = std::io::Cursor::new(sec);
         let cid = Cid::read_bytes(&mut cursor).map_err(|_| CarError::Cid { offset })?;
-        let data = sec
-            .get(cursor.position() as usize..)
-            .ok_or(CarError::Cid { offset })?;
+        let data = sec.get(cursor.position() as usize..).ok_or(CarError::Cid { offset })?;
         let mh = cid.hash();
         let supported = cid.version() == cid::Version::V1
             && (cid.codec() == CODEC_DAG_CBOR || cid.codec() == CODEC_RAW)
             && mh.code() == HASH_SHA2_256
             && mh.size() == 32;
         if !supported {
-            return Err(CarError::UnsupportedCid {
-                cid: cid.to_string(),
-                offset,
-            });
+            return Err(CarError::UnsupportedCid { cid: cid.to_string(), offset });
         }
         if Sha256::digest(data).as_slice() != mh.digest() {
-            return Err(CarError::HashMismatch {
-                cid: cid.to_string(),
-            });
+            return Err(CarError::HashMismatch { cid: cid.to_string() });
         }
         blocks.push((cid, data));
         pos = next;
     }
-    Ok(Car {
-        roots: header.roots,
-        blocks,
-    })
+    Ok(Car { roots: header.roots, blocks })
 }
 
 /// Writes a CAR v1 slice with one root and the given blocks (CIDs computed as DAG-CBOR unless the
@@ -193,10 +176,7 @@ pub fn write_car(root: &Cid, blocks: &[(Cid, &[u8])]) -> Result<Vec<u8>, crate::
         version: u64,
         roots: &'a [Cid],
     }
-    let header = cbor::to_vec(&H {
-        version: 1,
-        roots: std::slice::from_ref(root),
-    })?;
+    let header = cbor::to_vec(&H { version: 1, roots: std::slice::from_ref(root) })?;
     let mut out = Vec::new();
     write_varint(&mut out, header.len() as u64);
     out.extend_from_slice(&header);
@@ -253,13 +233,7 @@ mod tests {
             write_varint(&mut out, v);
             assert_eq!(read_varint(&out, 0).unwrap(), (v, out.len()));
         }
-        assert!(matches!(
-            read_varint(&[0x80, 0x00], 0),
-            Err(CarError::Varint { .. })
-        ));
-        assert!(matches!(
-            read_varint(&[0x80], 0),
-            Err(CarError::Truncated { .. })
-        ));
+        assert!(matches!(read_varint(&[0x80, 0x00], 0), Err(CarError::Varint { .. })));
+        assert!(matches!(read_varint(&[0x80], 0), Err(CarError::Truncated { .. })));
     }
 }

@@ -64,9 +64,7 @@ fn head(buf: &[u8], pos: usize) -> Result<(u8, u64, usize), CborError> {
     if extra == 0 {
         return Ok((major, n, 1));
     }
-    let bytes = buf
-        .get(pos + 1..pos + 1 + extra)
-        .ok_or(CborError::Truncated { offset: pos + 1 })?;
+    let bytes = buf.get(pos + 1..pos + 1 + extra).ok_or(CborError::Truncated { offset: pos + 1 })?;
     let arg = bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
     Ok((major, arg, 1 + extra))
 }
@@ -95,9 +93,7 @@ pub fn item_len(buf: &[u8]) -> Result<usize, CborError> {
             0 | 1 | 7 => {}
             2 | 3 => {
                 let len = usize::try_from(arg).map_err(|_| CborError::Invalid { offset: pos })?;
-                let end = pos
-                    .checked_add(len)
-                    .ok_or(CborError::Invalid { offset: pos })?;
+                let end = pos.checked_add(len).ok_or(CborError::Invalid { offset: pos })?;
                 if end > buf.len() {
                     return Err(CborError::Truncated { offset: buf.len() });
                 }
@@ -107,11 +103,7 @@ pub fn item_len(buf: &[u8]) -> Result<usize, CborError> {
                 if pending.len() >= MAX_DEPTH {
                     return Err(CborError::Invalid { offset: pos - hl });
                 }
-                let items = if major == 5 {
-                    arg.checked_mul(2)
-                } else {
-                    Some(arg)
-                };
+                let items = if major == 5 { arg.checked_mul(2) } else { Some(arg) };
                 let items = items.ok_or(CborError::Invalid { offset: pos - hl })?;
                 // Every item needs at least one byte: reject counts the buffer cannot hold.
                 if items > (buf.len() - pos) as u64 {
@@ -171,10 +163,7 @@ mod tests {
     fn item_len_rejects_bad_input() {
         assert!(matches!(item_len(&[]), Err(CborError::Truncated { .. })));
         assert!(matches!(item_len(&[0x9f]), Err(CborError::Invalid { .. }))); // indefinite array
-        assert!(matches!(
-            item_len(&[0x5a, 0xff, 0xff, 0xff, 0xff]),
-            Err(CborError::Truncated { .. })
-        ));
+        assert!(matches!(item_len(&[0x5a, 0xff, 0xff, 0xff, 0xff]), Err(CborError::Truncated { .. })));
         assert!(matches!(
             item_len(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
             Err(CborError::Truncated { .. })
@@ -185,15 +174,7 @@ mod tests {
 
     #[test]
     fn uint_heads_are_shortest() {
-        for (v, want) in [
-            (0u64, 1usize),
-            (23, 1),
-            (24, 2),
-            (255, 2),
-            (256, 3),
-            (65536, 5),
-            (1 << 32, 9),
-        ] {
+        for (v, want) in [(0u64, 1usize), (23, 1), (24, 2), (255, 2), (256, 3), (65536, 5), (1 << 32, 9)] {
             let mut out = Vec::new();
             write_uint(&mut out, v);
             assert_eq!(out.len(), want, "{v}");

@@ -55,10 +55,7 @@ impl SignedCommit {
         let mut map: BTreeMap<String, Ipld> = cbor::from_slice(block)?;
         map.remove("sig");
         let unsigned_bytes = cbor::to_vec(&map)?;
-        Ok(Self {
-            commit,
-            unsigned_bytes,
-        })
+        Ok(Self { commit, unsigned_bytes })
     }
 
     /// Verifies the signature with `key`.

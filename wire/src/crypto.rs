@@ -18,8 +18,8 @@ const MULTICODEC_P256: [u8; 2] = [0x80, 0x24];
 
 /// Half the order of P-256, big-endian: a signature's `s` must not exceed it (low-S rule).
 const P256_HALF_ORDER: [u8; 32] = [
-    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xde, 0x73, 0x7d,
+    0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
 ];
 
 /// The curve of a key.
@@ -78,15 +78,13 @@ impl PublicKey {
     /// [`KeyError::InvalidPoint`] when the bytes are not a point on the curve.
     pub fn from_sec1(kind: KeyType, bytes: &[u8]) -> Result<Self, KeyError> {
         match kind {
-            KeyType::K256 => secp256k1::PublicKey::from_slice(bytes)
-                .map(PublicKey::K256)
-                .map_err(|_| KeyError::InvalidPoint(kind)),
+            KeyType::K256 => {
+                secp256k1::PublicKey::from_slice(bytes).map(PublicKey::K256).map_err(|_| KeyError::InvalidPoint(kind))
+            }
             KeyType::P256 => {
                 let compressed = compress_p256(bytes).ok_or(KeyError::InvalidPoint(kind))?;
                 // Parse once here so a key that is not on the curve fails at resolution time.
-                if aws_lc_rs::signature::ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, compressed)
-                    .is_err()
-                {
+                if aws_lc_rs::signature::ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, compressed).is_err() {
                     return Err(KeyError::InvalidPoint(kind));
                 }
                 Ok(PublicKey::P256(compressed))
@@ -115,9 +113,7 @@ impl PublicKey {
     /// # Errors
     /// [`KeyError::Encoding`] or [`KeyError::InvalidPoint`].
     pub fn from_did_key(s: &str) -> Result<Self, KeyError> {
-        let mk = s
-            .strip_prefix("did:key:")
-            .ok_or_else(|| KeyError::Encoding("missing did:key: prefix".into()))?;
+        let mk = s.strip_prefix("did:key:").ok_or_else(|| KeyError::Encoding("missing did:key: prefix".into()))?;
         Self::from_multikey(mk)
     }
 
@@ -155,10 +151,7 @@ impl PublicKey {
         };
         let mut bytes = prefix.to_vec();
         bytes.extend_from_slice(&self.to_compressed());
-        format!(
-            "did:key:{}",
-            multibase::encode(multibase::Base::Base58Btc, bytes)
-        )
+        format!("did:key:{}", multibase::encode(multibase::Base::Base58Btc, bytes))
     }
 
     /// Verifies a compact 64-byte low-S signature over `sha256(msg)`.
@@ -172,8 +165,8 @@ impl PublicKey {
         }
         match self {
             PublicKey::K256(key) => {
-                let mut signature = secp256k1::ecdsa::Signature::from_compact(sig)
-                    .map_err(|_| SignatureError::Format)?;
+                let mut signature =
+                    secp256k1::ecdsa::Signature::from_compact(sig).map_err(|_| SignatureError::Format)?;
                 let mut normalized = signature;
                 normalized.normalize_s();
                 if normalized != signature {
@@ -182,9 +175,7 @@ impl PublicKey {
                 signature = normalized;
                 let digest: [u8; 32] = Sha256::digest(msg).into();
                 let message = secp256k1::Message::from_digest(digest);
-                secp256k1::SECP256K1
-                    .verify_ecdsa(&message, &signature, key)
-                    .map_err(|_| SignatureError::Mismatch)
+                secp256k1::SECP256K1.verify_ecdsa(&message, &signature, key).map_err(|_| SignatureError::Mismatch)
             }
             PublicKey::P256(key) => {
                 let s = sig.get(32..).ok_or(SignatureError::Format)?;
@@ -217,9 +208,7 @@ fn compress_p256(bytes: &[u8]) -> Option<[u8; 33]> {
 fn decode_base58btc(s: &str) -> Result<Vec<u8>, KeyError> {
     match multibase::decode(s) {
         Ok((multibase::Base::Base58Btc, bytes)) => Ok(bytes),
-        Ok((base, _)) => Err(KeyError::Encoding(format!(
-            "multibase {base:?}, want base58btc"
-        ))),
+        Ok((base, _)) => Err(KeyError::Encoding(format!("multibase {base:?}, want base58btc"))),
         Err(e) => Err(KeyError::Encoding(e.to_string())),
     }
 }
@@ -236,10 +225,7 @@ mod tests {
         ] {
             assert_eq!(PublicKey::from_did_key(k).unwrap().to_did_key(), k);
         }
-        assert!(
-            PublicKey::from_did_key("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK")
-                .is_err()
-        );
+        assert!(PublicKey::from_did_key("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK").is_err());
         assert!(PublicKey::from_did_key("zQ3sh").is_err());
     }
 }

@@ -88,31 +88,20 @@ impl AtprotoIdentity {
     /// [`DidDocError`] when the JSON does not parse, describes another DID, or has no usable
     /// `#atproto` key.
     pub fn from_json(did: &Did, json: &[u8]) -> Result<Self, DidDocError> {
-        let doc: RawDoc =
-            serde_json::from_slice(json).map_err(|e| DidDocError::Json(e.to_string()))?;
+        let doc: RawDoc = serde_json::from_slice(json).map_err(|e| DidDocError::Json(e.to_string()))?;
         if doc.id != did.as_str() {
-            return Err(DidDocError::WrongId {
-                want: did.to_string(),
-                found: doc.id,
-            });
+            return Err(DidDocError::WrongId { want: did.to_string(), found: doc.id });
         }
         let method = doc
             .verification_method
             .iter()
             .find(|m| matches_fragment(&m.id, did.as_str(), "#atproto"))
             .ok_or(DidDocError::NoSigningKey)?;
-        let mb = method
-            .public_key_multibase
-            .as_deref()
-            .ok_or(DidDocError::NoSigningKey)?;
+        let mb = method.public_key_multibase.as_deref().ok_or(DidDocError::NoSigningKey)?;
         let signing_key = match method.kind.as_str() {
             "Multikey" => PublicKey::from_multikey(mb)?,
-            "EcdsaSecp256k1VerificationKey2019" => {
-                PublicKey::from_legacy_multibase(KeyType::K256, mb)?
-            }
-            "EcdsaSecp256r1VerificationKey2019" => {
-                PublicKey::from_legacy_multibase(KeyType::P256, mb)?
-            }
+            "EcdsaSecp256k1VerificationKey2019" => PublicKey::from_legacy_multibase(KeyType::K256, mb)?,
+            "EcdsaSecp256r1VerificationKey2019" => PublicKey::from_legacy_multibase(KeyType::P256, mb)?,
             other => {
                 return Err(KeyError::Encoding(format!("verification method type {other}")).into());
             }
@@ -120,21 +109,10 @@ impl AtprotoIdentity {
         let pds_endpoint = doc
             .service
             .iter()
-            .find(|s| {
-                matches_fragment(&s.id, did.as_str(), "#atproto_pds")
-                    && s.kind == "AtprotoPersonalDataServer"
-            })
+            .find(|s| matches_fragment(&s.id, did.as_str(), "#atproto_pds") && s.kind == "AtprotoPersonalDataServer")
             .and_then(|s| s.service_endpoint.as_str().map(str::to_owned));
-        let handle = doc
-            .also_known_as
-            .iter()
-            .find_map(|a| a.strip_prefix("at://").map(str::to_owned));
-        Ok(Self {
-            did: did.clone(),
-            signing_key,
-            pds_endpoint,
-            handle,
-        })
+        let handle = doc.also_known_as.iter().find_map(|a| a.strip_prefix("at://").map(str::to_owned));
+        Ok(Self { did: did.clone(), signing_key, pds_endpoint, handle })
     }
 
     /// The host of the PDS endpoint as a [`Hostname`] (`host` or `host:port`, default ports dropped),
@@ -166,14 +144,8 @@ mod tests {
     fn endpoint_hosts() {
         let h = |s| endpoint_host(s).map(|h| h.to_string());
         assert_eq!(h("http://localhost:2583"), Some("localhost:2583".into()));
-        assert_eq!(
-            h("https://PDS.example.com:443/"),
-            Some("pds.example.com".into())
-        );
-        assert_eq!(
-            h("https://pds.example.com:8443"),
-            Some("pds.example.com:8443".into())
-        );
+        assert_eq!(h("https://PDS.example.com:443/"), Some("pds.example.com".into()));
+        assert_eq!(h("https://pds.example.com:8443"), Some("pds.example.com:8443".into()));
         assert_eq!(h("ftp://x.com"), None);
         assert_eq!(h("https://1.2.3.4"), None);
     }

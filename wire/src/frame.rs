@@ -240,10 +240,7 @@ impl Event {
     /// # Errors
     /// [`CborError::Encode`] only if a field cannot be represented (not reachable for decoded input).
     pub fn encode(&self) -> Result<Vec<u8>, CborError> {
-        let header = Header {
-            op: OP_MESSAGE,
-            t: Some(self.type_name().to_owned()),
-        };
+        let header = Header { op: OP_MESSAGE, t: Some(self.type_name().to_owned()) };
         let mut out = cbor::to_vec(&header)?;
         let body = match self {
             Event::Commit(e) => cbor::to_vec(e),
@@ -263,10 +260,7 @@ impl ErrorBody {
     /// # Errors
     /// [`CborError::Encode`] only if a string cannot be encoded (not reachable).
     pub fn encode(&self) -> Result<Vec<u8>, CborError> {
-        let mut out = cbor::to_vec(&Header {
-            op: OP_ERROR,
-            t: None,
-        })?;
+        let mut out = cbor::to_vec(&Header { op: OP_ERROR, t: None })?;
         out.extend_from_slice(&cbor::to_vec(self)?);
         Ok(out)
     }
@@ -305,48 +299,27 @@ mod tests {
 
     #[test]
     fn error_frame_round_trip() {
-        let e = ErrorBody {
-            error: "ConsumerTooSlow".into(),
-            message: Some("queue full".into()),
-        };
+        let e = ErrorBody { error: "ConsumerTooSlow".into(), message: Some("queue full".into()) };
         let bytes = e.encode().unwrap();
         assert_eq!(decode_frame(&bytes).unwrap(), Frame::Error(e));
     }
 
     #[test]
     fn unknown_fields_are_ignored_and_unknown_types_rejected() {
-        let mut bytes = cbor::to_vec(&Header {
-            op: 1,
-            t: Some("#identity".into()),
-        })
-        .unwrap();
+        let mut bytes = cbor::to_vec(&Header { op: 1, t: Some("#identity".into()) }).unwrap();
         let body = serde_json::json!({"seq": 5, "did": "did:plc:abc", "time": "2024-01-01T00:00:00Z", "zzz": [1]});
         bytes.extend(cbor::to_vec(&body).unwrap());
-        let Frame::Message(Event::Identity(id)) = decode_frame(&bytes).unwrap() else {
-            panic!()
-        };
+        let Frame::Message(Event::Identity(id)) = decode_frame(&bytes).unwrap() else { panic!() };
         assert_eq!((id.seq, id.did.as_str()), (5, "did:plc:abc"));
 
-        let mut bytes = cbor::to_vec(&Header {
-            op: 1,
-            t: Some("#future".into()),
-        })
-        .unwrap();
+        let mut bytes = cbor::to_vec(&Header { op: 1, t: Some("#future".into()) }).unwrap();
         bytes.extend(cbor::to_vec(&body).unwrap());
-        assert_eq!(
-            decode_frame(&bytes),
-            Err(FrameError::UnknownType("#future".into()))
-        );
+        assert_eq!(decode_frame(&bytes), Err(FrameError::UnknownType("#future".into())));
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bad in [
-            &[][..],
-            &[0xff],
-            &[0xa2, 0x61, 0x74],
-            &[0xa1, 0x62, 0x6f, 0x70, 0x05, 0xa0],
-        ] {
+        for bad in [&[][..], &[0xff], &[0xa2, 0x61, 0x74], &[0xa1, 0x62, 0x6f, 0x70, 0x05, 0xa0]] {
             assert!(decode_frame(bad).is_err());
         }
     }

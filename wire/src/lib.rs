@@ -8,16 +8,9 @@
 //! It must not do I/O, read the clock (callers pass `now`), log, or panic on input: the lints below
 //! forbid `unwrap`, `expect`, indexing and `panic!` outside tests.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
+pub mod account;
 pub mod car;
 pub mod cbor;
 pub mod commit;
@@ -29,6 +22,7 @@ pub mod syntax;
 pub mod validate;
 pub mod ws;
 
+pub use account::AccountStatus;
 pub use cid::Cid;
 pub use syntax::{Did, HostSeq, Hostname, Nsid, RelaySeq, Tid};
 pub use validate::{DropReason, Limits};

@@ -124,11 +124,7 @@ struct Entry {
 
 impl Node {
     fn empty(layer: u32) -> Self {
-        Self {
-            layer,
-            left: None,
-            entries: Vec::new(),
-        }
+        Self { layer, left: None, entries: Vec::new() }
     }
 
     /// The subtree before entry `i` (`left` for 0), taken out.
@@ -171,15 +167,9 @@ fn decode_node(cid: &Cid, bytes: &[u8], layer: Option<u32>) -> Result<Box<Node>,
     for e in data.e {
         let prev = entries.last().map_or(&[][..], |p| p.key.as_slice());
         let p = usize::try_from(e.p).map_err(|_| invalid("prefix length"))?;
-        let mut key = prev
-            .get(..p)
-            .ok_or_else(|| invalid("prefix longer than the previous key"))?
-            .to_vec();
+        let mut key = prev.get(..p).ok_or_else(|| invalid("prefix longer than the previous key"))?.to_vec();
         key.extend_from_slice(&e.k);
-        if key.is_empty()
-            || key.len() > MAX_KEY_BYTES
-            || key.as_slice() <= prev && !entries.is_empty()
-        {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES || key.as_slice() <= prev && !entries.is_empty() {
             return Err(invalid("keys out of order"));
         }
         let h = key_height(&key);
@@ -187,21 +177,13 @@ fn decode_node(cid: &Cid, bytes: &[u8], layer: Option<u32>) -> Result<Box<Node>,
             Some(l) if l != h => return Err(invalid("key height does not match the node's layer")),
             _ => layer = Some(h),
         }
-        entries.push(Entry {
-            key,
-            value: e.v,
-            right: e.t.map(Tree::Stub),
-        });
+        entries.push(Entry { key, value: e.v, right: e.t.map(Tree::Stub) });
     }
     let layer = layer.ok_or_else(|| invalid("a root node without keys"))?;
     if layer == 0 && (data.l.is_some() || entries.iter().any(|e| e.right.is_some())) {
         return Err(invalid("subtree below layer 0"));
     }
-    Ok(Box::new(Node {
-        layer,
-        left: data.l.map(Tree::Stub),
-        entries,
-    }))
+    Ok(Box::new(Node { layer, left: data.l.map(Tree::Stub), entries }))
 }
 
 fn expand(t: Tree, layer: u32, blocks: &dyn Blocks) -> Result<Box<Node>, MstError> {
@@ -217,25 +199,12 @@ fn expand(t: Tree, layer: u32, blocks: &dyn Blocks) -> Result<Box<Node>, MstErro
 /// Wraps `t` (at `from`) in key-less nodes up to layer `to`.
 fn lift(mut t: Option<Tree>, from: u32, to: u32) -> Option<Tree> {
     for layer in from + 1..=to {
-        t = t.map(|inner| {
-            Tree::Node(Box::new(Node {
-                layer,
-                left: Some(inner),
-                entries: Vec::new(),
-            }))
-        });
+        t = t.map(|inner| Tree::Node(Box::new(Node { layer, left: Some(inner), entries: Vec::new() })));
     }
     t
 }
 
-fn insert(
-    t: Option<Tree>,
-    layer: u32,
-    key: &[u8],
-    height: u32,
-    value: Cid,
-    b: &dyn Blocks,
-) -> Result<Tree, MstError> {
+fn insert(t: Option<Tree>, layer: u32, key: &[u8], height: u32, value: Cid, b: &dyn Blocks) -> Result<Tree, MstError> {
     let mut node = match t {
         Some(t) => expand(t, layer, b)?,
         None => Box::new(Node::empty(layer)),
@@ -252,14 +221,7 @@ fn insert(
             None => (None, None),
         };
         node.put_gap(i, lt);
-        node.entries.insert(
-            i,
-            Entry {
-                key: key.to_vec(),
-                value,
-                right: gt,
-            },
-        );
+        node.entries.insert(i, Entry { key: key.to_vec(), value, right: gt });
     } else {
         let below = layer.checked_sub(1).ok_or(MstError::InvalidKey)?;
         let gap = node.take_gap(i);
@@ -283,20 +245,11 @@ fn split(t: Option<Tree>, layer: u32, key: &[u8], b: &dyn Blocks) -> Result<Halv
     let right_entries = node.entries.split_off(i);
     let mut left = node;
     left.put_gap(i, gl);
-    let right = Box::new(Node {
-        layer,
-        left: gr,
-        entries: right_entries,
-    });
+    let right = Box::new(Node { layer, left: gr, entries: right_entries });
     Ok((normalize(left), normalize(right)))
 }
 
-fn merge(
-    a: Option<Tree>,
-    c: Option<Tree>,
-    layer: u32,
-    b: &dyn Blocks,
-) -> Result<Option<Tree>, MstError> {
+fn merge(a: Option<Tree>, c: Option<Tree>, layer: u32, b: &dyn Blocks) -> Result<Option<Tree>, MstError> {
     let (a, c) = match (a, c) {
         (None, x) | (x, None) => return Ok(x),
         (Some(a), Some(c)) => (a, c),
@@ -314,13 +267,7 @@ fn merge(
     Ok(Some(Tree::Node(left)))
 }
 
-fn delete(
-    t: Tree,
-    layer: u32,
-    key: &[u8],
-    height: u32,
-    b: &dyn Blocks,
-) -> Result<Option<Tree>, MstError> {
+fn delete(t: Tree, layer: u32, key: &[u8], height: u32, b: &dyn Blocks) -> Result<Option<Tree>, MstError> {
     let mut node = expand(t, layer, b)?;
     let i = node.position(key);
     if height == layer {
@@ -357,20 +304,13 @@ impl Default for Mst {
 }
 
 fn check_key(key: &[u8]) -> Result<(), MstError> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES {
-        Err(MstError::InvalidKey)
-    } else {
-        Ok(())
-    }
+    if key.is_empty() || key.len() > MAX_KEY_BYTES { Err(MstError::InvalidKey) } else { Ok(()) }
 }
 
 impl Mst {
     /// An empty tree.
     pub fn new() -> Self {
-        Self {
-            root: None,
-            layer: 0,
-        }
+        Self { root: None, layer: 0 }
     }
 
     /// The tree whose root node is `root`, read from `blocks` as operations need them.
@@ -380,16 +320,12 @@ impl Mst {
     /// does not decode.
     pub fn load(root: Cid, blocks: &dyn Blocks) -> Result<Self, MstError> {
         let bytes = blocks.block(&root).ok_or(MstError::MissingBlock(root))?;
-        let empty =
-            matches!(cbor::from_slice::<NodeData>(bytes), Ok(d) if d.e.is_empty() && d.l.is_none());
+        let empty = matches!(cbor::from_slice::<NodeData>(bytes), Ok(d) if d.e.is_empty() && d.l.is_none());
         if empty {
             return Ok(Self::new());
         }
         let node = decode_node(&root, bytes, None)?;
-        Ok(Self {
-            layer: node.layer,
-            root: Some(Tree::Node(node)),
-        })
+        Ok(Self { layer: node.layer, root: Some(Tree::Node(node)) })
     }
 
     /// The value stored at `key`, `None` when absent.
@@ -444,18 +380,12 @@ impl Mst {
                 let node = Node {
                     layer: height,
                     left: lift(lt, self.layer, height - 1),
-                    entries: vec![Entry {
-                        key: key.to_vec(),
-                        value,
-                        right: lift(gt, self.layer, height - 1),
-                    }],
+                    entries: vec![Entry { key: key.to_vec(), value, right: lift(gt, self.layer, height - 1) }],
                 };
                 self.root = Some(Tree::Node(Box::new(node)));
                 self.layer = height;
             }
-            Some(root) => {
-                self.root = Some(insert(Some(root), self.layer, key, height, value, blocks)?)
-            }
+            Some(root) => self.root = Some(insert(Some(root), self.layer, key, height, value, blocks)?),
         }
         Ok(())
     }
@@ -487,11 +417,7 @@ impl Mst {
                     break;
                 }
                 (false, left) => {
-                    root = Some(Tree::Node(Box::new(Node {
-                        layer: node.layer,
-                        left,
-                        entries: node.entries,
-                    })));
+                    root = Some(Tree::Node(Box::new(Node { layer: node.layer, left, entries: node.entries })));
                     break;
                 }
             }
@@ -507,11 +433,7 @@ impl Mst {
     pub fn root_cid(&self, mut out: Option<&mut Vec<(Cid, Vec<u8>)>>) -> Result<Cid, MstError> {
         match &self.root {
             None => {
-                let bytes = cbor::to_vec(&NodeData {
-                    l: None,
-                    e: Vec::new(),
-                })
-                .map_err(|_| MstError::InvalidKey)?;
+                let bytes = cbor::to_vec(&NodeData { l: None, e: Vec::new() }).map_err(|_| MstError::InvalidKey)?;
                 let cid = car::cid_for(CODEC_DAG_CBOR, &bytes);
                 if let Some(out) = out.as_deref_mut() {
                     out.push((cid, bytes));
@@ -541,11 +463,7 @@ fn encode(t: &Tree, out: &mut Option<&mut Vec<(Cid, Vec<u8>)>>) -> Result<Cid, M
         });
         prev = &e.key;
     }
-    let bytes = cbor::to_vec(&NodeData {
-        l: left,
-        e: entries,
-    })
-    .map_err(|_| MstError::InvalidKey)?;
+    let bytes = cbor::to_vec(&NodeData { l: left, e: entries }).map_err(|_| MstError::InvalidKey)?;
     let cid = car::cid_for(CODEC_DAG_CBOR, &bytes);
     if let Some(out) = out.as_deref_mut() {
         out.push((cid, bytes));

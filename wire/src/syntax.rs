@@ -148,26 +148,18 @@ fn check_did(s: &str) -> Result<(), SyntaxError> {
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_lowercase()) {
         return Err(SyntaxError::Did);
     }
-    let ok_char =
-        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'%' | b'-');
+    let ok_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'%' | b'-');
     match id.as_bytes().last() {
         None | Some(b':') | Some(b'%') => return Err(SyntaxError::Did),
         Some(_) => {}
     }
-    if id.bytes().all(ok_char) {
-        Ok(())
-    } else {
-        Err(SyntaxError::Did)
-    }
+    if id.bytes().all(ok_char) { Ok(()) } else { Err(SyntaxError::Did) }
 }
 
 impl Did {
     /// The DID method, e.g. `plc` for `did:plc:…`.
     pub fn method(&self) -> &str {
-        self.0
-            .get(4..)
-            .and_then(|r| r.split(':').next())
-            .unwrap_or("")
+        self.0.get(4..).and_then(|r| r.split(':').next()).unwrap_or("")
     }
 }
 
@@ -197,19 +189,13 @@ fn check_tid(s: &str) -> Result<(), SyntaxError> {
         Some(d) if d < 16 => {}
         _ => return Err(SyntaxError::Tid),
     }
-    if b.iter().all(|&c| tid_digit(c).is_some()) {
-        Ok(())
-    } else {
-        Err(SyntaxError::Tid)
-    }
+    if b.iter().all(|&c| tid_digit(c).is_some()) { Ok(()) } else { Err(SyntaxError::Tid) }
 }
 
 impl Tid {
     /// The 64-bit integer the TID encodes (top bit always zero).
     pub fn to_u64(&self) -> u64 {
-        self.0
-            .bytes()
-            .fold(0u64, |acc, c| (acc << 5) | tid_digit(c).unwrap_or(0))
+        self.0.bytes().fold(0u64, |acc, c| (acc << 5) | tid_digit(c).unwrap_or(0))
     }
 
     /// Encodes a 63-bit integer as a TID. The top bit of `v` is cleared.
@@ -297,8 +283,7 @@ fn check_hostname(s: &str) -> Result<(), SyntaxError> {
         let b = label.as_bytes();
         let ok = !b.is_empty()
             && b.len() <= 63
-            && b.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
             && b.first() != Some(&b'-')
             && b.last() != Some(&b'-');
         if !ok {
@@ -306,11 +291,7 @@ fn check_hostname(s: &str) -> Result<(), SyntaxError> {
         }
     }
     // The last label must not be all digits: that would be an IPv4 literal, not a name.
-    if name
-        .rsplit('.')
-        .next()
-        .is_some_and(|tld| tld.bytes().all(|c| c.is_ascii_digit()))
-    {
+    if name.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|c| c.is_ascii_digit())) {
         return Err(SyntaxError::Hostname);
     }
     Ok(())
@@ -382,12 +363,7 @@ mod tests {
 
     #[test]
     fn hostnames() {
-        for ok in [
-            "localhost",
-            "localhost:2583",
-            "pds.example.com",
-            "a-b.c0.org:443",
-        ] {
+        for ok in ["localhost", "localhost:2583", "pds.example.com", "a-b.c0.org:443"] {
             assert!(Hostname::new(ok).is_ok(), "{ok}");
         }
         for bad in [
@@ -406,10 +382,7 @@ mod tests {
             assert!(Hostname::new(bad).is_err(), "{bad}");
         }
         let h = Hostname::new("localhost:2583").unwrap();
-        assert_eq!(
-            (h.name(), h.port(), h.is_localhost()),
-            ("localhost", Some(2583), true)
-        );
+        assert_eq!((h.name(), h.port(), h.is_localhost()), ("localhost", Some(2583), true));
     }
 
     #[test]

@@ -157,29 +157,15 @@ pub fn decode_client_frame(buf: &[u8]) -> Result<Option<(ClientFrame, usize)>, W
         return Err(WsError::TooLarge);
     }
     let len = len as usize;
-    let Some(mask) = buf
-        .get(pos..pos + 4)
-        .and_then(|m| <[u8; 4]>::try_from(m).ok())
-    else {
+    let Some(mask) = buf.get(pos..pos + 4).and_then(|m| <[u8; 4]>::try_from(m).ok()) else {
         return Ok(None);
     };
     pos += 4;
     let Some(data) = buf.get(pos..pos + len) else {
         return Ok(None);
     };
-    let payload = data
-        .iter()
-        .zip(mask.iter().cycle())
-        .map(|(b, m)| b ^ m)
-        .collect();
-    Ok(Some((
-        ClientFrame {
-            fin,
-            opcode,
-            payload,
-        },
-        pos + len,
-    )))
+    let payload = data.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m).collect();
+    Ok(Some((ClientFrame { fin, opcode, payload }, pos + len)))
 }
 
 #[cfg(test)]
@@ -188,21 +174,12 @@ mod tests {
 
     #[test]
     fn rfc6455_accept_example() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
     fn frame_lengths() {
-        for (len, header) in [
-            (0usize, 2usize),
-            (125, 2),
-            (126, 4),
-            (65535, 4),
-            (65536, 10),
-        ] {
+        for (len, header) in [(0usize, 2usize), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
             let f = encode_frame(Opcode::Binary, &vec![7u8; len]);
             assert_eq!(f.len(), len + header);
             assert_eq!(f[0], 0x82);
@@ -212,28 +189,14 @@ mod tests {
     #[test]
     fn client_frames() {
         // RFC 6455 §5.7: a masked "Hello".
-        let masked = [
-            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-        ];
+        let masked = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
         let (f, used) = decode_client_frame(&masked).unwrap().unwrap();
-        assert_eq!(
-            (f.opcode, f.payload.as_slice(), used),
-            (Opcode::Text, &b"Hello"[..], 11)
-        );
+        assert_eq!((f.opcode, f.payload.as_slice(), used), (Opcode::Text, &b"Hello"[..], 11));
         for cut in 0..masked.len() {
             assert_eq!(decode_client_frame(&masked[..cut]), Ok(None));
         }
-        assert_eq!(
-            decode_client_frame(&[0x81, 0x05, 1, 2, 3, 4, 5]),
-            Err(WsError::Unmasked)
-        );
-        assert_eq!(
-            decode_client_frame(&[0x09, 0x80, 0, 0, 0, 0]),
-            Err(WsError::Protocol)
-        );
-        assert_eq!(
-            decode_client_frame(&[0x83, 0x80, 0, 0, 0, 0]),
-            Err(WsError::Protocol)
-        );
+        assert_eq!(decode_client_frame(&[0x81, 0x05, 1, 2, 3, 4, 5]), Err(WsError::Unmasked));
+        assert_eq!(decode_client_frame(&[0x09, 0x80, 0, 0, 0, 0]), Err(WsError::Protocol));
+        assert_eq!(decode_client_frame(&[0x83, 0x80, 0, 0, 0, 0]), Err(WsError::Protocol));
     }
 }

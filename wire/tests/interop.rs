@@ -14,10 +14,7 @@ fn fixtures() -> PathBuf {
 /// Non-empty, non-comment lines of a syntax list.
 fn lines(name: &str) -> Vec<String> {
     let text = std::fs::read_to_string(fixtures().join("syntax").join(name)).expect(name);
-    text.lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
+    text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
 }
 
 fn check<T, E>(kind: &str, parse: impl Fn(&str) -> Result<T, E>) {
@@ -96,10 +93,7 @@ fn signature_fixtures() {
         high_s += usize::from(f.tags.iter().any(|t| t == "high-s"));
         der += usize::from(f.tags.iter().any(|t| t == "der-encoded"));
     }
-    assert!(
-        high_s >= 2 && der >= 2,
-        "fixtures cover high-S ({high_s}) and DER ({der}) rejects"
-    );
+    assert!(high_s >= 2 && der >= 2, "fixtures cover high-S ({high_s}) and DER ({der}) rejects");
 }
 
 #[derive(serde::Deserialize)]
@@ -110,10 +104,7 @@ struct DidKeyVector {
 
 #[test]
 fn did_key_vectors() {
-    for (file, kind) in [
-        ("w3c_didkey_K256.json", KeyType::K256),
-        ("w3c_didkey_P256.json", KeyType::P256),
-    ] {
+    for (file, kind) in [("w3c_didkey_K256.json", KeyType::K256), ("w3c_didkey_P256.json", KeyType::P256)] {
         let text = std::fs::read_to_string(fixtures().join("crypto").join(file)).unwrap();
         let vectors: Vec<DidKeyVector> = serde_json::from_str(&text).unwrap();
         assert!(!vectors.is_empty());
@@ -136,14 +127,11 @@ struct DataModelFixture {
 /// bytes, and those bytes hash to the fixture's CID.
 #[test]
 fn data_model_fixtures() {
-    let text =
-        std::fs::read_to_string(fixtures().join("data-model/data-model-fixtures.json")).unwrap();
+    let text = std::fs::read_to_string(fixtures().join("data-model/data-model-fixtures.json")).unwrap();
     let fixtures: Vec<DataModelFixture> = serde_json::from_str(&text).unwrap();
     assert!(!fixtures.is_empty());
     for f in fixtures {
-        let cbor = base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(&f.cbor_base64)
-            .unwrap();
+        let cbor = base64::engine::general_purpose::STANDARD_NO_PAD.decode(&f.cbor_base64).unwrap();
         let value: ipld_core::ipld::Ipld = wire::cbor::from_slice(&cbor).unwrap();
         assert_eq!(wire::cbor::to_vec(&value).unwrap(), cbor, "{}", f.json);
         let cid = wire::car::cid_for(wire::car::CODEC_DAG_CBOR, &cbor);

@@ -7,14 +7,14 @@ pub const NSID: &str = "_health";
 use super::Ctx;
 use crate::http::Response;
 
-/// `{"status": "ok", "version": …, "seq": <head of this fanout shard>}`.
+/// `{"status": "ok", "version": …, "seq": <last durable relay seq>}`.
 pub fn handle(ctx: &Ctx) -> Response {
     Response::json(
         200,
         &serde_json::json!({
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
-            "seq": ctx.fanout.head().0,
+            "seq": ctx.fanout.committed().0,
         }),
     )
 }

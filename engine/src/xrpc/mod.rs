@@ -61,8 +61,7 @@ pub fn route(req: &Request, ctx: &Ctx) -> Routed {
 }
 
 fn only_get(req: &Request) -> Option<Response> {
-    (req.method != "GET")
-        .then(|| Response::xrpc_error(405, "InvalidRequest", "only GET is allowed on this method"))
+    (req.method != "GET").then(|| Response::xrpc_error(405, "InvalidRequest", "only GET is allowed on this method"))
 }
 
 fn metrics(ctx: &Ctx) -> Response {

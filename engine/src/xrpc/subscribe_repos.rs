@@ -30,13 +30,9 @@ pub fn handle(req: &Request, _ctx: &Ctx) -> Routed {
             }
         }
     }
-    let upgrade = req
-        .header("upgrade")
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let connection = req.header("connection").is_some_and(|v| {
-        v.split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-    });
+    let upgrade = req.header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let connection =
+        req.header("connection").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
     if !upgrade || !connection {
         return Routed::Respond(Response::xrpc_error(
             400,
@@ -45,21 +41,10 @@ pub fn handle(req: &Request, _ctx: &Ctx) -> Routed {
         ));
     }
     if req.header("sec-websocket-version").map(str::trim) != Some("13") {
-        return Routed::Respond(Response::xrpc_error(
-            400,
-            "InvalidRequest",
-            "Sec-WebSocket-Version must be 13",
-        ));
+        return Routed::Respond(Response::xrpc_error(400, "InvalidRequest", "Sec-WebSocket-Version must be 13"));
     }
     let Some(key) = req.header("sec-websocket-key") else {
-        return Routed::Respond(Response::xrpc_error(
-            400,
-            "InvalidRequest",
-            "missing Sec-WebSocket-Key",
-        ));
+        return Routed::Respond(Response::xrpc_error(400, "InvalidRequest", "missing Sec-WebSocket-Key"));
     };
-    Routed::Upgrade {
-        accept_key: wire::ws::accept_key(key),
-        cursor,
-    }
+    Routed::Upgrade { accept_key: wire::ws::accept_key(key), cursor }
 }

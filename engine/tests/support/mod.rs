@@ -1,11 +1,6 @@
 //! Test support: a fake PLC directory, a fake PDS host serving prepared frames over websocket, an
 //! account that signs real commits, a subscriber client, and a handle on a `relay serve` process.
-#![allow(
-    dead_code,
-    clippy::type_complexity,
-    clippy::result_large_err,
-    clippy::large_enum_variant
-)]
+#![allow(dead_code, clippy::type_complexity, clippy::result_large_err, clippy::large_enum_variant)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -44,10 +39,7 @@ impl FakePlc {
     }
 
     pub fn put(&self, did: &Did, doc: serde_json::Value) {
-        self.docs
-            .lock()
-            .unwrap()
-            .insert(did.to_string(), doc.to_string());
+        self.docs.lock().unwrap().insert(did.to_string(), doc.to_string());
     }
 }
 
@@ -63,18 +55,12 @@ fn serve_plc(mut stream: TcpStream, docs: &Mutex<HashMap<String, String>>) {
             break;
         }
     }
-    let path = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .trim_start_matches('/')
-        .to_owned();
+    let path = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_owned();
     let doc = docs.lock().unwrap().get(&path).cloned();
     let resp = match doc {
-        Some(body) => format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
+        Some(body) => {
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        }
         None => "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found".to_owned(),
     };
     let _ = stream.write_all(resp.as_bytes());
@@ -102,11 +88,7 @@ impl FakeHost {
                 std::thread::spawn(move || serve_host(stream, &f, &c));
             }
         });
-        Self {
-            port,
-            frames,
-            cursors,
-        }
+        Self { port, frames, cursors }
     }
 
     pub fn hostname(&self) -> String {
@@ -119,11 +101,7 @@ impl FakeHost {
     }
 }
 
-fn serve_host(
-    stream: TcpStream,
-    frames: &Mutex<Vec<(u64, Vec<u8>)>>,
-    cursors: &Mutex<Vec<Option<u64>>>,
-) {
+fn serve_host(stream: TcpStream, frames: &Mutex<Vec<(u64, Vec<u8>)>>, cursors: &Mutex<Vec<Option<u64>>>) {
     let mut cursor = None;
     let callback = |req: &tungstenite::handshake::server::Request, resp| {
         cursor = req
@@ -139,12 +117,7 @@ fn serve_host(
     cursors.lock().unwrap().push(cursor);
     let mut next = 0usize;
     loop {
-        let pending: Vec<(u64, Vec<u8>)> = frames
-            .lock()
-            .unwrap()
-            .get(next..)
-            .unwrap_or_default()
-            .to_vec();
+        let pending: Vec<(u64, Vec<u8>)> = frames.lock().unwrap().get(next..).unwrap_or_default().to_vec();
         for (seq, frame) in pending {
             next += 1;
             if cursor.is_some_and(|c| seq <= c) {
@@ -190,11 +163,7 @@ const TIME: &str = "2026-11-21T00:00:00.000Z";
 impl Account {
     pub fn new(did: &str, seed: u8) -> Self {
         let key = secp256k1::SecretKey::from_slice(&[seed.max(1); 32]).unwrap();
-        Self {
-            did: Did::new(did).unwrap(),
-            key,
-            clock: 1_700_000_000_000_000,
-        }
+        Self { did: Did::new(did).unwrap(), key, clock: 1_700_000_000_000_000 }
     }
 
     pub fn did_key(&self) -> String {
@@ -237,15 +206,9 @@ impl Account {
         let node = wire::cbor::to_vec(&serde_json::json!({"e": [], "l": null})).unwrap();
         let data = wire::car::cid_for(wire::car::CODEC_DAG_CBOR, &node);
         let (commit_cid, commit_block) = self.sign(rev, data, signer);
-        let blocks = wire::car::write_car(
-            &commit_cid,
-            &[
-                (commit_cid, &commit_block),
-                (data, &node),
-                (record_cid, &record),
-            ],
-        )
-        .unwrap();
+        let blocks =
+            wire::car::write_car(&commit_cid, &[(commit_cid, &commit_block), (data, &node), (record_cid, &record)])
+                .unwrap();
         CommitEvent {
             seq: seq as i64,
             rebase: Some(false),
@@ -268,13 +231,7 @@ impl Account {
     }
 
     fn sign(&self, rev: &Tid, data: Cid, signer: &secp256k1::SecretKey) -> (Cid, Vec<u8>) {
-        let unsigned = UnsignedCommit {
-            did: self.did.as_str(),
-            version: 3,
-            data,
-            rev: rev.as_str(),
-            prev: None,
-        };
+        let unsigned = UnsignedCommit { did: self.did.as_str(), version: 3, data, rev: rev.as_str(), prev: None };
         let bytes = wire::cbor::to_vec(&unsigned).unwrap();
         let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
         let sig = secp256k1::SECP256K1.sign_ecdsa(&secp256k1::Message::from_digest(digest), signer);
@@ -347,11 +304,7 @@ pub struct Relay {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Relay {
@@ -382,33 +335,19 @@ impl Relay {
             .stderr(out)
             .spawn()
             .unwrap();
-        let relay = Self {
-            child,
-            port,
-            data_dir: data_dir.to_owned(),
-            log,
-        };
-        relay.wait_until(Duration::from_secs(20), "healthy", || {
-            relay.get("/xrpc/_health").0 == 200
-        });
+        let relay = Self { child, port, data_dir: data_dir.to_owned(), log };
+        relay.wait_until(Duration::from_secs(20), "healthy", || relay.get("/xrpc/_health").0 == 200);
         relay
     }
 
     /// The relay's threads as (name, allowed CPU list), from `/proc`.
     pub fn threads(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
-            .unwrap()
-            .flatten()
-        {
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap().flatten() {
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
             let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-            let cpus = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .unwrap_or("")
-                .trim()
-                .to_owned();
+            let cpus =
+                status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or("").trim().to_owned();
             out.push((comm.trim().to_owned(), cpus));
         }
         out
@@ -464,21 +403,11 @@ impl Drop for Relay {
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((status, body))
 }
 

@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use glommio::channels::shared_channel::SharedReceiver;
@@ -41,11 +42,7 @@ pub struct FanoutConfig {
 
 impl Default for FanoutConfig {
     fn default() -> Self {
-        Self {
-            subscriber_queue: 10_000,
-            replay_chunk: 512,
-            write_timeout: Duration::from_secs(30),
-        }
+        Self { subscriber_queue: 10_000, replay_chunk: 512, write_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -61,12 +58,15 @@ pub struct FanoutShard {
     metrics: Metrics,
     /// The highest relay seq published to this shard; every event at or below it is in the store.
     head: Cell<u64>,
+    /// The last durable relay seq, set by the sequencer (may be ahead of `head`).
+    committed: Arc<AtomicU64>,
     live: RefCell<BTreeMap<u64, Registered>>,
     next_id: Cell<u64>,
 }
 
 impl FanoutShard {
     /// A shard whose head starts at the store's last seq (everything stored is replayable).
+    /// `committed` is the sequencer's last durable seq.
     ///
     /// # Errors
     /// [`storage::StoreError`] when the store cannot be read.
@@ -74,6 +74,7 @@ impl FanoutShard {
         config: FanoutConfig,
         store: Arc<Store>,
         metrics: Metrics,
+        committed: Arc<AtomicU64>,
     ) -> Result<Rc<Self>, storage::StoreError> {
         let head = store.last_seq()?.map_or(0, |s| s.0);
         Ok(Rc::new(Self {
@@ -81,6 +82,7 @@ impl FanoutShard {
             store,
             metrics,
             head: Cell::new(head),
+            committed,
             live: RefCell::new(BTreeMap::new()),
             next_id: Cell::new(1),
         }))
@@ -91,13 +93,14 @@ impl FanoutShard {
         RelaySeq(self.head.get())
     }
 
+    /// The last durable relay seq (the relay's head, whichever shard asks).
+    pub fn committed(&self) -> RelaySeq {
+        RelaySeq(self.committed.load(Ordering::Acquire).max(self.head.get()))
+    }
+
     /// Subscribers currently receiving live events on this shard.
     pub fn subscribers(&self) -> Vec<SubscriberInfo> {
-        self.live
-            .borrow()
-            .values()
-            .map(|r| r.info.clone())
-            .collect()
+        self.live.borrow().values().map(|r| r.info.clone()).collect()
     }
 
     /// Receives batches from the sequencer and queues them for every live subscriber, until the
@@ -120,11 +123,7 @@ impl FanoutShard {
         let mut live = self.live.borrow_mut();
         live.retain(|_, sub| {
             for (seq, frame) in batch.iter() {
-                if sub
-                    .queue
-                    .push(Outgoing::Event(*seq, frame.clone()))
-                    .is_err()
-                {
+                if sub.queue.push(Outgoing::Event(*seq, frame.clone())).is_err() {
                     // Full: the subscriber's own task sends ConsumerTooSlow and closes.
                     sub.queue.mark_too_slow();
                     return false;
@@ -137,9 +136,7 @@ impl FanoutShard {
     fn register(&self, queue: Rc<subscriber::Queue>, info: SubscriberInfo) -> u64 {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        self.live
-            .borrow_mut()
-            .insert(id, Registered { queue, info });
+        self.live.borrow_mut().insert(id, Registered { queue, info });
         id
     }
 

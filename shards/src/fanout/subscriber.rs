@@ -31,8 +31,6 @@ pub enum Outgoing {
     Event(RelaySeq, Bytes),
     /// A control frame (pong), written in order with events.
     Control(Bytes),
-    /// A close frame; the writer writes it and stops.
-    Close(Bytes),
 }
 
 /// What the admin and logs know of a subscriber.
@@ -46,10 +44,15 @@ pub struct SubscriberInfo {
     pub user_agent: Option<String>,
 }
 
-/// A subscriber's bounded queue. Events beyond the capacity are refused; control frames are not.
+/// Pongs a subscriber may have waiting; a client that pings faster than it reads is closed.
+const MAX_PENDING_CONTROL: usize = 16;
+
+/// A subscriber's bounded queue. Events beyond the capacity are refused; control frames have their
+/// own small bound ([`MAX_PENDING_CONTROL`]).
 pub(crate) struct Queue {
     items: RefCell<VecDeque<Outgoing>>,
     capacity: usize,
+    controls: Cell<usize>,
     too_slow: Cell<bool>,
     closed: Cell<bool>,
     waker: Cell<Option<Waker>>,
@@ -60,6 +63,7 @@ impl Queue {
         Self {
             items: RefCell::new(VecDeque::new()),
             capacity: capacity.max(1),
+            controls: Cell::new(0),
             too_slow: Cell::new(false),
             closed: Cell::new(false),
             waker: Cell::new(None),
@@ -84,7 +88,13 @@ impl Queue {
         Ok(())
     }
 
+    /// Queues a control frame; closes the subscriber instead when too many are waiting.
     fn push_control(&self, item: Outgoing) {
+        if self.controls.get() >= MAX_PENDING_CONTROL {
+            self.close();
+            return;
+        }
+        self.controls.set(self.controls.get() + 1);
         self.items.borrow_mut().push_back(item);
         self.wake();
     }
@@ -130,7 +140,11 @@ impl Queue {
             let mut bytes = 0;
             while let Some(item) = items.pop_front() {
                 bytes += match &item {
-                    Outgoing::Event(_, b) | Outgoing::Control(b) | Outgoing::Close(b) => b.len(),
+                    Outgoing::Event(_, b) => b.len(),
+                    Outgoing::Control(b) => {
+                        self.controls.set(self.controls.get().saturating_sub(1));
+                        b.len()
+                    }
                 };
                 out.push(item);
                 if bytes >= max_bytes {
@@ -144,10 +158,7 @@ impl Queue {
 }
 
 fn error_frame(error: &str, message: &str) -> Vec<u8> {
-    let body = ErrorBody {
-        error: error.to_owned(),
-        message: Some(message.to_owned()),
-    };
+    let body = ErrorBody { error: error.to_owned(), message: Some(message.to_owned()) };
     // Encoding two strings cannot fail.
     ws::encode_frame(Opcode::Binary, &body.encode().unwrap_or_default())
 }
@@ -201,17 +212,18 @@ impl FanoutShard {
                 let _ = crate::net::with_timeout(Duration::from_secs(1), wr.write_all(&bye)).await;
             }
             End::FutureCursor => {
-                let mut bye =
-                    error_frame("FutureCursor", "cursor is ahead of the relay's sequence");
+                let mut bye = error_frame("FutureCursor", "cursor is ahead of the relay's sequence");
                 bye.extend(ws::encode_close(1008, "FutureCursor"));
                 let _ = wr.write_all(&bye).await;
             }
             End::StoreError => {
-                let _ = wr
-                    .write_all(&ws::encode_close(1011, "internal error"))
-                    .await;
+                let _ = wr.write_all(&ws::encode_close(1011, "internal error")).await;
             }
-            End::ConsumerTooSlowMidFrame | End::ClientClosed | End::WriteError => {}
+            End::ClientClosed => {
+                let bye = ws::encode_close(1000, "");
+                let _ = crate::net::with_timeout(Duration::from_secs(1), wr.write_all(&bye)).await;
+            }
+            End::ConsumerTooSlowMidFrame | End::WriteError => {}
         }
         let _ = wr.close().await;
         drop(reader);
@@ -228,7 +240,7 @@ impl FanoutShard {
     ) -> End {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut last_sent = match cursor {
-            Some(c) if c.0 > self.head.get() => return End::FutureCursor,
+            Some(c) if c > self.committed() => return End::FutureCursor,
             Some(c) => c.0,
             None => self.head.get(),
         };
@@ -237,10 +249,7 @@ impl FanoutShard {
             loop {
                 let store = std::sync::Arc::clone(&self.store);
                 let after = RelaySeq(last_sent);
-                let events = match glommio::executor()
-                    .spawn_blocking(move || store.events_after(after, chunk))
-                    .await
-                {
+                let events = match glommio::executor().spawn_blocking(move || store.events_after(after, chunk)).await {
                     Ok(e) => e,
                     Err(e) => {
                         tracing::error!(error = %e, "replay read failed");
@@ -283,19 +292,10 @@ impl FanoutShard {
         let mut items = Vec::new();
         loop {
             items.clear();
-            if queue
-                .next_batch(&mut items, MAX_WRITE_BATCH_BYTES)
-                .await
-                .is_none()
-            {
-                return if queue.too_slow.get() {
-                    End::ConsumerTooSlow
-                } else {
-                    End::ClientClosed
-                };
+            if queue.next_batch(&mut items, MAX_WRITE_BATCH_BYTES).await.is_none() {
+                return if queue.too_slow.get() { End::ConsumerTooSlow } else { End::ClientClosed };
             }
             buf.clear();
-            let mut closing = false;
             for item in items.drain(..) {
                 match item {
                     Outgoing::Event(seq, frame) => {
@@ -305,11 +305,6 @@ impl FanoutShard {
                         }
                     }
                     Outgoing::Control(frame) => buf.extend_from_slice(&frame),
-                    Outgoing::Close(frame) => {
-                        buf.extend_from_slice(&frame);
-                        closing = true;
-                        break;
-                    }
                 }
             }
             if queue.too_slow.get() {
@@ -317,9 +312,6 @@ impl FanoutShard {
             }
             if let Err(end) = write(wr, buf, queue).await {
                 return end;
-            }
-            if closing {
-                return End::ClientClosed;
             }
         }
     }
@@ -339,8 +331,7 @@ async fn write(wr: &mut WriteHalf<TcpStream>, buf: &[u8], queue: &Queue) -> Resu
     match raced {
         Some(Ok(())) => Ok(()),
         Some(Err(_)) => Err(End::WriteError),
-        None if queue.too_slow.get() => match crate::net::with_timeout(TOO_SLOW_GRACE, write).await
-        {
+        None if queue.too_slow.get() => match crate::net::with_timeout(TOO_SLOW_GRACE, write).await {
             Some(Ok(())) => Err(End::ConsumerTooSlow),
             _ => Err(End::ConsumerTooSlowMidFrame),
         },
@@ -357,11 +348,12 @@ async fn read_client(mut rd: ReadHalf<TcpStream>, queue: Rc<Queue>, mut buf: Vec
                 Ok(Some((frame, used))) => {
                     buf.drain(..used);
                     match frame.opcode {
-                        Opcode::Ping => queue.push_control(Outgoing::Control(
-                            ws::encode_frame(Opcode::Pong, &frame.payload).into(),
-                        )),
+                        Opcode::Ping => {
+                            queue.push_control(Outgoing::Control(ws::encode_frame(Opcode::Pong, &frame.payload).into()))
+                        }
                         Opcode::Close => {
-                            queue.push_control(Outgoing::Close(ws::encode_close(1000, "").into()));
+                            // The writer stops and answers with its own close frame.
+                            queue.close();
                             return;
                         }
                         // Subscribers have nothing to say on this endpoint; data frames are ignored.
@@ -371,9 +363,7 @@ async fn read_client(mut rd: ReadHalf<TcpStream>, queue: Rc<Queue>, mut buf: Vec
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "subscriber protocol error");
-                    queue.push_control(Outgoing::Close(
-                        ws::encode_close(1002, "protocol error").into(),
-                    ));
+                    queue.close();
                     return;
                 }
             }

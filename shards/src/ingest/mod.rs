@@ -31,10 +31,14 @@ use crate::net;
 /// Ingest settings.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
-    /// Event size limits.
+    /// Event limits.
     pub limits: Limits,
-    /// Identity resolution.
+    /// Relay (and count) Sync 1.1 failures instead of dropping them. Default false.
+    pub lenient_sync: bool,
+    /// Identity resolution (and the HTTP client used for hosts too).
     pub identity: IdentityConfig,
+    /// A host connection with no message for this long is closed and reconnected. Default 10 min.
+    pub idle_timeout: Duration,
     /// First reconnect delay. Default 1 s.
     pub backoff_base: Duration,
     /// Longest reconnect delay. Default 60 s.
@@ -48,7 +52,9 @@ impl IngestConfig {
     pub fn new(identity: IdentityConfig) -> Self {
         Self {
             limits: Limits::default(),
+            lenient_sync: false,
             identity,
+            idle_timeout: Duration::from_secs(600),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
@@ -71,7 +77,7 @@ struct Shard {
     config: IngestConfig,
     store: Arc<Store>,
     metrics: Metrics,
-    resolver: Resolver,
+    ctx: process::Context,
     to_sequencer: ConnectedSender<IngestMsg>,
 }
 
@@ -85,37 +91,30 @@ pub async fn run(
     metrics: Metrics,
 ) {
     let resolver = Resolver::new(config.identity.clone(), Arc::clone(&store), metrics.clone());
-    let shard = Rc::new(Shard {
-        config,
-        store,
-        metrics,
+    let ctx = process::Context::new(
+        config.limits,
+        config.lenient_sync,
         resolver,
-        to_sequencer: to_sequencer.connect().await,
-    });
-    let tasks: Vec<_> = hosts
-        .into_iter()
-        .map(|host| glommio::spawn_local(run_host(Rc::clone(&shard), host)))
-        .collect();
+        Arc::clone(&store),
+        metrics.clone(),
+        config.identity.http.clone(),
+    );
+    let shard = Rc::new(Shard { config, store, metrics, ctx, to_sequencer: to_sequencer.connect().await });
+    let tasks: Vec<_> = hosts.into_iter().map(|host| glommio::spawn_local(run_host(Rc::clone(&shard), host))).collect();
     for t in tasks {
         t.await;
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn run_host(shard: Rc<Shard>, host: Hostname) {
     let label: Arc<str> = Arc::from(host.as_str());
     let mut seed = std::collections::hash_map::DefaultHasher::new();
     host.hash(&mut seed);
-    let mut backoff = Backoff::new(
-        shard.config.backoff_base,
-        shard.config.backoff_max,
-        seed.finish(),
-    );
+    let mut backoff = Backoff::new(shard.config.backoff_base, shard.config.backoff_max, seed.finish());
     let mut cursor = match shard.store.host(host.as_str()) {
         Ok(state) => state.map(|s| s.cursor),
         Err(e) => {
@@ -161,23 +160,17 @@ async fn connect(shard: &Shard, host: &Hostname, cursor: Option<HostSeq>) -> Res
     };
     let timeout = shard.config.connect_timeout;
     let handshake = async {
-        let tcp = net::connect(host.name(), port, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let tcp = net::connect(host.name(), port, timeout).await.map_err(|e| e.to_string())?;
         // Messages above the relay's own limit are still read (and dropped as frame_too_big) up to
-        // twice that size, so one oversized frame does not make the connection loop on reconnect.
-        let limit = shard.config.limits.max_frame_bytes.saturating_mul(2);
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(limit))
-            .max_frame_size(Some(limit));
+        // three times that size; a larger one fails the connection (see README, Behaviors).
+        let limit = shard.config.limits.max_frame_bytes.saturating_mul(3);
+        let config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
         async_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config))
             .await
             .map(|(ws, _)| ws)
             .map_err(|e| e.to_string())
     };
-    net::with_timeout(timeout, handshake)
-        .await
-        .unwrap_or_else(|| Err("handshake timed out".into()))
+    net::with_timeout(timeout, handshake).await.unwrap_or_else(|| Err("handshake timed out".into()))
 }
 
 enum ReadOutcome {
@@ -209,7 +202,15 @@ async fn read_frames(
 ) -> ReadOutcome {
     let mut last_seq: Option<HostSeq> = None;
     let mut progressed = false;
-    while let Some(msg) = ws.next().await {
+    loop {
+        let msg = match net::with_timeout(shard.config.idle_timeout, ws.next()).await {
+            Some(Some(msg)) => msg,
+            Some(None) => break,
+            None => {
+                tracing::warn!(host = %host, idle_s = shard.config.idle_timeout.as_secs(), "host idle; reconnecting");
+                break;
+            }
+        };
         let bytes = match msg {
             Ok(Message::Binary(b)) => b,
             Ok(Message::Close(frame)) => {
@@ -222,16 +223,8 @@ async fn read_frames(
                 break;
             }
         };
-        let verdict = process::process_frame(
-            &bytes,
-            host,
-            label,
-            last_seq,
-            &shard.config.limits,
-            &shard.resolver,
-            now_ms(),
-        )
-        .await;
+        let input = process::Input { bytes: &bytes, host, label, last_seq, now_ms: now_ms() };
+        let verdict = process::process_frame(input, &shard.ctx).await;
         Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(&verdict));
         let msg = match verdict {
             process::Verdict::Accept(ev) => {
@@ -245,10 +238,7 @@ async fn read_frames(
                     // Only a seq above the last one moves the cursor.
                     Some(s) if last_seq.is_none_or(|l| s > l) => {
                         last_seq = Some(s);
-                        IngestMsg::Cursor {
-                            host: Arc::clone(label),
-                            seq: s,
-                        }
+                        IngestMsg::Cursor { host: Arc::clone(label), seq: s }
                     }
                     _ => continue,
                 }

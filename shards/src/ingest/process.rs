@@ -1,14 +1,21 @@
-//! Per-frame ingest pipeline: decode, structural checks, identity, host authority, signature.
-//! Returns a [`Verdict`]; nothing here writes to the store except the identity cache.
+//! Per-frame ingest pipeline: decode, structural and Sync 1.1 checks, identity, host authority,
+//! signature, account status. Returns a [`Verdict`]; nothing here writes to the store except the
+//! identity cache.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use storage::Store;
 use wire::frame::{Event, Frame, decode_frame};
-use wire::validate::{check_commit, check_sync};
-use wire::{Did, DropReason, HostSeq, Hostname, Limits};
+use wire::validate::{CheckedCommit, check_commit, check_sync, check_time};
+use wire::{AccountStatus, Did, DropReason, HostSeq, Hostname, Limits};
 
 use crate::identity::{Resolver, Source};
 use crate::messages::{AcceptedEvent, CommitRef};
+use crate::metrics::Metrics;
+use crate::net::{HttpClient, HttpUrl};
 
 /// What to do with one frame from a host.
 // Accepting is the common case; boxing it would add an allocation per event.
@@ -23,27 +30,88 @@ pub enum Verdict {
     Info(Frame),
 }
 
-/// Decides what to do with a frame `bytes` from `host`. `last_seq` is the previous `seq` on this
-/// connection (per-socket monotonicity); `now_ms` is wall-clock milliseconds for cache TTLs.
-pub async fn process_frame(
-    bytes: &[u8],
-    host: &Hostname,
-    host_label: &Arc<str>,
-    last_seq: Option<HostSeq>,
-    limits: &Limits,
-    resolver: &Resolver,
-    now_ms: u64,
-) -> Verdict {
-    if bytes.len() > limits.max_frame_bytes {
+/// How long a `getRepoStatus` answer that the account is inactive is trusted before asking again.
+const RECHECK_INTERVAL_MS: u64 = 60_000;
+/// Most accounts whose status an ingest shard keeps in memory; beyond it the map starts over and
+/// statuses are read from the store again.
+const MAX_STATUS_ENTRIES: usize = 200_000;
+
+/// What the pipeline needs from its shard.
+pub struct Context {
+    /// Event limits.
+    pub limits: Limits,
+    /// Relay (and count) Sync 1.1 proof failures instead of dropping them.
+    pub lenient_sync: bool,
+    /// Identity resolution.
+    pub resolver: Resolver,
+    /// The store, for account statuses the shard has not seen yet.
+    pub store: Arc<Store>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// For `getRepoStatus` re-checks.
+    pub http: HttpClient,
+    /// Last known status of accounts seen by this shard, and when an inactive one was last
+    /// re-checked with its host.
+    statuses: RefCell<HashMap<Did, (AccountStatus, u64)>>,
+}
+
+impl Context {
+    /// A context with an empty status map.
+    pub fn new(
+        limits: Limits,
+        lenient_sync: bool,
+        resolver: Resolver,
+        store: Arc<Store>,
+        metrics: Metrics,
+        http: HttpClient,
+    ) -> Self {
+        Self { limits, lenient_sync, resolver, store, metrics, http, statuses: RefCell::new(HashMap::new()) }
+    }
+
+    fn status(&self, did: &Did) -> (AccountStatus, u64) {
+        if let Some(s) = self.statuses.borrow().get(did) {
+            return *s;
+        }
+        let stored = self.store.repo(did).ok().flatten().map_or(AccountStatus::Active, |r| r.status());
+        self.set_status(did, stored, 0);
+        (stored, 0)
+    }
+
+    fn set_status(&self, did: &Did, status: AccountStatus, checked_ms: u64) {
+        let mut map = self.statuses.borrow_mut();
+        if map.len() >= MAX_STATUS_ENTRIES && !map.contains_key(did) {
+            map.clear();
+        }
+        map.insert(did.clone(), (status, checked_ms));
+    }
+}
+
+/// One frame from `host`: its bytes, the previous `seq` on this connection (per-socket
+/// monotonicity) and the wall clock in milliseconds.
+pub struct Input<'a> {
+    /// The websocket message.
+    pub bytes: &'a [u8],
+    /// The host it came from.
+    pub host: &'a Hostname,
+    /// The host as a shared label.
+    pub label: &'a Arc<str>,
+    /// The previous `seq` on this connection.
+    pub last_seq: Option<HostSeq>,
+    /// Milliseconds since the UNIX epoch.
+    pub now_ms: u64,
+}
+
+/// Decides what to do with one frame.
+pub async fn process_frame(input: Input<'_>, ctx: &Context) -> Verdict {
+    let Input { bytes, host, label, last_seq, now_ms } = input;
+    if bytes.len() > ctx.limits.max_frame_bytes {
         return Verdict::Drop(DropReason::FrameTooBig, None);
     }
     let event = match decode_frame(bytes) {
         Ok(Frame::Message(Event::Info(i))) => return Verdict::Info(Frame::Message(Event::Info(i))),
         Ok(Frame::Message(e)) => e,
         Ok(f @ Frame::Error(_)) => return Verdict::Info(f),
-        Err(wire::frame::FrameError::UnknownType(_)) => {
-            return Verdict::Drop(DropReason::UnknownType, None);
-        }
+        Err(wire::frame::FrameError::UnknownType(_)) => return Verdict::Drop(DropReason::UnknownType, None),
         Err(_) => return Verdict::Drop(DropReason::MalformedFrame, None),
     };
     let Some(seq) = event.seq().and_then(|s| u64::try_from(s).ok()).map(HostSeq) else {
@@ -52,68 +120,145 @@ pub async fn process_frame(
     if last_seq.is_some_and(|last| seq <= last) {
         return Verdict::Drop(DropReason::SeqNotIncreasing, Some(seq));
     }
-    let drop = |r| Verdict::Drop(r, Some(seq));
-    let signed = match &event {
-        Event::Commit(c) => check_commit(c, limits),
-        Event::Sync(s) => check_sync(s, limits),
-        Event::Identity(i) => {
-            // The document or handle may have changed: resolve afresh on next use.
-            resolver.purge(&i.did);
-            return accept(host_label, seq, event, None);
+    let accept = |event, commit, confirmed_active| {
+        Verdict::Accept(AcceptedEvent { host: Arc::clone(label), host_seq: seq, event, commit, confirmed_active })
+    };
+    let outcome = match &event {
+        Event::Commit(_) | Event::Sync(_) => commit_or_sync(&event, host, ctx, now_ms).await,
+        Event::Identity(i) => identity(&i.did, &i.time, host, ctx, now_ms).await.map(|()| (None, false)),
+        Event::Account(a) => account(&a.did, &a.time, host, ctx, now_ms).await.map(|()| {
+            ctx.set_status(&a.did, AccountStatus::from_fields(a.active, a.status.as_deref()), now_ms);
+            (None, false)
+        }),
+        Event::Info(_) => Err(DropReason::UnknownType),
+    };
+    match outcome {
+        Ok((commit, confirmed)) => accept(event, commit, confirmed),
+        Err(reason) => Verdict::Drop(reason, Some(seq)),
+    }
+}
+
+/// Checks a `#commit` or `#sync`; returns the commit it declares and whether the host just confirmed
+/// an account the relay had inactive.
+async fn commit_or_sync(
+    event: &Event,
+    host: &Hostname,
+    ctx: &Context,
+    now_ms: u64,
+) -> Result<(Option<CommitRef>, bool), DropReason> {
+    let now_us = now_ms.saturating_mul(1000);
+    let checked: CheckedCommit = match event {
+        Event::Commit(c) => check_commit(c, &ctx.limits, now_us)?,
+        Event::Sync(s) => check_sync(s, &ctx.limits, now_us)?,
+        _ => return Err(DropReason::UnknownType),
+    };
+    let did = &checked.signed.commit.did;
+    if let Err(reason) = checked.proof {
+        if !ctx.lenient_sync {
+            return Err(reason);
         }
-        Event::Account(_) => return accept(host_label, seq, event, None),
-        Event::Info(_) => return drop(DropReason::UnknownType),
-    };
-    let (commit_cid, signed) = match signed {
-        Ok(s) => s,
-        Err(r) => return drop(r),
-    };
-    let did: &Did = &signed.commit.did;
-    let (mut identity, mut source) = match resolver.lookup(did, now_ms).await {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::debug!(%did, host = %host, error = %e, "identity resolution failed");
-            return drop(DropReason::IdentityUnresolved);
-        }
-    };
+        tracing::warn!(%did, host = %host, %reason, "relaying a Sync 1.1 violation (lenient)");
+        Metrics::inc(&ctx.metrics.sync_violations, "reason", reason.as_str());
+    }
+    let (mut identity, mut source) = ctx.resolver.lookup(did, now_ms).await.map_err(|e| {
+        tracing::info!(%did, host = %host, error = %e, "identity resolution failed");
+        DropReason::IdentityUnresolved
+    })?;
     // Host authority, then the signature. A cached identity that fails either is fetched again once
     // (the account may have migrated or rotated its key) before the event is dropped.
     loop {
-        let authority = identity
-            .pds_endpoint
-            .as_deref()
-            .and_then(wire::did_doc::endpoint_host);
-        let verdict = if authority.as_ref() != Some(host) {
+        let verdict = if !has_authority(&identity, host) {
             Some(DropReason::WrongHost)
-        } else if signed.verify(&identity.signing_key).is_err() {
+        } else if checked.signed.verify(&identity.signing_key).is_err() {
             Some(DropReason::BadSignature)
         } else {
             None
         };
         match (verdict, source) {
             (None, _) => break,
-            (Some(reason), Source::Fetched) => return drop(reason),
-            (Some(_), Source::Cached) => match resolver.refresh(did, now_ms).await {
-                Ok(fresh) => {
-                    identity = fresh;
-                    source = Source::Fetched;
-                }
-                Err(_) => return drop(DropReason::IdentityUnresolved),
-            },
+            (Some(reason), Source::Fetched) => return Err(reason),
+            (Some(_), Source::Cached) => {
+                identity = ctx.resolver.refresh(did, now_ms).await.map_err(|_| DropReason::IdentityUnresolved)?;
+                source = Source::Fetched;
+            }
         }
     }
-    let commit = CommitRef {
-        commit: commit_cid,
-        data: signed.commit.data,
-    };
-    accept(host_label, seq, event, Some(commit))
+    let confirmed = confirm_active(did, host, ctx, now_ms).await?;
+    Ok((Some(CommitRef { commit: checked.cid, data: checked.signed.commit.data }), confirmed))
 }
 
-fn accept(host: &Arc<str>, seq: HostSeq, event: Event, commit: Option<CommitRef>) -> Verdict {
-    Verdict::Accept(AcceptedEvent {
-        host: Arc::clone(host),
-        host_seq: seq,
-        event,
-        commit,
-    })
+fn has_authority(identity: &storage::IdentityRecord, host: &Hostname) -> bool {
+    identity.pds_endpoint.as_deref().and_then(wire::did_doc::endpoint_host).as_ref() == Some(host)
+}
+
+/// For an account the relay has as inactive, asks its host (`com.atproto.sync.getRepoStatus`)
+/// whether it is active again, at most once per [`RECHECK_INTERVAL_MS`]: a missed `#account` must not
+/// leave an account stuck inactive (indigo #1161). `Ok(true)` when the host says active.
+async fn confirm_active(did: &Did, host: &Hostname, ctx: &Context, now_ms: u64) -> Result<bool, DropReason> {
+    let (status, checked_ms) = ctx.status(did);
+    if status.is_active() {
+        return Ok(false);
+    }
+    if status == AccountStatus::Takendown && ctx.store.repo(did).ok().flatten().is_some_and(|r| r.taken_down) {
+        return Err(DropReason::TakenDown);
+    }
+    if now_ms.saturating_sub(checked_ms) < RECHECK_INTERVAL_MS {
+        return Err(DropReason::InactiveAccount);
+    }
+    let upstream = repo_status(did, host, ctx).await;
+    tracing::info!(%did, host = %host, relay_status = %status, host_status = ?upstream, "re-checked inactive account");
+    match upstream {
+        Some(s) if s.is_active() => {
+            ctx.set_status(did, AccountStatus::Active, now_ms);
+            Ok(true)
+        }
+        _ => {
+            ctx.set_status(did, status, now_ms);
+            Err(DropReason::InactiveAccount)
+        }
+    }
+}
+
+/// The host's answer to `getRepoStatus` for `did`, `None` when it cannot be had.
+async fn repo_status(did: &Did, host: &Hostname, ctx: &Context) -> Option<AccountStatus> {
+    let scheme = if host.is_localhost() { "http" } else { "https" };
+    let url = HttpUrl::parse(&format!("{scheme}://{host}/xrpc/com.atproto.sync.getRepoStatus?did={did}")).ok()?;
+    let (status, body) = ctx.http.get(&url, 64 * 1024, Duration::from_secs(10)).await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    Some(AccountStatus::from_fields(v["active"].as_bool()?, v["status"].as_str()))
+}
+
+/// `#identity`: the document or handle changed; drop the cached one, resolve afresh, and require
+/// that it names this host.
+async fn identity(did: &Did, time: &str, host: &Hostname, ctx: &Context, now_ms: u64) -> Result<(), DropReason> {
+    check_time(time)?;
+    ctx.resolver.purge(did);
+    ctx.resolver.forget_failure(did);
+    let identity = ctx.resolver.refresh(did, now_ms).await.map_err(|e| {
+        tracing::info!(%did, host = %host, error = %e, "identity resolution failed");
+        DropReason::IdentityUnresolved
+    })?;
+    if has_authority(&identity, host) { Ok(()) } else { Err(DropReason::WrongHost) }
+}
+
+/// `#account`: the host must have authority over the account, by its DID document or — for
+/// accounts whose document is gone, e.g. deleted — because the relay last saw the account there.
+async fn account(did: &Did, time: &str, host: &Hostname, ctx: &Context, now_ms: u64) -> Result<(), DropReason> {
+    check_time(time)?;
+    let lives_here = || ctx.store.repo(did).ok().flatten().is_some_and(|r| r.host == host.as_str());
+    match ctx.resolver.lookup(did, now_ms).await {
+        Ok((id, _)) if has_authority(&id, host) => Ok(()),
+        Ok((_, Source::Cached)) => match ctx.resolver.refresh(did, now_ms).await {
+            Ok(id) if has_authority(&id, host) => Ok(()),
+            _ if lives_here() => Ok(()),
+            _ => Err(DropReason::WrongHost),
+        },
+        Ok((_, Source::Fetched)) if lives_here() => Ok(()),
+        Ok((_, Source::Fetched)) => Err(DropReason::WrongHost),
+        Err(_) if lives_here() => Ok(()),
+        Err(_) => Err(DropReason::IdentityUnresolved),
+    }
 }

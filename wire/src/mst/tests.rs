@@ -18,11 +18,7 @@ fn key_heights_fixture() {
     assert!(!cases.is_empty());
     for c in cases {
         let key = c["key"].as_str().unwrap();
-        assert_eq!(
-            u64::from(key_height(key.as_bytes())),
-            c["height"].as_u64().unwrap(),
-            "{key}"
-        );
+        assert_eq!(u64::from(key_height(key.as_bytes())), c["height"].as_u64().unwrap(), "{key}");
     }
 }
 
@@ -32,11 +28,7 @@ fn common_prefix_fixture() {
     let cases: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     for c in cases {
         let (l, r) = (c["left"].as_str().unwrap(), c["right"].as_str().unwrap());
-        assert_eq!(
-            common_prefix_len(l.as_bytes(), r.as_bytes()) as u64,
-            c["len"].as_u64().unwrap(),
-            "{l} {r}"
-        );
+        assert_eq!(common_prefix_len(l.as_bytes(), r.as_bytes()) as u64, c["len"].as_u64().unwrap(), "{l} {r}");
     }
 }
 
@@ -73,24 +65,14 @@ struct ProofFixture {
 /// back `rootBeforeCommit` (Sync 1.1).
 #[test]
 fn commit_proof_fixtures() {
-    let text =
-        std::fs::read_to_string(fixtures().join("firehose/commit-proof-fixtures.json")).unwrap();
+    let text = std::fs::read_to_string(fixtures().join("firehose/commit-proof-fixtures.json")).unwrap();
     let cases: Vec<ProofFixture> = serde_json::from_str(&text).unwrap();
     assert_eq!(cases.len(), 6);
     for f in cases {
         let leaf: Cid = f.leaf_value.parse().unwrap();
-        let keys: BTreeMap<Vec<u8>, Cid> = f
-            .keys
-            .iter()
-            .map(|k| (k.as_bytes().to_vec(), leaf))
-            .collect();
+        let keys: BTreeMap<Vec<u8>, Cid> = f.keys.iter().map(|k| (k.as_bytes().to_vec(), leaf)).collect();
         let mut mst = build(&keys);
-        assert_eq!(
-            mst.root_cid(None).unwrap().to_string(),
-            f.root_before_commit,
-            "{}: before",
-            f.comment
-        );
+        assert_eq!(mst.root_cid(None).unwrap().to_string(), f.root_before_commit, "{}: before", f.comment);
         let none: HashMap<Cid, Vec<u8>> = HashMap::new();
         for k in &f.adds {
             mst.insert(k.as_bytes(), leaf, &none).unwrap();
@@ -99,12 +81,7 @@ fn commit_proof_fixtures() {
             mst.remove(k.as_bytes(), &none).unwrap();
         }
         let (after, all_blocks) = blocks_of(&mst);
-        assert_eq!(
-            after.to_string(),
-            f.root_after_commit,
-            "{}: after",
-            f.comment
-        );
+        assert_eq!(after.to_string(), f.root_after_commit, "{}: after", f.comment);
 
         let proof: HashMap<Cid, Vec<u8>> = f
             .blocks_in_proof
@@ -116,20 +93,10 @@ fn commit_proof_fixtures() {
             .collect();
         let mut partial = Mst::load(after, &proof).unwrap();
         for k in &f.adds {
-            assert_eq!(
-                partial.get(k.as_bytes(), &proof).unwrap(),
-                Some(leaf),
-                "{}: {k} present",
-                f.comment
-            );
+            assert_eq!(partial.get(k.as_bytes(), &proof).unwrap(), Some(leaf), "{}: {k} present", f.comment);
         }
         for k in &f.dels {
-            assert_eq!(
-                partial.get(k.as_bytes(), &proof).unwrap(),
-                None,
-                "{}: {k} absent",
-                f.comment
-            );
+            assert_eq!(partial.get(k.as_bytes(), &proof).unwrap(), None, "{}: {k} absent", f.comment);
         }
         for k in &f.adds {
             partial.remove(k.as_bytes(), &proof).unwrap();
@@ -137,20 +104,12 @@ fn commit_proof_fixtures() {
         for k in &f.dels {
             partial.insert(k.as_bytes(), leaf, &proof).unwrap();
         }
-        assert_eq!(
-            partial.root_cid(None).unwrap().to_string(),
-            f.root_before_commit,
-            "{}: inverted",
-            f.comment
-        );
+        assert_eq!(partial.root_cid(None).unwrap().to_string(), f.root_before_commit, "{}: inverted", f.comment);
 
         // Without the root block nothing can be checked.
         let mut missing = proof.clone();
         missing.remove(&after);
-        assert!(matches!(
-            Mst::load(after, &missing),
-            Err(MstError::MissingBlock(_))
-        ));
+        assert!(matches!(Mst::load(after, &missing), Err(MstError::MissingBlock(_))));
     }
 }
 
@@ -186,11 +145,7 @@ fn incremental_changes_match_a_fresh_build() {
                 mst.insert(&key, v, &none).unwrap();
                 keys.insert(key, v);
             }
-            assert_eq!(
-                mst.root_cid(None).unwrap(),
-                build(&keys).root_cid(None).unwrap(),
-                "round {round} step {step}"
-            );
+            assert_eq!(mst.root_cid(None).unwrap(), build(&keys).root_cid(None).unwrap(), "round {round} step {step}");
         }
         // Undo one insert on a tree loaded from blocks.
         let (root, blocks) = blocks_of(&mst);
@@ -205,10 +160,7 @@ fn incremental_changes_match_a_fresh_build() {
         for k in keys.keys() {
             mst.remove(k, &none).unwrap();
         }
-        assert_eq!(
-            mst.root_cid(None).unwrap(),
-            Mst::new().root_cid(None).unwrap()
-        );
+        assert_eq!(mst.root_cid(None).unwrap(), Mst::new().root_cid(None).unwrap());
         assert_eq!(mst.remove(b"missing", &none), Err(MstError::KeyNotFound));
     }
 }

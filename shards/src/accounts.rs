@@ -1,0 +1,101 @@
+//! Per-account rules the sequencer applies before assigning a `seq`, as a pure function of the
+//! event and the account's stored state (tested without sockets or a store).
+//!
+//! - `#commit`: the account must be active and not taken down; `rev` strictly newer than the stored
+//!   `rev`; `since` equal to the stored `rev` and `prevData` equal to the stored data CID when the
+//!   relay has them (Sync 1.1, <https://atproto.com/specs/sync>). A first-seen account is accepted as
+//!   genesis.
+//! - `#sync`: same status rules; its `rev` may restate the stored one but not go back; it resets the
+//!   stored commit.
+//! - `#account`: records the host's status; the relayed event carries the combined status (a local
+//!   takedown wins).
+//! - `#identity`: relayed for every account, active or not, so migrations work.
+
+use wire::frame::Event;
+use wire::{AccountStatus, DropReason};
+
+use crate::messages::AcceptedEvent;
+use storage::RepoState;
+
+/// The outcome of [`apply`] for an event that is sequenced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The account's new state, when the event changes it.
+    pub state: Option<RepoState>,
+    /// A Sync 1.1 violation that `lenient_sync` let through (counted by the caller).
+    pub violation: Option<DropReason>,
+}
+
+fn status_gate(state: &RepoState, confirmed_active: bool) -> Result<(), DropReason> {
+    if state.taken_down {
+        return Err(DropReason::TakenDown);
+    }
+    if !state.upstream.is_active() && !confirmed_active {
+        return Err(DropReason::InactiveAccount);
+    }
+    Ok(())
+}
+
+/// Applies the account rules to `ev` given the stored state `prior`; may rewrite an `#account`
+/// event's status. `lenient_sync` turns Sync 1.1 violations (`since`, `prevData`) into counted
+/// passes.
+///
+/// # Errors
+/// The [`DropReason`] when the event must not be relayed.
+pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>, lenient_sync: bool) -> Result<Applied, DropReason> {
+    let host = ev.host.to_string();
+    let mut state = prior.cloned().unwrap_or_else(|| RepoState::new(host.clone()));
+    let mut violation = None;
+    match &mut ev.event {
+        Event::Commit(c) => {
+            status_gate(&state, ev.confirmed_active)?;
+            if let Some(stored) = &state.rev {
+                if &c.rev <= stored {
+                    return Err(DropReason::StaleRev);
+                }
+                if c.since.as_ref() != Some(stored) {
+                    violation = Some(DropReason::WrongSince);
+                } else if let (Some(prev_data), Some(data)) = (c.prev_data, state.data)
+                    && prev_data != data
+                {
+                    violation = Some(DropReason::WrongPrevData);
+                }
+            }
+            if let Some(v) = violation
+                && !lenient_sync
+            {
+                return Err(v);
+            }
+            state.rev = Some(c.rev.clone());
+        }
+        Event::Sync(s) => {
+            status_gate(&state, ev.confirmed_active)?;
+            if state.rev.as_ref().is_some_and(|stored| &s.rev < stored) {
+                return Err(DropReason::StaleRev);
+            }
+            state.rev = Some(s.rev.clone());
+        }
+        Event::Account(a) => {
+            state.upstream = AccountStatus::from_fields(a.active, a.status.as_deref());
+            if state.taken_down {
+                a.active = false;
+                a.status = Some("takendown".into());
+            }
+        }
+        Event::Identity(_) => return Ok(Applied { state: None, violation: None }),
+        Event::Info(_) => return Err(DropReason::UnknownType),
+    }
+    if ev.confirmed_active {
+        state.upstream = AccountStatus::Active;
+    }
+    if let Some(commit) = ev.commit {
+        state.commit = Some(commit.commit);
+        state.data = Some(commit.data);
+    }
+    // The account lives where its latest accepted event came from (migration moves it).
+    state.host = host;
+    Ok(Applied { state: Some(state), violation })
+}
+
+#[cfg(test)]
+mod tests;

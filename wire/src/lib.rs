@@ -19,6 +19,8 @@ pub mod did_doc;
 pub mod frame;
 pub mod mst;
 pub mod syntax;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod validate;
 pub mod ws;
 

@@ -303,7 +303,7 @@ pub struct Relay {
     pub log: PathBuf,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -313,20 +313,17 @@ impl Relay {
     }
 
     pub fn start_on(port: u16, data_dir: &Path, host: &str, plc: &str, extra: &[&str]) -> Self {
+        Self::start_hosts(port, data_dir, &[host], plc, extra)
+    }
+
+    pub fn start_hosts(port: u16, data_dir: &Path, hosts: &[&str], plc: &str, extra: &[&str]) -> Self {
         let log = data_dir.with_extension(format!("{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
+        let host_args: Vec<&str> = hosts.iter().flat_map(|h| ["--host", *h]).collect();
+        let listen = format!("127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_relay"))
-            .args([
-                "serve",
-                "--host",
-                host,
-                "--plc-url",
-                plc,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--fsync",
-                "never",
-            ])
+            .args(["serve", "--plc-url", plc, "--listen", &listen, "--fsync", "never"])
+            .args(&host_args)
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)

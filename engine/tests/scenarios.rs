@@ -1,0 +1,284 @@
+//! The validation scenario suite: fake hosts → relay → subscriber, with accounts that sign real
+//! commits over real MSTs (`wire::testkit`). Every input is marked deliver or drop; drops are
+//! asserted by reason and deliveries by content and order.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use support::{FakeHost, FakePlc, Relay, Seen, read_until_idle, subscribe};
+use wire::frame::Event;
+use wire::testkit::{Op, Signer, SigningKey, SimAccount};
+use wire::{Did, car};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Deliver,
+    Drop(&'static str),
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+fn account(name: &str, key: SigningKey) -> SimAccount {
+    let did = Did::new(format!("did:plc:{name:0<24}")).unwrap();
+    SimAccount::new(did, key, now_us() - 3_600_000_000)
+}
+
+fn create(acct: &mut SimAccount, bytes: usize) -> Vec<Op> {
+    vec![Op::Create { path: format!("app.bsky.feed.post/{}", acct.next_rkey()), bytes }]
+}
+
+/// Inputs for one host, with their expectations; seqs are assigned in order from 1.
+#[derive(Default)]
+struct Script {
+    inputs: Vec<(Event, Expect)>,
+    raw: Vec<(usize, Vec<u8>)>,
+}
+
+impl Script {
+    fn seq(&self) -> i64 {
+        (self.inputs.len() + self.raw.len()) as i64 + 1
+    }
+
+    fn push(&mut self, e: Event, x: Expect) {
+        self.inputs.push((e, x));
+    }
+
+    /// A frame that is not a valid event, at the current position.
+    fn push_raw(&mut self, bytes: Vec<u8>) {
+        self.raw.push((self.inputs.len(), bytes));
+    }
+
+    fn frames(&self) -> Vec<(u64, Vec<u8>, Expect, Option<Event>)> {
+        let mut out = Vec::new();
+        let mut raw = self.raw.iter().peekable();
+        for (i, (e, x)) in self.inputs.iter().enumerate() {
+            while let Some((_, bytes)) = raw.next_if(|(at, _)| *at == i) {
+                out.push((0, bytes.clone(), Expect::Drop("frame_too_big"), None));
+            }
+            out.push((0, e.encode().unwrap(), *x, Some(e.clone())));
+        }
+        for (_, bytes) in raw {
+            out.push((0, bytes.clone(), Expect::Drop("frame_too_big"), None));
+        }
+        for (i, f) in out.iter_mut().enumerate() {
+            f.0 = i as u64 + 1;
+        }
+        out
+    }
+}
+
+/// Removes the block `cid` from a commit's CAR.
+fn without_block(ev: &mut wire::frame::CommitEvent, cid: &wire::Cid) {
+    let parsed = car::read_car(&ev.blocks).unwrap();
+    let kept: Vec<_> = parsed.blocks().filter(|(c, _)| *c != cid).map(|(c, b)| (*c, b)).collect();
+    ev.blocks = car::write_car(&ev.commit, &kept).unwrap().into();
+}
+
+#[test]
+fn every_rejection_has_its_reason_and_valid_traffic_flows() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let other_host = FakeHost::start();
+    let pds = format!("http://{}", host.hostname());
+    let mut alice = account("alice", SigningKey::k256(1));
+    let mut carol = account("carol", SigningKey::p256());
+    let mut erin = account("erin", SigningKey::k256(5));
+    let mut frank = account("frank", SigningKey::k256(6));
+    let bob = account("bob", SigningKey::k256(2));
+    let mut future = account("future", SigningKey::k256(7));
+    future.set_clock(now_us() + 600_000_000);
+    for a in [&alice, &carol, &erin, &frank, &future] {
+        plc.put(&a.did, a.did_doc(&pds));
+    }
+    plc.put(&bob.did, bob.did_doc("https://elsewhere.example.com"));
+    let mallory = SigningKey::k256(66);
+
+    let mut s = Script::default();
+    use Expect::{Deliver, Drop};
+    // Valid traffic: genesis and chained commits of a k256 and a p256 account, updates and deletes.
+    let ops = create(&mut alice, 200);
+    s.push(Event::Commit(alice.commit(s.seq(), &ops, &Signer::Own)), Deliver);
+    let first = format!("app.bsky.feed.post/{}", alice.next_rkey());
+    let ops = vec![Op::Create { path: first.clone(), bytes: 100 }];
+    s.push(Event::Commit(alice.commit(s.seq(), &ops, &Signer::Own)), Deliver);
+    let ops = create(&mut carol, 300);
+    s.push(Event::Commit(carol.commit(s.seq(), &ops, &Signer::Own)), Deliver);
+    let ops = vec![Op::Update { path: first.clone() }];
+    s.push(Event::Commit(alice.commit(s.seq(), &ops, &Signer::Own)), Deliver);
+    let ops = create(&mut alice, 50);
+    let stale = Event::Commit(alice.commit(s.seq(), &ops, &Signer::Own));
+    s.push(stale.clone(), Deliver);
+
+    // Signatures: another key, a high-S signature, a k256 signature for a p256 account.
+    let mut fork = alice.clone();
+    let ops = create(&mut fork, 50);
+    s.push(Event::Commit(fork.commit(s.seq(), &ops, &Signer::Other(&mallory))), Drop("bad_signature"));
+    let mut fork = alice.clone();
+    let ops = create(&mut fork, 50);
+    s.push(Event::Commit(fork.commit(s.seq(), &ops, &Signer::OwnHighS)), Drop("bad_signature"));
+    let mut fork = carol.clone();
+    let ops = create(&mut fork, 50);
+    s.push(Event::Commit(fork.commit(s.seq(), &ops, &Signer::Other(&mallory))), Drop("bad_signature"));
+
+    // Structure: op CID not in the tree, missing MST block, commit CID ≠ CAR root, repo ≠ commit DID.
+    let mut fork = alice.clone();
+    let ops = create(&mut fork, 50);
+    let mut ev = fork.commit(s.seq(), &ops, &Signer::Own);
+    ev.ops[0].cid = Some(ev.commit);
+    s.push(Event::Commit(ev), Drop("op_cid_mismatch"));
+    let mut fork = alice.clone();
+    let ops = create(&mut fork, 50);
+    let mut ev = fork.commit(s.seq(), &ops, &Signer::Own);
+    let data = fork.data();
+    without_block(&mut ev, &data);
+    s.push(Event::Commit(ev), Drop("missing_mst_block"));
+    let mut fork = alice.clone();
+    let ops = create(&mut fork, 50);
+    let mut ev = fork.commit(s.seq(), &ops, &Signer::Own);
+    ev.commit = ev.ops[0].cid.unwrap();
+    s.push(Event::Commit(ev), Drop("commit_not_in_car"));
+    let mut fork = alice.clone();
+    let ops = create(&mut fork, 50);
+    let mut ev = fork.commit(s.seq(), &ops, &Signer::Own);
+    ev.repo = carol.did.clone();
+    s.push(Event::Commit(ev), Drop("repo_mismatch"));
+
+    // Chain: wrong since (history the relay never saw), wrong prevData (same rev, other tree), old rev.
+    let mut fork = alice.clone();
+    let _unsent = fork.commit(0, &create(&mut alice.clone(), 10), &Signer::Own);
+    let ops = create(&mut fork, 50);
+    s.push(Event::Commit(fork.commit(s.seq(), &ops, &Signer::Own)), Drop("wrong_since"));
+    let mut fork = alice.clone();
+    let _unsent = fork.commit(0, &create(&mut alice.clone(), 10), &Signer::Own);
+    fork.set_rev(alice.rev().cloned());
+    let ops = create(&mut fork, 50);
+    s.push(Event::Commit(fork.commit(s.seq(), &ops, &Signer::Own)), Drop("wrong_prev_data"));
+    let Event::Commit(mut old) = stale else { unreachable!() };
+    old.seq = s.seq();
+    s.push(Event::Commit(old), Drop("stale_rev"));
+
+    // Limits: future rev, too many ops, blocks over 2 MB, a frame over 5 MB.
+    let ops = create(&mut future, 50);
+    s.push(Event::Commit(future.commit(s.seq(), &ops, &Signer::Own)), Drop("future_rev"));
+    let mut fork = alice.clone();
+    let ops: Vec<Op> = (0..201).flat_map(|_| create(&mut fork, 10)).collect();
+    s.push(Event::Commit(fork.commit(s.seq(), &ops, &Signer::Own)), Drop("too_many_ops"));
+    let mut fork = alice.clone();
+    let ops = create(&mut fork, 2_100_000);
+    s.push(Event::Commit(fork.commit(s.seq(), &ops, &Signer::Own)), Drop("blocks_too_big"));
+    let mut fork = alice.clone();
+    let ops = create(&mut fork, 5_100_000);
+    let huge = Event::Commit(fork.commit(0, &ops, &Signer::Own)).encode().unwrap();
+    s.push_raw(huge);
+
+    // Authority: an account whose document names another PDS.
+    let mut b = bob.clone();
+    let ops = create(&mut b, 50);
+    s.push(Event::Commit(b.commit(s.seq(), &ops, &Signer::Own)), Drop("wrong_host"));
+
+    // Status: a deactivated account's commits are dropped until it is active again.
+    let ops = create(&mut erin, 50);
+    s.push(Event::Commit(erin.commit(s.seq(), &ops, &Signer::Own)), Deliver);
+    s.push(Event::Account(erin.account(s.seq(), false, Some("deactivated"))), Deliver);
+    let mut fork = erin.clone();
+    let ops = create(&mut fork, 50);
+    s.push(Event::Commit(fork.commit(s.seq(), &ops, &Signer::Own)), Drop("inactive_account"));
+    s.push(Event::Account(erin.account(s.seq(), true, None)), Deliver);
+    let ops = create(&mut erin, 50);
+    s.push(Event::Commit(erin.commit(s.seq(), &ops, &Signer::Own)), Deliver);
+
+    // #sync resets the account's state; commits continue from it.
+    s.push(Event::Sync(alice.sync(s.seq())), Deliver);
+    let ops = vec![Op::Delete { path: first }];
+    s.push(Event::Commit(alice.commit(s.seq(), &ops, &Signer::Own)), Deliver);
+
+    // Frank starts on this host.
+    let ops = create(&mut frank, 50);
+    s.push(Event::Commit(frank.commit(s.seq(), &ops, &Signer::Own)), Deliver);
+    s.push(Event::Identity(frank.identity(s.seq())), Deliver);
+
+    let frames = s.frames();
+    for (seq, bytes, _, _) in &frames {
+        host.push(*seq, bytes.clone());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let relay =
+        Relay::start_hosts(port, &dir.path().join("data"), &[&host.hostname(), &other_host.hostname()], &plc.url, &[]);
+    let n = frames.len() as u64;
+    relay.wait_until(Duration::from_secs(60), "every frame processed", || {
+        relay.metric("relay_upstream_frames_total", "") >= n
+            && relay.metric("relay_events_relayed_total", "") + relay.metric("relay_events_dropped_total", "") >= n
+    });
+
+    // Migration: Frank moves to the other host; his events from there are relayed, and the old host
+    // no longer has authority over him.
+    plc.put(&frank.did, frank.did_doc(&format!("http://{}", other_host.hostname())));
+    let mut migrated = Vec::new();
+    migrated.push((Event::Identity(frank.identity(1)), Deliver));
+    let ops = create(&mut frank, 50);
+    migrated.push((Event::Commit(frank.commit(2, &ops, &Signer::Own)), Deliver));
+    for (i, (e, _)) in migrated.iter().enumerate() {
+        other_host.push(i as u64 + 1, e.encode().unwrap());
+    }
+    let mut stray = frank.clone();
+    let ops = create(&mut stray, 50);
+    let late = Event::Commit(stray.commit(n as i64 + 1, &ops, &Signer::Own));
+    relay.wait_until(Duration::from_secs(30), "migration relayed", || {
+        relay.metric("relay_upstream_frames_total", "") >= n + 2
+            && relay.metric("relay_events_relayed_total", "") + relay.metric("relay_events_dropped_total", "") >= n + 2
+    });
+    host.push(n + 1, late.encode().unwrap());
+    relay.wait_until(Duration::from_secs(30), "stray commit processed", || {
+        relay.metric("relay_events_dropped_total", "reason=\"wrong_host\"") >= 2
+    });
+
+    // Drops, by reason.
+    let mut want: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for (_, _, x, _) in &frames {
+        if let Drop(r) = x {
+            *want.entry(r).or_default() += 1;
+        }
+    }
+    *want.entry("wrong_host").or_default() += 1; // the stray commit from Frank's old host
+    for (reason, count) in &want {
+        assert_eq!(relay.metric("relay_events_dropped_total", &format!("reason=\"{reason}\"")), *count, "{reason}");
+    }
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), want.values().sum::<u64>(), "no other drops");
+
+    // Deliveries, in order, byte-for-byte the host's events with the relay's seq.
+    let mut expected: Vec<Event> = frames.iter().filter(|f| f.2 == Deliver).filter_map(|f| f.3.clone()).collect();
+    expected.extend(migrated.into_iter().map(|(e, _)| e));
+    let mut sub = subscribe(relay.port, Some("0"));
+    let got = read_until_idle(&mut sub, Duration::from_millis(700));
+    assert_eq!(got.len(), expected.len(), "{:?}", got.iter().map(|g| g.seq()).collect::<Vec<_>>());
+    for (i, (seen, want)) in got.iter().zip(expected).enumerate() {
+        let mut want = want;
+        want.set_seq(i as i64 + 1);
+        let Seen::Event(e) = seen else { panic!("{seen:?}") };
+        assert_eq!(e, &want, "delivery {i}");
+    }
+    relay.stop();
+}
+
+#[test]
+fn lenient_sync_relays_and_counts_violations() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let mut alice = account("lenient", SigningKey::k256(9));
+    plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
+    let ops = create(&mut alice, 100);
+    host.push(1, Event::Commit(alice.commit(1, &ops, &Signer::Own)).encode().unwrap());
+    let mut ev = alice.commit(2, &create(&mut alice.clone(), 100), &Signer::Own);
+    ev.ops[0].cid = Some(ev.commit);
+    host.push(2, Event::Commit(ev).encode().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &["--lenient-sync"]);
+    relay.wait_until(Duration::from_secs(20), "both relayed", || relay.metric("relay_events_relayed_total", "") >= 2);
+    assert_eq!(relay.metric("relay_sync_violations_total", "reason=\"op_cid_mismatch\""), 1);
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), 0);
+    relay.stop();
+}

@@ -137,7 +137,7 @@ fn incremental_changes_match_a_fresh_build() {
         let mut keys: BTreeMap<Vec<u8>, Cid> = BTreeMap::new();
         for step in 0..(20 + round * 5) {
             let key = format!("app.bsky.feed.post/{:013}", rng.next() % 500).into_bytes();
-            if keys.contains_key(&key) && rng.next() % 3 == 0 {
+            if keys.contains_key(&key) && rng.next().is_multiple_of(3) {
                 mst.remove(&key, &none).unwrap();
                 keys.remove(&key);
             } else {

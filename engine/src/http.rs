@@ -13,7 +13,9 @@ use crate::xrpc::Ctx;
 
 /// Largest request head accepted, in bytes; larger heads get 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Deadline for a client to send its request head.
+/// Largest request body accepted, in bytes; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Deadline for a client to send its request head (and body).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A parsed request head.
@@ -27,6 +29,8 @@ pub struct Request {
     pub query: Option<String>,
     /// Headers, names lowercased.
     pub headers: Vec<(String, String)>,
+    /// The body (`Content-Length` bytes, at most [`MAX_BODY_BYTES`]); empty for requests without one.
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -55,12 +59,19 @@ pub struct Response {
     pub content_type: &'static str,
     /// Body bytes.
     pub body: Vec<u8>,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Response {
     /// A JSON response.
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
-        Self { status, content_type: "application/json; charset=utf-8", body: value.to_string().into_bytes() }
+        Self {
+            status,
+            content_type: "application/json; charset=utf-8",
+            body: value.to_string().into_bytes(),
+            headers: Vec::new(),
+        }
     }
 
     /// An XRPC error: `{"error": name, "message": message}`.
@@ -72,6 +83,9 @@ impl Response {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
+            401 => "Unauthorized",
+            413 => "Payload Too Large",
+            503 => "Service Unavailable",
             404 => "Not Found",
             405 => "Method Not Allowed",
             431 => "Request Header Fields Too Large",
@@ -79,13 +93,17 @@ impl Response {
             501 => "Not Implemented",
             _ => "",
         };
-        let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n",
+        let mut head = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n",
             self.status,
             self.content_type,
             self.body.len()
-        )
-        .into_bytes();
+        );
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
         out.extend_from_slice(&self.body);
         out
     }
@@ -166,7 +184,7 @@ async fn read_head(stream: &mut TcpStream) -> Result<Option<(Request, Vec<u8>)>,
                     Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
                     None => (target.to_owned(), None),
                 };
-                let request = Request {
+                let mut request = Request {
                     method: req.method.unwrap_or("GET").to_owned(),
                     path,
                     query,
@@ -175,8 +193,27 @@ async fn read_head(stream: &mut TcpStream) -> Result<Option<(Request, Vec<u8>)>,
                         .iter()
                         .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
                         .collect(),
+                    body: Vec::new(),
                 };
-                return Ok(Some((request, buf.split_off(len))));
+                let mut rest = buf.split_off(len);
+                let Some(length) = request.header("content-length").map(str::trim) else {
+                    return Ok(Some((request, rest)));
+                };
+                let length: usize =
+                    length.parse().map_err(|_| Response::xrpc_error(400, "InvalidRequest", "bad Content-Length"))?;
+                if length > MAX_BODY_BYTES {
+                    return Err(Response::xrpc_error(413, "InvalidRequest", "request body too large"));
+                }
+                while rest.len() < length {
+                    let n = match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return Ok(None),
+                        Ok(n) => n,
+                    };
+                    rest.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                }
+                let after = rest.split_off(length);
+                request.body = rest;
+                return Ok(Some((request, after)));
             }
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
                 return Err(Response::xrpc_error(431, "InvalidRequest", "request head too large"));

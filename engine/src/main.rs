@@ -3,6 +3,7 @@
 //! This binary owns the CLI, the core layout and executors, the listeners, XRPC handlers, metrics and
 //! shutdown. It holds no relay policy: validation, sequencing and fanout live in `shards`.
 
+mod admin;
 mod http;
 mod layout;
 mod runtime;
@@ -98,6 +99,11 @@ pub struct ServeArgs {
     /// a test CA.
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+
+    /// Password of the admin API (`/admin/`, HTTP Basic auth as user `admin`). Without it the admin
+    /// API is not served.
+    #[arg(long, env = "RELAY_ADMIN_PASSWORD", hide_env_values = true, value_name = "PASSWORD")]
+    pub admin_password: Option<String>,
 
     /// RocksDB background threads for flushes and compactions (1-64).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=64))]

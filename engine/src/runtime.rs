@@ -26,6 +26,8 @@ use crate::{Fsync, ServeArgs};
 
 /// Capacity of each ingest → sequencer queue, in messages.
 const INGEST_QUEUE: usize = 4096;
+/// Capacity of each admin API → sequencer queue, in requests.
+const ADMIN_QUEUE: usize = 256;
 /// Capacity of each sequencer → fanout queue, in batches.
 const FANOUT_QUEUE: usize = 256;
 /// glommio's registered I/O buffer per executor. The relay does no glommio file I/O, so this stays
@@ -43,7 +45,8 @@ struct SequencerWork {
 struct Work {
     ingest: Option<(SharedSender<IngestMsg>, Vec<Hostname>)>,
     sequencer: Option<SequencerWork>,
-    fanout: Option<SharedReceiver<PublishedBatch>>,
+    /// From the sequencer, and the admin API's way back to it.
+    fanout: Option<(SharedReceiver<PublishedBatch>, SharedSender<IngestMsg>)>,
 }
 
 /// Shared between executors and the main thread.
@@ -165,9 +168,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut fanout_tx = Vec::new();
     for cpu in &layout.fanout {
         let (tx, rx) = shared_channel::new_bounded(FANOUT_QUEUE);
+        let (admin_tx, admin_rx) = shared_channel::new_bounded(ADMIN_QUEUE);
         fanout_tx.push(tx);
+        ingest_rx.push(admin_rx);
         if let Some(w) = work.get_mut(cpu) {
-            w.fanout = Some(rx);
+            w.fanout = Some((rx, admin_tx));
         }
     }
     if let Some(w) = work.get_mut(&layout.sequencer) {
@@ -263,8 +268,8 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
             t.detach();
         }
     }
-    if let Some(rx) = work.fanout
-        && let Err(e) = start_fanout(&ctx, rx)
+    if let Some((rx, admin_tx)) = work.fanout
+        && let Err(e) = start_fanout(&ctx, rx, admin_tx).await
     {
         control.fail(format!("{e:#}"));
     }
@@ -273,7 +278,11 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
     }
 }
 
-fn start_fanout(ctx: &ExecCtx, rx: SharedReceiver<PublishedBatch>) -> anyhow::Result<()> {
+async fn start_fanout(
+    ctx: &ExecCtx,
+    rx: SharedReceiver<PublishedBatch>,
+    admin_tx: SharedSender<IngestMsg>,
+) -> anyhow::Result<()> {
     let ex = glommio::executor();
     let fanout_tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "fanout");
     // The API answers health checks under load: its own queue, latency-sensitive.
@@ -290,7 +299,12 @@ fn start_fanout(ctx: &ExecCtx, rx: SharedReceiver<PublishedBatch>) -> anyhow::Re
     let listener = glommio::net::TcpListener::bind(ctx.args.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", ctx.args.listen))?;
     tracing::info!(listen = %ctx.args.listen, "listening");
-    let xrpc_ctx = Rc::new(crate::xrpc::Ctx { fanout: shard, fanout_tq, registry: Arc::clone(&ctx.registry) });
+    // Connecting waits for the sequencer's end; without a password the channel stays unused.
+    let admin = match &ctx.args.admin_password {
+        Some(password) => Some(crate::admin::Admin::new(password.clone(), admin_tx.connect().await)),
+        None => None,
+    };
+    let xrpc_ctx = Rc::new(crate::xrpc::Ctx { fanout: shard, fanout_tq, registry: Arc::clone(&ctx.registry), admin });
     glommio::spawn_local_into(crate::http::accept_loop(listener, xrpc_ctx, api_tq), api_tq)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .detach();

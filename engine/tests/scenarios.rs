@@ -282,3 +282,69 @@ fn lenient_sync_relays_and_counts_violations() {
     assert_eq!(relay.metric("relay_events_dropped_total", ""), 0);
     relay.stop();
 }
+
+#[test]
+fn operator_takedown_and_its_reversal() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let mut alice = account("takedown", SigningKey::k256(11));
+    plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
+    let ops = create(&mut alice, 100);
+    host.push(1, Event::Commit(alice.commit(1, &ops, &Signer::Own)).encode().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &["--admin-password", "s3cret"]);
+    relay
+        .wait_until(Duration::from_secs(20), "genesis relayed", || relay.metric("relay_events_relayed_total", "") >= 1);
+
+    let body = format!("{{\"did\":\"{}\"}}", alice.did);
+    let port = relay.port;
+    assert_eq!(support::http_post(port, "/admin/repo/takeDown", &body, None).unwrap().0, 401);
+    assert_eq!(support::http_post(port, "/admin/repo/takeDown", &body, Some(("admin", "wrong"))).unwrap().0, 401);
+    let bad =
+        support::http_post(port, "/admin/repo/takeDown", "{\"did\":\"nope\"}", Some(("admin", "s3cret"))).unwrap();
+    assert_eq!(bad.0, 400, "{bad:?}");
+    let ok = support::http_post(port, "/admin/repo/takeDown", &body, Some(("admin", "s3cret"))).unwrap();
+    assert_eq!(ok.0, 200, "{ok:?}");
+    relay.wait_until(Duration::from_secs(10), "takedown relayed", || {
+        relay.metric("relay_events_relayed_total", "") >= 2
+    });
+
+    // The host keeps sending: dropped while taken down.
+    let ops = create(&mut alice, 100);
+    host.push(2, Event::Commit(alice.commit(2, &ops, &Signer::Own)).encode().unwrap());
+    relay.wait_until(Duration::from_secs(10), "commit dropped", || {
+        relay.metric("relay_events_dropped_total", "reason=\"taken_down\"") == 1
+    });
+    let ok = support::http_post(port, "/admin/repo/reverseTakedown", &body, Some(("admin", "s3cret"))).unwrap();
+    assert_eq!(ok.0, 200, "{ok:?}");
+    relay.wait_until(Duration::from_secs(10), "reversal relayed", || {
+        relay.metric("relay_events_relayed_total", "") >= 3
+    });
+    // The relay never stored the commit it dropped, so the host resynchronizes the account with a
+    // #sync (as a PDS does on reactivation); commits then chain from it.
+    host.push(3, Event::Sync(alice.sync(3)).encode().unwrap());
+    let ops = create(&mut alice, 100);
+    host.push(4, Event::Commit(alice.commit(4, &ops, &Signer::Own)).encode().unwrap());
+    relay.wait_until(Duration::from_secs(10), "sync and commit relayed", || {
+        relay.metric("relay_events_relayed_total", "") >= 5
+    });
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), 1);
+
+    let mut sub = subscribe(relay.port, Some("0"));
+    let seen = read_until_idle(&mut sub, Duration::from_millis(500));
+    let accounts: Vec<(bool, Option<String>)> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Event(Event::Account(a)) => Some((a.active, a.status.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(accounts, vec![(false, Some("takendown".into())), (true, None)]);
+    assert_eq!(support::http_post(port, "/admin/nothing", &body, Some(("admin", "s3cret"))).unwrap().0, 404);
+    relay.stop();
+
+    // Without a password the admin API does not exist.
+    let relay = Relay::start(&dir.path().join("data2"), &host.hostname(), &plc.url, &[]);
+    assert_eq!(support::http_post(relay.port, "/admin/repo/takeDown", &body, Some(("admin", ""))).unwrap().0, 404);
+    relay.stop();
+}

@@ -11,8 +11,8 @@
 //!   takedown wins).
 //! - `#identity`: relayed for every account, active or not, so migrations work.
 
-use wire::frame::Event;
-use wire::{AccountStatus, DropReason};
+use wire::frame::{AccountEvent, Event};
+use wire::{AccountStatus, Did, DropReason};
 
 use crate::messages::AcceptedEvent;
 use storage::RepoState;
@@ -95,6 +95,46 @@ pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>, lenient_sync: bo
     // The account lives where its latest accepted event came from (migration moves it).
     state.host = host;
     Ok(Applied { state: Some(state), violation })
+}
+
+/// Applies an operator's takedown (or its reversal) to `prior` and returns the account's new state and
+/// the `#account` event to relay (`seq` 0 until sequenced; `time` as given).
+pub fn takedown(did: &Did, prior: Option<&RepoState>, taken_down: bool, time: String) -> (RepoState, Event) {
+    let mut state = prior.cloned().unwrap_or_else(|| RepoState::new(""));
+    state.taken_down = taken_down;
+    let status = state.status();
+    let event = Event::Account(AccountEvent {
+        seq: 0,
+        did: did.clone(),
+        time,
+        active: status.is_active(),
+        status: status.as_lexicon().map(str::to_owned),
+    });
+    (state, event)
+}
+
+/// Formats milliseconds since the UNIX epoch as an atproto datetime, e.g. `2026-11-21T06:48:42.123Z`.
+pub fn datetime_utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        unix_ms % 1000
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use wire::frame::Event;
-use wire::{Cid, HostSeq, RelaySeq};
+use wire::{Cid, Did, HostSeq, RelaySeq};
 
 /// The commit an accepted `#commit` or `#sync` moves the account to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub struct AcceptedEvent {
     pub confirmed_active: bool,
 }
 
-/// A message from an ingest shard to the sequencer.
+/// A message to the sequencer, from an ingest shard or the admin API.
 // Events are the common case; boxing them would add an allocation per event.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
@@ -46,6 +46,14 @@ pub enum IngestMsg {
         host: Arc<str>,
         /// The processed upstream `seq`.
         seq: HostSeq,
+    },
+    /// An operator took the account down (`taken_down: true`) or reversed it: the sequencer records
+    /// it and relays an `#account` event with the resulting status.
+    Takedown {
+        /// The account.
+        did: Did,
+        /// Down or reversed.
+        taken_down: bool,
     },
 }
 

@@ -44,6 +44,14 @@ pub enum SequencerError {
     /// A store read or write failed; nothing after it was published.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// An event the relay made itself could not be encoded (not reachable).
+    #[error("encoding an event: {0}")]
+    Encode(String),
+}
+
+fn now_datetime() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    accounts::datetime_utc(ms)
 }
 
 /// Runs the sequencer on the current executor until every ingest shard has gone away. `committed` is
@@ -107,6 +115,21 @@ pub async fn run(
                     continue;
                 }
                 IngestMsg::Event(ev) => ev,
+                IngestMsg::Takedown { did, taken_down } => {
+                    let prior = match repos.get(&did) {
+                        Some(state) => Some(state.clone()),
+                        None => store.repo(&did)?,
+                    };
+                    let (state, mut event) = accounts::takedown(&did, prior.as_ref(), taken_down, now_datetime());
+                    tracing::info!(%did, taken_down, "operator takedown");
+                    last_seq += 1;
+                    event.set_seq(last_seq as i64);
+                    let frame = event.encode().map_err(|e| SequencerError::Encode(e.to_string()))?;
+                    repos.insert(did, state);
+                    published.push((RelaySeq(last_seq), Bytes::from(ws::encode_frame(ws::Opcode::Binary, &frame))));
+                    batch.events.push((RelaySeq(last_seq), Bytes::from(frame)));
+                    continue;
+                }
             };
             hosts.insert(Arc::clone(&ev.host), HostState { cursor: ev.host_seq });
             let Some(did) = ev.event.did().cloned() else { continue };

@@ -22,6 +22,8 @@ pub struct Ctx {
     pub fanout_tq: TaskQueueHandle,
     /// The metrics registry rendered at `/metrics`.
     pub registry: Arc<Registry>,
+    /// The admin API, when `--admin-password` is set.
+    pub admin: Option<crate::admin::Admin>,
 }
 
 /// The outcome of routing a request.
@@ -42,6 +44,12 @@ pub fn route(req: &Request, ctx: &Ctx) -> Routed {
     let path = req.path.as_str();
     if path == "/metrics" {
         return Routed::Respond(only_get(req).unwrap_or_else(|| metrics(ctx)));
+    }
+    if let Some(rest) = path.strip_prefix("/admin/") {
+        return Routed::Respond(match &ctx.admin {
+            Some(admin) => admin.handle(rest, req),
+            None => Response::xrpc_error(404, "NotFound", "the admin API is disabled (no --admin-password)"),
+        });
     }
     let Some(nsid) = path.strip_prefix("/xrpc/") else {
         return Routed::Respond(Response::xrpc_error(404, "NotFound", "no such path"));
@@ -73,5 +81,6 @@ fn metrics(ctx: &Ctx) -> Response {
         status: 200,
         content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
         body: body.into_bytes(),
+        headers: Vec::new(),
     }
 }

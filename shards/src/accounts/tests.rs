@@ -192,3 +192,27 @@ fn identity_is_relayed_for_any_account_and_migration_moves_the_host() {
     let state = apply(&mut ev, Some(&inactive), false).unwrap().state.unwrap();
     assert_eq!((state.host.as_str(), state.upstream), ("new.example", AccountStatus::Active));
 }
+
+#[test]
+fn takedown_emits_the_combined_status() {
+    let suspended = RepoState { upstream: AccountStatus::Suspended, ..RepoState::new("h") };
+    let (state, ev) = takedown(&did(), Some(&suspended), true, "t".into());
+    assert!(state.taken_down);
+    let Event::Account(a) = ev else { panic!() };
+    assert_eq!((a.active, a.status.as_deref()), (false, Some("takendown")));
+    let (state, ev) = takedown(&did(), Some(&state), false, "t".into());
+    assert!(!state.taken_down);
+    let Event::Account(a) = ev else { panic!() };
+    assert_eq!((a.active, a.status.as_deref()), (false, Some("suspended")));
+    let (_, ev) = takedown(&did(), None, false, "t".into());
+    let Event::Account(a) = ev else { panic!() };
+    assert_eq!((a.active, a.status), (true, None));
+}
+
+#[test]
+fn datetimes() {
+    assert_eq!(datetime_utc(0), "1970-01-01T00:00:00.000Z");
+    assert_eq!(datetime_utc(1_763_707_722_123), "2025-11-21T06:48:42.123Z");
+    assert_eq!(datetime_utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    assert!(wire::syntax::check_datetime(&datetime_utc(1_799_999_999_999)).is_ok());
+}

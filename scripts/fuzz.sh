@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs the wire fuzz targets (cargo-fuzz, libFuzzer) for SECS seconds each: decoders never panic, and
+# decode → encode → decode round trips hold.
+#
+#   scripts/fuzz.sh [SECS] [TARGET...]     default: 10 s each, every target
+#
+# Builds with `--sanitizer none` so the stable toolchain suffices. Corpora start from the recorded
+# reference-PDS frames and the interop fixtures; crashes land in wire/fuzz/artifacts/TARGET/.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+SECS=${1:-10}
+shift || true
+TARGETS=("$@")
+command -v cargo-fuzz >/dev/null || { log "installing cargo-fuzz"; cargo install cargo-fuzz --locked --quiet; }
+cd "$ROOT/wire"
+[ ${#TARGETS[@]} -gt 0 ] || mapfile -t TARGETS < <(cargo fuzz list)
+for t in frame_decode commit_verify; do
+  mkdir -p "fuzz/corpus/$t"
+  cp -n "$SHARED"/fixtures/recorded-pds-0.5.35/*.cbor "fuzz/corpus/$t/" 2>/dev/null || true
+done
+mkdir -p fuzz/corpus/car_read fuzz/corpus/dagcbor_decode
+python3 - "$SHARED/fixtures" <<'PY'
+import base64, json, os, sys
+fx = sys.argv[1]
+for i, f in enumerate(json.load(open(f"{fx}/interop/data-model/data-model-fixtures.json"))):
+    data = base64.b64decode(f["cbor_base64"] + "==")
+    open(f"fuzz/corpus/dagcbor_decode/fixture-{i}", "wb").write(data)
+PY
+cargo fuzz build --sanitizer none 2>&1 | tail -n 1
+for t in "${TARGETS[@]}"; do
+  log "fuzzing $t for ${SECS}s"
+  cargo fuzz run --sanitizer none "$t" -- -max_total_time="$SECS" -print_final_stats=1 2>&1 \
+    | grep -E 'stat::number_of_executed_units|Done|ERROR|panicked' || true
+  # libFuzzer exits non-zero on a crash; re-check so the script fails loudly.
+  if ls "fuzz/artifacts/$t"/crash-* >/dev/null 2>&1; then
+    log "FAIL: $t found a crash: $(ls fuzz/artifacts/$t/crash-*)"
+    exit 1
+  fi
+done
+log "fuzzing passed"

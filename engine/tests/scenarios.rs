@@ -348,3 +348,41 @@ fn operator_takedown_and_its_reversal() {
     assert_eq!(support::http_post(relay.port, "/admin/repo/takeDown", &body, Some(("admin", ""))).unwrap().0, 404);
     relay.stop();
 }
+
+/// indigo #1161: an account the relay has as inactive (it missed the `#account` that reactivated it)
+/// is re-checked with its host's `getRepoStatus` before its commits are dropped.
+#[test]
+fn missed_reactivation_is_recovered_with_get_repo_status() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let mut erin = account("stuck", SigningKey::k256(12));
+    plc.put(&erin.did, erin.did_doc(&format!("http://{}", host.hostname())));
+    let ops = create(&mut erin, 100);
+    host.push(1, Event::Commit(erin.commit(1, &ops, &Signer::Own)).encode().unwrap());
+    host.push(2, Event::Account(erin.account(2, false, Some("deactivated"))).encode().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let relay = Relay::start(&data, &host.hostname(), &plc.url, &[]);
+    relay.wait_until(Duration::from_secs(20), "deactivation relayed", || {
+        relay.metric("relay_events_relayed_total", "") >= 2
+    });
+    relay.stop();
+
+    // The host reactivated the account while the relay was down, and its #account was lost.
+    host.repo_status.lock().unwrap().insert(erin.did.to_string(), (true, None));
+    let ops = create(&mut erin, 100);
+    host.push(4, Event::Commit(erin.commit(4, &ops, &Signer::Own)).encode().unwrap());
+    let relay = Relay::start(&data, &host.hostname(), &plc.url, &[]);
+    relay.wait_until(Duration::from_secs(20), "commit relayed", || relay.metric("relay_events_relayed_total", "") >= 1);
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), 0);
+
+    // Still inactive per the host: dropped.
+    host.repo_status.lock().unwrap().insert(erin.did.to_string(), (false, Some("suspended".into())));
+    host.push(5, Event::Account(erin.account(5, false, Some("suspended"))).encode().unwrap());
+    let ops = create(&mut erin, 100);
+    host.push(6, Event::Commit(erin.commit(6, &ops, &Signer::Own)).encode().unwrap());
+    relay.wait_until(Duration::from_secs(20), "commit dropped", || {
+        relay.metric("relay_events_dropped_total", "reason=\"inactive_account\"") == 1
+    });
+    relay.stop();
+}

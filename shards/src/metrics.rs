@@ -18,6 +18,10 @@ pub type Label = Vec<(&'static str, &'static str)>;
 pub struct Metrics {
     /// `relay_events_dropped_total{reason}`: events from hosts not relayed, by [`DropReason`].
     pub events_dropped: Family<Label, Counter>,
+    /// `relay_lexicon_tolerated_total{field}`: `#commit` frames from hosts that omitted a field the
+    /// lexicon requires but the network tolerates (`tooBig`, `rebase`, `blobs`); they are not dropped
+    /// for it.
+    pub lexicon_tolerated: Family<Label, Counter>,
     /// `relay_sync_violations_total{reason}`: Sync 1.1 violations relayed because of `--lenient-sync`.
     pub sync_violations: Family<Label, Counter>,
     /// `relay_upstream_frames_total{type}`: websocket messages received from hosts, by frame type
@@ -50,6 +54,11 @@ impl Metrics {
             "relay_events_dropped",
             "Events from hosts not relayed, by reason",
             self.events_dropped.clone(),
+        );
+        registry.register(
+            "relay_lexicon_tolerated",
+            "Commits that omitted a required field the network tolerates",
+            self.lexicon_tolerated.clone(),
         );
         registry.register(
             "relay_sync_violations",

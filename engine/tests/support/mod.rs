@@ -73,6 +73,8 @@ pub struct FakeHost {
     frames: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
     /// The `cursor` query parameter of each connection, in order (`None` when absent).
     pub cursors: Arc<Mutex<Vec<Option<u64>>>>,
+    /// What `com.atproto.sync.getRepoStatus` answers, by DID: (active, status).
+    pub repo_status: Arc<Mutex<HashMap<String, (bool, Option<String>)>>>,
 }
 
 impl FakeHost {
@@ -81,14 +83,24 @@ impl FakeHost {
         let port = listener.local_addr().unwrap().port();
         let frames: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
         let cursors: Arc<Mutex<Vec<Option<u64>>>> = Arc::default();
-        let (f, c) = (Arc::clone(&frames), Arc::clone(&cursors));
+        let repo_status: Arc<Mutex<HashMap<String, (bool, Option<String>)>>> = Arc::default();
+        let (f, c, r) = (Arc::clone(&frames), Arc::clone(&cursors), Arc::clone(&repo_status));
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (f, c) = (Arc::clone(&f), Arc::clone(&c));
-                std::thread::spawn(move || serve_host(stream, &f, &c));
+                let (f, c, r) = (Arc::clone(&f), Arc::clone(&c), Arc::clone(&r));
+                std::thread::spawn(move || {
+                    let mut head = [0u8; 512];
+                    let n = stream.peek(&mut head).unwrap_or(0);
+                    let line = String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or("").to_owned();
+                    if line.contains("/xrpc/com.atproto.sync.getRepoStatus") {
+                        serve_repo_status(stream, &line, &r);
+                    } else {
+                        serve_host(stream, &f, &c);
+                    }
+                });
             }
         });
-        Self { port, frames, cursors }
+        Self { port, frames, cursors, repo_status }
     }
 
     pub fn hostname(&self) -> String {
@@ -99,6 +111,21 @@ impl FakeHost {
     pub fn push(&self, seq: u64, frame: Vec<u8>) {
         self.frames.lock().unwrap().push((seq, frame));
     }
+}
+
+fn serve_repo_status(mut stream: TcpStream, line: &str, statuses: &Mutex<HashMap<String, (bool, Option<String>)>>) {
+    let mut buf = [0u8; 2048];
+    let _ = stream.read(&mut buf);
+    let did = line.split("did=").nth(1).and_then(|r| r.split([' ', '&']).next()).unwrap_or("").to_owned();
+    let body = match statuses.lock().unwrap().get(&did) {
+        Some((active, status)) => serde_json::json!({"did": did, "active": active, "status": status}).to_string(),
+        None => serde_json::json!({"error": "RepoNotFound"}).to_string(),
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
 }
 
 fn serve_host(stream: TcpStream, frames: &Mutex<Vec<(u64, Vec<u8>)>>, cursors: &Mutex<Vec<Option<u64>>>) {

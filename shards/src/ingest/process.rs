@@ -148,7 +148,17 @@ async fn commit_or_sync(
 ) -> Result<(Option<CommitRef>, bool), DropReason> {
     let now_us = now_ms.saturating_mul(1000);
     let checked: CheckedCommit = match event {
-        Event::Commit(c) => check_commit(c, &ctx.limits, now_us)?,
+        Event::Commit(c) => {
+            let checked = check_commit(c, &ctx.limits, now_us)?;
+            for (field, missing) in
+                [("tooBig", c.too_big.is_none()), ("rebase", c.rebase.is_none()), ("blobs", c.blobs.is_none())]
+            {
+                if missing {
+                    Metrics::inc(&ctx.metrics.lexicon_tolerated, "field", field);
+                }
+            }
+            checked
+        }
         Event::Sync(s) => check_sync(s, &ctx.limits, now_us)?,
         _ => return Err(DropReason::UnknownType),
     };

@@ -471,6 +471,26 @@ fn encode(t: &Tree, out: &mut Option<&mut Vec<(Cid, Vec<u8>)>>) -> Result<Cid, M
     Ok(cid)
 }
 
+/// The CIDs of every node reachable from `root` whose block is available (absent subtrees are
+/// skipped, not errors). Used to drop blocks of old tree versions.
+pub fn reachable_nodes(root: Cid, blocks: &dyn Blocks) -> Vec<Cid> {
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(cid) = stack.pop() {
+        if !seen.insert(cid) {
+            continue;
+        }
+        let Some(bytes) = blocks.block(&cid) else { continue };
+        out.push(cid);
+        if let Ok(node) = cbor::from_slice::<NodeData>(bytes) {
+            stack.extend(node.l);
+            stack.extend(node.e.iter().filter_map(|e| e.t));
+        }
+    }
+    out
+}
+
 /// The length of the common prefix of two keys, in bytes.
 pub fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()

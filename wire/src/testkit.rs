@@ -218,6 +218,7 @@ pub struct SimAccount {
     rev: Option<Tid>,
     clock_us: u64,
     counter: u64,
+    commits: u64,
 }
 
 /// Key of the record body's text field: records are `{"$type", "text", "createdAt"}`.
@@ -225,12 +226,22 @@ const CREATED_AT: &str = "2026-01-01T00:00:00.000Z";
 
 impl SimAccount {
     /// A new account with an empty repo; `start_us` (microseconds since the epoch) seeds the `rev`
-    /// clock, which then advances 1 ms per commit.
+    /// clock, which then advances at least 1 µs per commit.
     pub fn new(did: Did, key: SigningKey, start_us: u64) -> Self {
         let mst = Mst::new();
         let mut out = Vec::new();
         let root = mst.root_cid(Some(&mut out)).unwrap_or_default();
-        Self { did, key, mst, blocks: out.into_iter().collect(), root, rev: None, clock_us: start_us, counter: 0 }
+        Self {
+            did,
+            key,
+            mst,
+            blocks: out.into_iter().collect(),
+            root,
+            rev: None,
+            clock_us: start_us,
+            counter: 0,
+            commits: 0,
+        }
     }
 
     /// The account's current `rev`.
@@ -248,9 +259,15 @@ impl SimAccount {
         self.rev = rev;
     }
 
-    /// Moves the `rev` clock to `us` microseconds since the epoch.
+    /// Moves the `rev` clock to `us` microseconds since the epoch. Revs stay strictly increasing:
+    /// a clock behind the last `rev` is ignored.
     pub fn set_clock(&mut self, us: u64) {
-        self.clock_us = us;
+        self.clock_us = self.clock_us.max(us);
+    }
+
+    /// Blocks held for the repo (MST nodes of the current tree and recent versions).
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
     }
 
     /// A DID document (Multikey form) naming `pds` as the account's PDS.
@@ -312,16 +329,14 @@ impl SimAccount {
             let (path, cid, prev) = match op {
                 Op::Create { path, bytes } => {
                     let (cid, block) = self.record(*bytes);
-                    new_blocks.push((cid, block.clone()));
-                    self.blocks.insert(cid, block);
+                    new_blocks.push((cid, block));
                     self.mst_insert(path, cid);
                     (path.clone(), Some(cid), None)
                 }
                 Op::Update { path } => {
                     let old = self.mst_get(path);
                     let (cid, block) = self.record(120);
-                    new_blocks.push((cid, block.clone()));
-                    self.blocks.insert(cid, block);
+                    new_blocks.push((cid, block));
                     self.mst_insert(path, cid);
                     (path.clone(), Some(cid), old)
                 }
@@ -376,7 +391,7 @@ impl SimAccount {
             }
         }
         let since = self.rev.clone();
-        self.clock_us += 1000;
+        self.clock_us += 1;
         let rev = Tid::from_u64(self.clock_us << 10);
         let (commit_cid, commit_block) = self.signed_commit(&rev, root, signer);
         let mut car_blocks: Vec<(Cid, &[u8])> = vec![(commit_cid, &commit_block)];
@@ -384,6 +399,12 @@ impl SimAccount {
         car_blocks.extend(new_blocks.iter().map(|(c, b)| (*c, b.as_slice())));
         let blocks = car::write_car(&commit_cid, &car_blocks).unwrap_or_default();
         self.rev = Some(rev.clone());
+        self.commits += 1;
+        if self.commits.is_multiple_of(64) {
+            // Keep only the current tree's nodes (old versions are never read again).
+            let live: HashSet<Cid> = crate::mst::reachable_nodes(self.root, &self.blocks).into_iter().collect();
+            self.blocks.retain(|cid, _| live.contains(cid));
+        }
         CommitEvent {
             seq,
             rebase: Some(false),
@@ -411,7 +432,7 @@ impl SimAccount {
 
     /// A `#sync` declaring the current commit (a new `rev`, same data), signed with the account key.
     pub fn sync(&mut self, seq: i64) -> SyncEvent {
-        self.clock_us += 1000;
+        self.clock_us += 1;
         let rev = Tid::from_u64(self.clock_us << 10);
         let (cid, block) = self.signed_commit(&rev, self.root, &Signer::Own);
         let blocks = car::write_car(&cid, &[(cid, &block)]).unwrap_or_default();

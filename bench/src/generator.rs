@@ -1,0 +1,231 @@
+//! The event generator: accounts spread over hosts with a skewed (Zipf) share of the traffic, each a
+//! simulated repo (`wire::testkit`: real keys, real MST, Sync 1.1 proofs). Events are made ahead of
+//! their due time on a dedicated thread and handed to the hosts, which send them on time; the due
+//! time is carried in the event (`rev` of commits and syncs, `time` of identity and account events),
+//! so any subscriber can measure latency without a side channel.
+//!
+//! Mix: 93% `#commit` (1 op, or 2-4 ops one time in ten; creates 75%, updates 12%, deletes 13%;
+//! records ~150 B-20 KB), 3% `#identity`, 2% `#account`, 2% `#sync`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc::UnboundedSender;
+use wire::Did;
+use wire::frame::Event;
+use wire::testkit::{Op, Signer, SigningKey, SimAccount};
+
+use crate::host::Due;
+use crate::now_us;
+
+/// Generator settings.
+#[derive(Debug, Clone)]
+pub struct GenConfig {
+    /// Simulated hosts.
+    pub hosts: usize,
+    /// Accounts per host (the largest hosts get the most traffic, not more accounts).
+    pub accounts_per_host: usize,
+    /// Share of accounts with p256 keys, 0.0-1.0 (default 0.1; the rest k256).
+    pub p256_share: f64,
+    /// Zipf exponent of the per-host traffic share (default 1.0; 0 = uniform).
+    pub skew: f64,
+    /// How far ahead of their due time events are made. Default 300 ms.
+    pub lead: Duration,
+    /// RNG seed.
+    pub seed: u64,
+}
+
+/// Counters of the generator.
+#[derive(Debug, Default)]
+pub struct GenStats {
+    /// Events made.
+    pub generated: AtomicU64,
+    /// Events made after their due time (the generator could not keep up).
+    pub late: AtomicU64,
+}
+
+struct Account {
+    sim: SimAccount,
+    paths: Vec<String>,
+}
+
+/// The simulated accounts and the per-host routing.
+pub struct Fleet {
+    accounts: Vec<Vec<Account>>,
+    cumulative: Vec<f64>,
+    host_seq: Vec<u64>,
+    rng: fastrand::Rng,
+}
+
+/// A hash of (repo, rev or time), the identity of a generated event for loss checks.
+pub fn event_key(repo: &str, rev_or_time: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    repo.hash(&mut h);
+    rev_or_time.hash(&mut h);
+    h.finish()
+}
+
+impl Fleet {
+    /// Makes the accounts; `did_for(host, i)` names them.
+    pub fn new(config: &GenConfig) -> Self {
+        let mut rng = fastrand::Rng::with_seed(config.seed);
+        let start = now_us();
+        let accounts = (0..config.hosts)
+            .map(|h| {
+                (0..config.accounts_per_host)
+                    .map(|i| {
+                        let key = if rng.f64() < config.p256_share {
+                            SigningKey::p256()
+                        } else {
+                            SigningKey::k256(config.seed ^ ((h as u64) << 20) ^ i as u64)
+                        };
+                        Account { sim: SimAccount::new(did_for(h, i), key, start), paths: Vec::new() }
+                    })
+                    .collect()
+            })
+            .collect();
+        let weights: Vec<f64> = (0..config.hosts).map(|h| 1.0 / ((h + 1) as f64).powf(config.skew)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut acc = 0.0;
+        let cumulative = weights.iter().map(|w| {
+            acc += w / total;
+            acc
+        });
+        Self { accounts, cumulative: cumulative.collect(), host_seq: vec![0; config.hosts], rng }
+    }
+
+    /// Every account's DID, host and public key.
+    pub fn identities(&self) -> Vec<(Did, usize, wire::crypto::PublicKey)> {
+        self.accounts
+            .iter()
+            .enumerate()
+            .flat_map(|(h, accts)| accts.iter().map(move |a| (a.sim.did.clone(), h, a.sim.key.public())))
+            .collect()
+    }
+
+    fn pick_host(&mut self) -> usize {
+        let r = self.rng.f64();
+        self.cumulative.partition_point(|c| *c < r).min(self.cumulative.len().saturating_sub(1))
+    }
+
+    fn record_size(&mut self) -> usize {
+        let r = self.rng.f64();
+        if r < 0.70 {
+            self.rng.usize(150..600)
+        } else if r < 0.95 {
+            self.rng.usize(600..3000)
+        } else {
+            self.rng.usize(3000..20_000)
+        }
+    }
+
+    /// Makes the next event, due at `at_us`, on a weighted-random host; returns the host, the frame
+    /// and the event's (repo, rev/time) key.
+    pub fn next_event(&mut self, at_us: u64) -> (usize, Due, u64) {
+        let host = self.pick_host();
+        let n = self.accounts[host].len();
+        let i = self.rng.usize(0..n.max(1));
+        self.host_seq[host] += 1;
+        let seq = self.host_seq[host];
+        let kind = self.rng.f64();
+        let n_ops = if self.rng.u8(0..10) == 0 { self.rng.usize(2..=4) } else { 1 };
+        let mut ops = Vec::with_capacity(n_ops);
+        let sizes: Vec<usize> = (0..n_ops).map(|_| self.record_size()).collect();
+        let choices: Vec<f64> = (0..n_ops).map(|_| self.rng.f64()).collect();
+        let picks: Vec<usize> = (0..n_ops).map(|_| self.rng.usize(0..usize::MAX)).collect();
+        let collections = ["app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.graph.follow", "app.bsky.feed.repost"];
+        let coll: Vec<&str> = (0..n_ops).map(|_| collections[self.rng.usize(0..collections.len())]).collect();
+        let acct = &mut self.accounts[host][i];
+        acct.sim.set_clock(at_us.saturating_sub(1));
+        let (event, key) = if kind < 0.03 && acct.sim.rev().is_some() {
+            let mut e = acct.sim.identity(seq as i64);
+            e.time = crate::scan::datetime(at_us);
+            let key = event_key(e.did.as_str(), &e.time);
+            (Event::Identity(e), key)
+        } else if kind < 0.05 && acct.sim.rev().is_some() {
+            let mut e = acct.sim.account(seq as i64, true, None);
+            e.time = crate::scan::datetime(at_us);
+            let key = event_key(e.did.as_str(), &e.time);
+            (Event::Account(e), key)
+        } else if kind < 0.07 && acct.sim.rev().is_some() {
+            let e = acct.sim.sync(seq as i64);
+            let key = event_key(e.did.as_str(), e.rev.as_str());
+            (Event::Sync(e), key)
+        } else {
+            let mut used = HashSet::new();
+            for j in 0..n_ops {
+                let existing: Vec<usize> = (0..acct.paths.len()).filter(|p| !used.contains(p)).collect();
+                if existing.is_empty() || choices[j] < 0.75 {
+                    let path = format!("{}/{}", coll[j], acct.sim.next_rkey());
+                    acct.paths.push(path.clone());
+                    used.insert(acct.paths.len() - 1);
+                    ops.push(Op::Create { path, bytes: sizes[j] });
+                } else {
+                    let p = existing[picks[j] % existing.len()];
+                    used.insert(p);
+                    let path = acct.paths[p].clone();
+                    ops.push(if choices[j] < 0.87 { Op::Update { path } } else { Op::Delete { path } });
+                }
+            }
+            // Forget deleted paths (indices shift, so after the commit is made).
+            let deleted: HashSet<String> = ops
+                .iter()
+                .filter_map(|o| if let Op::Delete { path } = o { Some(path.clone()) } else { None })
+                .collect();
+            let e = acct.sim.commit(seq as i64, &ops, &Signer::Own);
+            acct.paths.retain(|p| !deleted.contains(p));
+            let key = event_key(e.repo.as_str(), e.rev.as_str());
+            (Event::Commit(e), key)
+        };
+        let frame = Bytes::from(event.encode().unwrap_or_default());
+        (host, Due { at_us, seq, frame }, key)
+    }
+}
+
+/// The DID of account `i` of host `h`.
+pub fn did_for(h: usize, i: usize) -> Did {
+    Did::new(format!("did:plc:bench{h:05}x{i:05}")).unwrap_or_else(|_| unreachable!())
+}
+
+/// Runs the generator on the calling thread until `stop`: events at `rate` (events/s, read before
+/// each event so a ramp can change it) from `start_us`, sent to `hosts`. `keys` collects the key of
+/// every event when given.
+pub fn run(
+    mut fleet: Fleet,
+    hosts: Vec<UnboundedSender<Due>>,
+    rate: Arc<AtomicU64>,
+    start_us: u64,
+    lead: Duration,
+    stop: Arc<AtomicBool>,
+    stats: Arc<GenStats>,
+    keys: Option<Arc<Mutex<HashSet<u64>>>>,
+) {
+    let mut at = start_us as f64;
+    while !stop.load(Ordering::Acquire) {
+        let r = rate.load(Ordering::Acquire).max(1) as f64;
+        at += 1_000_000.0 / r;
+        let due = at as u64;
+        let now = now_us();
+        let lead_us = lead.as_micros() as u64;
+        if due > now + lead_us {
+            std::thread::sleep(Duration::from_micros(due - now - lead_us));
+        }
+        let (host, item, key) = fleet.next_event(due);
+        if now_us() > due {
+            stats.late.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.generated.fetch_add(1, Ordering::Relaxed);
+        if let Some(keys) = &keys
+            && let Ok(mut k) = keys.lock()
+        {
+            k.insert(key);
+        }
+        if hosts[host].send(item).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,737 @@
+//! `relay-bench`: drives a relay that serves `com.atproto.sync.subscribeRepos` (ours, started here with
+//! a chosen core layout, or any relay already running) with simulated PDS hosts, and measures fanout
+//! latency, throughput, loss and the relay's resource use. See `bench/README.md`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bench::generator::{self, Fleet, GenConfig, GenStats};
+use bench::host::{self, HostStats};
+use bench::probe::{self, ProcSample};
+use bench::subscriber::{self, Behavior, SubStats, histogram};
+use bench::{now_us, plc, report};
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+/// Load generator and fanout-latency benchmark for subscribeRepos relays.
+#[derive(Parser, Debug)]
+#[command(name = "relay-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// A fixed event rate for a duration.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Aggregate event rate over all hosts, events/s.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// How long to generate, seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+    /// Raise the rate step by step until the relay loses events, falls behind, or p99 exceeds the
+    /// bound; reports the highest rate it sustained.
+    Ramp {
+        #[command(flatten)]
+        common: Common,
+        /// First rate, events/s.
+        #[arg(long, default_value_t = 250)]
+        start_rate: u64,
+        /// Rate multiplier per step.
+        #[arg(long, default_value_t = 1.5)]
+        factor: f64,
+        /// Seconds per step.
+        #[arg(long, default_value_t = 8)]
+        step_secs: u64,
+        /// p99 latency bound, milliseconds.
+        #[arg(long, default_value_t = 100.0)]
+        max_p99_ms: f64,
+        /// Most steps.
+        #[arg(long, default_value_t = 12)]
+        max_steps: u32,
+    },
+    /// Baseline without a relay: subscribers read the simulated hosts directly (every subscriber
+    /// connects to every host), showing what the generator and loopback cost.
+    Direct {
+        #[command(flatten)]
+        common: Common,
+        /// Aggregate event rate, events/s.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// Seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Simulated PDS hosts (each on its own port from --host-base-port).
+    #[arg(long, default_value_t = 4)]
+    hosts: usize,
+    /// Accounts per host.
+    #[arg(long, default_value_t = 20)]
+    accounts_per_host: usize,
+    /// Subscribers (including --stalled and --slow ones).
+    #[arg(long, default_value_t = 1)]
+    subscribers: usize,
+    /// Subscribers that never read.
+    #[arg(long, default_value_t = 0)]
+    stalled: usize,
+    /// Subscribers that sleep --slow-delay-ms after each frame.
+    #[arg(long, default_value_t = 0)]
+    slow: usize,
+    /// Delay per frame of slow subscribers, ms.
+    #[arg(long, default_value_t = 20)]
+    slow_delay_ms: u64,
+    /// Subscribers that connect with cursor=0 halfway through, to measure replay catch-up.
+    #[arg(long, default_value_t = 0)]
+    cursor_subscribers: usize,
+    /// Share of accounts with p256 keys (0.0-1.0).
+    #[arg(long, default_value_t = 0.1)]
+    p256_share: f64,
+    /// Zipf exponent of per-host traffic (0 = uniform).
+    #[arg(long, default_value_t = 1.0)]
+    skew: f64,
+    /// Serve DID documents in the legacy EcdsaSecp256k1VerificationKey2019 form.
+    #[arg(long)]
+    legacy_did_docs: bool,
+    /// RNG seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// First host port.
+    #[arg(long, default_value_t = 21000)]
+    host_base_port: u16,
+    /// A relay already running, e.g. ws://127.0.0.1:2470 (configure it with the printed --host list).
+    #[arg(long, conflicts_with = "spawn")]
+    relay: Option<String>,
+    /// PID of that relay, to sample its CPU, RSS and threads.
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    /// Core layout of that relay, for the record.
+    #[arg(long)]
+    relay_layout: Option<String>,
+    /// Start our relay from this binary (default: target/release/relay, else target/debug/relay).
+    #[arg(long)]
+    spawn: Option<PathBuf>,
+    /// Extra argument for `relay serve` (repeatable), e.g. --relay-arg=--fanout-cores=1.
+    #[arg(long = "relay-arg", allow_hyphen_values = true)]
+    relay_args: Vec<String>,
+    /// Seconds to wait for the relay to connect to every host.
+    #[arg(long, default_value_t = 180)]
+    connect_timeout: u64,
+    /// Append the JSON result line to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+    /// Write the latency histogram (.hgrm text) here.
+    #[arg(long)]
+    hgrm: Option<PathBuf>,
+    /// Write an SVG latency-percentile chart here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// A label for the run (scenario name) in the JSON line.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+/// A relay process this tool started.
+struct Spawned {
+    child: Child,
+    _data: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn relay_binary(c: &Common) -> PathBuf {
+    if let Some(p) = &c.spawn {
+        return p.clone();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let release = root.join("target/release/relay");
+    if release.exists() { release } else { root.join("target/debug/relay") }
+}
+
+fn spawn_relay(c: &Common, hosts: &[String], plc: &str) -> anyhow::Result<(Spawned, String, u32, String)> {
+    let bin = relay_binary(c);
+    let layout = Command::new(&bin)
+        .args(["serve", "--print-layout"])
+        .args(&c.relay_args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !layout.status.success() {
+        bail!("relay --print-layout failed: {}", String::from_utf8_lossy(&layout.stderr));
+    }
+    let layout = String::from_utf8_lossy(&layout.stdout).lines().map(str::trim).collect::<Vec<_>>().join("; ");
+    let port = free_port()?;
+    let data = std::env::temp_dir().join(format!("relay-bench-{}-{port}", std::process::id()));
+    let log = std::fs::File::create(data.with_extension("log"))?;
+    let mut cmd = Command::new(&bin);
+    cmd.args(["serve", "--plc-url", plc, "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(&c.relay_args);
+    for h in hosts {
+        cmd.args(["--host", h]);
+    }
+    let child = cmd.stdout(Stdio::null()).stderr(log).spawn().with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id();
+    Ok((Spawned { child, _data: tempdir::Dir(data) }, format!("127.0.0.1:{port}"), pid, layout))
+}
+
+/// Everything a run has started.
+struct Setup {
+    host_stats: Arc<HostStats>,
+    host_tx: Vec<tokio::sync::mpsc::UnboundedSender<host::Due>>,
+    host_names: Vec<String>,
+    fleet: Option<Fleet>,
+    accounts: usize,
+    relay_addr: Option<String>,
+    relay_pid: Option<u32>,
+    layout: String,
+    _spawned: Option<Spawned>,
+    connect_all_s: Option<f64>,
+}
+
+async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
+    let config = GenConfig {
+        hosts: c.hosts,
+        accounts_per_host: c.accounts_per_host,
+        p256_share: c.p256_share,
+        skew: c.skew,
+        lead: Duration::from_millis(300),
+        seed: c.seed,
+    };
+    eprintln!("relay-bench: making {} accounts on {} hosts", c.hosts * c.accounts_per_host, c.hosts);
+    let fleet = Fleet::new(&config);
+    let plc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let plc_url = format!("http://127.0.0.1:{}", plc_listener.local_addr()?.port());
+    let mut docs = std::collections::HashMap::new();
+    for (did, h, key) in fleet.identities() {
+        let pds = format!("http://localhost:{}", c.host_base_port as usize + h);
+        docs.insert(did.to_string(), plc::did_doc(did.as_str(), &key, &pds, c.legacy_did_docs).to_string());
+    }
+    tokio::spawn(plc::serve(plc_listener, Arc::new(docs)));
+    let host_stats = Arc::new(HostStats::default());
+    let mut host_tx = Vec::new();
+    let mut host_names = Vec::new();
+    for h in 0..c.hosts {
+        let port = c.host_base_port as usize + h;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port as u16))
+            .await
+            .with_context(|| format!("binding host port {port}"))?;
+        host_tx.push(host::start(listener, Arc::clone(&host_stats)));
+        host_names.push(format!("localhost:{port}"));
+    }
+    let mut s = Setup {
+        host_stats,
+        host_tx,
+        host_names,
+        accounts: c.hosts * c.accounts_per_host,
+        fleet: Some(fleet),
+        relay_addr: None,
+        relay_pid: c.relay_pid,
+        layout: c.relay_layout.clone().unwrap_or_default(),
+        _spawned: None,
+        connect_all_s: None,
+    };
+    if direct {
+        s.layout = "direct (no relay)".into();
+        return Ok(s);
+    }
+    match &c.relay {
+        Some(url) => {
+            s.relay_addr = Some(url.trim_start_matches("ws://").trim_end_matches('/').to_owned());
+            eprintln!("relay-bench: point the relay at PLC {plc_url} and these hosts:");
+            eprintln!("  {}", s.host_names.iter().map(|h| format!("--host {h}")).collect::<Vec<_>>().join(" "));
+        }
+        None => {
+            let (spawned, addr, pid, layout) = spawn_relay(c, &s.host_names, &plc_url)?;
+            eprintln!("relay-bench: started relay pid {pid} on {addr} ({layout})");
+            s._spawned = Some(spawned);
+            s.relay_addr = Some(addr);
+            s.relay_pid = Some(pid);
+            s.layout = layout;
+        }
+    }
+    let addr = s.relay_addr.clone().unwrap_or_default();
+    let started = Instant::now();
+    let t0 = Instant::now();
+    while probe::http_get(&addr, "/xrpc/_health", Duration::from_secs(2)).await.map(|r| r.0) != Some(200) {
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("the relay at {addr} does not answer /xrpc/_health");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("relay-bench: waiting for the relay to connect to {} hosts", c.hosts);
+    let t0 = started;
+    while s.host_stats.connections.load(Ordering::Acquire) < c.hosts {
+        if t0.elapsed() > Duration::from_secs(c.connect_timeout) {
+            bail!("the relay connected to {} of {} hosts", s.host_stats.connections.load(Ordering::Acquire), c.hosts);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.connect_all_s = Some(t0.elapsed().as_secs_f64());
+    eprintln!("relay-bench: all hosts connected {:.2} s after the relay started", t0.elapsed().as_secs_f64());
+    Ok(s)
+}
+
+struct Fleetwide {
+    healthy: Vec<Arc<SubStats>>,
+    slow: Vec<Arc<SubStats>>,
+    stalled: Vec<Arc<SubStats>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn subscribe_urls(s: &Setup, c: &Common, cursor: Option<u64>) -> Vec<String> {
+    let q = cursor.map(|c| format!("?cursor={c}")).unwrap_or_default();
+    match &s.relay_addr {
+        Some(addr) => vec![format!("ws://{addr}/xrpc/com.atproto.sync.subscribeRepos{q}")],
+        None => (0..c.hosts)
+            .map(|h| format!("ws://127.0.0.1:{}/xrpc/com.atproto.sync.subscribeRepos", c.host_base_port as usize + h))
+            .collect(),
+    }
+}
+
+fn start_subscribers(s: &Setup, c: &Common) -> Fleetwide {
+    let stop = Arc::new(AtomicBool::new(false));
+    let urls = subscribe_urls(s, c, None);
+    let n_healthy = c.subscribers.saturating_sub(c.stalled + c.slow).max(1);
+    let healthy = (0..n_healthy)
+        .map(|i| {
+            subscriber::spawn(urls.clone(), Behavior::Healthy, i < 2, Arc::clone(&stop), Arc::clone(&s.host_stats))
+        })
+        .collect();
+    let slow = (0..c.slow)
+        .map(|_| {
+            let slow = Behavior::Slow(Duration::from_millis(c.slow_delay_ms));
+            subscriber::spawn(urls.clone(), slow, false, Arc::clone(&stop), Arc::clone(&s.host_stats))
+        })
+        .collect();
+    let stalled = (0..c.stalled)
+        .map(|_| {
+            subscriber::spawn(urls.clone(), Behavior::Stalled, false, Arc::clone(&stop), Arc::clone(&s.host_stats))
+        })
+        .collect();
+    Fleetwide { healthy, slow, stalled, stop }
+}
+
+/// Moves every healthy subscriber's window histogram into `window`.
+fn drain_latency(subs: &[Arc<SubStats>], window: &mut Histogram<u64>) {
+    for s in subs {
+        if let Ok(mut h) = s.latency.lock() {
+            let _ = window.add(&*h);
+            h.reset();
+        }
+    }
+}
+
+fn received(subs: &[Arc<SubStats>]) -> u64 {
+    subs.iter().map(|s| s.received.load(Ordering::Relaxed)).sum()
+}
+
+struct Probes {
+    stop: Arc<AtomicBool>,
+    proc_samples: Arc<Mutex<Vec<ProcSample>>>,
+    health: Arc<Mutex<Histogram<u64>>>,
+    health_failures: Arc<AtomicU64>,
+}
+
+fn start_probes(s: &Setup) -> Probes {
+    let p = Probes {
+        stop: Arc::new(AtomicBool::new(false)),
+        proc_samples: Arc::default(),
+        health: probe::health_histogram(),
+        health_failures: Arc::default(),
+    };
+    if let Some(pid) = s.relay_pid {
+        tokio::spawn(probe::sample_process(
+            pid,
+            Duration::from_secs(1),
+            Arc::clone(&p.stop),
+            Arc::clone(&p.proc_samples),
+        ));
+    }
+    if let Some(addr) = &s.relay_addr {
+        tokio::spawn(probe::sample_health(
+            addr.clone(),
+            Duration::from_millis(100),
+            Arc::clone(&p.stop),
+            Arc::clone(&p.health),
+            Arc::clone(&p.health_failures),
+        ));
+    }
+    p
+}
+
+async fn accepted_now(s: &Setup, subs: &Fleetwide) -> u64 {
+    match &s.relay_addr {
+        Some(addr) => match probe::relay_metric(addr, "relay_events_relayed_total").await {
+            Some(v) => v,
+            None => subs.healthy.first().map_or(0, |x| x.received.load(Ordering::Relaxed)),
+        },
+        None => s.host_stats.sent.load(Ordering::Relaxed) as u64,
+    }
+}
+
+struct Gen {
+    /// When the first event is due.
+    start: Instant,
+    rate: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<GenStats>,
+    keys: Arc<Mutex<HashSet<u64>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn start_generator(s: &mut Setup, rate: u64) -> Gen {
+    let g = Gen {
+        start: Instant::now() + Duration::from_millis(500),
+        rate: Arc::new(AtomicU64::new(rate)),
+        stop: Arc::new(AtomicBool::new(false)),
+        stats: Arc::default(),
+        keys: Arc::default(),
+        thread: None,
+    };
+    let fleet = s.fleet.take().unwrap_or_else(|| unreachable!("one generator per run"));
+    let (hosts, r, stop, stats, keys) =
+        (s.host_tx.clone(), Arc::clone(&g.rate), Arc::clone(&g.stop), Arc::clone(&g.stats), Arc::clone(&g.keys));
+    let start = now_us() + 500_000;
+    let thread = std::thread::Builder::new()
+        .name("generator".into())
+        .spawn(move || generator::run(fleet, hosts, r, start, Duration::from_millis(300), stop, stats, Some(keys)))
+        .ok();
+    Gen { thread, ..g }
+}
+
+/// Per-second progress until `secs` pass; returns the latency histogram of the period.
+async fn progress(s: &Setup, subs: &Fleetwide, secs: u64, label: &str, probes: &Probes) -> Histogram<u64> {
+    let mut total = histogram();
+    let (mut prev_sent, mut prev_acc, mut prev_recv) =
+        (s.host_stats.sent.load(Ordering::Relaxed) as u64, accepted_now(s, subs).await, received(&subs.healthy));
+    for t in 1..=secs {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        s.host_stats.send_times.prune(now_us().saturating_sub(120_000_000));
+        let mut window = histogram();
+        drain_latency(&subs.healthy, &mut window);
+        let _ = total.add(&window);
+        let sent = s.host_stats.sent.load(Ordering::Relaxed) as u64;
+        let acc = accepted_now(s, subs).await;
+        let recv = received(&subs.healthy);
+        let proc_line = probes
+            .proc_samples
+            .lock()
+            .ok()
+            .and_then(|p| p.last().copied())
+            .map(|p| format!(" cpu={:.0}% rss={}MB thr={}", p.cpu_pct, p.rss_bytes >> 20, p.threads))
+            .unwrap_or_default();
+        eprintln!(
+            "{label} t={t:>3}s offered={:>6}/s accepted={:>6}/s delivered={:>6}/s/sub p50={:.1}ms p99={:.1}ms{proc_line}",
+            sent - prev_sent,
+            acc.saturating_sub(prev_acc),
+            (recv - prev_recv) / subs.healthy.len().max(1) as u64,
+            window.value_at_quantile(0.5) as f64 / 1000.0,
+            window.value_at_quantile(0.99) as f64 / 1000.0,
+        );
+        (prev_sent, prev_acc, prev_recv) = (sent, acc, recv);
+    }
+    total
+}
+
+/// Waits until healthy subscribers stop receiving (drained) or `limit` passes.
+async fn drain(subs: &Fleetwide, limit: Duration) {
+    let t0 = Instant::now();
+    let mut last = received(&subs.healthy);
+    while t0.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = received(&subs.healthy);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn result(
+    mode: &str,
+    c: &Common,
+    s: &Setup,
+    subs: &Fleetwide,
+    gen_stats: &GenStats,
+    keys: &HashSet<u64>,
+    latency: &Histogram<u64>,
+    probes: &Probes,
+    offered: u64,
+    accepted: u64,
+    secs: f64,
+    rate: u64,
+    replay_rate: Option<f64>,
+) -> Value {
+    let max_seq = subs.healthy.iter().map(|x| x.last_seq.load(Ordering::Relaxed)).max().unwrap_or(0);
+    let lost_by_seq: u64 = if s.relay_addr.is_some() {
+        subs.healthy
+            .iter()
+            .map(|x| x.gaps.load(Ordering::Relaxed) + (max_seq - x.last_seq.load(Ordering::Relaxed)))
+            .sum()
+    } else {
+        subs.healthy.iter().map(|x| x.gaps.load(Ordering::Relaxed)).sum()
+    };
+    let repeated_by_seq: u64 = subs.healthy.iter().map(|x| x.repeats.load(Ordering::Relaxed)).sum();
+    let mut lost_by_key = 0u64;
+    let mut repeated_by_key = 0u64;
+    for x in subs.healthy.iter().filter(|x| x.keys.is_some()) {
+        if let Some(Ok(k)) = x.keys.as_ref().map(|k| k.lock()) {
+            lost_by_key += keys.difference(&k).count() as u64;
+        }
+        repeated_by_key += x.key_repeats.load(Ordering::Relaxed);
+    }
+    let samples = probes.proc_samples.lock().map(|p| p.clone()).unwrap_or_default();
+    let cpu_avg =
+        if samples.is_empty() { 0.0 } else { samples.iter().map(|p| p.cpu_pct).sum::<f64>() / samples.len() as f64 };
+    let cpu_max = samples.iter().map(|p| p.cpu_pct).fold(0.0, f64::max);
+    let rss_max = samples.iter().map(|p| p.rss_bytes).max().unwrap_or(0) >> 20;
+    let threads_max = samples.iter().map(|p| p.threads).max().unwrap_or(0);
+    let delivered: u64 = received(&subs.healthy);
+    let n_healthy = subs.healthy.len().max(1) as f64;
+    let late = gen_stats.late.load(Ordering::Relaxed);
+    let generated = gen_stats.generated.load(Ordering::Relaxed).max(1);
+    let lateness = s.host_stats.lateness_us.lock().map(|h| h.value_at_quantile(0.99)).unwrap_or(0);
+    let health = probes.health.lock().map(|h| report::percentiles(&h)).unwrap_or(Value::Null);
+    let stalled_cut: usize =
+        subs.stalled.iter().filter(|x| x.error.lock().map(|e| e.is_some()).unwrap_or(false)).count();
+    let mut v = json!({
+        "tool": "relay-bench",
+        "label": c.label,
+        "mode": mode,
+        "layout": s.layout,
+        "hosts": c.hosts,
+        "accounts": s.accounts,
+        "subscribers": c.subscribers,
+        "stalled": c.stalled,
+        "slow": c.slow,
+        "p256_share": c.p256_share,
+        "legacy_did_docs": c.legacy_did_docs,
+        "rate_target": rate,
+        "duration_s": secs,
+        "hosts_connected_s": s.connect_all_s,
+        "offered": offered,
+        "offered_per_s": offered as f64 / secs,
+        "accepted": accepted,
+        "accepted_per_s": accepted as f64 / secs,
+        "delivered_per_sub_per_s": delivered as f64 / n_healthy / secs,
+        "deliveries_per_s": delivered as f64 / secs,
+        "latency_us": report::percentiles(latency),
+        "lost_by_seq": lost_by_seq,
+        "repeated_by_seq": repeated_by_seq,
+        "lost_by_repo_rev": lost_by_key,
+        "repeated_by_repo_rev": repeated_by_key,
+        "generator_late": late,
+        "generator_send_lateness_p99_us": lateness,
+        "generator_bound": late * 100 > generated || lateness > 10_000,
+        "relay_cpu_pct_avg": cpu_avg,
+        "relay_cpu_pct_max": cpu_max,
+        "relay_rss_mb_max": rss_max,
+        "relay_threads_max": threads_max,
+        "health_latency_us": health,
+        "health_failures": probes.health_failures.load(Ordering::Relaxed),
+        "replay_events_per_s": replay_rate,
+        "stalled_cut_off": stalled_cut,
+        "slow_cut_off": subs.slow.iter().filter(|x| x.error.lock().map(|e| e.is_some()).unwrap_or(false)).count(),
+    });
+    if let (Some(obj), Value::Object(env)) = (v.as_object_mut(), report::environment()) {
+        obj.extend(env);
+    }
+    v
+}
+
+fn write_outputs(c: &Common, v: &Value, latency: &Histogram<u64>) -> anyhow::Result<()> {
+    println!("{}", report::table(v));
+    println!("{v}");
+    if let Some(p) = &c.json_out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+        writeln!(f, "{v}")?;
+    }
+    if let Some(p) = &c.hgrm {
+        std::fs::write(p, report::hgrm(latency))?;
+    }
+    if let Some(p) = &c.svg {
+        let title = format!("fanout latency: {} ({} ev/s, {} subscribers)", c.label, v["rate_target"], c.subscribers);
+        std::fs::write(p, report::svg(latency, &title))?;
+    }
+    Ok(())
+}
+
+async fn replay_catch_up(s: &Setup, c: &Common, subs: &Fleetwide) -> Option<f64> {
+    if c.cursor_subscribers == 0 || s.relay_addr.is_none() {
+        return None;
+    }
+    let head = subs.healthy.iter().map(|x| x.last_seq.load(Ordering::Relaxed)).max().unwrap_or(0);
+    let urls = subscribe_urls(s, c, Some(0));
+    let t0 = Instant::now();
+    let replayers: Vec<_> = (0..c.cursor_subscribers)
+        .map(|_| {
+            subscriber::spawn(urls.clone(), Behavior::Healthy, false, Arc::clone(&subs.stop), Arc::clone(&s.host_stats))
+        })
+        .collect();
+    while replayers.iter().any(|r| r.last_seq.load(Ordering::Relaxed) < head && !r.ended.load(Ordering::Relaxed)) {
+        if t0.elapsed() > Duration::from_secs(120) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Some(head as f64 / t0.elapsed().as_secs_f64())
+}
+
+async fn run_fixed(c: Common, rate: u64, duration: u64, direct: bool) -> anyhow::Result<()> {
+    let mode = if direct { "direct" } else { "run" };
+    let mut s = setup(&c, direct).await?;
+    let subs = start_subscribers(&s, &c);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let probes = start_probes(&s);
+    let sent0 = s.host_stats.sent.load(Ordering::Relaxed) as u64;
+    let acc0 = accepted_now(&s, &subs).await;
+    let mut generator = start_generator(&mut s, rate);
+    tokio::time::sleep_until(generator.start.into()).await;
+    let t0 = generator.start;
+    let half = duration / 2;
+    let mut latency = progress(&s, &subs, half, mode, &probes).await;
+    let replay = replay_catch_up(&s, &c, &subs).await;
+    let rest = duration.saturating_sub(t0.elapsed().as_secs());
+    let more = progress(&s, &subs, rest, mode, &probes).await;
+    let _ = latency.add(&more);
+    generator.stop.store(true, Ordering::Release);
+    if let Some(t) = generator.thread.take() {
+        let _ = t.join();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    drain(&subs, Duration::from_secs(10)).await;
+    let mut tail = histogram();
+    drain_latency(&subs.healthy, &mut tail);
+    let _ = latency.add(&tail);
+    let offered = s.host_stats.sent.load(Ordering::Relaxed) as u64 - sent0;
+    let accepted = accepted_now(&s, &subs).await - acc0;
+    subs.stop.store(true, Ordering::Release);
+    probes.stop.store(true, Ordering::Release);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let keys = generator.keys.lock().map(|k| k.clone()).unwrap_or_default();
+    let v =
+        result(mode, &c, &s, &subs, &generator.stats, &keys, &latency, &probes, offered, accepted, secs, rate, replay);
+    write_outputs(&c, &v, &latency)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_ramp(
+    c: Common,
+    start: u64,
+    factor: f64,
+    step_secs: u64,
+    max_p99_ms: f64,
+    max_steps: u32,
+) -> anyhow::Result<()> {
+    let mut s = setup(&c, false).await?;
+    let subs = start_subscribers(&s, &c);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let probes = start_probes(&s);
+    let mut rate = start;
+    let mut generator = start_generator(&mut s, rate);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut best: Option<(u64, Histogram<u64>, u64, u64, f64)> = None;
+    let mut steps = Vec::new();
+    for step in 0..max_steps {
+        generator.rate.store(rate, Ordering::Release);
+        let sent0 = s.host_stats.sent.load(Ordering::Relaxed) as u64;
+        let acc0 = accepted_now(&s, &subs).await;
+        let lost0: u64 = subs.healthy.iter().map(|x| x.gaps.load(Ordering::Relaxed)).sum();
+        let late0 = generator.stats.late.load(Ordering::Relaxed);
+        let t0 = Instant::now();
+        let h = progress(&s, &subs, step_secs, &format!("ramp[{step}] {rate}/s"), &probes).await;
+        let secs = t0.elapsed().as_secs_f64();
+        let offered = s.host_stats.sent.load(Ordering::Relaxed) as u64 - sent0;
+        let accepted = accepted_now(&s, &subs).await - acc0;
+        let lost: u64 = subs.healthy.iter().map(|x| x.gaps.load(Ordering::Relaxed)).sum::<u64>() - lost0;
+        let late = generator.stats.late.load(Ordering::Relaxed) - late0;
+        let p99_ms = h.value_at_quantile(0.99) as f64 / 1000.0;
+        let kept_up = accepted as f64 >= 0.98 * offered as f64;
+        let generator_bound = late * 100 > offered.max(1);
+        let pass = lost == 0 && p99_ms <= max_p99_ms && kept_up && !generator_bound;
+        steps.push(json!({"rate": rate, "offered_per_s": offered as f64 / secs, "accepted_per_s": accepted as f64 / secs, "p99_ms": p99_ms, "lost": lost, "generator_bound": generator_bound, "pass": pass}));
+        eprintln!(
+            "ramp step {step}: {rate}/s p99={p99_ms:.1}ms lost={lost} kept_up={kept_up} generator_bound={generator_bound} -> {}",
+            if pass { "pass" } else { "stop" }
+        );
+        if !pass {
+            break;
+        }
+        best = Some((rate, h, offered, accepted, secs));
+        rate = ((rate as f64) * factor).ceil() as u64;
+    }
+    generator.stop.store(true, Ordering::Release);
+    if let Some(t) = generator.thread.take() {
+        let _ = t.join();
+    }
+    subs.stop.store(true, Ordering::Release);
+    probes.stop.store(true, Ordering::Release);
+    let (rate, latency, offered, accepted, secs) = best.unwrap_or_else(|| (0, histogram(), 0, 0, 1.0));
+    let keys = HashSet::new();
+    let mut v =
+        result("ramp", &c, &s, &subs, &generator.stats, &keys, &latency, &probes, offered, accepted, secs, rate, None);
+    v["sustained_rate"] = json!(rate);
+    v["max_p99_ms"] = json!(max_p99_ms);
+    v["steps"] = json!(steps);
+    v["lost_by_repo_rev"] = Value::Null;
+    write_outputs(&c, &v, &latency)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.mode {
+            Mode::Run { common, rate, duration } => run_fixed(common, rate, duration, false).await,
+            Mode::Direct { common, rate, duration } => run_fixed(common, rate, duration, true).await,
+            Mode::Ramp { common, start_rate, factor, step_secs, max_p99_ms, max_steps } => {
+                run_ramp(common, start_rate, factor, step_secs, max_p99_ms, max_steps).await
+            }
+        }
+    })
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README and .ci/run): installs what is missing, runs the unit, table and
-# integration tests of every crate, each wire fuzz target briefly (FUZZ_SECS, default 10), then the
-# end-to-end scenario against the reference PDS.
+# integration tests of every crate, each wire fuzz target briefly (FUZZ_SECS, default 10), a short
+# relay-bench run, then the end-to-end scenario against the reference PDS.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_system_deps
@@ -11,5 +11,7 @@ log "cargo test"
 cargo test --locked --workspace 2>&1
 log "fuzz targets, ${FUZZ_SECS:-10} s each"
 "$ROOT/scripts/fuzz.sh" "${FUZZ_SECS:-10}"
+log "relay-bench smoke run"
+"$ROOT/scripts/bench-smoke.sh"
 log "end-to-end against the reference PDS"
 "$ROOT/scripts/e2e-pds.sh"

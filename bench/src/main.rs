@@ -229,6 +229,8 @@ struct Setup {
     layout: String,
     _spawned: Option<Spawned>,
     connect_all_s: Option<f64>,
+    /// `/xrpc/_health` latency (µs) while the relay connected to the hosts, and failed polls.
+    connect_health: Option<(Histogram<u64>, u64)>,
 }
 
 async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
@@ -272,6 +274,7 @@ async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
         layout: c.relay_layout.clone().unwrap_or_default(),
         _spawned: None,
         connect_all_s: None,
+        connect_health: None,
     };
     if direct {
         s.layout = "direct (no relay)".into();
@@ -302,6 +305,16 @@ async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("relay-bench: waiting for the relay to connect to {} hosts", c.hosts);
+    let health_stop = Arc::new(AtomicBool::new(false));
+    let health = probe::health_histogram();
+    let failures = Arc::new(AtomicU64::new(0));
+    tokio::spawn(probe::sample_health(
+        addr.clone(),
+        Duration::from_millis(50),
+        Arc::clone(&health_stop),
+        Arc::clone(&health),
+        Arc::clone(&failures),
+    ));
     let t0 = started;
     while s.host_stats.connections.load(Ordering::Acquire) < c.hosts {
         if t0.elapsed() > Duration::from_secs(c.connect_timeout) {
@@ -310,6 +323,8 @@ async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     s.connect_all_s = Some(t0.elapsed().as_secs_f64());
+    health_stop.store(true, Ordering::Release);
+    s.connect_health = health.lock().ok().map(|h| (h.clone(), failures.load(Ordering::Relaxed)));
     eprintln!("relay-bench: all hosts connected {:.2} s after the relay started", t0.elapsed().as_secs_f64());
     Ok(s)
 }
@@ -507,14 +522,26 @@ fn result(
     replay_rate: Option<f64>,
 ) -> Value {
     let max_seq = subs.healthy.iter().map(|x| x.last_seq.load(Ordering::Relaxed)).max().unwrap_or(0);
-    let lost_by_seq: u64 = if s.relay_addr.is_some() {
+    // Gaps inside a stream are losses; a subscriber whose stream ended early (cut off) lost its tail.
+    let lost_by_seq: u64 = subs
+        .healthy
+        .iter()
+        .map(|x| {
+            let tail = if x.ended.load(Ordering::Relaxed) { max_seq - x.last_seq.load(Ordering::Relaxed) } else { 0 };
+            x.gaps.load(Ordering::Relaxed) + tail
+        })
+        .sum();
+    let behind_at_end: u64 = if s.relay_addr.is_some() {
         subs.healthy
             .iter()
-            .map(|x| x.gaps.load(Ordering::Relaxed) + (max_seq - x.last_seq.load(Ordering::Relaxed)))
+            .filter(|x| !x.ended.load(Ordering::Relaxed))
+            .map(|x| max_seq - x.last_seq.load(Ordering::Relaxed))
             .sum()
     } else {
-        subs.healthy.iter().map(|x| x.gaps.load(Ordering::Relaxed)).sum()
+        0
     };
+    let healthy_cut: usize =
+        subs.healthy.iter().filter(|x| x.error.lock().map(|e| e.is_some()).unwrap_or(false)).count();
     let repeated_by_seq: u64 = subs.healthy.iter().map(|x| x.repeats.load(Ordering::Relaxed)).sum();
     let mut lost_by_key = 0u64;
     let mut repeated_by_key = 0u64;
@@ -553,6 +580,8 @@ fn result(
         "rate_target": rate,
         "duration_s": secs,
         "hosts_connected_s": s.connect_all_s,
+        "connect_health_latency_us": s.connect_health.as_ref().map(|(h, _)| report::percentiles(h)),
+        "connect_health_failures": s.connect_health.as_ref().map(|(_, f)| *f),
         "offered": offered,
         "offered_per_s": offered as f64 / secs,
         "accepted": accepted,
@@ -561,6 +590,8 @@ fn result(
         "deliveries_per_s": delivered as f64 / secs,
         "latency_us": report::percentiles(latency),
         "lost_by_seq": lost_by_seq,
+        "behind_at_end": behind_at_end,
+        "healthy_cut_off": healthy_cut,
         "repeated_by_seq": repeated_by_seq,
         "lost_by_repo_rev": lost_by_key,
         "repeated_by_repo_rev": repeated_by_key,
@@ -639,12 +670,16 @@ async fn run_fixed(c: Common, rate: u64, duration: u64, direct: bool) -> anyhow:
     let rest = duration.saturating_sub(t0.elapsed().as_secs());
     let more = progress(&s, &subs, rest, mode, &probes).await;
     let _ = latency.add(&more);
+    // Events are made 300 ms ahead of their due time: stop making them so the last is due at the end.
+    tokio::time::sleep_until((t0 + Duration::from_secs(duration) - Duration::from_millis(300)).into()).await;
     generator.stop.store(true, Ordering::Release);
     if let Some(t) = generator.thread.take() {
         let _ = t.join();
     }
+    tokio::time::sleep_until((t0 + Duration::from_secs(duration)).into()).await;
     let secs = t0.elapsed().as_secs_f64();
-    drain(&subs, Duration::from_secs(10)).await;
+    drain(&subs, Duration::from_secs(30)).await;
+    let delivery_secs = t0.elapsed().as_secs_f64();
     let mut tail = histogram();
     drain_latency(&subs.healthy, &mut tail);
     let _ = latency.add(&tail);
@@ -654,8 +689,13 @@ async fn run_fixed(c: Common, rate: u64, duration: u64, direct: bool) -> anyhow:
     probes.stop.store(true, Ordering::Release);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let keys = generator.keys.lock().map(|k| k.clone()).unwrap_or_default();
-    let v =
+    let mut v =
         result(mode, &c, &s, &subs, &generator.stats, &keys, &latency, &probes, offered, accepted, secs, rate, replay);
+    // Deliveries go on after generation while subscribers catch up: rate over the whole window.
+    let delivered = received(&subs.healthy) as f64;
+    v["delivery_window_s"] = json!(delivery_secs);
+    v["delivered_per_sub_per_s"] = json!(delivered / subs.healthy.len().max(1) as f64 / delivery_secs);
+    v["deliveries_per_s"] = json!(delivered / delivery_secs);
     write_outputs(&c, &v, &latency)
 }
 

@@ -147,11 +147,20 @@ pub fn table(r: &Value) -> String {
             "accepted by relay",
             format!("{} events, {:.0}/s", r["accepted"], r["accepted_per_s"].as_f64().unwrap_or(0.0)),
         ),
-        ("delivered per subscriber", format!("{:.0}/s", r["delivered_per_sub_per_s"].as_f64().unwrap_or(0.0))),
+        (
+            "delivered per subscriber",
+            format!(
+                "{:.0}/s (over {:.1} s)",
+                r["delivered_per_sub_per_s"].as_f64().unwrap_or(0.0),
+                r["delivery_window_s"].as_f64().unwrap_or(r["duration_s"].as_f64().unwrap_or(0.0))
+            ),
+        ),
         ("deliveries total", format!("{:.0}/s", r["deliveries_per_s"].as_f64().unwrap_or(0.0))),
         ("latency p50 / p90 / p99", format!("{} / {} / {}", ms(&lat["p50"]), ms(&lat["p90"]), ms(&lat["p99"]))),
         ("latency p99.9 / max", format!("{} / {}", ms(&lat["p999"]), ms(&lat["max"]))),
         ("lost / repeated (by seq)", format!("{} / {}", r["lost_by_seq"], r["repeated_by_seq"])),
+        ("not yet delivered at end (events, all subs)", r["behind_at_end"].to_string()),
+        ("healthy subscribers cut off", r["healthy_cut_off"].to_string()),
         ("lost / repeated (by repo+rev, sample)", format!("{} / {}", r["lost_by_repo_rev"], r["repeated_by_repo_rev"])),
         ("generator late events (bound?)", format!("{} ({})", r["generator_late"], r["generator_bound"])),
         (
@@ -163,6 +172,16 @@ pub fn table(r: &Value) -> String {
             ),
         ),
         ("relay RSS max / threads max", format!("{} MB / {}", r["relay_rss_mb_max"], r["relay_threads_max"])),
+        ("hosts connected after relay start", format!("{} s", r["hosts_connected_s"])),
+        (
+            "health while connecting p99 / max (failures)",
+            format!(
+                "{} / {} ({})",
+                ms(&r["connect_health_latency_us"]["p99"]),
+                ms(&r["connect_health_latency_us"]["max"]),
+                r["connect_health_failures"]
+            ),
+        ),
         (
             "health p99 / max (failures)",
             format!(

@@ -269,6 +269,7 @@ impl FanoutShard {
                 if let Err(end) = write(wr, &buf, queue).await {
                     return end;
                 }
+                glommio::yield_if_needed().await;
                 // Caught up: nothing more stored, and nothing published since that is not stored-and-sent.
                 // No await between this check and `register`, so no live event can slip between them.
                 if n < chunk && last_sent >= self.head.get() {
@@ -291,6 +292,8 @@ impl FanoutShard {
     ) -> End {
         let mut items = Vec::new();
         loop {
+            // Let latency-sensitive task queues (the API) run when this one has had its slice.
+            glommio::yield_if_needed().await;
             items.clear();
             if queue.next_batch(&mut items, MAX_WRITE_BATCH_BYTES).await.is_none() {
                 return if queue.too_slow.get() { End::ConsumerTooSlow } else { End::ClientClosed };

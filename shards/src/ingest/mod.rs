@@ -164,7 +164,13 @@ async fn connect(shard: &Shard, host: &Hostname, cursor: Option<HostSeq>) -> Res
         // Messages above the relay's own limit are still read (and dropped as frame_too_big) up to
         // three times that size; a larger one fails the connection (see README, Behaviors).
         let limit = shard.config.limits.max_frame_bytes.saturating_mul(3);
-        let config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
+        // Small buffers: thousands of host connections each hold one (tungstenite's default is 128 KiB
+        // for reading plus 128 KiB for writing); they grow for large frames.
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit))
+            .read_buffer_size(16 * 1024)
+            .write_buffer_size(0);
         async_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config))
             .await
             .map(|(ws, _)| ws)
@@ -203,6 +209,7 @@ async fn read_frames(
     let mut last_seq: Option<HostSeq> = None;
     let mut progressed = false;
     loop {
+        glommio::yield_if_needed().await;
         let msg = match net::with_timeout(shard.config.idle_timeout, ws.next()).await {
             Some(Some(msg)) => msg,
             Some(None) => break,

@@ -191,6 +191,7 @@ pub fn did_for(h: usize, i: usize) -> Did {
     Did::new(format!("did:plc:bench{h:05}x{i:05}")).unwrap_or_else(|_| unreachable!())
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Runs the generator on the calling thread until `stop`: events at `rate` (events/s, read before
 /// each event so a ramp can change it) from `start_us`, sent to `hosts`. `keys` collects the key of
 /// every event when given.

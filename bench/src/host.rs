@@ -140,6 +140,8 @@ pub fn start(listener: TcpListener, stats: Arc<HostStats>) -> mpsc::UnboundedSen
     tx
 }
 
+// The handshake callback's error type is tungstenite's (an HTTP response), not ours.
+#[allow(clippy::result_large_err)]
 async fn serve(
     stream: tokio::net::TcpStream,
     mut live: broadcast::Receiver<(u64, Bytes)>,

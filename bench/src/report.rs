@@ -69,7 +69,15 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
 /// An SVG chart of latency (ms, log scale) against percentile (log scale of 1/(1-p)).
 pub fn svg(h: &Histogram<u64>, title: &str) -> String {
     let (w, ht, left, bottom) = (720.0, 420.0, 70.0, 50.0);
-    let qs = [0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999];
+    let qs = [
+        (0.0, "0%"),
+        (0.5, "50%"),
+        (0.9, "90%"),
+        (0.99, "99%"),
+        (0.999, "99.9%"),
+        (0.9999, "99.99%"),
+        (0.99999, "99.999%"),
+    ];
     let max_x = (1.0f64 / (1.0 - 0.99999)).log10();
     let max_ms = (h.max().max(1) as f64 / 1000.0).max(0.01);
     let min_ms = (h.min().max(1) as f64 / 1000.0).min(max_ms / 10.0).max(0.001);
@@ -95,8 +103,7 @@ pub fn svg(h: &Histogram<u64>, title: &str) -> String {
          <text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n",
         w / 2.0
     );
-    for q in qs {
-        let label = if q == 0.0 { "0%".to_owned() } else { format!("{}%", q * 100.0) };
+    for (q, label) in qs {
         let _ = writeln!(
             s,
             "<line x1=\"{0:.1}\" y1=\"30\" x2=\"{0:.1}\" y2=\"{1}\" stroke=\"#ddd\"/><text x=\"{0:.1}\" y=\"{2}\" text-anchor=\"middle\">{label}</text>",

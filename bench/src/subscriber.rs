@@ -84,10 +84,10 @@ pub fn spawn(
     for url in urls {
         let (stats, stop, sent) = (Arc::clone(&stats), Arc::clone(&stop), Arc::clone(&sent));
         tokio::spawn(async move {
-            if let Err(e) = connection(&url, behavior, &stats, &stop, &sent).await {
-                if let Ok(mut err) = stats.error.lock() {
-                    err.get_or_insert(e);
-                }
+            if let Err(e) = connection(&url, behavior, &stats, &stop, &sent).await
+                && let Ok(mut err) = stats.error.lock()
+            {
+                err.get_or_insert(e);
             }
             stats.ended.store(true, Ordering::Release);
         });

@@ -1,4 +1,4 @@
-//! The HTTP listener of a fanout core: reads one request head per connection (httparse), routes it
+//! The HTTP listener of a fanout core: reads one request head per connection (`wire::http`), routes it
 //! to an XRPC handler, `/metrics`, or the `subscribeRepos` websocket upgrade.
 
 use std::rc::Rc;
@@ -8,46 +8,29 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::TaskQueueHandle;
 use glommio::net::{TcpListener, TcpStream};
 
+use wire::http::{HeadError, RequestHead, parse_request_head};
+
 use crate::xrpc;
 use crate::xrpc::Ctx;
 
-/// Largest request head accepted, in bytes; larger heads get 431.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Largest request body accepted, in bytes; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Deadline for a client to send its request head (and body).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A parsed request head.
+/// A request: its head ([`wire::http::RequestHead`]) and body.
 #[derive(Debug, Clone)]
 pub struct Request {
-    /// `GET`, `POST`, …
-    pub method: String,
-    /// The path without the query.
-    pub path: String,
-    /// The raw query string (after `?`), if any.
-    pub query: Option<String>,
-    /// Headers, names lowercased.
-    pub headers: Vec<(String, String)>,
+    /// Method, path, query, headers.
+    pub head: RequestHead,
     /// The body (`Content-Length` bytes, at most [`MAX_BODY_BYTES`]); empty for requests without one.
     pub body: Vec<u8>,
 }
 
-impl Request {
-    /// The first header named `name` (lowercase).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-
-    /// Query parameters, percent-decoding not applied (XRPC parameters used here are plain).
-    pub fn params(&self) -> Vec<(&str, &str)> {
-        self.query
-            .as_deref()
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| p.split_once('=').unwrap_or((p, "")))
-            .collect()
+impl std::ops::Deref for Request {
+    type Target = RequestHead;
+    fn deref(&self) -> &RequestHead {
+        &self.head
     }
 }
 
@@ -175,53 +158,28 @@ async fn read_head(stream: &mut TcpStream) -> Result<Option<(Request, Vec<u8>)>,
             Ok(n) => n,
         };
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let target = req.path.unwrap_or("/");
-                let (path, query) = match target.split_once('?') {
-                    Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-                    None => (target.to_owned(), None),
-                };
-                let mut request = Request {
-                    method: req.method.unwrap_or("GET").to_owned(),
-                    path,
-                    query,
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
-                        .collect(),
-                    body: Vec::new(),
-                };
-                let mut rest = buf.split_off(len);
-                let Some(length) = request.header("content-length").map(str::trim) else {
-                    return Ok(Some((request, rest)));
-                };
-                let length: usize =
-                    length.parse().map_err(|_| Response::xrpc_error(400, "InvalidRequest", "bad Content-Length"))?;
-                if length > MAX_BODY_BYTES {
-                    return Err(Response::xrpc_error(413, "InvalidRequest", "request body too large"));
-                }
-                while rest.len() < length {
-                    let n = match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return Ok(None),
-                        Ok(n) => n,
-                    };
-                    rest.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                }
-                let after = rest.split_off(length);
-                request.body = rest;
-                return Ok(Some((request, after)));
-            }
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-                return Err(Response::xrpc_error(431, "InvalidRequest", "request head too large"));
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => {
-                return Err(Response::xrpc_error(400, "InvalidRequest", &format!("malformed HTTP request: {e}")));
-            }
+        let (head, len) = match parse_request_head(&buf) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => continue,
+            Err(e @ HeadError::TooLarge) => return Err(Response::xrpc_error(431, "InvalidRequest", &e.to_string())),
+            Err(e) => return Err(Response::xrpc_error(400, "InvalidRequest", &e.to_string())),
+        };
+        let length = head
+            .content_length()
+            .map_err(|e| Response::xrpc_error(400, "InvalidRequest", &e.to_string()))?
+            .unwrap_or(0);
+        if length > MAX_BODY_BYTES {
+            return Err(Response::xrpc_error(413, "InvalidRequest", "request body too large"));
         }
+        let mut rest = buf.split_off(len);
+        while rest.len() < length {
+            let n = match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(n) => n,
+            };
+            rest.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        }
+        let after = rest.split_off(length);
+        return Ok(Some((Request { head, body: rest }, after)));
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! This crate owns the atproto syntax types ([`syntax`]), event-stream frames ([`frame`]), DAG-CBOR
 //! helpers ([`cbor`]), CAR slices ([`car`]), commit objects ([`commit`]), keys and signatures
-//! ([`crypto`]), DID documents ([`did_doc`]), structural event validation and drop reasons
-//! ([`validate`]), and server-side websocket framing ([`ws`]).
+//! ([`crypto`]), DID documents ([`did_doc`]), the MST and Sync 1.1 checks ([`mst`], [`validate`]),
+//! drop reasons, HTTP request heads and the websocket handshake ([`http`]), and server-side websocket
+//! framing ([`ws`]).
 //!
 //! It must not do I/O, read the clock (callers pass `now`), log, or panic on input: the lints below
 //! forbid `unwrap`, `expect`, indexing and `panic!` outside tests.
@@ -17,6 +18,7 @@ pub mod commit;
 pub mod crypto;
 pub mod did_doc;
 pub mod frame;
+pub mod http;
 pub mod mst;
 pub mod syntax;
 #[cfg(feature = "testkit")]

@@ -30,21 +30,8 @@ pub fn handle(req: &Request, _ctx: &Ctx) -> Routed {
             }
         }
     }
-    let upgrade = req.header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let connection =
-        req.header("connection").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
-    if !upgrade || !connection {
-        return Routed::Respond(Response::xrpc_error(
-            400,
-            "InvalidRequest",
-            "subscribeRepos needs a websocket upgrade",
-        ));
+    match req.websocket_accept() {
+        Ok(accept_key) => Routed::Upgrade { accept_key, cursor },
+        Err(reason) => Routed::Respond(Response::xrpc_error(400, "InvalidRequest", reason)),
     }
-    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
-        return Routed::Respond(Response::xrpc_error(400, "InvalidRequest", "Sec-WebSocket-Version must be 13"));
-    }
-    let Some(key) = req.header("sec-websocket-key") else {
-        return Routed::Respond(Response::xrpc_error(400, "InvalidRequest", "missing Sec-WebSocket-Key"));
-    };
-    Routed::Upgrade { accept_key: wire::ws::accept_key(key), cursor }
 }

@@ -262,6 +262,11 @@ fn every_rejection_has_its_reason_and_valid_traffic_flows() {
         assert_eq!(e, &want, "delivery {i}");
     }
     relay.stop();
+
+    // Host account counts: alice, carol and erin on the first host; frank moved to the other one.
+    let store = storage::Store::open(&dir.path().join("data"), &storage::StoreOptions::default()).unwrap();
+    let count = |h: &FakeHost| store.host(&h.hostname()).unwrap().map(|s| s.account_count);
+    assert_eq!((count(&host), count(&other_host)), (Some(3), Some(1)));
 }
 
 #[test]

@@ -97,6 +97,22 @@ pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>, lenient_sync: bo
     Ok(Applied { state: Some(state), violation })
 }
 
+/// How a change of an account's state moves host account counts: `(host, delta)` pairs. An account
+/// counts on its host while the relay has state for it and it is not deleted; migration moves it.
+pub fn count_changes(prior: Option<&RepoState>, new: &RepoState) -> Vec<(String, i64)> {
+    let counted = |s: &RepoState| s.upstream != AccountStatus::Deleted && !s.host.is_empty();
+    let mut out = Vec::new();
+    if let Some(p) = prior.filter(|p| counted(p))
+        && (!counted(new) || p.host != new.host)
+    {
+        out.push((p.host.clone(), -1));
+    }
+    if counted(new) && prior.is_none_or(|p| !counted(p) || p.host != new.host) {
+        out.push((new.host.clone(), 1));
+    }
+    out
+}
+
 /// Applies an operator's takedown (or its reversal) to `prior` and returns the account's new state and
 /// the `#account` event to relay (`seq` 0 until sequenced; `time` as given).
 pub fn takedown(did: &Did, prior: Option<&RepoState>, taken_down: bool, time: String) -> (RepoState, Event) {

@@ -6,7 +6,7 @@
 //! host cursor to one RocksDB `WriteBatch`. Only after that batch is durable are the events handed to
 //! the fanout shards, so a subscriber never sees an event a crash could lose.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +47,19 @@ pub enum SequencerError {
     /// An event the relay made itself could not be encoded (not reachable).
     #[error("encoding an event: {0}")]
     Encode(String),
+}
+
+/// The state of `host`, from memory or the store.
+fn host_state<'a>(
+    hosts: &'a mut HashMap<String, HostState>,
+    store: &Store,
+    host: &str,
+) -> Result<&'a mut HostState, StoreError> {
+    if !hosts.contains_key(host) {
+        let state = store.host(host)?.unwrap_or_default();
+        hosts.insert(host.to_owned(), state);
+    }
+    Ok(hosts.entry(host.to_owned()).or_default())
 }
 
 fn now_datetime() -> String {
@@ -91,6 +104,8 @@ pub async fn run(
     }
 
     let mut last_seq = store.last_seq()?.map_or(0, |s| s.0);
+    // Every host's cursor and account count, loaded on first use; the sequencer is their only writer.
+    let mut hosts: HashMap<String, HostState> = HashMap::new();
     metrics.last_seq.set(last_seq as i64);
     tracing::info!(seq = last_seq, "sequencer starting after the last stored seq");
     loop {
@@ -105,13 +120,14 @@ pub async fn run(
             }
         }
         let mut batch = CommitBatch::default();
-        let mut hosts: HashMap<Arc<str>, HostState> = HashMap::new();
+        let mut touched_hosts: HashSet<String> = HashSet::new();
         let mut repos: HashMap<Did, RepoState> = HashMap::new();
         let mut published = Vec::new();
         for msg in msgs {
             let mut ev = match msg {
                 IngestMsg::Cursor { host, seq } => {
-                    hosts.insert(host, HostState { cursor: seq });
+                    host_state(&mut hosts, &store, &host)?.cursor = seq;
+                    touched_hosts.insert(host.to_string());
                     continue;
                 }
                 IngestMsg::Event(ev) => ev,
@@ -131,7 +147,8 @@ pub async fn run(
                     continue;
                 }
             };
-            hosts.insert(Arc::clone(&ev.host), HostState { cursor: ev.host_seq });
+            host_state(&mut hosts, &store, &ev.host)?.cursor = ev.host_seq;
+            touched_hosts.insert(ev.host.to_string());
             let Some(did) = ev.event.did().cloned() else { continue };
             let prior = match repos.get(&did) {
                 Some(state) => Some(state.clone()),
@@ -165,13 +182,18 @@ pub async fn run(
             };
             last_seq = seq;
             if let Some(state) = new_state {
+                for (host, delta) in accounts::count_changes(prior.as_ref(), &state) {
+                    let h = host_state(&mut hosts, &store, &host)?;
+                    h.account_count = h.account_count.saturating_add_signed(delta);
+                    touched_hosts.insert(host);
+                }
                 repos.insert(did, state);
             }
             published.push((RelaySeq(seq), Bytes::from(ws::encode_frame(ws::Opcode::Binary, &frame))));
             batch.events.push((RelaySeq(seq), Bytes::from(frame)));
         }
         batch.repos = repos.into_iter().collect();
-        batch.hosts = hosts.into_iter().map(|(h, s)| (h.to_string(), s)).collect();
+        batch.hosts = touched_hosts.into_iter().filter_map(|h| hosts.get(&h).map(|s| (h, *s))).collect();
         if batch.is_empty() {
             continue;
         }

@@ -40,11 +40,13 @@ impl RepoState {
     }
 }
 
-/// The persisted state of an upstream host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The persisted state of an upstream host (written by the sequencer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HostState {
     /// The last upstream `seq` fully processed; a reconnect resumes after it.
     pub cursor: HostSeq,
+    /// Accounts the relay has on this host (not deleted); the slots a per-host account limit counts.
+    pub account_count: u64,
 }
 
 /// A cached identity resolution.
@@ -113,13 +115,16 @@ impl RepoState {
 impl HostState {
     /// Encodes per the `hosts` byte table.
     pub fn encode(&self) -> Vec<u8> {
-        self.cursor.0.to_be_bytes().to_vec()
+        let mut out = self.cursor.0.to_be_bytes().to_vec();
+        out.extend_from_slice(&self.account_count.to_be_bytes());
+        out
     }
 
     /// Decodes per the `hosts` byte table.
     pub fn decode(mut b: &[u8]) -> Option<Self> {
         let cursor = HostSeq(take_u64(&mut b)?);
-        b.is_empty().then_some(Self { cursor })
+        let account_count = take_u64(&mut b)?;
+        b.is_empty().then_some(Self { cursor, account_count })
     }
 }
 
@@ -179,7 +184,7 @@ mod tests {
         let fresh = RepoState::new("h");
         assert_eq!(RepoState::decode(&fresh.encode()), Some(fresh));
 
-        let host = HostState { cursor: HostSeq(42) };
+        let host = HostState { cursor: HostSeq(42), account_count: 7 };
         assert_eq!(HostState::decode(&host.encode()), Some(host));
 
         let key = PublicKey::from_did_key("did:key:zDnaembgSGUhZULN2Caob4HLJPaxBh92N7rtH21TErzqf8HQo").unwrap();

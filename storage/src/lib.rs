@@ -36,6 +36,7 @@
 //! |-------|--------|-------|-------|
 //! | key   | 0      | n     | hostname, lowercase, with `:port` when not default (UTF-8) |
 //! | value | 0      | 8     | cursor: the last upstream `seq` fully processed (u64) |
+//! |       | 8      | 8     | accounts on this host that are not deleted (u64) |
 //!
 //! ## `identities`: DID → resolved identity cache
 //!

@@ -266,7 +266,7 @@ mod tests {
         CommitBatch {
             events: seqs.map(|s| (RelaySeq(s), Bytes::from(format!("frame {s}")))).collect(),
             repos: vec![],
-            hosts: vec![("localhost:2583".into(), HostState { cursor: HostSeq(9) })],
+            hosts: vec![("localhost:2583".into(), HostState { cursor: HostSeq(9), account_count: 0 })],
         }
     }
 
@@ -284,7 +284,7 @@ mod tests {
         let got: Vec<u64> = store.events_after(RelaySeq(2), 10).unwrap().iter().map(|e| e.0.0).collect();
         assert_eq!(got, vec![3, 4, 5]);
         assert_eq!(store.events_after(RelaySeq(0), 2).unwrap().len(), 2);
-        assert_eq!(store.host("localhost:2583").unwrap(), Some(HostState { cursor: HostSeq(9) }));
+        assert_eq!(store.host("localhost:2583").unwrap(), Some(HostState { cursor: HostSeq(9), account_count: 0 }));
         assert_eq!(store.host("other").unwrap(), None);
     }
 

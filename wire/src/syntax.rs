@@ -327,7 +327,7 @@ impl Hostname {
 /// A sequence number assigned by an upstream host (the `seq` of the frames it sends).
 ///
 /// Valid values are 0..=2^63-1 (lexicon `integer`, non-negative). Only compared per host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct HostSeq(pub u64);
 
 /// A sequence number assigned by this relay: one global, strictly increasing sequence starting at 1.

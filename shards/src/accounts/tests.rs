@@ -216,3 +216,19 @@ fn datetimes() {
     assert_eq!(datetime_utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
     assert!(wire::syntax::check_datetime(&datetime_utc(1_799_999_999_999)).is_ok());
 }
+
+#[test]
+fn host_account_counts_follow_creation_deletion_and_migration() {
+    let a = RepoState::new("a.example");
+    assert_eq!(count_changes(None, &a), vec![("a.example".to_owned(), 1)]);
+    assert_eq!(count_changes(Some(&a), &a), vec![]);
+    let deleted = RepoState { upstream: AccountStatus::Deleted, ..a.clone() };
+    assert_eq!(count_changes(Some(&a), &deleted), vec![("a.example".to_owned(), -1)]);
+    assert_eq!(count_changes(Some(&deleted), &a), vec![("a.example".to_owned(), 1)]);
+    let moved = RepoState::new("b.example");
+    assert_eq!(count_changes(Some(&a), &moved), vec![("a.example".to_owned(), -1), ("b.example".to_owned(), 1)]);
+    let deactivated = RepoState { upstream: AccountStatus::Deactivated, ..a.clone() };
+    assert_eq!(count_changes(Some(&a), &deactivated), vec![], "deactivated accounts keep their slot");
+    // An operator takedown of an account the relay never saw has no host.
+    assert_eq!(count_changes(None, &RepoState { taken_down: true, ..RepoState::new("") }), vec![]);
+}

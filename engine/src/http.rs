@@ -65,6 +65,7 @@ impl Response {
     fn encode(&self) -> Vec<u8> {
         let reason = match self.status {
             200 => "OK",
+            302 => "Found",
             400 => "Bad Request",
             401 => "Unauthorized",
             413 => "Payload Too Large",

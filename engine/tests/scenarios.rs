@@ -70,6 +70,20 @@ impl Script {
     }
 }
 
+/// The CID of the last `#commit` or `#sync` of `did` among the frames a subscriber saw.
+fn expected_last_commit(seen: &[Seen], did: &Did) -> String {
+    seen.iter()
+        .rev()
+        .find_map(|s| match s {
+            Seen::Event(Event::Commit(c)) if &c.repo == did => Some(c.commit.to_string()),
+            Seen::Event(Event::Sync(x)) if &x.did == did => {
+                Some(car::read_car(&x.blocks).unwrap().roots[0].to_string())
+            }
+            _ => None,
+        })
+        .unwrap()
+}
+
 /// Removes the block `cid` from a commit's CAR.
 fn without_block(ev: &mut wire::frame::CommitEvent, cid: &wire::Cid) {
     let parsed = car::read_car(&ev.blocks).unwrap();
@@ -261,6 +275,47 @@ fn every_rejection_has_its_reason_and_valid_traffic_flows() {
         let Seen::Event(e) = seen else { panic!("{seen:?}") };
         assert_eq!(e, &want, "delivery {i}");
     }
+    // The sync XRPC surface agrees with what was relayed.
+    let json = |path: &str| {
+        let (status, body) = relay.get(path);
+        (status, serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default())
+    };
+    let mut listed = Vec::new();
+    let mut path = "/xrpc/com.atproto.sync.listRepos?limit=2".to_owned();
+    loop {
+        let (status, page) = json(&path);
+        assert_eq!(status, 200, "{page}");
+        for r in page["repos"].as_array().unwrap() {
+            listed.push(r["did"].as_str().unwrap().to_owned());
+            assert!(r["head"].is_string() && r["rev"].is_string() && r["active"] == true, "{r}");
+        }
+        match page["cursor"].as_str() {
+            Some(c) => path = format!("/xrpc/com.atproto.sync.listRepos?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    let mut want_listed: Vec<String> = [&alice, &carol, &erin, &frank].iter().map(|a| a.did.to_string()).collect();
+    want_listed.sort();
+    assert_eq!(listed, want_listed, "accounts with relayed commits, in DID order");
+    assert_eq!(json("/xrpc/com.atproto.sync.listRepos?limit=0").0, 400);
+    let (status, st) = json(&format!("/xrpc/com.atproto.sync.getRepoStatus?did={}", alice.did));
+    assert_eq!(
+        (status, st["active"].as_bool(), st["rev"].as_str()),
+        (200, Some(true), alice.rev().map(|r| r.as_str()))
+    );
+    let (status, err) = json(&format!("/xrpc/com.atproto.sync.getRepoStatus?did={}", bob.did));
+    assert_eq!((status, err["error"].as_str()), (400, Some("RepoNotFound")));
+    assert_eq!(json("/xrpc/com.atproto.sync.getRepoStatus?did=nope").1["error"], "InvalidRequest");
+    let last_alice = expected_last_commit(&got, &alice.did);
+    let (status, latest) = json(&format!("/xrpc/com.atproto.sync.getLatestCommit?did={}", alice.did));
+    assert_eq!(
+        (status, latest["cid"].as_str(), latest["rev"].as_str()),
+        (200, Some(last_alice.as_str()), alice.rev().map(|r| r.as_str()))
+    );
+    let raw = support::http_get_raw(relay.port, &format!("/xrpc/com.atproto.sync.getRepo?did={}", alice.did)).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 302"), "{raw}");
+    let location = format!("Location: http://{}/xrpc/com.atproto.sync.getRepo?did={}", host.hostname(), alice.did);
+    assert!(raw.contains(&location), "{raw}");
     relay.stop();
 
     // Host account counts: alice, carol and erin on the first host; frank moved to the other one.
@@ -313,6 +368,12 @@ fn operator_takedown_and_its_reversal() {
     relay.wait_until(Duration::from_secs(10), "takedown relayed", || {
         relay.metric("relay_events_relayed_total", "") >= 2
     });
+    let (status, body) = relay.get(&format!("/xrpc/com.atproto.sync.getLatestCommit?did={}", alice.did));
+    assert_eq!(status, 400);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"], "RepoTakendown");
+    let (_, body) = relay.get(&format!("/xrpc/com.atproto.sync.getRepoStatus?did={}", alice.did));
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((st["active"].as_bool(), st["status"].as_str()), (Some(false), Some("takendown")));
 
     // The host keeps sending: dropped while taken down.
     let ops = create(&mut alice, 100);

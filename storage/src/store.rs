@@ -208,6 +208,31 @@ impl Store {
         self.get_decoded(cf::REPOS, did.as_str().as_bytes(), RepoState::decode)
     }
 
+    /// Up to `limit` accounts in DID order, starting after `after` (exclusive) when given.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn repos_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<(Did, RepoState)>, StoreError> {
+        let mode = match after {
+            Some(a) => IteratorMode::From(a.as_bytes(), Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.db.iterator_cf(self.cf(cf::REPOS), mode) {
+            let (k, v) = item?;
+            if after.is_some_and(|a| a.as_bytes() == &*k) {
+                continue;
+            }
+            let did =
+                std::str::from_utf8(&k).ok().and_then(|d| Did::new(d).ok()).ok_or_else(|| corrupt(cf::REPOS, &k))?;
+            out.push((did, RepoState::decode(&v).ok_or_else(|| corrupt(cf::REPOS, &k))?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// The persisted state of `host`, if any.
     ///
     /// # Errors
@@ -303,6 +328,14 @@ mod tests {
         let mut b = batch(1..=1);
         b.repos.push((did.clone(), state.clone()));
         store.commit(&b).unwrap();
-        assert_eq!(store.repo(&did).unwrap(), Some(state));
+        assert_eq!(store.repo(&did).unwrap(), Some(state.clone()));
+        let other = Did::new("did:plc:abd").unwrap();
+        let mut b = batch(2..=2);
+        b.repos.push((other.clone(), state));
+        store.commit(&b).unwrap();
+        let dids = |v: Vec<(Did, RepoState)>| v.into_iter().map(|(d, _)| d).collect::<Vec<_>>();
+        assert_eq!(dids(store.repos_after(None, 10).unwrap()), vec![did.clone(), other.clone()]);
+        assert_eq!(dids(store.repos_after(None, 1).unwrap()), vec![did.clone()]);
+        assert_eq!(dids(store.repos_after(Some(did.as_str()), 10).unwrap()), vec![other]);
     }
 }

@@ -1,7 +1,11 @@
 //! XRPC routing, one file per NSID (each starting with its `NSID` const), plus `/metrics`.
 //! Errors are XRPC error JSON (`{"error", "message"}`) per <https://atproto.com/specs/xrpc>.
 
+mod get_latest_commit;
+mod get_repo;
+mod get_repo_status;
 mod health;
+mod list_repos;
 mod subscribe_repos;
 
 use std::rc::Rc;
@@ -56,6 +60,12 @@ pub fn route(req: &Request, ctx: &Ctx) -> Routed {
     };
     match nsid {
         health::NSID => Routed::Respond(only_get(req).unwrap_or_else(|| health::handle(ctx))),
+        list_repos::NSID => Routed::Respond(only_get(req).unwrap_or_else(|| list_repos::handle(req, ctx))),
+        get_repo_status::NSID => Routed::Respond(only_get(req).unwrap_or_else(|| get_repo_status::handle(req, ctx))),
+        get_latest_commit::NSID => {
+            Routed::Respond(only_get(req).unwrap_or_else(|| get_latest_commit::handle(req, ctx)))
+        }
+        get_repo::NSID => Routed::Respond(only_get(req).unwrap_or_else(|| get_repo::handle(req, ctx))),
         subscribe_repos::NSID => match only_get(req) {
             Some(resp) => Routed::Respond(resp),
             None => subscribe_repos::handle(req, ctx),
@@ -65,6 +75,37 @@ pub fn route(req: &Request, ctx: &Ctx) -> Routed {
             "MethodNotImplemented",
             &format!("method {nsid} is not implemented"),
         )),
+    }
+}
+
+/// The `limit` parameter: 1-1000, `default` when absent.
+fn limit_param(req: &Request, default: usize) -> Result<usize, Response> {
+    match req.params().into_iter().find(|(k, _)| *k == "limit") {
+        None => Ok(default),
+        Some((_, v)) => match v.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            _ => Err(Response::xrpc_error(400, "InvalidRequest", "limit must be an integer from 1 to 1000")),
+        },
+    }
+}
+
+/// The required `did` parameter.
+fn did_param(req: &Request) -> Result<wire::Did, Response> {
+    let raw =
+        req.params().into_iter().find(|(k, _)| *k == "did").map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"));
+    match raw.map(wire::Did::new) {
+        Some(Ok(did)) => Ok(did),
+        Some(Err(_)) => Err(Response::xrpc_error(400, "InvalidRequest", "did is not a valid DID")),
+        None => Err(Response::xrpc_error(400, "InvalidRequest", "did is required")),
+    }
+}
+
+/// The stored state of `did`, or the `RepoNotFound` error.
+fn repo_state(ctx: &Ctx, did: &wire::Did) -> Result<storage::RepoState, Response> {
+    match ctx.fanout.store().repo(did) {
+        Ok(Some(state)) => Ok(state),
+        Ok(None) => Err(Response::xrpc_error(400, "RepoNotFound", "the relay does not know this account")),
+        Err(e) => Err(Response::xrpc_error(500, "InternalServerError", &e.to_string())),
     }
 }
 

@@ -88,6 +88,11 @@ impl FanoutShard {
         }))
     }
 
+    /// The store (for the API's point reads on this core).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The highest relay seq published to this shard.
     pub fn head(&self) -> RelaySeq {
         RelaySeq(self.head.get())

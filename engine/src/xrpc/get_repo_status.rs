@@ -1,0 +1,29 @@
+//! `com.atproto.sync.getRepoStatus`: the relay's view of one account.
+
+/// The lexicon NSID.
+pub const NSID: &str = "com.atproto.sync.getRepoStatus";
+
+use super::{Ctx, did_param, repo_state};
+use crate::http::{Request, Response};
+
+/// `did` required. Output `{did, active, status?, rev?}`. Errors: `400 InvalidRequest` for a missing
+/// or bad DID, `400 RepoNotFound` for an account the relay does not know.
+pub fn handle(req: &Request, ctx: &Ctx) -> Response {
+    let did = match did_param(req) {
+        Ok(d) => d,
+        Err(resp) => return resp,
+    };
+    let state = match repo_state(ctx, &did) {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let status = state.status();
+    let mut body = serde_json::json!({ "did": did.as_str(), "active": status.is_active() });
+    if let Some(s) = status.as_lexicon() {
+        body["status"] = s.into();
+    }
+    if let Some(rev) = &state.rev {
+        body["rev"] = rev.as_str().into();
+    }
+    Response::json(200, &body)
+}

@@ -42,10 +42,14 @@ pub enum Fsync {
 /// Flags of `relay serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Upstream host to subscribe to, as `hostname[:port]` (repeatable). Only `localhost` hosts are
-    /// supported in this version (plain ws://); TLS upstreams are not implemented yet.
+    /// Upstream host to subscribe to (repeatable): `host[:port]` (wss://, or ws:// for localhost),
+    /// or an explicit `wss://host[:port]` / `ws://host[:port]`.
     #[arg(long = "host", value_name = "HOST")]
     pub hosts: Vec<String>,
+
+    /// Allow plain ws:// upstreams other than localhost (e.g. on a private network).
+    #[arg(long)]
+    pub allow_insecure_ws: bool,
 
     /// PLC directory base URL for did:plc resolution, e.g. https://plc.directory or
     /// http://localhost:2582.

@@ -13,13 +13,12 @@ use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 use prometheus_client::registry::Registry;
 use shards::fanout::{FanoutConfig, FanoutShard};
 use shards::identity::IdentityConfig;
-use shards::ingest::{IngestConfig, shard_for_host};
+use shards::ingest::{IngestConfig, Upstream, shard_for_host};
 use shards::messages::{IngestMsg, PublishedBatch};
 use shards::net::HttpClient;
 use shards::sequencer::SequencerConfig;
 use shards::{Metrics, ingest, sequencer};
 use storage::{Store, StoreOptions};
-use wire::Hostname;
 
 use crate::layout;
 use crate::{Fsync, ServeArgs};
@@ -43,7 +42,7 @@ struct SequencerWork {
 /// What one executor runs.
 #[derive(Default)]
 struct Work {
-    ingest: Option<(SharedSender<IngestMsg>, Vec<Hostname>)>,
+    ingest: Option<(SharedSender<IngestMsg>, Vec<Upstream>)>,
     sequencer: Option<SequencerWork>,
     /// From the sequencer, and the admin API's way back to it.
     fanout: Option<(SharedReceiver<PublishedBatch>, SharedSender<IngestMsg>)>,
@@ -65,18 +64,12 @@ impl Control {
     }
 }
 
-fn parse_hosts(raw: &[String]) -> anyhow::Result<Vec<Hostname>> {
-    let mut hosts = Vec::new();
+fn parse_hosts(raw: &[String], allow_insecure: bool) -> anyhow::Result<Vec<Upstream>> {
+    let mut hosts: Vec<Upstream> = Vec::new();
     for h in raw {
-        let bare = h.trim_start_matches("ws://").trim_start_matches("http://").trim_end_matches('/');
-        let host = Hostname::parse_lenient(bare).with_context(|| format!("--host {h:?} is not a hostname[:port]"))?;
-        if !host.is_localhost() {
-            bail!(
-                "--host {h}: only localhost hosts (plain ws://) are supported in this version; TLS upstreams are not implemented yet"
-            );
-        }
-        if !hosts.contains(&host) {
-            hosts.push(host);
+        let up = Upstream::parse(h, allow_insecure).map_err(|e| anyhow::anyhow!("--host {e}"))?;
+        if !hosts.iter().any(|x| x.host == up.host) {
+            hosts.push(up);
         }
     }
     Ok(hosts)
@@ -140,7 +133,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let http = HttpClient::new(extra_ca.as_deref()).context("--tls-ca")?;
-    let hosts = parse_hosts(&args.hosts)?;
+    let hosts = parse_hosts(&args.hosts, args.allow_insecure_ws)?;
     raise_memlock();
 
     let store = open_store(&args, layout.compaction)?;
@@ -154,9 +147,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut work: std::collections::BTreeMap<usize, Work> =
         layout.executor_cpus().into_iter().map(|c| (c, Work::default())).collect();
     let mut ingest_rx = Vec::new();
-    let mut per_shard_hosts: Vec<Vec<Hostname>> = vec![Vec::new(); layout.ingest.len()];
+    let mut per_shard_hosts: Vec<Vec<Upstream>> = vec![Vec::new(); layout.ingest.len()];
     for h in hosts {
-        per_shard_hosts[shard_for_host(&h, layout.ingest.len())].push(h);
+        per_shard_hosts[shard_for_host(&h.host, layout.ingest.len())].push(h);
     }
     for (cpu, hosts) in layout.ingest.iter().zip(per_shard_hosts) {
         let (tx, rx) = shared_channel::new_bounded(INGEST_QUEUE);

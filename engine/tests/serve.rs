@@ -252,3 +252,38 @@ fn one_core_layout_relays_and_pins_rocksdb_threads() {
     assert!(threads.iter().filter(|(n, _)| n.starts_with("relay-cpu")).all(|(_, cpus)| cpus == "0"), "{threads:?}");
     relay.stop();
 }
+
+#[test]
+fn tls_upstream_with_a_test_ca() {
+    let ca = support::TestCa::new();
+    let plc = FakePlc::start();
+    let host = FakeHost::start_tls(&ca);
+    let mut alice = Account::new("did:plc:tlsalice000000000000000000", 8);
+    // The DID document names the host by its https URL; authority compares host and port.
+    plc.put(&alice.did, alice.did_doc(&format!("https://{}", host.hostname())));
+    let (rev1, f) = alice.commit(1, None);
+    host.push(1, f);
+    let (_, f) = alice.commit(2, Some(rev1));
+    host.push(2, f);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let upstream = format!("wss://{}", host.hostname());
+
+    // Without the test CA the handshake fails: nothing is relayed.
+    let relay = Relay::start(&dir.path().join("untrusted"), &upstream, &plc.url, &[]);
+    relay.wait_until(Duration::from_secs(20), "a failed connect", || {
+        relay.metric("relay_upstream_connects_total", "result=\"error\"") >= 1
+    });
+    assert_eq!(relay.metric("relay_events_relayed_total", ""), 0);
+    relay.stop();
+
+    let relay = Relay::start(&dir.path().join("data"), &upstream, &plc.url, &["--tls-ca", ca_file.to_str().unwrap()]);
+    relay.wait_until(Duration::from_secs(20), "relayed over TLS", || {
+        relay.metric("relay_events_relayed_total", "") >= 2
+    });
+    let mut sub = subscribe(relay.port, Some("0"));
+    let seqs: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500)).iter().filter_map(Seen::seq).collect();
+    assert_eq!(seqs, vec![1, 2]);
+    relay.stop();
+}

@@ -128,7 +128,59 @@ fn serve_repo_status(mut stream: TcpStream, line: &str, statuses: &Mutex<HashMap
     );
 }
 
-fn serve_host(stream: TcpStream, frames: &Mutex<Vec<(u64, Vec<u8>)>>, cursors: &Mutex<Vec<Option<u64>>>) {
+/// A TLS test CA and a server certificate for `localhost` signed by it.
+pub struct TestCa {
+    /// The CA certificate (PEM), for `--tls-ca`.
+    pub ca_pem: String,
+    /// The server's rustls configuration.
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "relay test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+        let server =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                )
+                .unwrap();
+        Self { ca_pem: ca.pem(), server: Arc::new(server) }
+    }
+}
+
+impl FakeHost {
+    /// A host serving `subscribeRepos` over TLS (`wss://localhost:PORT`) with `ca`'s certificate.
+    pub fn start_tls(ca: &TestCa) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frames: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
+        let cursors: Arc<Mutex<Vec<Option<u64>>>> = Arc::default();
+        let (f, c, config) = (Arc::clone(&frames), Arc::clone(&cursors), Arc::clone(&ca.server));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (f, c, config) = (Arc::clone(&f), Arc::clone(&c), Arc::clone(&config));
+                std::thread::spawn(move || {
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    serve_host(rustls::StreamOwned::new(conn, stream), &f, &c);
+                });
+            }
+        });
+        Self { port, frames, cursors, repo_status: Arc::default() }
+    }
+}
+
+fn serve_host<S: Read + Write>(stream: S, frames: &Mutex<Vec<(u64, Vec<u8>)>>, cursors: &Mutex<Vec<Option<u64>>>) {
     let mut cursor = None;
     let callback = |req: &tungstenite::handshake::server::Request, resp| {
         cursor = req

@@ -2,10 +2,10 @@
 //! one websocket connection per host, validates every frame ([`process::process_frame`]) and sends
 //! the results to the sequencer in the host's order, so events of one DID stay in order.
 //!
-//! Per host: connect to `ws://{host}/xrpc/com.atproto.sync.subscribeRepos?cursor={cursor}`, resume
-//! from the last fully processed upstream `seq` (persisted by the sequencer in the `hosts` column
-//! family), reconnect with [`Backoff`] after any error. Only `localhost` hosts are accepted over plain
-//! `ws://` here; TLS upstreams come with host management.
+//! Per host: connect to `wss://{host}/xrpc/com.atproto.sync.subscribeRepos?cursor={cursor}` (plain
+//! `ws://` for localhost hosts, see [`Upstream`]), resume from the last fully processed upstream
+//! `seq` (persisted by the sequencer in the `hosts` column family), reconnect with [`Backoff`] after
+//! any error.
 
 pub mod process;
 
@@ -62,6 +62,42 @@ impl IngestConfig {
     }
 }
 
+/// An upstream host and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The host.
+    pub host: Hostname,
+    /// Over TLS (`wss://`, default port 443) or plain (`ws://`, default port 80).
+    pub tls: bool,
+}
+
+impl Upstream {
+    /// Parses `wss://host[:port]`, `ws://host[:port]` or a bare `host[:port]`. A bare host is reached
+    /// over TLS unless it is `localhost` (or a subdomain of it). Plain `ws://` is refused for other
+    /// hosts unless `allow_insecure`.
+    ///
+    /// # Errors
+    /// A message when the host is not a hostname or plain websocket is not allowed for it.
+    pub fn parse(spec: &str, allow_insecure: bool) -> Result<Self, String> {
+        let spec = spec.trim().trim_end_matches('/');
+        let (scheme, rest) = match spec.split_once("://") {
+            Some((s, r)) => (Some(s.to_ascii_lowercase()), r),
+            None => (None, spec),
+        };
+        let host = Hostname::parse_lenient(rest).map_err(|_| format!("{spec:?} is not a hostname[:port]"))?;
+        let tls = match scheme.as_deref() {
+            Some("wss" | "https") => true,
+            Some("ws" | "http") => false,
+            Some(other) => return Err(format!("{spec:?}: unknown scheme {other}")),
+            None => !host.is_localhost(),
+        };
+        if !tls && !host.is_localhost() && !allow_insecure {
+            return Err(format!("{spec:?}: plain ws:// is only allowed for localhost (or with --allow-insecure-ws)"));
+        }
+        Ok(Self { host, tls })
+    }
+}
+
 /// The ingest shard (0-based, below `shards`) that owns `host`: a stable hash of the hostname, so a
 /// host always lands on the same shard for a given shard count.
 pub fn shard_for_host(host: &Hostname, shards: usize) -> usize {
@@ -85,7 +121,7 @@ struct Shard {
 /// host and waits for them.
 pub async fn run(
     config: IngestConfig,
-    hosts: Vec<Hostname>,
+    hosts: Vec<Upstream>,
     to_sequencer: SharedSender<IngestMsg>,
     store: Arc<Store>,
     metrics: Metrics,
@@ -110,7 +146,8 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn run_host(shard: Rc<Shard>, host: Hostname) {
+async fn run_host(shard: Rc<Shard>, upstream: Upstream) {
+    let host = upstream.host.clone();
     let label: Arc<str> = Arc::from(host.as_str());
     let mut seed = std::collections::hash_map::DefaultHasher::new();
     host.hash(&mut seed);
@@ -123,7 +160,7 @@ async fn run_host(shard: Rc<Shard>, host: Hostname) {
         }
     };
     loop {
-        match connect(&shard, &host, cursor).await {
+        match connect(&shard, &upstream, cursor).await {
             Ok(ws) => {
                 Metrics::inc(&shard.metrics.upstream_connects, "result", "ok");
                 shard.metrics.upstream_connected.inc();
@@ -150,17 +187,24 @@ async fn run_host(shard: Rc<Shard>, host: Hostname) {
     }
 }
 
-type Ws = async_tungstenite::WebSocketStream<glommio::net::TcpStream>;
+type Ws = async_tungstenite::WebSocketStream<net::MaybeTls>;
 
-async fn connect(shard: &Shard, host: &Hostname, cursor: Option<HostSeq>) -> Result<Ws, String> {
-    let port = host.port().unwrap_or(80);
+async fn connect(shard: &Shard, upstream: &Upstream, cursor: Option<HostSeq>) -> Result<Ws, String> {
+    let host = &upstream.host;
+    let (scheme, default_port) = if upstream.tls { ("wss", 443) } else { ("ws", 80) };
+    let port = host.port().unwrap_or(default_port);
     let url = match cursor {
-        Some(c) => format!("ws://{host}/xrpc/com.atproto.sync.subscribeRepos?cursor={c}"),
-        None => format!("ws://{host}/xrpc/com.atproto.sync.subscribeRepos"),
+        Some(c) => format!("{scheme}://{host}/xrpc/com.atproto.sync.subscribeRepos?cursor={c}"),
+        None => format!("{scheme}://{host}/xrpc/com.atproto.sync.subscribeRepos"),
     };
     let timeout = shard.config.connect_timeout;
     let handshake = async {
-        let tcp = net::connect(host.name(), port, timeout).await.map_err(|e| e.to_string())?;
+        let stream = if upstream.tls {
+            let tls = shard.config.identity.http.connect_tls(host.name(), port, timeout).await;
+            net::MaybeTls::Tls(Box::new(tls.map_err(|e| e.to_string())?))
+        } else {
+            net::MaybeTls::Plain(net::connect(host.name(), port, timeout).await.map_err(|e| e.to_string())?)
+        };
         // Messages above the relay's own limit are still read (and dropped as frame_too_big) up to
         // three times that size; a larger one fails the connection (see README, Behaviors).
         let limit = shard.config.limits.max_frame_bytes.saturating_mul(3);
@@ -171,7 +215,7 @@ async fn connect(shard: &Shard, host: &Hostname, cursor: Option<HostSeq>) -> Res
             .max_frame_size(Some(limit))
             .read_buffer_size(16 * 1024)
             .write_buffer_size(0);
-        async_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config))
+        async_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
             .await
             .map(|(ws, _)| ws)
             .map_err(|e| e.to_string())
@@ -262,4 +306,24 @@ async fn read_frames(
         }
     }
     ReadOutcome::Closed { progressed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_specs() {
+        let u = |s| Upstream::parse(s, false);
+        assert_eq!(
+            u("pds.example.com").unwrap(),
+            Upstream { host: Hostname::new("pds.example.com").unwrap(), tls: true }
+        );
+        assert!(!u("localhost:2583").unwrap().tls);
+        assert!(u("wss://localhost:8443").unwrap().tls);
+        assert!(!u("ws://localhost:2583/").unwrap().tls);
+        assert!(u("ws://pds.example.com").is_err());
+        assert!(!Upstream::parse("ws://pds.example.com", true).unwrap().tls);
+        assert!(u("ftp://x.com").is_err() && u("1.2.3.4").is_err());
+    }
 }

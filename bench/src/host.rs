@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use crate::now_us;
 
 /// Frames kept per host for cursor replay.
-const REPLAY_FRAMES: usize = 20_000;
+const REPLAY_FRAMES: usize = 100_000;
 
 /// A frame due at `at_us` with the host's `seq`.
 #[derive(Debug, Clone)]
@@ -82,6 +82,9 @@ pub struct HostStats {
     pub sent: AtomicUsize,
     /// Connections currently open to hosts.
     pub connections: AtomicUsize,
+    /// Reconnects whose cursor was older than a host's replay log: frames the host could not resend
+    /// (counted as host-side gaps, not relay loss).
+    pub replay_gaps: AtomicUsize,
     /// How late frames left, in µs.
     pub lateness_us: Mutex<Histogram<u64>>,
 }
@@ -92,6 +95,7 @@ impl Default for HostStats {
             send_times: SendTimes::default(),
             sent: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            replay_gaps: AtomicUsize::new(0),
             lateness_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!())),
         }
     }
@@ -162,7 +166,12 @@ async fn serve(
     let mut last = 0u64;
     if let Some(c) = cursor {
         let backlog: Vec<(u64, Bytes)> = match log.lock() {
-            Ok(l) => l.recent.iter().filter(|(s, _)| *s > c).cloned().collect(),
+            Ok(l) => {
+                if l.recent.front().is_some_and(|(oldest, _)| *oldest > c + 1) {
+                    stats.replay_gaps.fetch_add(1, Ordering::Relaxed);
+                }
+                l.recent.iter().filter(|(s, _)| *s > c).cloned().collect()
+            }
             Err(_) => Vec::new(),
         };
         for (seq, frame) in backlog {

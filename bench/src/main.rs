@@ -608,6 +608,7 @@ fn result(
         "stalled_cut_off": stalled_cut,
         "slow_cut_off": subs.slow.iter().filter(|x| x.error.lock().map(|e| e.is_some()).unwrap_or(false)).count(),
     });
+    v["host_replay_gaps"] = json!(s.host_stats.replay_gaps.load(Ordering::Relaxed));
     if let (Some(obj), Value::Object(env)) = (v.as_object_mut(), report::environment()) {
         obj.extend(env);
     }
@@ -723,6 +724,7 @@ async fn run_ramp(
         let acc0 = accepted_now(&s, &subs).await;
         let lost0: u64 = subs.healthy.iter().map(|x| x.gaps.load(Ordering::Relaxed)).sum();
         let late0 = generator.stats.late.load(Ordering::Relaxed);
+        let recv0 = received(&subs.healthy);
         let t0 = Instant::now();
         let h = progress(&s, &subs, step_secs, &format!("ramp[{step}] {rate}/s"), &probes).await;
         let secs = t0.elapsed().as_secs_f64();
@@ -731,7 +733,11 @@ async fn run_ramp(
         let lost: u64 = subs.healthy.iter().map(|x| x.gaps.load(Ordering::Relaxed)).sum::<u64>() - lost0;
         let late = generator.stats.late.load(Ordering::Relaxed) - late0;
         let p99_ms = h.value_at_quantile(0.99) as f64 / 1000.0;
-        let kept_up = accepted as f64 >= 0.98 * offered as f64;
+        let delivered: u64 = received(&subs.healthy) - recv0;
+        let cut_off = subs.healthy.iter().any(|x| x.ended.load(Ordering::Relaxed));
+        let kept_up = accepted as f64 >= 0.98 * offered as f64
+            && delivered as f64 >= 0.98 * accepted as f64 * subs.healthy.len() as f64
+            && !cut_off;
         let generator_bound = late * 100 > offered.max(1);
         let pass = lost == 0 && p99_ms <= max_p99_ms && kept_up && !generator_bound;
         steps.push(json!({"rate": rate, "offered_per_s": offered as f64 / secs, "accepted_per_s": accepted as f64 / secs, "p99_ms": p99_ms, "lost": lost, "generator_bound": generator_bound, "pass": pass}));

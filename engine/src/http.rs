@@ -15,6 +15,8 @@ use crate::xrpc::Ctx;
 
 /// Largest request body accepted, in bytes; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Deadline for writing a response.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for a client to send its request head (and body).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -119,13 +121,14 @@ async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
         Some(Ok(Some(parsed))) => parsed,
         Some(Ok(None)) | None => return,
         Some(Err(resp)) => {
-            let _ = stream.write_all(&resp.encode()).await;
+            let _ = shards::net::with_timeout(WRITE_TIMEOUT, stream.write_all(&resp.encode())).await;
             return;
         }
     };
     match xrpc::route(&request, &ctx) {
         xrpc::Routed::Respond(resp) => {
-            let _ = stream.write_all(&resp.encode()).await;
+            // A client that does not read its response does not hold the task.
+            let _ = shards::net::with_timeout(WRITE_TIMEOUT, stream.write_all(&resp.encode())).await;
             let _ = stream.close().await;
         }
         xrpc::Routed::Upgrade { accept_key, cursor } => {

@@ -246,8 +246,10 @@ fn every_rejection_has_its_reason_and_valid_traffic_flows() {
             && relay.metric("relay_events_relayed_total", "") + relay.metric("relay_events_dropped_total", "") >= n + 2
     });
     host.push(n + 1, late.encode().unwrap());
-    relay.wait_until(Duration::from_secs(30), "stray commit processed", || {
-        relay.metric("relay_events_dropped_total", "reason=\"wrong_host\"") >= 2
+    // Nor can it speak for him in #account (his document resolves and names the other host).
+    host.push(n + 2, Event::Account(frank.account(n as i64 + 2, false, Some("deleted"))).encode().unwrap());
+    relay.wait_until(Duration::from_secs(30), "stray commit and #account processed", || {
+        relay.metric("relay_events_dropped_total", "reason=\"wrong_host\"") >= 3
     });
 
     // Drops, by reason.
@@ -257,7 +259,7 @@ fn every_rejection_has_its_reason_and_valid_traffic_flows() {
             *want.entry(r).or_default() += 1;
         }
     }
-    *want.entry("wrong_host").or_default() += 1; // the stray commit from Frank's old host
+    *want.entry("wrong_host").or_default() += 2; // the stray commit and #account from Frank's old host
     for (reason, count) in &want {
         assert_eq!(relay.metric("relay_events_dropped_total", &format!("reason=\"{reason}\"")), *count, "{reason}");
     }

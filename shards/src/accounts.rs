@@ -9,7 +9,8 @@
 //!   stored commit.
 //! - `#account`: records the host's status; the relayed event carries the combined status (a local
 //!   takedown wins).
-//! - `#identity`: relayed for every account, active or not, so migrations work.
+//! - `#identity`: relayed for every account, active or not, so migrations work; the account's host
+//!   becomes the sending host (ingest checked that the DID document names it).
 
 use wire::frame::{AccountEvent, Event};
 use wire::{AccountStatus, Did, DropReason};
@@ -82,7 +83,8 @@ pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>, lenient_sync: bo
                 a.status = Some("takendown".into());
             }
         }
-        Event::Identity(_) => return Ok(Applied { state: None, violation: None }),
+        // The document named this host (checked by ingest): the account lives here now.
+        Event::Identity(_) => {}
         Event::Info(_) => return Err(DropReason::UnknownType),
     }
     if ev.confirmed_active {

@@ -190,8 +190,14 @@ impl Resolver {
                 }
             }
         };
-        let result = shared.await;
-        self.pending.borrow_mut().remove(did);
+        let result = shared.clone().await;
+        {
+            // Only this fetch's entry: a newer fetch for the same DID may have replaced it.
+            let mut pending = self.pending.borrow_mut();
+            if pending.get(did).is_some_and(|p| Shared::ptr_eq(p, &shared)) {
+                pending.remove(did);
+            }
+        }
         match result {
             Ok(rec) => {
                 self.count("resolved");
@@ -205,7 +211,15 @@ impl Resolver {
             Err(e) => {
                 self.count("failed");
                 let until = now_ms.saturating_add(self.config.failure_ttl.as_millis() as u64);
-                self.failed_until_ms.borrow_mut().insert(did.clone(), until);
+                let mut failed = self.failed_until_ms.borrow_mut();
+                if failed.len() >= self.config.memory_entries {
+                    failed.retain(|_, t| *t > now_ms);
+                    if failed.len() >= self.config.memory_entries {
+                        failed.clear();
+                    }
+                }
+                failed.insert(did.clone(), until);
+                drop(failed);
                 if !e.is_transient() {
                     self.purge(did);
                 }
@@ -218,6 +232,16 @@ impl Resolver {
     pub fn purge(&self, did: &Did) {
         self.cache.borrow_mut().remove(did);
         let _ = self.store.delete_identity(did);
+    }
+
+    /// Marks the cached identity of `did` expired: the next lookup fetches it again, and the old
+    /// entry stays as the fallback while the directory cannot be reached (e.g. on `#identity`).
+    pub fn expire(&self, did: &Did) {
+        if let Some(rec) = self.cached(did) {
+            let expired = IdentityRecord { fetched_at_ms: 0, ..(*rec).clone() };
+            let _ = self.store.put_identity(did, &expired);
+            self.cache.borrow_mut().insert(did.clone(), Rc::new(expired));
+        }
     }
 
     /// Forgets a recent failure, so the next lookup asks the directory (after `#identity`).
@@ -234,10 +258,6 @@ impl Resolver {
             cache.remove(&victim);
         }
         cache.insert(did.clone(), rec);
-        let mut failed = self.failed_until_ms.borrow_mut();
-        if failed.len() >= self.config.memory_entries {
-            failed.clear();
-        }
     }
 }
 

@@ -16,7 +16,6 @@ use futures_lite::future::poll_once;
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use storage::{CommitBatch, HostState, RepoState, Store, StoreError};
-use wire::frame::Event;
 use wire::{Did, DropReason, RelaySeq, ws};
 
 use crate::accounts;
@@ -152,7 +151,6 @@ pub async fn run(
             let Some(did) = ev.event.did().cloned() else { continue };
             let prior = match repos.get(&did) {
                 Some(state) => Some(state.clone()),
-                None if matches!(ev.event, Event::Identity(_)) => None,
                 None => store.repo(&did)?,
             };
             let new_state = match accounts::apply(&mut ev, prior.as_ref(), config.lenient_sync) {

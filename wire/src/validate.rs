@@ -296,15 +296,21 @@ fn mst_reason(e: MstError) -> DropReason {
 }
 
 /// Sync 1.1: every op agrees with the signed tree, and inverting the ops on it gives `prev_data`.
+///
+/// When a path appears in several ops, the tree holds what the last one wrote, so only that op is
+/// compared with the tree; the inversion undoes the ops last to first.
 fn check_proof(ev: &CommitEvent, car: &car::Car<'_>, data: Cid, prev_data: Cid) -> Result<(), DropReason> {
     let mut mst = Mst::load(data, car).map_err(mst_reason)?;
-    for op in &ev.ops {
+    for (i, op) in ev.ops.iter().enumerate() {
+        if ev.ops.get(i + 1..).is_some_and(|later| later.iter().any(|o| o.path == op.path)) {
+            continue;
+        }
         let held = mst.get(op.path.as_bytes(), car).map_err(mst_reason)?;
         if held != op.cid {
             return Err(DropReason::OpCidMismatch);
         }
     }
-    for op in &ev.ops {
+    for op in ev.ops.iter().rev() {
         let key = op.path.as_bytes();
         let undone = match (op.action.as_str(), op.prev) {
             ("create", _) => mst.remove(key, car),

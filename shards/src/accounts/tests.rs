@@ -186,7 +186,8 @@ fn identity_is_relayed_for_any_account_and_migration_moves_the_host() {
         Event::Identity(IdentityEvent { seq: 1, did: did(), time: "2026-01-01T00:00:00Z".into(), handle: None }),
         None,
     );
-    assert_eq!(apply(&mut ev, Some(&inactive), false), Ok(Applied { state: None, violation: None }));
+    let moved = apply(&mut ev, Some(&inactive), false).unwrap().state.unwrap();
+    assert_eq!((moved.host.as_str(), moved.upstream), ("new.example", AccountStatus::Deactivated));
     let mut ev = account(true, None);
     ev.host = Arc::from("new.example");
     let state = apply(&mut ev, Some(&inactive), false).unwrap().state.unwrap();

@@ -32,8 +32,7 @@ pub enum Verdict {
 
 /// How long a `getRepoStatus` answer that the account is inactive is trusted before asking again.
 const RECHECK_INTERVAL_MS: u64 = 60_000;
-/// Most accounts whose status an ingest shard keeps in memory; beyond it the map starts over and
-/// statuses are read from the store again.
+/// Most accounts whose last re-check an ingest shard remembers; beyond it the map starts over.
 const MAX_STATUS_ENTRIES: usize = 200_000;
 
 /// What the pipeline needs from its shard.
@@ -50,9 +49,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// For `getRepoStatus` re-checks.
     pub http: HttpClient,
-    /// Last known status of accounts seen by this shard, and when an inactive one was last
-    /// re-checked with its host.
-    statuses: RefCell<HashMap<Did, (AccountStatus, u64)>>,
+    /// When an inactive account was last re-checked with its host (ms), by DID.
+    rechecked: RefCell<HashMap<Did, u64>>,
 }
 
 impl Context {
@@ -65,24 +63,24 @@ impl Context {
         metrics: Metrics,
         http: HttpClient,
     ) -> Self {
-        Self { limits, lenient_sync, resolver, store, metrics, http, statuses: RefCell::new(HashMap::new()) }
+        Self { limits, lenient_sync, resolver, store, metrics, http, rechecked: RefCell::new(HashMap::new()) }
     }
 
-    fn status(&self, did: &Did) -> (AccountStatus, u64) {
-        if let Some(s) = self.statuses.borrow().get(did) {
-            return *s;
-        }
-        let stored = self.store.repo(did).ok().flatten().map_or(AccountStatus::Active, |r| r.status());
-        self.set_status(did, stored, 0);
-        (stored, 0)
+    /// The account's status as the relay has it (the sequencer's, from the store) and when it was
+    /// last re-checked with its host.
+    fn status(&self, did: &Did) -> (AccountStatus, bool, u64) {
+        let state = self.store.repo(did).ok().flatten();
+        let status = state.as_ref().map_or(AccountStatus::Active, |r| r.status());
+        let taken_down = state.is_some_and(|r| r.taken_down);
+        (status, taken_down, self.rechecked.borrow().get(did).copied().unwrap_or(0))
     }
 
-    fn set_status(&self, did: &Did, status: AccountStatus, checked_ms: u64) {
-        let mut map = self.statuses.borrow_mut();
+    fn set_rechecked(&self, did: &Did, now_ms: u64) {
+        let mut map = self.rechecked.borrow_mut();
         if map.len() >= MAX_STATUS_ENTRIES && !map.contains_key(did) {
             map.clear();
         }
-        map.insert(did.clone(), (status, checked_ms));
+        map.insert(did.clone(), now_ms);
     }
 }
 
@@ -126,10 +124,7 @@ pub async fn process_frame(input: Input<'_>, ctx: &Context) -> Verdict {
     let outcome = match &event {
         Event::Commit(_) | Event::Sync(_) => commit_or_sync(&event, host, ctx, now_ms).await,
         Event::Identity(i) => identity(&i.did, &i.time, host, ctx, now_ms).await.map(|()| (None, false)),
-        Event::Account(a) => account(&a.did, &a.time, host, ctx, now_ms).await.map(|()| {
-            ctx.set_status(&a.did, AccountStatus::from_fields(a.active, a.status.as_deref()), now_ms);
-            (None, false)
-        }),
+        Event::Account(a) => account(&a.did, &a.time, host, ctx, now_ms).await.map(|()| (None, false)),
         Event::Info(_) => Err(DropReason::UnknownType),
     };
     match outcome {
@@ -205,27 +200,22 @@ fn has_authority(identity: &storage::IdentityRecord, host: &Hostname) -> bool {
 /// whether it is active again, at most once per [`RECHECK_INTERVAL_MS`]: a missed `#account` must not
 /// leave an account stuck inactive (indigo #1161). `Ok(true)` when the host says active.
 async fn confirm_active(did: &Did, host: &Hostname, ctx: &Context, now_ms: u64) -> Result<bool, DropReason> {
-    let (status, checked_ms) = ctx.status(did);
+    let (status, taken_down, checked_ms) = ctx.status(did);
     if status.is_active() {
         return Ok(false);
     }
-    if status == AccountStatus::Takendown && ctx.store.repo(did).ok().flatten().is_some_and(|r| r.taken_down) {
+    if taken_down {
         return Err(DropReason::TakenDown);
     }
     if now_ms.saturating_sub(checked_ms) < RECHECK_INTERVAL_MS {
         return Err(DropReason::InactiveAccount);
     }
+    ctx.set_rechecked(did, now_ms);
     let upstream = repo_status(did, host, ctx).await;
     tracing::info!(%did, host = %host, relay_status = %status, host_status = ?upstream, "re-checked inactive account");
     match upstream {
-        Some(s) if s.is_active() => {
-            ctx.set_status(did, AccountStatus::Active, now_ms);
-            Ok(true)
-        }
-        _ => {
-            ctx.set_status(did, status, now_ms);
-            Err(DropReason::InactiveAccount)
-        }
+        Some(s) if s.is_active() => Ok(true),
+        _ => Err(DropReason::InactiveAccount),
     }
 }
 
@@ -241,11 +231,11 @@ async fn repo_status(did: &Did, host: &Hostname, ctx: &Context) -> Option<Accoun
     Some(AccountStatus::from_fields(v["active"].as_bool()?, v["status"].as_str()))
 }
 
-/// `#identity`: the document or handle changed; drop the cached one, resolve afresh, and require
-/// that it names this host.
+/// `#identity`: the document or handle changed; resolve afresh (the old entry stays as an expired
+/// fallback until the new one is fetched) and require that it names this host.
 async fn identity(did: &Did, time: &str, host: &Hostname, ctx: &Context, now_ms: u64) -> Result<(), DropReason> {
     check_time(time)?;
-    ctx.resolver.purge(did);
+    ctx.resolver.expire(did);
     ctx.resolver.forget_failure(did);
     let identity = ctx.resolver.refresh(did, now_ms).await.map_err(|e| {
         tracing::info!(%did, host = %host, error = %e, "identity resolution failed");
@@ -254,8 +244,9 @@ async fn identity(did: &Did, time: &str, host: &Hostname, ctx: &Context, now_ms:
     if has_authority(&identity, host) { Ok(()) } else { Err(DropReason::WrongHost) }
 }
 
-/// `#account`: the host must have authority over the account, by its DID document or — for
-/// accounts whose document is gone, e.g. deleted — because the relay last saw the account there.
+/// `#account`: the host must have authority over the account by its DID document. Only when no
+/// document can be had (e.g. a deleted account's tombstoned DID) does the relay fall back to the
+/// host it last saw the account on.
 async fn account(did: &Did, time: &str, host: &Hostname, ctx: &Context, now_ms: u64) -> Result<(), DropReason> {
     check_time(time)?;
     let lives_here = || ctx.store.repo(did).ok().flatten().is_some_and(|r| r.host == host.as_str());
@@ -263,10 +254,10 @@ async fn account(did: &Did, time: &str, host: &Hostname, ctx: &Context, now_ms: 
         Ok((id, _)) if has_authority(&id, host) => Ok(()),
         Ok((_, Source::Cached)) => match ctx.resolver.refresh(did, now_ms).await {
             Ok(id) if has_authority(&id, host) => Ok(()),
-            _ if lives_here() => Ok(()),
-            _ => Err(DropReason::WrongHost),
+            Ok(_) => Err(DropReason::WrongHost),
+            Err(_) if lives_here() => Ok(()),
+            Err(_) => Err(DropReason::WrongHost),
         },
-        Ok((_, Source::Fetched)) if lives_here() => Ok(()),
         Ok((_, Source::Fetched)) => Err(DropReason::WrongHost),
         Err(_) if lives_here() => Ok(()),
         Err(_) => Err(DropReason::IdentityUnresolved),

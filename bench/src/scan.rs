@@ -91,50 +91,7 @@ pub fn scan(frame: &[u8]) -> Option<Scanned<'_>> {
     Some(s)
 }
 
-/// Microseconds since the epoch of an atproto datetime with a `Z` offset (the generator's own
-/// `time` values), `None` for other forms.
-pub fn datetime_us(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { std::str::from_utf8(b.get(r)?).ok()?.parse().ok() };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let frac = s.get(19..)?.strip_suffix('Z')?;
-    let micros = match frac.strip_prefix('.') {
-        Some(f) if !f.is_empty() && f.len() <= 9 => {
-            let padded = format!("{f:0<6}");
-            padded.get(..6)?.parse::<i64>().ok()?
-        }
-        Some(_) => return None,
-        None => 0,
-    };
-    // Days from civil (H. Hinnant).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
-    u64::try_from(secs * 1_000_000 + micros).ok()
-}
-
-/// Formats microseconds since the epoch as an atproto datetime with microseconds.
-pub fn datetime(us: u64) -> String {
-    let secs = us / 1_000_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z", rem / 3600, rem % 3600 / 60, rem % 60, us % 1_000_000)
-}
+pub use wire::syntax::{datetime_from_unix_us as datetime, unix_us_from_datetime as datetime_us};
 
 #[cfg(test)]
 mod tests {

@@ -62,8 +62,8 @@ fn host_state<'a>(
 }
 
 fn now_datetime() -> String {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    accounts::datetime_utc(ms)
+    let us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    wire::syntax::datetime_from_unix_us(us)
 }
 
 /// Runs the sequencer on the current executor until every ingest shard has gone away. `committed` is

@@ -29,6 +29,49 @@ pub enum SyntaxError {
     Datetime,
 }
 
+/// Formats microseconds since the UNIX epoch as an atproto datetime in UTC with microseconds, e.g.
+/// `2026-11-21T06:48:42.123456Z`.
+pub fn datetime_from_unix_us(us: u64) -> String {
+    let secs = us / 1_000_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z", rem / 3600, rem % 3600 / 60, rem % 60, us % 1_000_000)
+}
+
+/// Microseconds since the UNIX epoch of an atproto datetime with a `Z` offset (fractions beyond
+/// microseconds are cut); `None` for other offsets or invalid syntax.
+pub fn unix_us_from_datetime(s: &str) -> Option<u64> {
+    check_datetime(s).ok()?;
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { std::str::from_utf8(b.get(r)?).ok()?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let frac = s.get(19..)?.strip_suffix('Z')?;
+    let micros = match frac.strip_prefix('.') {
+        Some(f) => format!("{f:0<6}").get(..6)?.parse::<i64>().ok()?,
+        None => 0,
+    };
+    // Days from civil (H. Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from((days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000 + micros).ok()
+}
+
 /// Checks atproto datetime syntax (<https://atproto.com/specs/lexicon#datetime>): RFC 3339
 /// `YYYY-MM-DDTHH:MM:SS`, optional fractional seconds, then `Z` or a `±HH:MM` offset other than
 /// `-00:00`; uppercase `T` and `Z`; fields in range.
@@ -383,6 +426,18 @@ mod tests {
         }
         let h = Hostname::new("localhost:2583").unwrap();
         assert_eq!((h.name(), h.port(), h.is_localhost()), ("localhost", Some(2583), true));
+    }
+
+    #[test]
+    fn datetimes_round_trip() {
+        for us in [0, 951_782_400_000_000, 1_763_707_722_123_456, 4_102_444_800_000_001] {
+            let s = datetime_from_unix_us(us);
+            assert!(check_datetime(&s).is_ok(), "{s}");
+            assert_eq!(unix_us_from_datetime(&s), Some(us), "{s}");
+        }
+        assert_eq!(datetime_from_unix_us(951_782_400_000_000), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(unix_us_from_datetime("1970-01-01T00:00:01Z"), Some(1_000_000));
+        assert_eq!(unix_us_from_datetime("1970-01-01T00:00:01+01:00"), None);
     }
 
     #[test]

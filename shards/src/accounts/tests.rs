@@ -211,14 +211,6 @@ fn takedown_emits_the_combined_status() {
 }
 
 #[test]
-fn datetimes() {
-    assert_eq!(datetime_utc(0), "1970-01-01T00:00:00.000Z");
-    assert_eq!(datetime_utc(1_763_707_722_123), "2025-11-21T06:48:42.123Z");
-    assert_eq!(datetime_utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
-    assert!(wire::syntax::check_datetime(&datetime_utc(1_799_999_999_999)).is_ok());
-}
-
-#[test]
 fn host_account_counts_follow_creation_deletion_and_migration() {
     let a = RepoState::new("a.example");
     assert_eq!(count_changes(None, &a), vec![("a.example".to_owned(), 1)]);

@@ -1,0 +1,131 @@
+//! The `relay-bench` command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Load generator and fanout-latency benchmark for subscribeRepos relays.
+#[derive(Parser, Debug)]
+#[command(name = "relay-bench", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Mode {
+    /// A fixed event rate for a duration.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Aggregate event rate over all hosts, events/s.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// How long to generate, seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+    /// Raise the rate step by step until the relay loses events, falls behind, or p99 exceeds the
+    /// bound; reports the highest rate it sustained.
+    Ramp {
+        #[command(flatten)]
+        common: Common,
+        /// First rate, events/s.
+        #[arg(long, default_value_t = 250)]
+        start_rate: u64,
+        /// Rate multiplier per step.
+        #[arg(long, default_value_t = 1.5)]
+        factor: f64,
+        /// Seconds per step.
+        #[arg(long, default_value_t = 8)]
+        step_secs: u64,
+        /// p99 latency bound, milliseconds.
+        #[arg(long, default_value_t = 100.0)]
+        max_p99_ms: f64,
+        /// Most steps.
+        #[arg(long, default_value_t = 12)]
+        max_steps: u32,
+    },
+    /// Baseline without a relay: subscribers read the simulated hosts directly (every subscriber
+    /// connects to every host), showing what the generator and loopback cost.
+    Direct {
+        #[command(flatten)]
+        common: Common,
+        /// Aggregate event rate, events/s.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// Seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Common {
+    /// Simulated PDS hosts (each on its own port from --host-base-port).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) hosts: usize,
+    /// Accounts per host.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) accounts_per_host: usize,
+    /// Subscribers (including --stalled and --slow ones).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) subscribers: usize,
+    /// Subscribers that never read.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) stalled: usize,
+    /// Subscribers that sleep --slow-delay-ms after each frame.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) slow: usize,
+    /// Delay per frame of slow subscribers, ms.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) slow_delay_ms: u64,
+    /// Subscribers that connect with cursor=0 halfway through, to measure replay catch-up.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) cursor_subscribers: usize,
+    /// Share of accounts with p256 keys (0.0-1.0).
+    #[arg(long, default_value_t = 0.1)]
+    pub(crate) p256_share: f64,
+    /// Zipf exponent of per-host traffic (0 = uniform).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) skew: f64,
+    /// Serve DID documents in the legacy EcdsaSecp256k1VerificationKey2019 form.
+    #[arg(long)]
+    pub(crate) legacy_did_docs: bool,
+    /// RNG seed.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// First host port.
+    #[arg(long, default_value_t = 21000)]
+    pub(crate) host_base_port: u16,
+    /// A relay already running, e.g. ws://127.0.0.1:2470 (configure it with the printed --host list).
+    #[arg(long, conflicts_with = "spawn")]
+    pub(crate) relay: Option<String>,
+    /// PID of that relay, to sample its CPU, RSS and threads.
+    #[arg(long)]
+    pub(crate) relay_pid: Option<u32>,
+    /// Core layout of that relay, for the record.
+    #[arg(long)]
+    pub(crate) relay_layout: Option<String>,
+    /// Start our relay from this binary (default: target/release/relay, else target/debug/relay).
+    #[arg(long)]
+    pub(crate) spawn: Option<PathBuf>,
+    /// Extra argument for `relay serve` (repeatable), e.g. --relay-arg=--fanout-cores=1.
+    #[arg(long = "relay-arg", allow_hyphen_values = true)]
+    pub(crate) relay_args: Vec<String>,
+    /// Seconds to wait for the relay to connect to every host.
+    #[arg(long, default_value_t = 180)]
+    pub(crate) connect_timeout: u64,
+    /// Append the JSON result line to this file.
+    #[arg(long)]
+    pub(crate) json_out: Option<PathBuf>,
+    /// Write the latency histogram (.hgrm text) here.
+    #[arg(long)]
+    pub(crate) hgrm: Option<PathBuf>,
+    /// Write an SVG latency-percentile chart here.
+    #[arg(long)]
+    pub(crate) svg: Option<PathBuf>,
+    /// A label for the run (scenario name) in the JSON line.
+    #[arg(long, default_value = "")]
+    pub(crate) label: String,
+}

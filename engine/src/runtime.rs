@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use shards::fanout::{FanoutConfig, FanoutShard};
 use shards::identity::IdentityConfig;
 use shards::ingest::{IngestConfig, Upstream, shard_for_host};
-use shards::messages::{IngestMsg, PublishedBatch};
+use shards::messages::{IngestMsg, PublishedBatch, ResyncRequest};
 use shards::net::HttpClient;
 use shards::sequencer::SequencerConfig;
 use shards::{Metrics, ingest, sequencer};
@@ -25,6 +25,8 @@ use crate::{Fsync, ServeArgs};
 
 /// Capacity of each ingest → sequencer queue, in messages.
 const INGEST_QUEUE: usize = 4096;
+/// Capacity of each sequencer → ingest resync queue, in requests.
+const RESYNC_QUEUE: usize = 1024;
 /// Capacity of each admin API → sequencer queue, in requests.
 const ADMIN_QUEUE: usize = 256;
 /// Capacity of each sequencer → fanout queue, in batches.
@@ -36,13 +38,14 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 /// The sequencer's ends of the channels: from every ingest shard, to every fanout shard.
 struct SequencerWork {
     from_ingest: Vec<SharedReceiver<IngestMsg>>,
+    resync_to: Vec<SharedSender<ResyncRequest>>,
     to_fanout: Vec<SharedSender<PublishedBatch>>,
 }
 
 /// What one executor runs.
 #[derive(Default)]
 struct Work {
-    ingest: Option<(SharedSender<IngestMsg>, Vec<Upstream>)>,
+    ingest: Option<(SharedSender<IngestMsg>, SharedReceiver<ResyncRequest>, Vec<Upstream>)>,
     sequencer: Option<SequencerWork>,
     /// From the sequencer, and the admin API's way back to it.
     fanout: Option<(SharedReceiver<PublishedBatch>, SharedSender<IngestMsg>)>,
@@ -151,11 +154,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for h in hosts {
         per_shard_hosts[shard_for_host(&h.host, layout.ingest.len())].push(h);
     }
+    let mut resync_to = Vec::new();
     for (cpu, hosts) in layout.ingest.iter().zip(per_shard_hosts) {
         let (tx, rx) = shared_channel::new_bounded(INGEST_QUEUE);
+        let (resync_tx, resync_rx) = shared_channel::new_bounded(RESYNC_QUEUE);
         ingest_rx.push(rx);
+        resync_to.push(resync_tx);
         if let Some(w) = work.get_mut(cpu) {
-            w.ingest = Some((tx, hosts));
+            w.ingest = Some((tx, resync_rx, hosts));
         }
     }
     let mut fanout_tx = Vec::new();
@@ -169,7 +175,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(w) = work.get_mut(&layout.sequencer) {
-        w.sequencer = Some(SequencerWork { from_ingest: ingest_rx, to_fanout: fanout_tx });
+        w.sequencer = Some(SequencerWork { from_ingest: ingest_rx, resync_to, to_fanout: fanout_tx });
     }
 
     tracing::info!(layout = %layout.summary(), data_dir = %args.data_dir.display(), listen = %args.listen, "starting relay");
@@ -236,16 +242,16 @@ struct ExecCtx {
 async fn run_executor(ctx: ExecCtx, work: Work) {
     let ex = glommio::executor();
     let control = Arc::clone(&ctx.control);
-    if let Some((tx, hosts)) = work.ingest {
+    if let Some((tx, resync_rx, hosts)) = work.ingest {
         let tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "ingest");
         let mut config = IngestConfig::new(IdentityConfig::new(ctx.plc_url.clone(), ctx.http.clone()));
         config.lenient_sync = ctx.args.lenient_sync;
-        let fut = ingest::run(config, hosts, tx, Arc::clone(&ctx.store), ctx.metrics.clone());
+        let fut = ingest::run(config, hosts, tx, resync_rx, Arc::clone(&ctx.store), ctx.metrics.clone());
         if let Ok(t) = glommio::spawn_local_into(fut, tq) {
             t.detach();
         }
     }
-    if let Some(SequencerWork { from_ingest: rx, to_fanout: tx }) = work.sequencer {
+    if let Some(SequencerWork { from_ingest: rx, resync_to, to_fanout: tx }) = work.sequencer {
         let tq = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(10)), "sequencer");
         let store = Arc::clone(&ctx.store);
         let metrics = ctx.metrics.clone();
@@ -253,7 +259,7 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         let config = SequencerConfig { lenient_sync: ctx.args.lenient_sync, ..SequencerConfig::default() };
         let committed = Arc::clone(&ctx.committed);
         let fut = async move {
-            if let Err(e) = sequencer::run(config, committed, rx, tx, store, metrics).await {
+            if let Err(e) = sequencer::run(config, committed, rx, resync_to, tx, store, metrics).await {
                 control.fail(format!("sequencer stopped: {e}"));
             }
         };

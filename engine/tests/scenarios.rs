@@ -388,15 +388,25 @@ fn operator_takedown_and_its_reversal() {
     relay.wait_until(Duration::from_secs(10), "reversal relayed", || {
         relay.metric("relay_events_relayed_total", "") >= 3
     });
-    // The relay never stored the commit it dropped, so the host resynchronizes the account with a
-    // #sync (as a PDS does on reactivation); commits then chain from it.
-    host.push(3, Event::Sync(alice.sync(3)).encode().unwrap());
+    // The relay never stored the commit it dropped, so the host's next commit names a `since` the
+    // relay does not have: dropped as wrong_since, and the relay resyncs the account from the host
+    // (getLatestCommit + getBlocks → a #sync), after which commits chain again.
+    let ops = create(&mut alice, 100);
+    let ev = alice.commit(3, &ops, &Signer::Own);
+    let (cid, block) = alice.latest_commit().unwrap();
+    host.latest.lock().unwrap().insert(alice.did.to_string(), (cid.to_string(), ev.rev.to_string(), block));
+    host.push(3, Event::Commit(ev).encode().unwrap());
+    relay.wait_until(Duration::from_secs(10), "resync #sync relayed", || {
+        relay.metric("relay_events_relayed_total", "") >= 4
+    });
+    assert_eq!(relay.metric("relay_events_dropped_total", "reason=\"wrong_since\""), 1);
+    assert_eq!(relay.metric("relay_resyncs_total", "result=\"fetched\""), 1);
     let ops = create(&mut alice, 100);
     host.push(4, Event::Commit(alice.commit(4, &ops, &Signer::Own)).encode().unwrap());
-    relay.wait_until(Duration::from_secs(10), "sync and commit relayed", || {
+    relay.wait_until(Duration::from_secs(10), "commit after the resync relayed", || {
         relay.metric("relay_events_relayed_total", "") >= 5
     });
-    assert_eq!(relay.metric("relay_events_dropped_total", ""), 1);
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), 2);
 
     let mut sub = subscribe(relay.port, Some("0"));
     let seen = read_until_idle(&mut sub, Duration::from_millis(500));
@@ -408,6 +418,18 @@ fn operator_takedown_and_its_reversal() {
         })
         .collect();
     assert_eq!(accounts, vec![(false, Some("takendown".into())), (true, None)]);
+    let kinds: Vec<&str> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Event(e) => Some(e.type_name()),
+            Seen::Error(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["#commit", "#account", "#account", "#sync", "#commit"],
+        "genesis, takedown, reversal, resync, chained commit"
+    );
     assert_eq!(support::http_post(port, "/admin/nothing", &body, Some(("admin", "s3cret"))).unwrap().0, 404);
     relay.stop();
 

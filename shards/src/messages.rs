@@ -47,6 +47,9 @@ pub enum IngestMsg {
         /// The processed upstream `seq`.
         seq: HostSeq,
     },
+    /// A `#sync` the ingest shard made by fetching the account's current commit from its host after
+    /// the sequencer asked for a resync ([`ResyncRequest`]); it moves no host cursor.
+    Resync(AcceptedEvent),
     /// An operator took the account down (`taken_down: true`) or reversed it: the sequencer records
     /// it and relays an `#account` event with the resulting status.
     Takedown {
@@ -60,3 +63,14 @@ pub enum IngestMsg {
 /// Events persisted by one sequencer batch, in increasing relay `seq`, each as a complete websocket
 /// binary frame (encoded once, shared by every subscriber of every fanout shard).
 pub type PublishedBatch = Arc<Vec<(RelaySeq, Bytes)>>;
+
+/// From the sequencer to the ingest shard of `host`: the account's chain broke (a `since` or
+/// `prevData` the relay never stored), so fetch its current commit from the host and send it as a
+/// `#sync` ([`IngestMsg::Resync`]).
+#[derive(Debug, Clone)]
+pub struct ResyncRequest {
+    /// The account.
+    pub did: Did,
+    /// Its host.
+    pub host: Arc<str>,
+}

@@ -43,6 +43,9 @@ pub struct Metrics {
     /// `relay_subscribers_closed_total{reason}`: subscribers disconnected (`consumer_too_slow`,
     /// `future_cursor`, `client_closed`, `write_error`).
     pub subscribers_closed: Family<Label, Counter>,
+    /// `relay_resyncs_total{result}`: account resyncs after a broken chain (`requested`,
+    /// `queue_full`, `fetched`, `failed`).
+    pub resyncs: Family<Label, Counter>,
     /// `relay_batch_commits_total`: RocksDB group commits by the sequencer.
     pub batch_commits: Counter,
 }
@@ -94,6 +97,7 @@ impl Metrics {
             self.subscribers_closed.clone(),
         );
         registry.register("relay_batch_commits", "RocksDB group commits by the sequencer", self.batch_commits.clone());
+        registry.register("relay_resyncs", "Account resyncs after a broken chain, by result", self.resyncs.clone());
         // Pre-create every drop reason so a zero is visible, not an absent series.
         for reason in DropReason::ALL {
             let _ = self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]);

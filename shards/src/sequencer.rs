@@ -10,16 +10,17 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::future::poll_once;
 use glommio::channels::local_channel;
-use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
 use storage::{CommitBatch, HostState, RepoState, Store, StoreError};
 use wire::{Did, DropReason, RelaySeq, ws};
 
 use crate::accounts;
-use crate::messages::{IngestMsg, PublishedBatch};
+use crate::messages::{IngestMsg, PublishedBatch, ResyncRequest};
 use crate::metrics::Metrics;
 
 /// Sequencer settings.
@@ -46,6 +47,18 @@ pub enum SequencerError {
     /// An event the relay made itself could not be encoded (not reachable).
     #[error("encoding an event: {0}")]
     Encode(String),
+}
+
+/// How often at most the sequencer asks for one account's resync.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Asks the ingest shard that owns `host` to resync `did` (a full queue only skips this request).
+fn ask_resync(to: &[ConnectedSender<ResyncRequest>], did: &Did, host: &Arc<str>, metrics: &Metrics) {
+    let Ok(hostname) = wire::Hostname::new(host.to_string()) else { return };
+    let Some(tx) = to.get(crate::ingest::shard_for_host(&hostname, to.len())) else { return };
+    let asked = tx.try_send(ResyncRequest { did: did.clone(), host: Arc::clone(host) }).is_ok();
+    Metrics::inc(&metrics.resyncs, "result", if asked { "requested" } else { "queue_full" });
+    tracing::info!(%did, %host, asked, "asked for a resync");
 }
 
 /// The state of `host`, from memory or the store.
@@ -77,6 +90,7 @@ pub async fn run(
     config: SequencerConfig,
     committed: Arc<AtomicU64>,
     from_ingest: Vec<SharedReceiver<IngestMsg>>,
+    to_ingest: Vec<SharedSender<ResyncRequest>>,
     to_fanout: Vec<SharedSender<PublishedBatch>>,
     store: Arc<Store>,
     metrics: Metrics,
@@ -97,6 +111,12 @@ pub async fn run(
         .detach();
     }
     drop(merged_tx);
+    let mut resync_to = Vec::with_capacity(to_ingest.len());
+    for tx in to_ingest {
+        resync_to.push(tx.connect().await);
+    }
+    // When each account's last resync was asked for: at most one a minute per account.
+    let mut resync_asked: HashMap<Did, Instant> = HashMap::new();
     let mut fanout = Vec::with_capacity(to_fanout.len());
     for tx in to_fanout {
         fanout.push(tx.connect().await);
@@ -123,13 +143,14 @@ pub async fn run(
         let mut repos: HashMap<Did, RepoState> = HashMap::new();
         let mut published = Vec::new();
         for msg in msgs {
-            let mut ev = match msg {
+            let (mut ev, resynced) = match msg {
                 IngestMsg::Cursor { host, seq } => {
                     host_state(&mut hosts, &store, &host)?.cursor = seq;
                     touched_hosts.insert(host.to_string());
                     continue;
                 }
-                IngestMsg::Event(ev) => ev,
+                IngestMsg::Event(ev) => (ev, false),
+                IngestMsg::Resync(ev) => (ev, true),
                 IngestMsg::Takedown { did, taken_down } => {
                     let prior = match repos.get(&did) {
                         Some(state) => Some(state.clone()),
@@ -146,8 +167,10 @@ pub async fn run(
                     continue;
                 }
             };
-            host_state(&mut hosts, &store, &ev.host)?.cursor = ev.host_seq;
-            touched_hosts.insert(ev.host.to_string());
+            if !resynced {
+                host_state(&mut hosts, &store, &ev.host)?.cursor = ev.host_seq;
+                touched_hosts.insert(ev.host.to_string());
+            }
             let Some(did) = ev.event.did().cloned() else { continue };
             let prior = match repos.get(&did) {
                 Some(state) => Some(state.clone()),
@@ -155,8 +178,17 @@ pub async fn run(
             };
             let new_state = match accounts::apply(&mut ev, prior.as_ref(), config.lenient_sync) {
                 Err(reason) => {
-                    tracing::info!(%did, host = %ev.host, %reason, "dropped event");
+                    tracing::info!(%did, host = %ev.host, %reason, resynced, "dropped event");
                     metrics.drop_event(reason);
+                    if matches!(reason, DropReason::WrongSince | DropReason::WrongPrevData)
+                        && resync_asked.get(&did).is_none_or(|at| at.elapsed() >= RESYNC_INTERVAL)
+                    {
+                        ask_resync(&resync_to, &did, &ev.host, &metrics);
+                        if resync_asked.len() >= 100_000 {
+                            resync_asked.retain(|_, at| at.elapsed() < RESYNC_INTERVAL);
+                        }
+                        resync_asked.insert(did.clone(), Instant::now());
+                    }
                     continue;
                 }
                 Ok(applied) => {

@@ -219,6 +219,7 @@ pub struct SimAccount {
     clock_us: u64,
     counter: u64,
     commits: u64,
+    last: Option<(Cid, Vec<u8>)>,
 }
 
 /// Key of the record body's text field: records are `{"$type", "text", "createdAt"}`.
@@ -241,6 +242,7 @@ impl SimAccount {
             clock_us: start_us,
             counter: 0,
             commits: 0,
+            last: None,
         }
     }
 
@@ -252,6 +254,11 @@ impl SimAccount {
     /// The current MST root (`data`).
     pub fn data(&self) -> Cid {
         self.root
+    }
+
+    /// The CID and block of the latest signed commit (what `getLatestCommit`/`getBlocks` serve).
+    pub fn latest_commit(&self) -> Option<(Cid, Vec<u8>)> {
+        self.last.clone()
     }
 
     /// Overrides the `rev` the next commit names as `since` (a host that lost history).
@@ -394,6 +401,7 @@ impl SimAccount {
         self.clock_us += 1;
         let rev = Tid::from_u64(self.clock_us << 10);
         let (commit_cid, commit_block) = self.signed_commit(&rev, root, signer);
+        self.last = Some((commit_cid, commit_block.clone()));
         let mut car_blocks: Vec<(Cid, &[u8])> = vec![(commit_cid, &commit_block)];
         car_blocks.extend(nodes.iter().map(|(c, b)| (*c, b.as_slice())));
         car_blocks.extend(new_blocks.iter().map(|(c, b)| (*c, b.as_slice())));
@@ -436,6 +444,7 @@ impl SimAccount {
         let rev = Tid::from_u64(self.clock_us << 10);
         let (cid, block) = self.signed_commit(&rev, self.root, &Signer::Own);
         let blocks = car::write_car(&cid, &[(cid, &block)]).unwrap_or_default();
+        self.last = Some((cid, block));
         self.rev = Some(rev.clone());
         SyncEvent { seq, did: self.did.clone(), blocks: Bytes::from(blocks), rev, time: CREATED_AT.into() }
     }

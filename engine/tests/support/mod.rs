@@ -75,6 +75,8 @@ pub struct FakeHost {
     pub cursors: Arc<Mutex<Vec<Option<u64>>>>,
     /// What `com.atproto.sync.getRepoStatus` answers, by DID: (active, status).
     pub repo_status: Arc<Mutex<HashMap<String, (bool, Option<String>)>>>,
+    /// What `getLatestCommit`/`getBlocks` answer, by DID: (commit CID, rev, commit block).
+    pub latest: Arc<Mutex<HashMap<String, (String, String, Vec<u8>)>>>,
 }
 
 impl FakeHost {
@@ -84,23 +86,28 @@ impl FakeHost {
         let frames: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
         let cursors: Arc<Mutex<Vec<Option<u64>>>> = Arc::default();
         let repo_status: Arc<Mutex<HashMap<String, (bool, Option<String>)>>> = Arc::default();
-        let (f, c, r) = (Arc::clone(&frames), Arc::clone(&cursors), Arc::clone(&repo_status));
+        let latest: Arc<Mutex<HashMap<String, (String, String, Vec<u8>)>>> = Arc::default();
+        let (f, c, r, l) = (Arc::clone(&frames), Arc::clone(&cursors), Arc::clone(&repo_status), Arc::clone(&latest));
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (f, c, r) = (Arc::clone(&f), Arc::clone(&c), Arc::clone(&r));
+                let (f, c, r, l) = (Arc::clone(&f), Arc::clone(&c), Arc::clone(&r), Arc::clone(&l));
                 std::thread::spawn(move || {
                     let mut head = [0u8; 512];
                     let n = stream.peek(&mut head).unwrap_or(0);
                     let line = String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or("").to_owned();
                     if line.contains("/xrpc/com.atproto.sync.getRepoStatus") {
                         serve_repo_status(stream, &line, &r);
+                    } else if line.contains("/xrpc/com.atproto.sync.getLatestCommit")
+                        || line.contains("/xrpc/com.atproto.sync.getBlocks")
+                    {
+                        serve_latest(stream, &line, &l);
                     } else {
                         serve_host(stream, &f, &c);
                     }
                 });
             }
         });
-        Self { port, frames, cursors, repo_status }
+        Self { port, frames, cursors, repo_status, latest }
     }
 
     pub fn hostname(&self) -> String {
@@ -111,6 +118,25 @@ impl FakeHost {
     pub fn push(&self, seq: u64, frame: Vec<u8>) {
         self.frames.lock().unwrap().push((seq, frame));
     }
+}
+
+fn serve_latest(mut stream: TcpStream, line: &str, latest: &Mutex<HashMap<String, (String, String, Vec<u8>)>>) {
+    let mut buf = [0u8; 2048];
+    let _ = stream.read(&mut buf);
+    let did = line.split("did=").nth(1).and_then(|r| r.split([' ', '&']).next()).unwrap_or("").to_owned();
+    let found = latest.lock().unwrap().get(&did).cloned();
+    let (ctype, body) = match found {
+        None => ("application/json", br#"{"error":"RepoNotFound"}"#.to_vec()),
+        Some((cid, rev, _)) if line.contains("getLatestCommit") => {
+            ("application/json", serde_json::json!({"cid": cid, "rev": rev}).to_string().into_bytes())
+        }
+        Some((cid, _, block)) => {
+            let cid: wire::Cid = cid.parse().unwrap();
+            ("application/vnd.ipld.car", wire::car::write_car(&cid, &[(cid, &block)]).unwrap())
+        }
+    };
+    let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n", body.len());
+    let _ = stream.write_all(&body);
 }
 
 fn serve_repo_status(mut stream: TcpStream, line: &str, statuses: &Mutex<HashMap<String, (bool, Option<String>)>>) {
@@ -176,7 +202,7 @@ impl FakeHost {
                 });
             }
         });
-        Self { port, frames, cursors, repo_status: Arc::default() }
+        Self { port, frames, cursors, repo_status: Arc::default(), latest: Arc::default() }
     }
 }
 

@@ -8,6 +8,7 @@
 //! any error.
 
 pub mod process;
+pub mod resync;
 
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
@@ -17,14 +18,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures_util::StreamExt;
-use glommio::channels::shared_channel::{ConnectedSender, SharedSender};
+use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
 use storage::Store;
 use wire::frame::{Event, Frame};
 use wire::{HostSeq, Hostname, Limits};
 
 use crate::backoff::Backoff;
 use crate::identity::{IdentityConfig, Resolver};
-use crate::messages::IngestMsg;
+use crate::messages::{IngestMsg, ResyncRequest};
 use crate::metrics::Metrics;
 use crate::net;
 
@@ -115,6 +116,8 @@ struct Shard {
     metrics: Metrics,
     ctx: process::Context,
     to_sequencer: ConnectedSender<IngestMsg>,
+    /// Whether each host of this shard is reached over TLS.
+    tls: std::collections::HashMap<String, bool>,
 }
 
 /// Runs an ingest shard on the current executor until the sequencer goes away: spawns one task per
@@ -123,6 +126,7 @@ pub async fn run(
     config: IngestConfig,
     hosts: Vec<Upstream>,
     to_sequencer: SharedSender<IngestMsg>,
+    resync: SharedReceiver<ResyncRequest>,
     store: Arc<Store>,
     metrics: Metrics,
 ) {
@@ -135,7 +139,30 @@ pub async fn run(
         metrics.clone(),
         config.identity.http.clone(),
     );
-    let shard = Rc::new(Shard { config, store, metrics, ctx, to_sequencer: to_sequencer.connect().await });
+    let tls = hosts.iter().map(|u| (u.host.to_string(), u.tls)).collect();
+    let shard = Rc::new(Shard { config, store, metrics, ctx, to_sequencer: to_sequencer.connect().await, tls });
+    let resyncer = Rc::clone(&shard);
+    glommio::spawn_local(async move {
+        let rx = resync.connect().await;
+        while let Some(req) = rx.recv().await {
+            let shard = Rc::clone(&resyncer);
+            glommio::spawn_local(async move {
+                let tls = shard.tls.get(req.host.as_ref()).copied().unwrap_or(false);
+                match resync::fetch_sync(&shard.ctx, &req, tls, now_ms()).await {
+                    Ok(ev) => {
+                        Metrics::inc(&shard.metrics.resyncs, "result", "fetched");
+                        let _ = shard.to_sequencer.send(IngestMsg::Resync(ev)).await;
+                    }
+                    Err(e) => {
+                        Metrics::inc(&shard.metrics.resyncs, "result", "failed");
+                        tracing::warn!(did = %req.did, host = %req.host, error = %e, "resync failed");
+                    }
+                }
+            })
+            .detach();
+        }
+    })
+    .detach();
     let tasks: Vec<_> = hosts.into_iter().map(|host| glommio::spawn_local(run_host(Rc::clone(&shard), host))).collect();
     for t in tasks {
         t.await;

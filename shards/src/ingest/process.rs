@@ -135,7 +135,7 @@ pub async fn process_frame(input: Input<'_>, ctx: &Context) -> Verdict {
 
 /// Checks a `#commit` or `#sync`; returns the commit it declares and whether the host just confirmed
 /// an account the relay had inactive.
-async fn commit_or_sync(
+pub(crate) async fn commit_or_sync(
     event: &Event,
     host: &Hostname,
     ctx: &Context,

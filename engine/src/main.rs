@@ -47,6 +47,11 @@ pub struct ServeArgs {
     #[arg(long = "host", value_name = "HOST")]
     pub hosts: Vec<String>,
 
+    /// Seconds over which an ingest shard with 1,000+ hosts spreads their first connections at start
+    /// (fewer hosts: proportionally less; 0 = all at once).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub startup_ramp_secs: u64,
+
     /// Allow plain ws:// upstreams other than localhost (e.g. on a private network).
     #[arg(long)]
     pub allow_insecure_ws: bool,

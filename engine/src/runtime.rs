@@ -246,6 +246,7 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         let tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "ingest");
         let mut config = IngestConfig::new(IdentityConfig::new(ctx.plc_url.clone(), ctx.http.clone()));
         config.lenient_sync = ctx.args.lenient_sync;
+        config.startup_ramp = Duration::from_secs(ctx.args.startup_ramp_secs);
         let fut = ingest::run(config, hosts, tx, resync_rx, Arc::clone(&ctx.store), ctx.metrics.clone());
         if let Ok(t) = glommio::spawn_local_into(fut, tq) {
             t.detach();

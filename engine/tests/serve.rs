@@ -287,3 +287,42 @@ fn tls_upstream_with_a_test_ca() {
     assert_eq!(seqs, vec![1, 2]);
     relay.stop();
 }
+
+/// Hundreds of hosts at start: the startup ramp spreads the connections over its window (each host
+/// at a hashed point of it) and `/xrpc/_health` answers throughout.
+#[test]
+fn startup_ramp_spreads_hundreds_of_hosts_and_health_stays_responsive() {
+    let plc = FakePlc::start();
+    let hosts: Vec<FakeHost> = (0..300).map(|_| FakeHost::start()).collect();
+    let names: Vec<String> = hosts.iter().map(FakeHost::hostname).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    // 300 hosts on one shard: a 10 s ramp becomes a window of 10 × 299/1000 ≈ 3 s.
+    let layout = ["--ingest-cores", "0", "--startup-ramp-secs", "10"];
+    let started = std::time::Instant::now();
+    let relay = Relay::start_hosts(support::free_port(), &dir.path().join("data"), &name_refs, &plc.url, &layout);
+    let mut health = Vec::new();
+    let connected = |hosts: &[FakeHost]| hosts.iter().filter(|h| !h.connected_at.lock().unwrap().is_empty()).count();
+    while connected(&hosts) < hosts.len() {
+        assert!(started.elapsed() < Duration::from_secs(30), "only {} hosts connected", connected(&hosts));
+        let t = std::time::Instant::now();
+        let (status, _) = relay.get("/xrpc/_health");
+        health.push((status, t.elapsed()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let times: Vec<Duration> = hosts.iter().map(|h| h.connected_at.lock().unwrap()[0] - started).collect();
+    let first = *times.iter().min().unwrap();
+    let last = *times.iter().max().unwrap();
+    assert!(last - first > Duration::from_secs(2), "connections spread over {:?}", last - first);
+    // No burst: no 100 ms slice holds more than a sixth of the hosts.
+    let most_in_slice = (0..40)
+        .map(|i| {
+            let lo = first + Duration::from_millis(100 * i);
+            times.iter().filter(|t| **t >= lo && **t < lo + Duration::from_millis(100)).count()
+        })
+        .max()
+        .unwrap();
+    assert!(most_in_slice <= 50, "{most_in_slice} hosts connected within one 100 ms slice");
+    assert!(health.len() > 10 && health.iter().all(|(s, _)| *s == 200), "health during the ramp: {health:?}");
+    relay.stop();
+}

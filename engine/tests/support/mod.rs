@@ -77,6 +77,8 @@ pub struct FakeHost {
     pub repo_status: Arc<Mutex<HashMap<String, (bool, Option<String>)>>>,
     /// What `getLatestCommit`/`getBlocks` answer, by DID: (commit CID, rev, commit block).
     pub latest: Arc<Mutex<HashMap<String, (String, String, Vec<u8>)>>>,
+    /// When each websocket connection was accepted.
+    pub connected_at: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl FakeHost {
@@ -87,10 +89,13 @@ impl FakeHost {
         let cursors: Arc<Mutex<Vec<Option<u64>>>> = Arc::default();
         let repo_status: Arc<Mutex<HashMap<String, (bool, Option<String>)>>> = Arc::default();
         let latest: Arc<Mutex<HashMap<String, (String, String, Vec<u8>)>>> = Arc::default();
+        let connected_at: Arc<Mutex<Vec<Instant>>> = Arc::default();
         let (f, c, r, l) = (Arc::clone(&frames), Arc::clone(&cursors), Arc::clone(&repo_status), Arc::clone(&latest));
+        let at = Arc::clone(&connected_at);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let (f, c, r, l) = (Arc::clone(&f), Arc::clone(&c), Arc::clone(&r), Arc::clone(&l));
+                let at = Arc::clone(&at);
                 std::thread::spawn(move || {
                     let mut head = [0u8; 512];
                     let n = stream.peek(&mut head).unwrap_or(0);
@@ -102,12 +107,12 @@ impl FakeHost {
                     {
                         serve_latest(stream, &line, &l);
                     } else {
-                        serve_host(stream, &f, &c);
+                        serve_host(stream, &f, &c, &at);
                     }
                 });
             }
         });
-        Self { port, frames, cursors, repo_status, latest }
+        Self { port, frames, cursors, repo_status, latest, connected_at }
     }
 
     pub fn hostname(&self) -> String {
@@ -198,15 +203,27 @@ impl FakeHost {
                 let (f, c, config) = (Arc::clone(&f), Arc::clone(&c), Arc::clone(&config));
                 std::thread::spawn(move || {
                     let conn = rustls::ServerConnection::new(config).unwrap();
-                    serve_host(rustls::StreamOwned::new(conn, stream), &f, &c);
+                    serve_host(rustls::StreamOwned::new(conn, stream), &f, &c, &Mutex::new(Vec::new()));
                 });
             }
         });
-        Self { port, frames, cursors, repo_status: Arc::default(), latest: Arc::default() }
+        Self {
+            port,
+            frames,
+            cursors,
+            repo_status: Arc::default(),
+            latest: Arc::default(),
+            connected_at: Arc::default(),
+        }
     }
 }
 
-fn serve_host<S: Read + Write>(stream: S, frames: &Mutex<Vec<(u64, Vec<u8>)>>, cursors: &Mutex<Vec<Option<u64>>>) {
+fn serve_host<S: Read + Write>(
+    stream: S,
+    frames: &Mutex<Vec<(u64, Vec<u8>)>>,
+    cursors: &Mutex<Vec<Option<u64>>>,
+    connected_at: &Mutex<Vec<Instant>>,
+) {
     let mut cursor = None;
     let callback = |req: &tungstenite::handshake::server::Request, resp| {
         cursor = req
@@ -220,6 +237,7 @@ fn serve_host<S: Read + Write>(stream: S, frames: &Mutex<Vec<(u64, Vec<u8>)>>, c
         return;
     };
     cursors.lock().unwrap().push(cursor);
+    connected_at.lock().unwrap().push(Instant::now());
     let mut next = 0usize;
     loop {
         let pending: Vec<(u64, Vec<u8>)> = frames.lock().unwrap().get(next..).unwrap_or_default().to_vec();

@@ -46,6 +46,11 @@ pub struct IngestConfig {
     pub backoff_max: Duration,
     /// TCP connect plus websocket handshake deadline. Default 10 s.
     pub connect_timeout: Duration,
+    /// Startup ramp: a shard with 1,000 or more hosts spreads their first connections over this
+    /// window (fewer hosts: a proportionally shorter one), each host at a fixed point of it given by a
+    /// hash of its name, so thousands of handshakes never arrive at once. Default 30 s; zero connects
+    /// everything at once.
+    pub startup_ramp: Duration,
 }
 
 impl IngestConfig {
@@ -59,6 +64,7 @@ impl IngestConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
+            startup_ramp: Duration::from_secs(30),
         }
     }
 }
@@ -97,6 +103,22 @@ impl Upstream {
         }
         Ok(Self { host, tls })
     }
+}
+
+/// The ramp window for a shard of `hosts` hosts: the full `ramp` from 1,000 hosts on, proportionally
+/// less below (one host connects at once).
+pub fn startup_window(ramp: Duration, hosts: usize) -> Duration {
+    ramp.mul_f64((hosts.saturating_sub(1) as f64 / 1000.0).min(1.0))
+}
+
+/// Where in the startup `window` `host` connects: a fixed point given by a stable hash of its name
+/// (the same on every restart, so hosts do not all reconnect at once after one either).
+pub fn ramp_delay(host: &Hostname, window: Duration) -> Duration {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in host.as_str().bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    window.mul_f64((h % 10_000) as f64 / 10_000.0)
 }
 
 /// The ingest shard (0-based, below `shards`) that owns `host`: a stable hash of the hostname, so a
@@ -163,7 +185,18 @@ pub async fn run(
         }
     })
     .detach();
-    let tasks: Vec<_> = hosts.into_iter().map(|host| glommio::spawn_local(run_host(Rc::clone(&shard), host))).collect();
+    let window = startup_window(shard.config.startup_ramp, hosts.len());
+    let tasks: Vec<_> = hosts
+        .into_iter()
+        .map(|host| {
+            let delay = ramp_delay(&host.host, window);
+            let shard = Rc::clone(&shard);
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(delay).await;
+                run_host(shard, host).await;
+            })
+        })
+        .collect();
     for t in tasks {
         t.await;
     }
@@ -338,6 +371,27 @@ async fn read_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn startup_ramp_spreads_hosts_deterministically() {
+        let ramp = Duration::from_secs(30);
+        assert_eq!(startup_window(ramp, 1), Duration::ZERO);
+        assert_eq!(startup_window(ramp, 5000), ramp);
+        assert!(startup_window(ramp, 501) == Duration::from_secs(15));
+        let window = startup_window(ramp, 5000);
+        let delays: Vec<Duration> =
+            (0..5000).map(|i| ramp_delay(&Hostname::new(format!("pds{i}.example.com")).unwrap(), window)).collect();
+        assert!(delays.iter().all(|d| *d < window));
+        // Spread: every tenth of the window gets between 5% and 15% of the hosts.
+        for tenth in 0..10 {
+            let lo = window.mul_f64(tenth as f64 / 10.0);
+            let hi = window.mul_f64((tenth + 1) as f64 / 10.0);
+            let n = delays.iter().filter(|d| **d >= lo && **d < hi).count();
+            assert!((250..=750).contains(&n), "tenth {tenth}: {n} hosts");
+        }
+        let h = Hostname::new("pds.example.com").unwrap();
+        assert_eq!(ramp_delay(&h, window), ramp_delay(&h, window));
+    }
 
     #[test]
     fn upstream_specs() {

@@ -52,6 +52,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub startup_ramp_secs: u64,
 
+    /// Consecutive failed connection attempts after which a host is offline (1 and up).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub offline_after_failures: u32,
+
+    /// How often an offline host is still tried, seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub offline_retry_secs: u64,
+
     /// Allow plain ws:// upstreams other than localhost (e.g. on a private network).
     #[arg(long)]
     pub allow_insecure_ws: bool,

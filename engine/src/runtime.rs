@@ -247,6 +247,8 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         let mut config = IngestConfig::new(IdentityConfig::new(ctx.plc_url.clone(), ctx.http.clone()));
         config.lenient_sync = ctx.args.lenient_sync;
         config.startup_ramp = Duration::from_secs(ctx.args.startup_ramp_secs);
+        config.offline_after_failures = ctx.args.offline_after_failures;
+        config.offline_retry = Duration::from_secs(ctx.args.offline_retry_secs);
         let fut = ingest::run(config, hosts, tx, resync_rx, Arc::clone(&ctx.store), ctx.metrics.clone());
         if let Ok(t) = glommio::spawn_local_into(fut, tq) {
             t.detach();

@@ -314,6 +314,19 @@ fn every_rejection_has_its_reason_and_valid_traffic_flows() {
         (status, latest["cid"].as_str(), latest["rev"].as_str()),
         (200, Some(last_alice.as_str()), alice.rev().map(|r| r.as_str()))
     );
+    let (status, listed_hosts) = json("/xrpc/com.atproto.sync.listHosts");
+    assert_eq!(status, 200);
+    let mut want_hosts = vec![
+        serde_json::json!({"hostname": host.hostname(), "status": "active", "seq": n + 2, "accountCount": 3}),
+        serde_json::json!({"hostname": other_host.hostname(), "status": "active", "seq": 2, "accountCount": 1}),
+    ];
+    want_hosts.sort_by_key(|h| h["hostname"].as_str().unwrap().to_owned());
+    assert_eq!(listed_hosts["hosts"], serde_json::Value::Array(want_hosts.clone()));
+    let (status, one) = json(&format!("/xrpc/com.atproto.sync.getHostStatus?hostname={}", other_host.hostname()));
+    assert_eq!((status, &one), (200, &want_hosts.iter().find(|h| h["seq"] == 2).unwrap().clone()));
+    assert_eq!(json("/xrpc/com.atproto.sync.getHostStatus?hostname=nowhere.example").1["error"], "HostNotFound");
+    assert_eq!(json("/xrpc/com.atproto.sync.getHostStatus?hostname=-bad-").1["error"], "InvalidRequest");
+    assert_eq!(json("/xrpc/com.atproto.sync.listHosts?limit=1").1["hosts"].as_array().unwrap().len(), 1);
     let raw = support::http_get_raw(relay.port, &format!("/xrpc/com.atproto.sync.getRepo?did={}", alice.did)).unwrap();
     assert!(raw.starts_with("HTTP/1.1 302"), "{raw}");
     let location = format!("Location: http://{}/xrpc/com.atproto.sync.getRepo?did={}", host.hostname(), alice.did);

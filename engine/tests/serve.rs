@@ -115,7 +115,7 @@ fn validates_sequences_replays_and_survives_restart() {
     let (status, body) = relay.get("/xrpc/_health");
     assert_eq!(status, 200);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["seq"], 6);
-    assert_eq!(relay.get("/xrpc/com.atproto.sync.listHosts").0, 501);
+    assert_eq!(relay.get("/xrpc/com.atproto.sync.requestCrawl").0, 501);
 
     // Live: a subscriber without cursor gets only new events, once.
     let mut live = subscribe(relay.port, None);
@@ -324,5 +324,21 @@ fn startup_ramp_spreads_hundreds_of_hosts_and_health_stays_responsive() {
         .unwrap();
     assert!(most_in_slice <= 50, "{most_in_slice} hosts connected within one 100 ms slice");
     assert!(health.len() > 10 && health.iter().all(|(s, _)| *s == 200), "health during the ramp: {health:?}");
+    relay.stop();
+}
+
+/// A host that cannot be reached becomes `offline` after the configured number of failures.
+#[test]
+fn unreachable_host_goes_offline() {
+    let plc = FakePlc::start();
+    let closed = support::free_port(); // nothing listens there
+    let dir = tempfile::tempdir().unwrap();
+    let host = format!("localhost:{closed}");
+    let relay = Relay::start(&dir.path().join("data"), &host, &plc.url, &["--offline-after-failures", "2"]);
+    relay.wait_until(Duration::from_secs(30), "host offline", || {
+        let (_, body) = relay.get(&format!("/xrpc/com.atproto.sync.getHostStatus?hostname={host}"));
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["status"] == "offline"
+    });
+    assert!(relay.metric("relay_upstream_connects_total", "result=\"error\"") >= 2);
     relay.stop();
 }

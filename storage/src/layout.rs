@@ -2,7 +2,7 @@
 //! the byte tables).
 
 use wire::crypto::{KeyType, PublicKey};
-use wire::{AccountStatus, Cid, HostSeq, Tid};
+use wire::{AccountStatus, Cid, HostSeq, HostStatus, Tid};
 
 /// What the relay knows of an account: its last relayed commit and its status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +47,35 @@ pub struct HostState {
     pub cursor: HostSeq,
     /// Accounts the relay has on this host (not deleted); the slots a per-host account limit counts.
     pub account_count: u64,
+}
+
+/// The connection status of an upstream host (written by its ingest shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostInfo {
+    /// The status.
+    pub status: HostStatus,
+    /// Last successful connection, ms since the UNIX epoch; 0 when never.
+    pub last_connected_ms: u64,
+    /// Consecutive failed connection attempts.
+    pub failures: u32,
+}
+
+impl HostInfo {
+    /// Encodes per the `host_info` byte table.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![self.status.code()];
+        out.extend_from_slice(&self.last_connected_ms.to_be_bytes());
+        out.extend_from_slice(&self.failures.to_be_bytes());
+        out
+    }
+
+    /// Decodes per the `host_info` byte table.
+    pub fn decode(mut b: &[u8]) -> Option<Self> {
+        let status = HostStatus::from_code(*take(&mut b, 1)?.first()?)?;
+        let last_connected_ms = take_u64(&mut b)?;
+        let failures = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
+        b.is_empty().then_some(Self { status, last_connected_ms, failures })
+    }
 }
 
 /// A cached identity resolution.
@@ -186,6 +215,8 @@ mod tests {
 
         let host = HostState { cursor: HostSeq(42), account_count: 7 };
         assert_eq!(HostState::decode(&host.encode()), Some(host));
+        let info = HostInfo { status: HostStatus::Offline, last_connected_ms: 9, failures: 3 };
+        assert_eq!(HostInfo::decode(&info.encode()), Some(info));
 
         let key = PublicKey::from_did_key("did:key:zDnaembgSGUhZULN2Caob4HLJPaxBh92N7rtH21TErzqf8HQo").unwrap();
         for (ep, h) in [(Some("http://localhost:2583".to_owned()), Some("a.test".to_owned())), (None, None)] {

@@ -38,6 +38,15 @@
 //! | value | 0      | 8     | cursor: the last upstream `seq` fully processed (u64) |
 //! |       | 8      | 8     | accounts on this host that are not deleted (u64) |
 //!
+//! ## `host_info`: hostname → connection status (written only by the host's ingest shard)
+//!
+//! | part  | offset | bytes | field |
+//! |-------|--------|-------|-------|
+//! | key   | 0      | n     | hostname (UTF-8) |
+//! | value | 0      | 1     | status: 0 active, 1 idle, 2 offline, 3 throttled, 4 banned |
+//! |       | 1      | 8     | last successful connection, ms since the UNIX epoch (u64; 0 never) |
+//! |       | 9      | 4     | consecutive failed connection attempts (u32) |
+//!
 //! ## `identities`: DID → resolved identity cache
 //!
 //! | part  | offset | bytes | field |
@@ -62,7 +71,7 @@ mod layout;
 mod store;
 
 pub use error::StoreError;
-pub use layout::{HostState, IdentityRecord, RepoState};
+pub use layout::{HostInfo, HostState, IdentityRecord, RepoState};
 pub use store::{CommitBatch, Store, StoreOptions};
 
 /// The on-disk format version this build reads and writes.
@@ -80,6 +89,8 @@ pub mod cf {
     pub const IDENTITIES: &str = "identities";
     /// Store-wide values.
     pub const META: &str = "meta";
+    /// Hostname → connection status (written by the host's ingest shard).
+    pub const HOST_INFO: &str = "host_info";
     /// All of them, in creation order.
-    pub const ALL: [&str; 5] = [EVENTS, REPOS, HOSTS, IDENTITIES, META];
+    pub const ALL: [&str; 6] = [EVENTS, REPOS, HOSTS, IDENTITIES, META, HOST_INFO];
 }

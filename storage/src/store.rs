@@ -8,7 +8,7 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode,
 use wire::{Did, RelaySeq};
 
 use crate::error::StoreError;
-use crate::layout::{HostState, IdentityRecord, RepoState};
+use crate::layout::{HostInfo, HostState, IdentityRecord, RepoState};
 use crate::{FORMAT_VERSION, cf};
 
 const META_FORMAT_VERSION: &[u8] = b"format_version";
@@ -239,6 +239,53 @@ impl Store {
     /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
     pub fn host(&self, host: &str) -> Result<Option<HostState>, StoreError> {
         self.get_decoded(cf::HOSTS, host.as_bytes(), HostState::decode)
+    }
+
+    /// The connection status of `host`, if recorded.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn host_info(&self, host: &str) -> Result<Option<HostInfo>, StoreError> {
+        self.get_decoded(cf::HOST_INFO, host.as_bytes(), HostInfo::decode)
+    }
+
+    /// Records the connection status of `host` (not fsynced: it is rewritten on every change).
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`].
+    pub fn put_host_info(&self, host: &str, info: &HostInfo) -> Result<(), StoreError> {
+        Ok(self.db.put_cf(self.cf(cf::HOST_INFO), host, info.encode())?)
+    }
+
+    /// Up to `limit` hosts with a recorded status, in hostname order, after `after` when given:
+    /// their status and, when the sequencer has written one, their cursor and account count.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn hosts_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, HostInfo, Option<HostState>)>, StoreError> {
+        let mode = match after {
+            Some(a) => IteratorMode::From(a.as_bytes(), Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.db.iterator_cf(self.cf(cf::HOST_INFO), mode) {
+            let (k, v) = item?;
+            if after.is_some_and(|a| a.as_bytes() == &*k) {
+                continue;
+            }
+            let host = String::from_utf8(k.to_vec()).map_err(|_| corrupt(cf::HOST_INFO, &k))?;
+            let info = HostInfo::decode(&v).ok_or_else(|| corrupt(cf::HOST_INFO, &k))?;
+            let state = self.host(&host)?;
+            out.push((host, info, state));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// The cached identity of `did`, if any (whatever its age; the caller applies TTLs).

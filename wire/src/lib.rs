@@ -18,6 +18,7 @@ pub mod commit;
 pub mod crypto;
 pub mod did_doc;
 pub mod frame;
+pub mod host;
 pub mod http;
 pub mod mst;
 pub mod syntax;
@@ -28,5 +29,6 @@ pub mod ws;
 
 pub use account::AccountStatus;
 pub use cid::Cid;
+pub use host::HostStatus;
 pub use syntax::{Did, HostSeq, Hostname, Nsid, RelaySeq, Tid};
 pub use validate::{DropReason, Limits};

@@ -1,10 +1,12 @@
 //! XRPC routing, one file per NSID (each starting with its `NSID` const), plus `/metrics`.
 //! Errors are XRPC error JSON (`{"error", "message"}`) per <https://atproto.com/specs/xrpc>.
 
+mod get_host_status;
 mod get_latest_commit;
 mod get_repo;
 mod get_repo_status;
 mod health;
+mod list_hosts;
 mod list_repos;
 mod subscribe_repos;
 
@@ -61,6 +63,8 @@ pub fn route(req: &Request, ctx: &Ctx) -> Routed {
     match nsid {
         health::NSID => Routed::Respond(only_get(req).unwrap_or_else(|| health::handle(ctx))),
         list_repos::NSID => Routed::Respond(only_get(req).unwrap_or_else(|| list_repos::handle(req, ctx))),
+        list_hosts::NSID => Routed::Respond(only_get(req).unwrap_or_else(|| list_hosts::handle(req, ctx))),
+        get_host_status::NSID => Routed::Respond(only_get(req).unwrap_or_else(|| get_host_status::handle(req, ctx))),
         get_repo_status::NSID => Routed::Respond(only_get(req).unwrap_or_else(|| get_repo_status::handle(req, ctx))),
         get_latest_commit::NSID => {
             Routed::Respond(only_get(req).unwrap_or_else(|| get_latest_commit::handle(req, ctx)))

@@ -19,9 +19,9 @@ use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures_util::StreamExt;
 use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
-use storage::Store;
+use storage::{HostInfo, Store};
 use wire::frame::{Event, Frame};
-use wire::{HostSeq, Hostname, Limits};
+use wire::{HostSeq, HostStatus, Hostname, Limits};
 
 use crate::backoff::Backoff;
 use crate::identity::{IdentityConfig, Resolver};
@@ -38,8 +38,14 @@ pub struct IngestConfig {
     pub lenient_sync: bool,
     /// Identity resolution (and the HTTP client used for hosts too).
     pub identity: IdentityConfig,
-    /// A host connection with no message for this long is closed and reconnected. Default 10 min.
+    /// A host connection with no message for this long is closed and reconnected, and the host's
+    /// status becomes `idle` until it sends again. Default 10 min.
     pub idle_timeout: Duration,
+    /// Consecutive failed connection attempts after which a host is `offline`. Default 8; valid 1
+    /// and up.
+    pub offline_after_failures: u32,
+    /// How often an `offline` host is still tried. Default 10 min.
+    pub offline_retry: Duration,
     /// First reconnect delay. Default 1 s.
     pub backoff_base: Duration,
     /// Longest reconnect delay. Default 60 s.
@@ -61,6 +67,8 @@ impl IngestConfig {
             lenient_sync: false,
             identity,
             idle_timeout: Duration::from_secs(600),
+            offline_after_failures: 8,
+            offline_retry: Duration::from_secs(600),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
@@ -102,6 +110,42 @@ impl Upstream {
             return Err(format!("{spec:?}: plain ws:// is only allowed for localhost (or with --allow-insecure-ws)"));
         }
         Ok(Self { host, tls })
+    }
+}
+
+/// What happened on a host's connection, for its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostEvent {
+    /// The websocket handshake succeeded.
+    Connected,
+    /// The connection delivered its first frame.
+    Delivered,
+    /// No frame for the idle timeout.
+    Idle,
+    /// A connection attempt failed.
+    Failed,
+}
+
+/// The host's next status after `event` at `now_ms` (a pure state machine): a first frame makes it
+/// `active`, silence `idle`, `offline_after` consecutive failures `offline`; reaching an offline host
+/// again makes it `active`. Operator statuses (`banned`, `throttled`) are left alone.
+pub fn next_host_info(prev: HostInfo, event: HostEvent, now_ms: u64, offline_after: u32) -> HostInfo {
+    if matches!(prev.status, HostStatus::Banned | HostStatus::Throttled) {
+        return prev;
+    }
+    match event {
+        HostEvent::Connected => HostInfo {
+            status: if prev.status == HostStatus::Offline { HostStatus::Active } else { prev.status },
+            last_connected_ms: now_ms,
+            failures: 0,
+        },
+        HostEvent::Delivered => HostInfo { status: HostStatus::Active, ..prev },
+        HostEvent::Idle => HostInfo { status: HostStatus::Idle, ..prev },
+        HostEvent::Failed => {
+            let failures = prev.failures.saturating_add(1);
+            let status = if failures >= offline_after.max(1) { HostStatus::Offline } else { prev.status };
+            HostInfo { status, failures, ..prev }
+        }
     }
 }
 
@@ -219,13 +263,28 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream) {
             return;
         }
     };
+    let initial = HostInfo { status: HostStatus::Active, last_connected_ms: 0, failures: 0 };
+    let mut info = shard.store.host_info(host.as_str()).ok().flatten().unwrap_or(initial);
+    let record = |info: &mut HostInfo, event: HostEvent| {
+        let next = next_host_info(*info, event, now_ms(), shard.config.offline_after_failures);
+        if next != *info {
+            if next.status != info.status {
+                tracing::info!(host = %host, from = %info.status, to = %next.status, "host status");
+            }
+            *info = next;
+            // A lost write only leaves a stale status until the next change.
+            let _ = shard.store.put_host_info(host.as_str(), info);
+        }
+    };
+    record(&mut info, HostEvent::Connected); // writes the record of a new host once
     loop {
         match connect(&shard, &upstream, cursor).await {
             Ok(ws) => {
                 Metrics::inc(&shard.metrics.upstream_connects, "result", "ok");
                 shard.metrics.upstream_connected.inc();
                 tracing::info!(host = %host, cursor = ?cursor.map(|c| c.0), "connected to host");
-                let outcome = read_frames(&shard, &host, &label, ws, &mut cursor).await;
+                record(&mut info, HostEvent::Connected);
+                let outcome = read_frames(&shard, &host, &label, ws, &mut cursor, &mut |e| record(&mut info, e)).await;
                 shard.metrics.upstream_connected.dec();
                 match outcome {
                     ReadOutcome::SequencerGone => return,
@@ -239,9 +298,10 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream) {
             Err(e) => {
                 Metrics::inc(&shard.metrics.upstream_connects, "result", "error");
                 tracing::warn!(host = %host, error = %e, "cannot connect to host");
+                record(&mut info, HostEvent::Failed);
             }
         }
-        let delay = backoff.next_delay();
+        let delay = if info.status == HostStatus::Offline { shard.config.offline_retry } else { backoff.next_delay() };
         tracing::debug!(host = %host, delay_ms = delay.as_millis() as u64, "reconnecting later");
         glommio::timer::sleep(delay).await;
     }
@@ -309,6 +369,7 @@ async fn read_frames(
     label: &Arc<str>,
     mut ws: Ws,
     cursor: &mut Option<HostSeq>,
+    status: &mut dyn FnMut(HostEvent),
 ) -> ReadOutcome {
     let mut last_seq: Option<HostSeq> = None;
     let mut progressed = false;
@@ -319,9 +380,13 @@ async fn read_frames(
             Some(None) => break,
             None => {
                 tracing::warn!(host = %host, idle_s = shard.config.idle_timeout.as_secs(), "host idle; reconnecting");
+                status(HostEvent::Idle);
                 break;
             }
         };
+        if !progressed {
+            status(HostEvent::Delivered);
+        }
         let bytes = match msg {
             Ok(Message::Binary(b)) => b,
             Ok(Message::Close(frame)) => {
@@ -391,6 +456,24 @@ mod tests {
         }
         let h = Hostname::new("pds.example.com").unwrap();
         assert_eq!(ramp_delay(&h, window), ramp_delay(&h, window));
+    }
+
+    #[test]
+    fn host_status_follows_connections() {
+        let mut info = HostInfo { status: HostStatus::Active, last_connected_ms: 0, failures: 0 };
+        for i in 1..=3 {
+            info = next_host_info(info, HostEvent::Failed, 10, 3);
+            assert_eq!(info.failures, i);
+        }
+        assert_eq!(info.status, HostStatus::Offline);
+        info = next_host_info(info, HostEvent::Connected, 20, 3);
+        assert_eq!((info.status, info.failures, info.last_connected_ms), (HostStatus::Active, 0, 20));
+        info = next_host_info(info, HostEvent::Idle, 30, 3);
+        assert_eq!(info.status, HostStatus::Idle);
+        assert_eq!(next_host_info(info, HostEvent::Connected, 40, 3).status, HostStatus::Idle, "idle until it sends");
+        assert_eq!(next_host_info(info, HostEvent::Delivered, 40, 3).status, HostStatus::Active);
+        let banned = HostInfo { status: HostStatus::Banned, ..info };
+        assert_eq!(next_host_info(banned, HostEvent::Delivered, 50, 3), banned);
     }
 
     #[test]

@@ -1,0 +1,26 @@
+//! `com.atproto.sync.getHostStatus`: one upstream host.
+
+/// The lexicon NSID.
+pub const NSID: &str = "com.atproto.sync.getHostStatus";
+
+use super::Ctx;
+use super::list_hosts::host_json;
+use crate::http::{Request, Response};
+
+/// `hostname` required. Output `{hostname, seq?, accountCount?, status}`. Errors: `400
+/// InvalidRequest` for a missing or bad hostname, `400 HostNotFound` for a host the relay does not
+/// subscribe to.
+pub fn handle(req: &Request, ctx: &Ctx) -> Response {
+    let Some(raw) = req.params().into_iter().find(|(k, _)| *k == "hostname").map(|(_, v)| v.replace("%3A", ":")) else {
+        return Response::xrpc_error(400, "InvalidRequest", "hostname is required");
+    };
+    let Ok(host) = wire::Hostname::parse_lenient(&raw) else {
+        return Response::xrpc_error(400, "InvalidRequest", "hostname is not a hostname[:port]");
+    };
+    let store = ctx.fanout.store();
+    match (store.host_info(host.as_str()), store.host(host.as_str())) {
+        (Ok(Some(info)), Ok(state)) => Response::json(200, &host_json(host.as_str(), &info, state.as_ref())),
+        (Ok(None), _) => Response::xrpc_error(400, "HostNotFound", "the relay does not subscribe to this host"),
+        (Err(e), _) | (_, Err(e)) => Response::xrpc_error(500, "InternalServerError", &e.to_string()),
+    }
+}

@@ -1,0 +1,247 @@
+//! Fake network peers for the relay's tests: a PLC directory, PDS hosts (plain and TLS) serving
+//! `subscribeRepos` and a few `com.atproto.sync.*` queries, and a test CA.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wire::Did;
+
+/// A fake PLC directory: `GET /{did}` answers the stored document or 404.
+pub struct FakePlc {
+    pub url: String,
+    docs: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl FakePlc {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let docs: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let served = Arc::clone(&docs);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let docs = Arc::clone(&served);
+                std::thread::spawn(move || serve_plc(stream, &docs));
+            }
+        });
+        Self { url, docs }
+    }
+
+    pub fn put(&self, did: &Did, doc: serde_json::Value) {
+        self.docs.lock().unwrap().insert(did.to_string(), doc.to_string());
+    }
+}
+
+fn serve_plc(mut stream: TcpStream, docs: &Mutex<HashMap<String, String>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_owned();
+    let doc = docs.lock().unwrap().get(&path).cloned();
+    let resp = match doc {
+        Some(body) => {
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        }
+        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found".to_owned(),
+    };
+    let _ = stream.write_all(resp.as_bytes());
+}
+
+/// A fake PDS: serves `subscribeRepos` frames from a shared list to every connection, starting after
+/// the connection's `cursor`, and new frames as they are appended.
+pub struct FakeHost {
+    pub port: u16,
+    frames: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    /// The `cursor` query parameter of each connection, in order (`None` when absent).
+    pub cursors: Arc<Mutex<Vec<Option<u64>>>>,
+    /// What `com.atproto.sync.getRepoStatus` answers, by DID: (active, status).
+    pub repo_status: Arc<Mutex<HashMap<String, (bool, Option<String>)>>>,
+    /// What `getLatestCommit`/`getBlocks` answer, by DID: (commit CID, rev, commit block).
+    pub latest: Arc<Mutex<HashMap<String, (String, String, Vec<u8>)>>>,
+    /// When each websocket connection was accepted.
+    pub connected_at: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl FakeHost {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frames: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
+        let cursors: Arc<Mutex<Vec<Option<u64>>>> = Arc::default();
+        let repo_status: Arc<Mutex<HashMap<String, (bool, Option<String>)>>> = Arc::default();
+        let latest: Arc<Mutex<HashMap<String, (String, String, Vec<u8>)>>> = Arc::default();
+        let connected_at: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let (f, c, r, l) = (Arc::clone(&frames), Arc::clone(&cursors), Arc::clone(&repo_status), Arc::clone(&latest));
+        let at = Arc::clone(&connected_at);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (f, c, r, l) = (Arc::clone(&f), Arc::clone(&c), Arc::clone(&r), Arc::clone(&l));
+                let at = Arc::clone(&at);
+                std::thread::spawn(move || {
+                    let mut head = [0u8; 512];
+                    let n = stream.peek(&mut head).unwrap_or(0);
+                    let line = String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or("").to_owned();
+                    if line.contains("/xrpc/com.atproto.sync.getRepoStatus") {
+                        serve_repo_status(stream, &line, &r);
+                    } else if line.contains("/xrpc/com.atproto.sync.getLatestCommit")
+                        || line.contains("/xrpc/com.atproto.sync.getBlocks")
+                    {
+                        serve_latest(stream, &line, &l);
+                    } else {
+                        serve_host(stream, &f, &c, &at);
+                    }
+                });
+            }
+        });
+        Self { port, frames, cursors, repo_status, latest, connected_at }
+    }
+
+    pub fn hostname(&self) -> String {
+        format!("localhost:{}", self.port)
+    }
+
+    /// Appends a frame with its upstream seq (the seq inside the frame may differ on purpose).
+    pub fn push(&self, seq: u64, frame: Vec<u8>) {
+        self.frames.lock().unwrap().push((seq, frame));
+    }
+}
+
+fn serve_latest(mut stream: TcpStream, line: &str, latest: &Mutex<HashMap<String, (String, String, Vec<u8>)>>) {
+    let mut buf = [0u8; 2048];
+    let _ = stream.read(&mut buf);
+    let did = line.split("did=").nth(1).and_then(|r| r.split([' ', '&']).next()).unwrap_or("").to_owned();
+    let found = latest.lock().unwrap().get(&did).cloned();
+    let (ctype, body) = match found {
+        None => ("application/json", br#"{"error":"RepoNotFound"}"#.to_vec()),
+        Some((cid, rev, _)) if line.contains("getLatestCommit") => {
+            ("application/json", serde_json::json!({"cid": cid, "rev": rev}).to_string().into_bytes())
+        }
+        Some((cid, _, block)) => {
+            let cid: wire::Cid = cid.parse().unwrap();
+            ("application/vnd.ipld.car", wire::car::write_car(&cid, &[(cid, &block)]).unwrap())
+        }
+    };
+    let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n", body.len());
+    let _ = stream.write_all(&body);
+}
+
+fn serve_repo_status(mut stream: TcpStream, line: &str, statuses: &Mutex<HashMap<String, (bool, Option<String>)>>) {
+    let mut buf = [0u8; 2048];
+    let _ = stream.read(&mut buf);
+    let did = line.split("did=").nth(1).and_then(|r| r.split([' ', '&']).next()).unwrap_or("").to_owned();
+    let body = match statuses.lock().unwrap().get(&did) {
+        Some((active, status)) => serde_json::json!({"did": did, "active": active, "status": status}).to_string(),
+        None => serde_json::json!({"error": "RepoNotFound"}).to_string(),
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// A TLS test CA and a server certificate for `localhost` signed by it.
+pub struct TestCa {
+    /// The CA certificate (PEM), for `--tls-ca`.
+    pub ca_pem: String,
+    /// The server's rustls configuration.
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "relay test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+        let server =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                )
+                .unwrap();
+        Self { ca_pem: ca.pem(), server: Arc::new(server) }
+    }
+}
+
+impl FakeHost {
+    /// A host serving `subscribeRepos` over TLS (`wss://localhost:PORT`) with `ca`'s certificate.
+    pub fn start_tls(ca: &TestCa) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frames: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
+        let cursors: Arc<Mutex<Vec<Option<u64>>>> = Arc::default();
+        let (f, c, config) = (Arc::clone(&frames), Arc::clone(&cursors), Arc::clone(&ca.server));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (f, c, config) = (Arc::clone(&f), Arc::clone(&c), Arc::clone(&config));
+                std::thread::spawn(move || {
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    serve_host(rustls::StreamOwned::new(conn, stream), &f, &c, &Mutex::new(Vec::new()));
+                });
+            }
+        });
+        Self {
+            port,
+            frames,
+            cursors,
+            repo_status: Arc::default(),
+            latest: Arc::default(),
+            connected_at: Arc::default(),
+        }
+    }
+}
+
+fn serve_host<S: Read + Write>(
+    stream: S,
+    frames: &Mutex<Vec<(u64, Vec<u8>)>>,
+    cursors: &Mutex<Vec<Option<u64>>>,
+    connected_at: &Mutex<Vec<Instant>>,
+) {
+    let mut cursor = None;
+    let callback = |req: &tungstenite::handshake::server::Request, resp| {
+        cursor = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("cursor=")))
+            .and_then(|c| c.parse::<u64>().ok());
+        Ok(resp)
+    };
+    let Ok(mut ws) = tungstenite::accept_hdr(stream, callback) else {
+        return;
+    };
+    cursors.lock().unwrap().push(cursor);
+    connected_at.lock().unwrap().push(Instant::now());
+    let mut next = 0usize;
+    loop {
+        let pending: Vec<(u64, Vec<u8>)> = frames.lock().unwrap().get(next..).unwrap_or_default().to_vec();
+        for (seq, frame) in pending {
+            next += 1;
+            if cursor.is_some_and(|c| seq <= c) {
+                continue;
+            }
+            if ws.send(tungstenite::Message::Binary(frame.into())).is_err() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -18,12 +18,8 @@ pub(crate) enum Mode {
     Run {
         #[command(flatten)]
         common: Common,
-        /// Aggregate event rate over all hosts, events/s.
-        #[arg(long, default_value_t = 500)]
-        rate: u64,
-        /// How long to generate, seconds.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
+        #[command(flatten)]
+        fixed: Fixed,
     },
     /// Raise the rate step by step until the relay loses events, falls behind, or p99 exceeds the
     /// bound; reports the highest rate it sustained.
@@ -51,13 +47,20 @@ pub(crate) enum Mode {
     Direct {
         #[command(flatten)]
         common: Common,
-        /// Aggregate event rate, events/s.
-        #[arg(long, default_value_t = 500)]
-        rate: u64,
-        /// Seconds.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
+        #[command(flatten)]
+        fixed: Fixed,
     },
+}
+
+/// Rate and duration of a fixed-rate run.
+#[derive(Args, Debug, Clone, Copy)]
+pub(crate) struct Fixed {
+    /// Aggregate event rate over all hosts, events/s.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) rate: u64,
+    /// How long to generate, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) duration: u64,
 }
 
 #[derive(Args, Debug, Clone)]

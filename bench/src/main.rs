@@ -465,8 +465,8 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.mode {
-            Mode::Run { common, rate, duration } => run_fixed(common, rate, duration, false).await,
-            Mode::Direct { common, rate, duration } => run_fixed(common, rate, duration, true).await,
+            Mode::Run { common, fixed } => run_fixed(common, fixed.rate, fixed.duration, false).await,
+            Mode::Direct { common, fixed } => run_fixed(common, fixed.rate, fixed.duration, true).await,
             Mode::Ramp { common, start_rate, factor, step_secs, max_p99_ms, max_steps } => {
                 run_ramp(common, start_rate, factor, step_secs, max_p99_ms, max_steps).await
             }

@@ -124,30 +124,6 @@ pub fn item_len(buf: &[u8]) -> Result<usize, CborError> {
     Ok(pos)
 }
 
-/// Appends the CBOR head of an unsigned integer (major type 0) in its shortest form.
-pub fn write_uint(out: &mut Vec<u8>, v: u64) {
-    write_head(out, 0, v);
-}
-
-/// Appends a CBOR head of `major` type with argument `v`, shortest form.
-pub fn write_head(out: &mut Vec<u8>, major: u8, v: u64) {
-    let m = major << 5;
-    if v < 24 {
-        out.push(m | v as u8);
-    } else if v <= u64::from(u8::MAX) {
-        out.extend_from_slice(&[m | 24, v as u8]);
-    } else if v <= u64::from(u16::MAX) {
-        out.push(m | 25);
-        out.extend_from_slice(&(v as u16).to_be_bytes());
-    } else if v <= u64::from(u32::MAX) {
-        out.push(m | 26);
-        out.extend_from_slice(&(v as u32).to_be_bytes());
-    } else {
-        out.push(m | 27);
-        out.extend_from_slice(&v.to_be_bytes());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,8 +152,7 @@ mod tests {
     #[test]
     fn uint_heads_are_shortest() {
         for (v, want) in [(0u64, 1usize), (23, 1), (24, 2), (255, 2), (256, 3), (65536, 5), (1 << 32, 9)] {
-            let mut out = Vec::new();
-            write_uint(&mut out, v);
+            let out = to_vec(&v).unwrap();
             assert_eq!(out.len(), want, "{v}");
             assert_eq!(item_len(&out).unwrap(), want);
         }

@@ -5,19 +5,15 @@ pub const NSID: &str = "com.atproto.sync.getLatestCommit";
 
 use wire::AccountStatus;
 
-use super::{Ctx, did_param, repo_state};
+use super::Ctx;
 use crate::http::{Request, Response};
 
 /// `did` required. Output `{cid, rev}`. Errors (`400`, lexicon names): `RepoNotFound` (unknown,
 /// deleted, or no commit yet), `RepoTakendown`, `RepoSuspended`, `RepoDeactivated`. Other inactive
 /// statuses (`desynchronized`, `throttled`) answer the commit: the lexicon defines no error for them.
 pub fn handle(req: &Request, ctx: &Ctx) -> Response {
-    let did = match did_param(req) {
-        Ok(d) => d,
-        Err(resp) => return resp,
-    };
-    let state = match repo_state(ctx, &did) {
-        Ok(s) => s,
+    let (_, state) = match super::account(req, ctx) {
+        Ok(found) => found,
         Err(resp) => return resp,
     };
     let error = match state.status() {

@@ -3,19 +3,15 @@
 /// The lexicon NSID.
 pub const NSID: &str = "com.atproto.sync.getRepo";
 
-use super::{Ctx, did_param, repo_state};
+use super::Ctx;
 use crate::http::{Request, Response};
 
 /// `did` required (`since` is passed on). `302` to `{host}/xrpc/com.atproto.sync.getRepo?…` on the
 /// host the account was last relayed from (`http://` for localhost hosts, else `https://`).
 /// Errors: `400 InvalidRequest` for a missing or bad DID, `400 RepoNotFound` for an unknown account.
 pub fn handle(req: &Request, ctx: &Ctx) -> Response {
-    let did = match did_param(req) {
-        Ok(d) => d,
-        Err(resp) => return resp,
-    };
-    let state = match repo_state(ctx, &did) {
-        Ok(s) => s,
+    let (_, state) = match super::account(req, ctx) {
+        Ok(found) => found,
         Err(resp) => return resp,
     };
     let Ok(host) = wire::Hostname::new(state.host.clone()) else {

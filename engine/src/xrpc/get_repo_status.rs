@@ -3,18 +3,14 @@
 /// The lexicon NSID.
 pub const NSID: &str = "com.atproto.sync.getRepoStatus";
 
-use super::{Ctx, did_param, repo_state};
+use super::Ctx;
 use crate::http::{Request, Response};
 
 /// `did` required. Output `{did, active, status?, rev?}`. Errors: `400 InvalidRequest` for a missing
 /// or bad DID, `400 RepoNotFound` for an account the relay does not know.
 pub fn handle(req: &Request, ctx: &Ctx) -> Response {
-    let did = match did_param(req) {
-        Ok(d) => d,
-        Err(resp) => return resp,
-    };
-    let state = match repo_state(ctx, &did) {
-        Ok(s) => s,
+    let (did, state) = match super::account(req, ctx) {
+        Ok(found) => found,
         Err(resp) => return resp,
     };
     let status = state.status();

@@ -93,21 +93,18 @@ fn limit_param(req: &Request, default: usize) -> Result<usize, Response> {
     }
 }
 
-/// The required `did` parameter.
-fn did_param(req: &Request) -> Result<wire::Did, Response> {
+/// The required `did` parameter and the relay's state for it: `400 InvalidRequest` for a missing or
+/// bad DID, `400 RepoNotFound` for an account the relay does not know.
+fn account(req: &Request, ctx: &Ctx) -> Result<(wire::Did, storage::RepoState), Response> {
     let raw =
         req.params().into_iter().find(|(k, _)| *k == "did").map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"));
-    match raw.map(wire::Did::new) {
-        Some(Ok(did)) => Ok(did),
-        Some(Err(_)) => Err(Response::xrpc_error(400, "InvalidRequest", "did is not a valid DID")),
-        None => Err(Response::xrpc_error(400, "InvalidRequest", "did is required")),
-    }
-}
-
-/// The stored state of `did`, or the `RepoNotFound` error.
-fn repo_state(ctx: &Ctx, did: &wire::Did) -> Result<storage::RepoState, Response> {
-    match ctx.fanout.store().repo(did) {
-        Ok(Some(state)) => Ok(state),
+    let did = match raw.map(wire::Did::new) {
+        Some(Ok(did)) => did,
+        Some(Err(_)) => return Err(Response::xrpc_error(400, "InvalidRequest", "did is not a valid DID")),
+        None => return Err(Response::xrpc_error(400, "InvalidRequest", "did is required")),
+    };
+    match ctx.fanout.store().repo(&did) {
+        Ok(Some(state)) => Ok((did, state)),
         Ok(None) => Err(Response::xrpc_error(400, "RepoNotFound", "the relay does not know this account")),
         Err(e) => Err(Response::xrpc_error(500, "InternalServerError", &e.to_string())),
     }

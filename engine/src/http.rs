@@ -13,6 +13,9 @@ use wire::http::{HeadError, RequestHead, parse_request_head};
 use crate::xrpc;
 use crate::xrpc::Ctx;
 
+/// The `Server` header of every response: `(atproto-relay)` makes other relays' loop guards (and
+/// ours) refuse to subscribe to this relay as if it were a PDS.
+pub const SERVER: &str = shards::net::USER_AGENT;
 /// Largest request body accepted, in bytes; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Deadline for writing a response.
@@ -70,6 +73,9 @@ impl Response {
             302 => "Found",
             400 => "Bad Request",
             401 => "Unauthorized",
+            403 => "Forbidden",
+            429 => "Too Many Requests",
+            502 => "Bad Gateway",
             413 => "Payload Too Large",
             503 => "Service Unavailable",
             404 => "Not Found",
@@ -80,7 +86,7 @@ impl Response {
             _ => "",
         };
         let mut head = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n",
+            "HTTP/1.1 {} {reason}\r\nServer: {SERVER}\r\nContent-Type: {}\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n",
             self.status,
             self.content_type,
             self.body.len()
@@ -125,7 +131,7 @@ async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
             return;
         }
     };
-    match xrpc::route(&request, &ctx) {
+    match xrpc::route(&request, &ctx).await {
         xrpc::Routed::Respond(resp) => {
             // A client that does not read its response does not hold the task.
             let _ = shards::net::with_timeout(WRITE_TIMEOUT, stream.write_all(&resp.encode())).await;
@@ -133,7 +139,7 @@ async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
         }
         xrpc::Routed::Upgrade { accept_key, cursor } => {
             let resp = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+                "HTTP/1.1 101 Switching Protocols\r\nServer: {SERVER}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
             );
             if stream.write_all(resp.as_bytes()).await.is_err() {
                 return;
@@ -142,6 +148,9 @@ async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
                 remote: stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
                 cursor: cursor.map(|c| c.0),
                 user_agent: request.header("user-agent").map(str::to_owned),
+                connected_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
             };
             tracing::info!(remote = %info.remote, cursor = ?info.cursor, "subscriber connected");
             let shard = Rc::clone(&ctx.fanout);

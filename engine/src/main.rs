@@ -6,6 +6,7 @@
 mod admin;
 mod http;
 mod layout;
+mod pull_hosts;
 mod runtime;
 mod xrpc;
 
@@ -27,7 +28,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the relay.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Bootstrap the host table from another relay's `com.atproto.sync.listHosts` (run while the
+    /// relay is stopped: it opens the data directory).
+    PullHosts(pull_hosts::PullHostsArgs),
 }
 
 /// When the sequencer's group commits are fsynced.
@@ -63,6 +67,34 @@ pub struct ServeArgs {
     /// Allow plain ws:// upstreams other than localhost (e.g. on a private network).
     #[arg(long)]
     pub allow_insecure_ws: bool,
+
+    /// Turn the SSRF guard off: upstreams and requestCrawl hosts may resolve to private addresses
+    /// and requestCrawl may name any port (hosts on a private network).
+    #[arg(long)]
+    pub allow_private_hosts: bool,
+
+    /// Dev mode: requestCrawl accepts localhost hosts (loopback, plain ws://), and a bare `localhost`
+    /// means `localhost:PORT` (the reference PDS of @atproto/dev-env announces itself as `localhost`).
+    #[arg(long, value_name = "PORT")]
+    pub dev_localhost_port: Option<u16>,
+
+    /// Account limit of a host added by requestCrawl, --host or pull-hosts; accounts past it are
+    /// throttled (change per host with /admin/pds/changeLimits).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub default_account_limit: u64,
+
+    /// Account limit of a new host in a trusted domain.
+    #[arg(long, default_value_t = 10_000_000, value_name = "N")]
+    pub trusted_account_limit: u64,
+
+    /// Domain whose hosts are trusted when added (repeatable; `*.` prefix optional): the trusted
+    /// account limit and higher event rate limits.
+    #[arg(long = "trusted-domain", value_name = "DOMAIN")]
+    pub trusted_domains: Vec<String>,
+
+    /// New hosts public requestCrawl may add per UTC day (0 = none; admin adds are not counted).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub new_hosts_per_day: u32,
 
     /// PLC directory base URL for did:plc resolution, e.g. https://plc.directory or
     /// http://localhost:2582.
@@ -134,7 +166,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => runtime::serve(args),
+        Command::Serve(args) => runtime::serve(*args),
+        Command::PullHosts(args) => pull_hosts::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

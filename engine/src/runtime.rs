@@ -11,10 +11,11 @@ use anyhow::{Context, bail};
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 use prometheus_client::registry::Registry;
-use shards::fanout::{FanoutConfig, FanoutShard};
+use shards::fanout::{FanoutConfig, FanoutShard, SubscriberDirectory};
+use shards::hosts::{HostPolicy, HostRegistry};
 use shards::identity::IdentityConfig;
-use shards::ingest::{IngestConfig, Upstream, shard_for_host};
-use shards::messages::{IngestMsg, PublishedBatch, ResyncRequest};
+use shards::ingest::{IngestConfig, Upstream};
+use shards::messages::{IngestMsg, PublishedBatch, ShardCommand};
 use shards::net::HttpClient;
 use shards::sequencer::SequencerConfig;
 use shards::{Metrics, ingest, sequencer};
@@ -25,7 +26,7 @@ use crate::{Fsync, ServeArgs};
 
 /// Capacity of each ingest → sequencer queue, in messages.
 const INGEST_QUEUE: usize = 4096;
-/// Capacity of each sequencer → ingest resync queue, in requests.
+/// Capacity of each sequencer → ingest command queue (resyncs, host changes), in commands.
 const RESYNC_QUEUE: usize = 1024;
 /// Capacity of each admin API → sequencer queue, in requests.
 const ADMIN_QUEUE: usize = 256;
@@ -38,14 +39,15 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 /// The sequencer's ends of the channels: from every ingest shard, to every fanout shard.
 struct SequencerWork {
     from_ingest: Vec<SharedReceiver<IngestMsg>>,
-    resync_to: Vec<SharedSender<ResyncRequest>>,
+    resync_to: Vec<SharedSender<ShardCommand>>,
     to_fanout: Vec<SharedSender<PublishedBatch>>,
 }
 
 /// What one executor runs.
 #[derive(Default)]
 struct Work {
-    ingest: Option<(SharedSender<IngestMsg>, SharedReceiver<ResyncRequest>, Vec<Upstream>)>,
+    /// Shard index, its queue to the sequencer, its command queue from it.
+    ingest: Option<(usize, SharedSender<IngestMsg>, SharedReceiver<ShardCommand>)>,
     sequencer: Option<SequencerWork>,
     /// From the sequencer, and the admin API's way back to it.
     fanout: Option<(SharedReceiver<PublishedBatch>, SharedSender<IngestMsg>)>,
@@ -89,6 +91,25 @@ fn raise_memlock() {
             }
         }
     }
+}
+
+/// Records the `--host` hosts in the host table (new ones with the default settings; a known one
+/// keeps its settings but takes the flag's TLS choice). A banned host stays banned.
+fn add_flag_hosts(registry: &HostRegistry, hosts: &[Upstream]) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    for up in hosts {
+        let fresh = registry.new_config(&up.host, up.tls, now);
+        let config = registry
+            .store()
+            .update_host_config(up.host.as_str(), |c| {
+                Some(c.map_or(fresh, |c| storage::HostConfig { tls: up.tls, ..c }))
+            })
+            .with_context(|| format!("recording --host {}", up.host))?;
+        if config.is_some_and(|c| c.banned) {
+            tracing::warn!(host = %up.host, "--host names a banned host; not connecting (unban it with /admin/pds/unblock)");
+        }
+    }
+    Ok(())
 }
 
 /// Opens the store from a thread pinned to the compaction CPU, so RocksDB's background threads
@@ -141,6 +162,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let store = open_store(&args, layout.compaction)?;
     let committed = Arc::new(AtomicU64::new(store.last_seq()?.map_or(0, |s| s.0)));
+    let policy = HostPolicy {
+        default_account_limit: args.default_account_limit,
+        trusted_account_limit: args.trusted_account_limit,
+        trusted_domains: args.trusted_domains.iter().map(|d| d.trim_start_matches("*.").to_ascii_lowercase()).collect(),
+        new_hosts_per_day: args.new_hosts_per_day,
+    };
+    let hosts_registry = Arc::new(HostRegistry::new(Arc::clone(&store), policy).context("reading the host table")?);
+    add_flag_hosts(&hosts_registry, &hosts)?;
+    let directory = Arc::new(SubscriberDirectory::default());
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -150,18 +180,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut work: std::collections::BTreeMap<usize, Work> =
         layout.executor_cpus().into_iter().map(|c| (c, Work::default())).collect();
     let mut ingest_rx = Vec::new();
-    let mut per_shard_hosts: Vec<Vec<Upstream>> = vec![Vec::new(); layout.ingest.len()];
-    for h in hosts {
-        per_shard_hosts[shard_for_host(&h.host, layout.ingest.len())].push(h);
-    }
     let mut resync_to = Vec::new();
-    for (cpu, hosts) in layout.ingest.iter().zip(per_shard_hosts) {
+    for (index, cpu) in layout.ingest.iter().enumerate() {
         let (tx, rx) = shared_channel::new_bounded(INGEST_QUEUE);
         let (resync_tx, resync_rx) = shared_channel::new_bounded(RESYNC_QUEUE);
         ingest_rx.push(rx);
         resync_to.push(resync_tx);
         if let Some(w) = work.get_mut(cpu) {
-            w.ingest = Some((tx, resync_rx, hosts));
+            w.ingest = Some((index, tx, resync_rx));
         }
     }
     let mut fanout_tx = Vec::new();
@@ -190,6 +216,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             registry: Arc::clone(&registry),
             control: Arc::clone(&control),
+            hosts: Arc::clone(&hosts_registry),
+            directory: Arc::clone(&directory),
+            ingest_shards: layout.ingest.len(),
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("relay-cpu{cpu}"))
@@ -237,19 +266,32 @@ struct ExecCtx {
     metrics: Metrics,
     registry: Arc<Registry>,
     control: Arc<Control>,
+    hosts: Arc<HostRegistry>,
+    directory: Arc<SubscriberDirectory>,
+    ingest_shards: usize,
 }
 
 async fn run_executor(ctx: ExecCtx, work: Work) {
     let ex = glommio::executor();
     let control = Arc::clone(&ctx.control);
-    if let Some((tx, resync_rx, hosts)) = work.ingest {
+    if let Some((index, tx, commands)) = work.ingest {
         let tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "ingest");
         let mut config = IngestConfig::new(IdentityConfig::new(ctx.plc_url.clone(), ctx.http.clone()));
         config.lenient_sync = ctx.args.lenient_sync;
         config.startup_ramp = Duration::from_secs(ctx.args.startup_ramp_secs);
         config.offline_after_failures = ctx.args.offline_after_failures;
         config.offline_retry = Duration::from_secs(ctx.args.offline_retry_secs);
-        let fut = ingest::run(config, hosts, tx, resync_rx, Arc::clone(&ctx.store), ctx.metrics.clone());
+        config.public_only = !ctx.args.allow_private_hosts;
+        let fut = ingest::run(
+            config,
+            index,
+            ctx.ingest_shards,
+            tx,
+            commands,
+            Arc::clone(&ctx.store),
+            Arc::clone(&ctx.hosts),
+            ctx.metrics.clone(),
+        );
         if let Ok(t) = glommio::spawn_local_into(fut, tq) {
             t.detach();
         }
@@ -293,20 +335,36 @@ async fn start_fanout(
         subscriber_queue: usize::try_from(ctx.args.subscriber_queue).unwrap_or(usize::MAX),
         ..FanoutConfig::default()
     };
-    let shard = FanoutShard::new(config, Arc::clone(&ctx.store), ctx.metrics.clone(), Arc::clone(&ctx.committed))
-        .context("starting a fanout shard")?;
+    let shard = FanoutShard::new(
+        config,
+        Arc::clone(&ctx.store),
+        ctx.metrics.clone(),
+        Arc::clone(&ctx.committed),
+        Arc::clone(&ctx.directory),
+    )
+    .context("starting a fanout shard")?;
     glommio::spawn_local_into(Rc::clone(&shard).run_publisher(rx), fanout_tq)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .detach();
     let listener = glommio::net::TcpListener::bind(ctx.args.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", ctx.args.listen))?;
     tracing::info!(listen = %ctx.args.listen, "listening");
-    // Connecting waits for the sequencer's end; without a password the channel stays unused.
-    let admin = match &ctx.args.admin_password {
-        Some(password) => Some(crate::admin::Admin::new(password.clone(), admin_tx.connect().await)),
-        None => None,
-    };
-    let xrpc_ctx = Rc::new(crate::xrpc::Ctx { fanout: shard, fanout_tq, registry: Arc::clone(&ctx.registry), admin });
+    let admin = ctx.args.admin_password.clone().map(crate::admin::Admin::new);
+    let xrpc_ctx = Rc::new(crate::xrpc::Ctx {
+        fanout: shard,
+        fanout_tq,
+        registry: Arc::clone(&ctx.registry),
+        admin,
+        hosts: Arc::clone(&ctx.hosts),
+        // Connecting waits for the sequencer's end.
+        to_sequencer: admin_tx.connect().await,
+        http: ctx.http.clone(),
+        crawl: crate::xrpc::request_crawl::CrawlConfig {
+            dev_localhost_port: ctx.args.dev_localhost_port,
+            allow_private_hosts: ctx.args.allow_private_hosts,
+        },
+        metrics: ctx.metrics.clone(),
+    });
     glommio::spawn_local_into(crate::http::accept_loop(listener, xrpc_ctx, api_tq), api_tq)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .detach();

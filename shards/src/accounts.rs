@@ -100,9 +100,10 @@ pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>, lenient_sync: bo
 }
 
 /// How a change of an account's state moves host account counts: `(host, delta)` pairs. An account
-/// counts on its host while the relay has state for it and it is not deleted; migration moves it.
+/// counts on its host while the relay has state for it and it is neither deleted nor throttled;
+/// migration moves it.
 pub fn count_changes(prior: Option<&RepoState>, new: &RepoState) -> Vec<(String, i64)> {
-    let counted = |s: &RepoState| s.upstream != AccountStatus::Deleted && !s.host.is_empty();
+    let counted = |s: &RepoState| s.upstream != AccountStatus::Deleted && !s.host.is_empty() && !s.throttled;
     let mut out = Vec::new();
     if let Some(p) = prior.filter(|p| counted(p))
         && (!counted(new) || p.host != new.host)

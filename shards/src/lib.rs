@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod backoff;
 pub mod fanout;
+pub mod hosts;
 pub mod identity;
 pub mod ingest;
 pub mod messages;

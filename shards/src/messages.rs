@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use wire::frame::Event;
-use wire::{Cid, Did, HostSeq, RelaySeq};
+use wire::{Cid, Did, HostSeq, Hostname, RelaySeq};
 
 /// The commit an accepted `#commit` or `#sync` moves the account to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,50 @@ pub enum IngestMsg {
         /// Down or reversed.
         taken_down: bool,
     },
+    /// An operator or `requestCrawl` changed a host: the sequencer applies what concerns it (a cursor
+    /// reset) and forwards the command to the host's ingest shard.
+    Host(HostCommand),
+}
+
+/// A change to one upstream host, for the ingest shard that owns it ([`crate::ingest::shard_for_host`]).
+/// The host's settings (`storage::HostConfig`) are already in the store when this is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostCommand {
+    /// Subscribe to the host (new from `requestCrawl`, or unbanned), or reconnect it now when it is
+    /// known but not connected (in backoff, offline or stopped). A connected host is left alone.
+    Connect(Hostname),
+    /// Close the host's connection and stop reconnecting it (admin kill or ban) until the next
+    /// `Connect` or restart.
+    Disconnect(Hostname),
+    /// The host's settings changed (account limit, trusted): rebuild its rate limits.
+    Reload(Hostname),
+    /// Set the host's upstream cursor (recovering a host that reset its sequence, `FutureCursor`) and
+    /// reconnect it from there.
+    ResetCursor {
+        /// The host.
+        host: Hostname,
+        /// The last upstream `seq` to treat as processed; the reconnect asks for events after it.
+        cursor: HostSeq,
+    },
+}
+
+impl HostCommand {
+    /// The host it concerns.
+    pub fn host(&self) -> &Hostname {
+        match self {
+            HostCommand::Connect(h) | HostCommand::Disconnect(h) | HostCommand::Reload(h) => h,
+            HostCommand::ResetCursor { host, .. } => host,
+        }
+    }
+}
+
+/// From the sequencer to an ingest shard.
+#[derive(Debug, Clone)]
+pub enum ShardCommand {
+    /// Resync an account.
+    Resync(ResyncRequest),
+    /// Change a host.
+    Host(HostCommand),
 }
 
 /// Events persisted by one sequencer batch, in increasing relay `seq`, each as a complete websocket

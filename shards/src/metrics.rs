@@ -48,6 +48,15 @@ pub struct Metrics {
     pub resyncs: Family<Label, Counter>,
     /// `relay_batch_commits_total`: RocksDB group commits by the sequencer.
     pub batch_commits: Counter,
+    /// `relay_upstream_rate_limited_total`: events held back by their host's rate limit (each counted
+    /// once however long it waited).
+    pub upstream_rate_limited: Counter,
+    /// `relay_host_changes_total{change}`: host table changes (`added`, `future_cursor`,
+    /// `relay_loop`, `banned`, `unbanned`, `killed`, `cursor_reset`).
+    pub host_changes: Family<Label, Counter>,
+    /// `relay_request_crawl_total{result}`: public `requestCrawl` calls by outcome (`added`,
+    /// `reconnected`, `known`, `invalid`, `banned`, `disabled`, `quota`, `unreachable`).
+    pub request_crawl: Family<Label, Counter>,
 }
 
 impl Metrics {
@@ -97,6 +106,13 @@ impl Metrics {
             self.subscribers_closed.clone(),
         );
         registry.register("relay_batch_commits", "RocksDB group commits by the sequencer", self.batch_commits.clone());
+        registry.register(
+            "relay_upstream_rate_limited",
+            "Events held back by their host's rate limit",
+            self.upstream_rate_limited.clone(),
+        );
+        registry.register("relay_host_changes", "Host table changes, by kind", self.host_changes.clone());
+        registry.register("relay_request_crawl", "requestCrawl calls, by outcome", self.request_crawl.clone());
         registry.register("relay_resyncs", "Account resyncs after a broken chain, by result", self.resyncs.clone());
         // Pre-create every drop reason so a zero is visible, not an absent series.
         for reason in DropReason::ALL {

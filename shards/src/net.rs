@@ -51,7 +51,19 @@ pub enum NetError {
     /// The operation took longer than its deadline.
     #[error("timed out")]
     Timeout,
+    /// The name resolves to an address that is not public (SSRF guard, [`crate::hosts::is_public_ip`]).
+    #[error("{host} resolves to {addr}, which is not a public address")]
+    NotPublic {
+        /// The host.
+        host: String,
+        /// The address refused.
+        addr: std::net::IpAddr,
+    },
 }
+
+/// `User-Agent` of every outbound request and upstream subscription; the `(atproto-relay)` comment
+/// tells hosts (and other relays' loop guards) that this is a relay.
+pub const USER_AGENT: &str = concat!("relay/", env!("CARGO_PKG_VERSION"), " (atproto-relay)");
 
 /// Resolves `host:port` on glommio's blocking thread pool, so `getaddrinfo` never blocks an executor.
 ///
@@ -74,8 +86,21 @@ pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, NetError>
 /// # Errors
 /// [`NetError::Resolve`] or [`NetError::Connect`] (with the last address's error).
 pub async fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, NetError> {
+    connect_with(host, port, timeout, false).await
+}
+
+/// [`connect`], refusing (before any connection) a name with any non-public address when
+/// `public_only` (the SSRF guard: a name cannot point the relay at its own network).
+///
+/// # Errors
+/// [`NetError::NotPublic`], [`NetError::Resolve`] or [`NetError::Connect`].
+pub async fn connect_with(host: &str, port: u16, timeout: Duration, public_only: bool) -> Result<TcpStream, NetError> {
     let mut last = std::io::Error::other("no address tried");
-    for addr in resolve(host, port).await? {
+    let addrs = resolve(host, port).await?;
+    if public_only && let Some(bad) = addrs.iter().find(|a| !crate::hosts::is_public_ip(a.ip())) {
+        return Err(NetError::NotPublic { host: host.to_owned(), addr: bad.ip() });
+    }
+    for addr in addrs {
         match TcpStream::connect_timeout(addr, timeout).await {
             Ok(s) => {
                 // Frames are small and latency matters more than packet count.
@@ -188,7 +213,21 @@ impl HttpClient {
         port: u16,
         timeout: Duration,
     ) -> Result<futures_rustls::client::TlsStream<TcpStream>, NetError> {
-        let tcp = connect(host, port, timeout).await?;
+        self.connect_tls_with(host, port, timeout, false).await
+    }
+
+    /// [`HttpClient::connect_tls`] with the SSRF guard of [`connect_with`] when `public_only`.
+    ///
+    /// # Errors
+    /// [`NetError`] for DNS, address, TCP or TLS failures.
+    pub async fn connect_tls_with(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+        public_only: bool,
+    ) -> Result<futures_rustls::client::TlsStream<TcpStream>, NetError> {
+        let tcp = connect_with(host, port, timeout, public_only).await?;
         let name = ServerName::try_from(host.to_owned()).map_err(|e| NetError::Tls(e.to_string()))?;
         futures_rustls::TlsConnector::from(Arc::clone(&self.tls))
             .connect(name, tcp)
@@ -202,12 +241,26 @@ impl HttpClient {
     /// # Errors
     /// [`NetError`] for connection, TLS, protocol, size or deadline failures.
     pub async fn get(&self, url: &HttpUrl, max_body: usize, timeout: Duration) -> Result<(u16, Vec<u8>), NetError> {
+        self.get_with(url, max_body, timeout, false).await
+    }
+
+    /// [`HttpClient::get`] with the SSRF guard of [`connect_with`] when `public_only`.
+    ///
+    /// # Errors
+    /// [`NetError`] for address, connection, TLS, protocol, size or deadline failures.
+    pub async fn get_with(
+        &self,
+        url: &HttpUrl,
+        max_body: usize,
+        timeout: Duration,
+        public_only: bool,
+    ) -> Result<(u16, Vec<u8>), NetError> {
         let fut = async {
             if url.tls {
-                let mut stream = self.connect_tls(&url.host, url.port, timeout).await?;
+                let mut stream = self.connect_tls_with(&url.host, url.port, timeout, public_only).await?;
                 request(&mut stream, url, max_body).await
             } else {
-                let mut stream = connect(&url.host, url.port, timeout).await?;
+                let mut stream = connect_with(&url.host, url.port, timeout, public_only).await?;
                 request(&mut stream, url, max_body).await
             }
         };
@@ -275,10 +328,9 @@ async fn request<S: AsyncRead + AsyncWrite + Unpin>(
     max_body: usize,
 ) -> Result<(u16, Vec<u8>), NetError> {
     let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: relay/{}\r\nConnection: close\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: {USER_AGENT}\r\nConnection: close\r\n\r\n",
         url.path,
         url.host_header(),
-        env!("CARGO_PKG_VERSION")
     );
     stream.write_all(req.as_bytes()).await?;
     stream.flush().await?;

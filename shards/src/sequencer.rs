@@ -20,7 +20,7 @@ use storage::{CommitBatch, HostState, RepoState, Store, StoreError};
 use wire::{Did, DropReason, RelaySeq, ws};
 
 use crate::accounts;
-use crate::messages::{IngestMsg, PublishedBatch, ResyncRequest};
+use crate::messages::{HostCommand, IngestMsg, PublishedBatch, ResyncRequest, ShardCommand};
 use crate::metrics::Metrics;
 
 /// Sequencer settings.
@@ -53,10 +53,10 @@ pub enum SequencerError {
 const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Asks the ingest shard that owns `host` to resync `did` (a full queue only skips this request).
-fn ask_resync(to: &[ConnectedSender<ResyncRequest>], did: &Did, host: &Arc<str>, metrics: &Metrics) {
+fn ask_resync(to: &[ConnectedSender<ShardCommand>], did: &Did, host: &Arc<str>, metrics: &Metrics) {
     let Ok(hostname) = wire::Hostname::new(host.to_string()) else { return };
     let Some(tx) = to.get(crate::ingest::shard_for_host(&hostname, to.len())) else { return };
-    let asked = tx.try_send(ResyncRequest { did: did.clone(), host: Arc::clone(host) }).is_ok();
+    let asked = tx.try_send(ShardCommand::Resync(ResyncRequest { did: did.clone(), host: Arc::clone(host) })).is_ok();
     Metrics::inc(&metrics.resyncs, "result", if asked { "requested" } else { "queue_full" });
     tracing::info!(%did, %host, asked, "asked for a resync");
 }
@@ -90,7 +90,7 @@ pub async fn run(
     config: SequencerConfig,
     committed: Arc<AtomicU64>,
     from_ingest: Vec<SharedReceiver<IngestMsg>>,
-    to_ingest: Vec<SharedSender<ResyncRequest>>,
+    to_ingest: Vec<SharedSender<ShardCommand>>,
     to_fanout: Vec<SharedSender<PublishedBatch>>,
     store: Arc<Store>,
     metrics: Metrics,
@@ -149,6 +149,18 @@ pub async fn run(
                     touched_hosts.insert(host.to_string());
                     continue;
                 }
+                IngestMsg::Host(cmd) => {
+                    if let HostCommand::ResetCursor { host, cursor } = &cmd {
+                        host_state(&mut hosts, &store, host.as_str())?.cursor = *cursor;
+                        touched_hosts.insert(host.to_string());
+                    }
+                    let shard = crate::ingest::shard_for_host(cmd.host(), resync_to.len());
+                    if let Some(tx) = resync_to.get(shard) {
+                        // Waits for room: host commands are rare and must not be lost.
+                        let _ = tx.send(ShardCommand::Host(cmd)).await;
+                    }
+                    continue;
+                }
                 IngestMsg::Event(ev) => (ev, false),
                 IngestMsg::Resync(ev) => (ev, true),
                 IngestMsg::Takedown { did, taken_down } => {
@@ -176,7 +188,24 @@ pub async fn run(
                 Some(state) => Some(state.clone()),
                 None => store.repo(&did)?,
             };
-            let new_state = match accounts::apply(&mut ev, prior.as_ref(), config.lenient_sync) {
+            // Account limit: an account new to the relay (or still throttled) takes a slot of its host
+            // only while the host is under its limit; past it the account is throttled.
+            let unthrottled = if prior.as_ref().is_none_or(|p| p.throttled) {
+                let limit = store.host_config(&ev.host)?.map(|c| c.account_limit);
+                let count = host_state(&mut hosts, &store, &ev.host)?.account_count;
+                if limit.is_some_and(|limit| count >= limit) {
+                    metrics.drop_event(DropReason::AccountThrottled);
+                    if prior.is_none() {
+                        tracing::warn!(%did, host = %ev.host, count, "host at its account limit; account throttled");
+                        repos.insert(did, RepoState { throttled: true, ..RepoState::new(ev.host.to_string()) });
+                    }
+                    continue;
+                }
+                prior.clone().map(|p| RepoState { throttled: false, ..p })
+            } else {
+                prior.clone()
+            };
+            let new_state = match accounts::apply(&mut ev, unthrottled.as_ref(), config.lenient_sync) {
                 Err(reason) => {
                     tracing::info!(%did, host = %ev.host, %reason, resynced, "dropped event");
                     metrics.drop_event(reason);

@@ -19,6 +19,9 @@ pub struct RepoState {
     pub upstream: AccountStatus,
     /// Taken down on this relay.
     pub taken_down: bool,
+    /// Throttled on this relay: the account appeared when its host was at its account limit, so its
+    /// events are not relayed until the host has room (see `HostConfig::account_limit`).
+    pub throttled: bool,
 }
 
 impl RepoState {
@@ -31,12 +34,20 @@ impl RepoState {
             host: host.into(),
             upstream: AccountStatus::Active,
             taken_down: false,
+            throttled: false,
         }
     }
 
-    /// The status the relay serves: `Takendown` when taken down here, else the host's.
+    /// The status the relay serves: `Takendown` when taken down here, `Throttled` when held back by
+    /// its host's account limit, else the host's.
     pub fn status(&self) -> AccountStatus {
-        if self.taken_down { AccountStatus::Takendown } else { self.upstream }
+        if self.taken_down {
+            AccountStatus::Takendown
+        } else if self.throttled {
+            AccountStatus::Throttled
+        } else {
+            self.upstream
+        }
     }
 }
 
@@ -78,6 +89,47 @@ impl HostInfo {
     }
 }
 
+/// How the relay treats an upstream host: set when the host is added (`--host`, `requestCrawl`,
+/// `pull-hosts`) and changed only by the operator (admin API). Written under the store's host lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostConfig {
+    /// Reached over TLS (`wss://`) rather than plain `ws://`.
+    pub tls: bool,
+    /// Trusted: a higher account limit and event rate (e.g. the network's own PDS fleet).
+    pub trusted: bool,
+    /// Banned by an operator: never connected, its `requestCrawl` refused.
+    pub banned: bool,
+    /// Most accounts the relay takes from this host; accounts past it are throttled.
+    pub account_limit: u64,
+    /// When the host was added, ms since the UNIX epoch.
+    pub added_ms: u64,
+}
+
+impl HostConfig {
+    /// Encodes per the `host_config` byte table.
+    pub fn encode(&self) -> Vec<u8> {
+        let flags = u8::from(self.tls) | (u8::from(self.trusted) << 1) | (u8::from(self.banned) << 2);
+        let mut out = vec![flags];
+        out.extend_from_slice(&self.account_limit.to_be_bytes());
+        out.extend_from_slice(&self.added_ms.to_be_bytes());
+        out
+    }
+
+    /// Decodes per the `host_config` byte table.
+    pub fn decode(mut b: &[u8]) -> Option<Self> {
+        let flags = *take(&mut b, 1)?.first()?;
+        let account_limit = take_u64(&mut b)?;
+        let added_ms = take_u64(&mut b)?;
+        (b.is_empty() && flags < 8).then_some(Self {
+            tls: flags & 1 != 0,
+            trusted: flags & 2 != 0,
+            banned: flags & 4 != 0,
+            account_limit,
+            added_ms,
+        })
+    }
+}
+
 /// A cached identity resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityRecord {
@@ -115,7 +167,7 @@ impl RepoState {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(12 + 72 + self.host.len());
         out.push(self.upstream.code());
-        out.push(u8::from(self.taken_down));
+        out.push(u8::from(self.taken_down) | (u8::from(self.throttled) << 1));
         out.extend_from_slice(&self.rev.as_ref().map_or(0, Tid::to_u64).to_be_bytes());
         for cid in [&self.commit, &self.data] {
             let b = cid.map(|c| c.to_bytes()).unwrap_or_default();
@@ -129,7 +181,8 @@ impl RepoState {
     /// Decodes per the `repos` byte table; `None` when the bytes do not fit it.
     pub fn decode(mut b: &[u8]) -> Option<Self> {
         let upstream = AccountStatus::from_code(*take(&mut b, 1)?.first()?);
-        let taken_down = *take(&mut b, 1)?.first()? == 1;
+        let local = *take(&mut b, 1)?.first()?;
+        let (taken_down, throttled) = (local & 1 == 1, local & 2 == 2);
         let rev = match take_u64(&mut b)? {
             0 => None,
             v => Some(Tid::from_u64(v)),
@@ -137,7 +190,7 @@ impl RepoState {
         let commit = take_cid(&mut b)?;
         let data = take_cid(&mut b)?;
         let host = std::str::from_utf8(b).ok()?.to_owned();
-        Some(Self { rev, commit, data, host, upstream, taken_down })
+        Some(Self { rev, commit, data, host, upstream, taken_down, throttled })
     }
 }
 
@@ -207,6 +260,7 @@ mod tests {
             host: "localhost:2583".into(),
             upstream: AccountStatus::Suspended,
             taken_down: true,
+            throttled: true,
         };
         assert_eq!(RepoState::decode(&repo.encode()), Some(repo.clone()));
         assert_eq!(RepoState::decode(&repo.encode()[..20]), None);
@@ -217,6 +271,9 @@ mod tests {
         assert_eq!(HostState::decode(&host.encode()), Some(host));
         let info = HostInfo { status: HostStatus::Offline, last_connected_ms: 9, failures: 3 };
         assert_eq!(HostInfo::decode(&info.encode()), Some(info));
+        let config = HostConfig { tls: true, trusted: false, banned: true, account_limit: 100, added_ms: 5 };
+        assert_eq!(HostConfig::decode(&config.encode()), Some(config));
+        assert_eq!(HostConfig::decode(&[8; 17]), None);
 
         let key = PublicKey::from_did_key("did:key:zDnaembgSGUhZULN2Caob4HLJPaxBh92N7rtH21TErzqf8HQo").unwrap();
         for (ep, h) in [(Some("http://localhost:2583".to_owned()), Some("a.test".to_owned())), (None, None)] {

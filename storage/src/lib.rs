@@ -22,7 +22,7 @@
 //! |-------|---------|-------|-------|
 //! | key   | 0       | n     | DID (UTF-8) |
 //! | value | 0       | 1     | upstream status: 0 active, 1 deactivated, 2 deleted, 3 desynchronized, 4 suspended, 5 takendown, 6 throttled, 255 other |
-//! |       | 1       | 1     | local status: 0 none, 1 taken down on this relay |
+//! |       | 1       | 1     | local status bits: 1 taken down on this relay, 2 throttled (host account limit) |
 //! |       | 2       | 8     | `rev` of the last relayed commit as the TID's 64-bit integer; 0 when none |
 //! |       | 10      | 1     | `a` = length of the commit CID (0 when none) |
 //! |       | 11      | a     | commit CID |
@@ -47,6 +47,22 @@
 //! |       | 1      | 8     | last successful connection, ms since the UNIX epoch (u64; 0 never) |
 //! |       | 9      | 4     | consecutive failed connection attempts (u32) |
 //!
+//! ## `host_config`: hostname → how the relay treats the host (added by `--host`, `requestCrawl` or `pull-hosts`; changed by the admin API)
+//!
+//! | part  | offset | bytes | field |
+//! |-------|--------|-------|-------|
+//! | key   | 0      | n     | hostname (UTF-8) |
+//! | value | 0      | 1     | flags: 1 TLS, 2 trusted, 4 banned |
+//! |       | 1      | 8     | account limit (u64) |
+//! |       | 9      | 8     | added at, ms since the UNIX epoch (u64) |
+//!
+//! ## `domain_bans`: domain → ban
+//!
+//! | part  | offset | bytes | field |
+//! |-------|--------|-------|-------|
+//! | key   | 0      | n     | domain, lowercase (UTF-8); bans it and every subdomain |
+//! | value | 0      | 8     | banned at, ms since the UNIX epoch (u64) |
+//!
 //! ## `identities`: DID → resolved identity cache
 //!
 //! | part  | offset | bytes | field |
@@ -65,14 +81,15 @@
 //! |------------------|-------|
 //! | `format_version` | u32, currently 1 |
 //! | `last_seq`       | u64: the highest relay `seq` ever assigned (survives retention) |
+//! | `crawl_enabled`  | u8: 0 when an operator disabled public `requestCrawl`; absent = enabled |
 
 mod error;
 mod layout;
 mod store;
 
 pub use error::StoreError;
-pub use layout::{HostInfo, HostState, IdentityRecord, RepoState};
-pub use store::{CommitBatch, Store, StoreOptions};
+pub use layout::{HostConfig, HostInfo, HostState, IdentityRecord, RepoState};
+pub use store::{CommitBatch, HostRow, Store, StoreOptions};
 
 /// The on-disk format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -91,6 +108,10 @@ pub mod cf {
     pub const META: &str = "meta";
     /// Hostname → connection status (written by the host's ingest shard).
     pub const HOST_INFO: &str = "host_info";
+    /// Hostname → operator settings (TLS, trusted, banned, account limit).
+    pub const HOST_CONFIG: &str = "host_config";
+    /// Banned domain → when.
+    pub const DOMAIN_BANS: &str = "domain_bans";
     /// All of them, in creation order.
-    pub const ALL: [&str; 6] = [EVENTS, REPOS, HOSTS, IDENTITIES, META, HOST_INFO];
+    pub const ALL: [&str; 8] = [EVENTS, REPOS, HOSTS, IDENTITIES, META, HOST_INFO, HOST_CONFIG, DOMAIN_BANS];
 }

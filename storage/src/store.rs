@@ -8,11 +8,12 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode,
 use wire::{Did, RelaySeq};
 
 use crate::error::StoreError;
-use crate::layout::{HostInfo, HostState, IdentityRecord, RepoState};
+use crate::layout::{HostConfig, HostInfo, HostState, IdentityRecord, RepoState};
 use crate::{FORMAT_VERSION, cf};
 
 const META_FORMAT_VERSION: &[u8] = b"format_version";
 const META_LAST_SEQ: &[u8] = b"last_seq";
+const META_CRAWL_ENABLED: &[u8] = b"crawl_enabled";
 
 /// Options for [`Store::open`].
 #[derive(Debug, Clone)]
@@ -59,6 +60,8 @@ pub struct Store {
     db: DB,
     sync_writes: bool,
     poisoned: AtomicBool,
+    /// Serializes read-modify-write of `host_config` (the API of several cores may change one host).
+    host_config_lock: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -95,7 +98,12 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
-        let store = Self { db, sync_writes: options.sync_writes, poisoned: AtomicBool::new(false) };
+        let store = Self {
+            db,
+            sync_writes: options.sync_writes,
+            poisoned: AtomicBool::new(false),
+            host_config_lock: std::sync::Mutex::new(()),
+        };
         let meta = store.cf(cf::META);
         match store.db.get_cf(meta, META_FORMAT_VERSION)? {
             None => store.db.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes())?,
@@ -257,35 +265,134 @@ impl Store {
         Ok(self.db.put_cf(self.cf(cf::HOST_INFO), host, info.encode())?)
     }
 
-    /// Up to `limit` hosts with a recorded status, in hostname order, after `after` when given:
-    /// their status and, when the sequencer has written one, their cursor and account count.
+    /// The operator settings of `host`, if it is known.
     ///
     /// # Errors
     /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
-    pub fn hosts_after(
+    pub fn host_config(&self, host: &str) -> Result<Option<HostConfig>, StoreError> {
+        self.get_decoded(cf::HOST_CONFIG, host.as_bytes(), HostConfig::decode)
+    }
+
+    /// Read-modify-write of `host`'s settings under a lock (synced): `change` gets the current value
+    /// and returns the new one, or `None` to leave it. Returns what is stored afterwards.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn update_host_config(
         &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, HostInfo, Option<HostState>)>, StoreError> {
+        host: &str,
+        change: impl FnOnce(Option<HostConfig>) -> Option<HostConfig>,
+    ) -> Result<Option<HostConfig>, StoreError> {
+        let _guard = self.host_config_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.host_config(host)?;
+        match change(current) {
+            Some(next) if Some(next) != current => {
+                let mut opts = WriteOptions::default();
+                opts.set_sync(self.sync_writes);
+                self.db.put_cf_opt(self.cf(cf::HOST_CONFIG), host, next.encode(), &opts)?;
+                Ok(Some(next))
+            }
+            _ => Ok(current),
+        }
+    }
+
+    /// Every known host with its settings, in hostname order.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn host_configs(&self) -> Result<Vec<(String, HostConfig)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::HOST_CONFIG), IteratorMode::Start) {
+            let (k, v) = item?;
+            let host = String::from_utf8(k.to_vec()).map_err(|_| corrupt(cf::HOST_CONFIG, &k))?;
+            out.push((host, HostConfig::decode(&v).ok_or_else(|| corrupt(cf::HOST_CONFIG, &k))?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` known hosts in hostname order, after `after` when given: their settings, their
+    /// connection status once their ingest shard recorded one, and their cursor and account count
+    /// once the sequencer wrote them.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn hosts_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<HostRow>, StoreError> {
         let mode = match after {
             Some(a) => IteratorMode::From(a.as_bytes(), Direction::Forward),
             None => IteratorMode::Start,
         };
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self.db.iterator_cf(self.cf(cf::HOST_INFO), mode) {
+        for item in self.db.iterator_cf(self.cf(cf::HOST_CONFIG), mode) {
             let (k, v) = item?;
             if after.is_some_and(|a| a.as_bytes() == &*k) {
                 continue;
             }
-            let host = String::from_utf8(k.to_vec()).map_err(|_| corrupt(cf::HOST_INFO, &k))?;
-            let info = HostInfo::decode(&v).ok_or_else(|| corrupt(cf::HOST_INFO, &k))?;
+            let host = String::from_utf8(k.to_vec()).map_err(|_| corrupt(cf::HOST_CONFIG, &k))?;
+            let config = HostConfig::decode(&v).ok_or_else(|| corrupt(cf::HOST_CONFIG, &k))?;
+            let info = self.host_info(&host)?;
             let state = self.host(&host)?;
-            out.push((host, info, state));
+            out.push(HostRow { host, config, info, state });
             if out.len() >= limit {
                 break;
             }
         }
         Ok(out)
+    }
+
+    /// The [`HostRow`] of one host, if known.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn host_row(&self, host: &str) -> Result<Option<HostRow>, StoreError> {
+        let Some(config) = self.host_config(host)? else { return Ok(None) };
+        Ok(Some(HostRow { host: host.to_owned(), config, info: self.host_info(host)?, state: self.host(host)? }))
+    }
+
+    /// Banned domains (each also bans its subdomains) with when, ms since the UNIX epoch.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn domain_bans(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::DOMAIN_BANS), IteratorMode::Start) {
+            let (k, v) = item?;
+            let domain = String::from_utf8(k.to_vec()).map_err(|_| corrupt(cf::DOMAIN_BANS, &k))?;
+            out.push((domain, be_u64(&v).ok_or_else(|| corrupt(cf::DOMAIN_BANS, &k))?));
+        }
+        Ok(out)
+    }
+
+    /// Bans (`Some(at_ms)`) or unbans (`None`) `domain` (synced).
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`].
+    pub fn set_domain_ban(&self, domain: &str, at_ms: Option<u64>) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.sync_writes);
+        let cf = self.cf(cf::DOMAIN_BANS);
+        match at_ms {
+            Some(at) => self.db.put_cf_opt(cf, domain, at.to_be_bytes(), &opts)?,
+            None => self.db.delete_cf_opt(cf, domain, &opts)?,
+        }
+        Ok(())
+    }
+
+    /// Whether public `requestCrawl` is enabled (default true).
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`].
+    pub fn crawl_enabled(&self) -> Result<bool, StoreError> {
+        Ok(self.db.get_cf(self.cf(cf::META), META_CRAWL_ENABLED)?.is_none_or(|v| v.first() != Some(&0)))
+    }
+
+    /// Enables or disables public `requestCrawl` (synced).
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`].
+    pub fn set_crawl_enabled(&self, enabled: bool) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.sync_writes);
+        Ok(self.db.put_cf_opt(self.cf(cf::META), META_CRAWL_ENABLED, [u8::from(enabled)], &opts)?)
     }
 
     /// The cached identity of `did`, if any (whatever its age; the caller applies TTLs).
@@ -323,6 +430,19 @@ impl Store {
             None => Ok(None),
         }
     }
+}
+
+/// One row of [`Store::hosts_after`].
+#[derive(Debug, Clone)]
+pub struct HostRow {
+    /// Hostname, with `:port` when not the default.
+    pub host: String,
+    /// Operator settings.
+    pub config: HostConfig,
+    /// Connection status, once the host's ingest shard recorded one.
+    pub info: Option<HostInfo>,
+    /// Cursor and account count, once the sequencer wrote them.
+    pub state: Option<HostState>,
 }
 
 fn corrupt(cf: &'static str, key: &[u8]) -> StoreError {

@@ -104,11 +104,13 @@ pub enum DropReason {
     InactiveAccount,
     /// The account is taken down on this relay.
     TakenDown,
+    /// The account is throttled: it appeared when its host had reached its account limit.
+    AccountThrottled,
 }
 
 impl DropReason {
     /// Every reason, for pre-registering counters.
-    pub const ALL: [DropReason; 27] = [
+    pub const ALL: [DropReason; 28] = [
         DropReason::FrameTooBig,
         DropReason::MalformedFrame,
         DropReason::UnknownType,
@@ -136,6 +138,7 @@ impl DropReason {
         DropReason::WrongSince,
         DropReason::InactiveAccount,
         DropReason::TakenDown,
+        DropReason::AccountThrottled,
     ];
 
     /// The counter label, snake_case.
@@ -168,6 +171,7 @@ impl DropReason {
             DropReason::WrongSince => "wrong_since",
             DropReason::InactiveAccount => "inactive_account",
             DropReason::TakenDown => "taken_down",
+            DropReason::AccountThrottled => "account_throttled",
         }
     }
 

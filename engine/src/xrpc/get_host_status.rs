@@ -17,10 +17,9 @@ pub fn handle(req: &Request, ctx: &Ctx) -> Response {
     let Ok(host) = wire::Hostname::parse_lenient(&raw) else {
         return Response::xrpc_error(400, "InvalidRequest", "hostname is not a hostname[:port]");
     };
-    let store = ctx.fanout.store();
-    match (store.host_info(host.as_str()), store.host(host.as_str())) {
-        (Ok(Some(info)), Ok(state)) => Response::json(200, &host_json(host.as_str(), &info, state.as_ref())),
-        (Ok(None), _) => Response::xrpc_error(400, "HostNotFound", "the relay does not subscribe to this host"),
-        (Err(e), _) | (_, Err(e)) => Response::xrpc_error(500, "InternalServerError", &e.to_string()),
+    match ctx.fanout.store().host_row(host.as_str()) {
+        Ok(Some(row)) => Response::json(200, &host_json(&row, ctx)),
+        Ok(None) => Response::xrpc_error(400, "HostNotFound", "the relay does not know this host"),
+        Err(e) => Response::xrpc_error(500, "InternalServerError", &e.to_string()),
     }
 }

@@ -3,14 +3,20 @@
 /// The lexicon NSID.
 pub const NSID: &str = "com.atproto.sync.listHosts";
 
+use wire::HostStatus;
+
 use super::{Ctx, limit_param};
 use crate::http::{Request, Response};
 
 /// One host as the lexicon's `#host`: `{hostname, seq?, accountCount?, status}`; `seq` is the last
-/// upstream seq the relay processed.
-pub fn host_json(hostname: &str, info: &storage::HostInfo, state: Option<&storage::HostState>) -> serde_json::Value {
-    let mut v = serde_json::json!({ "hostname": hostname, "status": info.status.as_str() });
-    if let Some(s) = state {
+/// upstream seq the relay processed. `status` is `banned` for a host banned directly or by domain,
+/// else what its ingest shard recorded (`active` before its first connection attempt).
+pub fn host_json(row: &storage::HostRow, ctx: &Ctx) -> serde_json::Value {
+    let banned =
+        row.config.banned || wire::Hostname::parse_lenient(&row.host).is_ok_and(|h| ctx.hosts.domain_ban(&h).is_some());
+    let status = if banned { HostStatus::Banned } else { row.info.map_or(HostStatus::Active, |i| i.status) };
+    let mut v = serde_json::json!({ "hostname": row.host, "status": status.as_str() });
+    if let Some(s) = &row.state {
         v["seq"] = s.cursor.0.into();
         v["accountCount"] = s.account_count.into();
     }
@@ -25,14 +31,14 @@ pub fn handle(req: &Request, ctx: &Ctx) -> Response {
         Ok(l) => l,
         Err(resp) => return resp,
     };
-    let cursor = req.params().into_iter().find(|(k, _)| *k == "cursor").map(|(_, v)| v.to_owned());
+    let cursor =
+        req.params().into_iter().find(|(k, _)| *k == "cursor").map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"));
     let page = match ctx.fanout.store().hosts_after(cursor.as_deref(), limit) {
         Ok(p) => p,
         Err(e) => return Response::xrpc_error(500, "InternalServerError", &e.to_string()),
     };
-    let next = (page.len() == limit).then(|| page.last().map(|(h, _, _)| h.clone())).flatten();
-    let hosts: Vec<serde_json::Value> =
-        page.iter().map(|(h, info, state)| host_json(h, info, state.as_ref())).collect();
+    let next = (page.len() == limit).then(|| page.last().map(|r| r.host.clone())).flatten();
+    let hosts: Vec<serde_json::Value> = page.iter().map(|row| host_json(row, ctx)).collect();
     let mut body = serde_json::json!({ "hosts": hosts });
     if let Some(c) = next {
         body["cursor"] = c.into();

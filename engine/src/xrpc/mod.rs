@@ -6,16 +6,22 @@ mod get_latest_commit;
 mod get_repo;
 mod get_repo_status;
 mod health;
-mod list_hosts;
+pub mod list_hosts;
 mod list_repos;
+pub mod request_crawl;
 mod subscribe_repos;
 
 use std::rc::Rc;
 use std::sync::Arc;
 
 use glommio::TaskQueueHandle;
+use glommio::channels::shared_channel::ConnectedSender;
 use prometheus_client::registry::Registry;
+use shards::Metrics;
 use shards::fanout::FanoutShard;
+use shards::hosts::HostRegistry;
+use shards::messages::IngestMsg;
+use shards::net::HttpClient;
 use wire::RelaySeq;
 
 use crate::http::{Request, Response};
@@ -30,6 +36,16 @@ pub struct Ctx {
     pub registry: Arc<Registry>,
     /// The admin API, when `--admin-password` is set.
     pub admin: Option<crate::admin::Admin>,
+    /// Host policy, bans and live upstream connections (shared by every core).
+    pub hosts: Arc<HostRegistry>,
+    /// This core's queue to the sequencer (host commands, takedowns).
+    pub to_sequencer: ConnectedSender<IngestMsg>,
+    /// Outbound HTTP (the `describeServer` probe of `requestCrawl`).
+    pub http: HttpClient,
+    /// `requestCrawl` settings.
+    pub crawl: request_crawl::CrawlConfig,
+    /// Counters.
+    pub metrics: Metrics,
 }
 
 /// The outcome of routing a request.
@@ -45,15 +61,15 @@ pub enum Routed {
     },
 }
 
-/// Routes a request head.
-pub fn route(req: &Request, ctx: &Ctx) -> Routed {
+/// Routes a request.
+pub async fn route(req: &Request, ctx: &Ctx) -> Routed {
     let path = req.path.as_str();
     if path == "/metrics" {
         return Routed::Respond(only_get(req).unwrap_or_else(|| metrics(ctx)));
     }
     if let Some(rest) = path.strip_prefix("/admin/") {
         return Routed::Respond(match &ctx.admin {
-            Some(admin) => admin.handle(rest, req),
+            Some(admin) => admin.handle(rest, req, ctx).await,
             None => Response::xrpc_error(404, "NotFound", "the admin API is disabled (no --admin-password)"),
         });
     }
@@ -70,6 +86,10 @@ pub fn route(req: &Request, ctx: &Ctx) -> Routed {
             Routed::Respond(only_get(req).unwrap_or_else(|| get_latest_commit::handle(req, ctx)))
         }
         get_repo::NSID => Routed::Respond(only_get(req).unwrap_or_else(|| get_repo::handle(req, ctx))),
+        request_crawl::NSID => Routed::Respond(match req.method.as_str() {
+            "POST" => request_crawl::handle(req, ctx, false).await,
+            _ => Response::xrpc_error(405, "InvalidRequest", "only POST is allowed on this method"),
+        }),
         subscribe_repos::NSID => match only_get(req) {
             Some(resp) => Routed::Respond(resp),
             None => subscribe_repos::handle(req, ctx),

@@ -225,3 +225,12 @@ fn host_account_counts_follow_creation_deletion_and_migration() {
     // An operator takedown of an account the relay never saw has no host.
     assert_eq!(count_changes(None, &RepoState { taken_down: true, ..RepoState::new("") }), vec![]);
 }
+
+#[test]
+fn throttled_accounts_do_not_count() {
+    let throttled = RepoState { throttled: true, ..RepoState::new("h") };
+    assert_eq!(count_changes(None, &throttled), vec![]);
+    let released = RepoState { throttled: false, ..throttled.clone() };
+    assert_eq!(count_changes(Some(&throttled), &released), vec![("h".to_owned(), 1)]);
+    assert_eq!(throttled.status(), AccountStatus::Throttled);
+}

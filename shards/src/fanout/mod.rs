@@ -13,8 +13,8 @@ mod subscriber;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use glommio::channels::shared_channel::SharedReceiver;
@@ -46,9 +46,44 @@ impl Default for FanoutConfig {
     }
 }
 
+/// Every subscriber of every fanout shard (replaying or live), for the admin API: one per process,
+/// shared by the shards. Changed only on connect and disconnect.
+#[derive(Debug, Default)]
+pub struct SubscriberDirectory {
+    next_id: AtomicU64,
+    subscribers: Mutex<BTreeMap<u64, SubscriberInfo>>,
+}
+
+impl SubscriberDirectory {
+    /// Lists `info` until the returned guard is dropped.
+    pub fn add(&self, info: SubscriberInfo) -> Listed<'_> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.subscribers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, info);
+        Listed { directory: self, id }
+    }
+
+    /// Connected subscribers with their ids, in connection order.
+    pub fn list(&self) -> Vec<(u64, SubscriberInfo)> {
+        let subscribers = self.subscribers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        subscribers.iter().map(|(id, info)| (*id, info.clone())).collect()
+    }
+}
+
+/// Keeps a subscriber in its [`SubscriberDirectory`] while alive.
+pub struct Listed<'a> {
+    directory: &'a SubscriberDirectory,
+    id: u64,
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        let mut subscribers = self.directory.subscribers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        subscribers.remove(&self.id);
+    }
+}
+
 struct Registered {
     queue: Rc<subscriber::Queue>,
-    info: SubscriberInfo,
 }
 
 /// A fanout shard (single-threaded: lives on one executor).
@@ -62,11 +97,12 @@ pub struct FanoutShard {
     committed: Arc<AtomicU64>,
     live: RefCell<BTreeMap<u64, Registered>>,
     next_id: Cell<u64>,
+    directory: Arc<SubscriberDirectory>,
 }
 
 impl FanoutShard {
     /// A shard whose head starts at the store's last seq (everything stored is replayable).
-    /// `committed` is the sequencer's last durable seq.
+    /// `committed` is the sequencer's last durable seq; `directory` lists subscribers across shards.
     ///
     /// # Errors
     /// [`storage::StoreError`] when the store cannot be read.
@@ -75,6 +111,7 @@ impl FanoutShard {
         store: Arc<Store>,
         metrics: Metrics,
         committed: Arc<AtomicU64>,
+        directory: Arc<SubscriberDirectory>,
     ) -> Result<Rc<Self>, storage::StoreError> {
         let head = store.last_seq()?.map_or(0, |s| s.0);
         Ok(Rc::new(Self {
@@ -85,6 +122,7 @@ impl FanoutShard {
             committed,
             live: RefCell::new(BTreeMap::new()),
             next_id: Cell::new(1),
+            directory,
         }))
     }
 
@@ -103,9 +141,9 @@ impl FanoutShard {
         RelaySeq(self.committed.load(Ordering::Acquire).max(self.head.get()))
     }
 
-    /// Subscribers currently receiving live events on this shard.
-    pub fn subscribers(&self) -> Vec<SubscriberInfo> {
-        self.live.borrow().values().map(|r| r.info.clone()).collect()
+    /// Every subscriber of every shard (see [`SubscriberDirectory`]).
+    pub fn directory(&self) -> &SubscriberDirectory {
+        &self.directory
     }
 
     /// Receives batches from the sequencer and queues them for every live subscriber, until the
@@ -138,10 +176,10 @@ impl FanoutShard {
         });
     }
 
-    fn register(&self, queue: Rc<subscriber::Queue>, info: SubscriberInfo) -> u64 {
+    fn register(&self, queue: Rc<subscriber::Queue>) -> u64 {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        self.live.borrow_mut().insert(id, Registered { queue, info });
+        self.live.borrow_mut().insert(id, Registered { queue });
         id
     }
 

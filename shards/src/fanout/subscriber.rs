@@ -42,6 +42,8 @@ pub struct SubscriberInfo {
     pub cursor: Option<u64>,
     /// `User-Agent` header, if any.
     pub user_agent: Option<String>,
+    /// When it connected, ms since the UNIX epoch.
+    pub connected_ms: u64,
 }
 
 /// Pongs a subscriber may have waiting; a client that pings faster than it reads is closed.
@@ -199,11 +201,12 @@ impl FanoutShard {
         info: SubscriberInfo,
     ) {
         self.metrics.subscribers.inc();
+        let _listed = self.directory.add(info.clone());
         let _ = stream.set_write_timeout(Some(self.config.write_timeout));
         let (rd, mut wr) = futures_lite::io::split(stream);
         let queue = Rc::new(Queue::new(self.config.subscriber_queue));
         let reader = glommio::spawn_local(read_client(rd, Rc::clone(&queue), leftover));
-        let end = self.write_events(&mut wr, &queue, cursor, info).await;
+        let end = self.write_events(&mut wr, &queue, cursor).await;
         match end {
             End::ConsumerTooSlow => {
                 tracing::info!("subscriber too slow; closing");
@@ -231,13 +234,7 @@ impl FanoutShard {
         self.metrics.subscribers.dec();
     }
 
-    async fn write_events(
-        &self,
-        wr: &mut WriteHalf<TcpStream>,
-        queue: &Rc<Queue>,
-        cursor: Option<RelaySeq>,
-        info: SubscriberInfo,
-    ) -> End {
+    async fn write_events(&self, wr: &mut WriteHalf<TcpStream>, queue: &Rc<Queue>, cursor: Option<RelaySeq>) -> End {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut last_sent = match cursor {
             Some(c) if c > self.committed() => return End::FutureCursor,
@@ -277,7 +274,7 @@ impl FanoutShard {
                 }
             }
         }
-        let id = self.register(Rc::clone(queue), info);
+        let id = self.register(Rc::clone(queue));
         let end = self.stream_live(wr, queue, &mut buf, last_sent).await;
         self.unregister(id);
         end

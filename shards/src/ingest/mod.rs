@@ -10,22 +10,28 @@
 pub mod process;
 pub mod resync;
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::http::HeaderValue;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures_util::StreamExt;
+use futures_util::future::{AbortHandle, Abortable};
 use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
-use storage::{HostInfo, Store};
+use storage::{HostConfig, HostInfo, Store};
 use wire::frame::{Event, Frame};
 use wire::{HostSeq, HostStatus, Hostname, Limits};
 
 use crate::backoff::Backoff;
+use crate::hosts::{Connection, HostRegistry, RateLimiter, RateLimits};
 use crate::identity::{IdentityConfig, Resolver};
-use crate::messages::{IngestMsg, ResyncRequest};
+use crate::messages::{HostCommand, IngestMsg, ShardCommand};
 use crate::metrics::Metrics;
 use crate::net;
 
@@ -57,6 +63,9 @@ pub struct IngestConfig {
     /// hash of its name, so thousands of handshakes never arrive at once. Default 30 s; zero connects
     /// everything at once.
     pub startup_ramp: Duration,
+    /// SSRF guard: connect to a host (other than `localhost`) only when every address its name
+    /// resolves to is public ([`crate::hosts::is_public_ip`]). Default true.
+    pub public_only: bool,
 }
 
 impl IngestConfig {
@@ -73,6 +82,7 @@ impl IngestConfig {
             backoff_max: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             startup_ramp: Duration::from_secs(30),
+            public_only: true,
         }
     }
 }
@@ -176,24 +186,45 @@ pub fn shard_for_host(host: &Hostname, shards: usize) -> usize {
     (h % shards.max(1) as u64) as usize
 }
 
+/// A host's subscription task, as its shard tracks it.
+struct HostHandle {
+    /// Whether its websocket is open now.
+    connected: Cell<bool>,
+    /// The last upstream `seq` handed to the sequencer (kept across restarts of the task, so a
+    /// reconnect after a kill does not replay what is still queued for the sequencer).
+    cursor: Cell<Option<HostSeq>>,
+    /// Its event rate limits.
+    limiter: RefCell<RateLimiter>,
+    /// Cancels the task.
+    abort: AbortHandle,
+}
+
 struct Shard {
     config: IngestConfig,
     store: Arc<Store>,
     metrics: Metrics,
+    registry: Arc<HostRegistry>,
+    index: usize,
     ctx: process::Context,
     to_sequencer: ConnectedSender<IngestMsg>,
-    /// Whether each host of this shard is reached over TLS.
-    tls: std::collections::HashMap<String, bool>,
+    hosts: RefCell<HashMap<String, Rc<HostHandle>>>,
 }
 
-/// Runs an ingest shard on the current executor until the sequencer goes away: spawns one task per
-/// host and waits for them.
+/// Runs ingest shard `index` (of `shards`) on the current executor until the sequencer goes away.
+///
+/// At start it subscribes to every host of the store's host table that it owns
+/// ([`shard_for_host`]) and that is not banned (directly or by domain), spread over the startup ramp.
+/// Then it follows the sequencer's commands: resyncs, and hosts added, killed, banned, reloaded or
+/// reset ([`HostCommand`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: IngestConfig,
-    hosts: Vec<Upstream>,
+    index: usize,
+    shards: usize,
     to_sequencer: SharedSender<IngestMsg>,
-    resync: SharedReceiver<ResyncRequest>,
+    commands: SharedReceiver<ShardCommand>,
     store: Arc<Store>,
+    registry: Arc<HostRegistry>,
     metrics: Metrics,
 ) {
     let resolver = Resolver::new(config.identity.clone(), Arc::clone(&store), metrics.clone());
@@ -205,64 +236,169 @@ pub async fn run(
         metrics.clone(),
         config.identity.http.clone(),
     );
-    let tls = hosts.iter().map(|u| (u.host.to_string(), u.tls)).collect();
-    let shard = Rc::new(Shard { config, store, metrics, ctx, to_sequencer: to_sequencer.connect().await, tls });
-    let resyncer = Rc::clone(&shard);
-    glommio::spawn_local(async move {
-        let rx = resync.connect().await;
-        while let Some(req) = rx.recv().await {
-            let shard = Rc::clone(&resyncer);
-            glommio::spawn_local(async move {
-                let tls = shard.tls.get(req.host.as_ref()).copied().unwrap_or(false);
-                match resync::fetch_sync(&shard.ctx, &req, tls, now_ms()).await {
-                    Ok(ev) => {
-                        Metrics::inc(&shard.metrics.resyncs, "result", "fetched");
-                        let _ = shard.to_sequencer.send(IngestMsg::Resync(ev)).await;
-                    }
-                    Err(e) => {
-                        Metrics::inc(&shard.metrics.resyncs, "result", "failed");
-                        tracing::warn!(did = %req.did, host = %req.host, error = %e, "resync failed");
-                    }
-                }
-            })
-            .detach();
+    let owned: Vec<(Hostname, HostConfig)> = match store.host_configs() {
+        Ok(all) => all
+            .into_iter()
+            .filter_map(|(h, c)| Hostname::parse_lenient(&h).ok().map(|h| (h, c)))
+            .filter(|(h, c)| shard_for_host(h, shards) == index && !c.banned && registry.domain_ban(h).is_none())
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the host table; starting with no hosts");
+            Vec::new()
         }
-    })
-    .detach();
-    let window = startup_window(shard.config.startup_ramp, hosts.len());
-    let tasks: Vec<_> = hosts
-        .into_iter()
-        .map(|host| {
-            let delay = ramp_delay(&host.host, window);
-            let shard = Rc::clone(&shard);
-            glommio::spawn_local(async move {
-                glommio::timer::sleep(delay).await;
-                run_host(shard, host).await;
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await;
+    };
+    let shard = Rc::new(Shard {
+        config,
+        store,
+        metrics,
+        registry,
+        index,
+        ctx,
+        to_sequencer: to_sequencer.connect().await,
+        hosts: RefCell::new(HashMap::new()),
+    });
+    let window = startup_window(shard.config.startup_ramp, owned.len());
+    tracing::info!(shard = index, hosts = owned.len(), window_s = window.as_secs(), "ingest shard starting");
+    for (host, config) in owned {
+        let delay = ramp_delay(&host, window);
+        start_host(&shard, host, config, None, delay);
     }
+    let rx = commands.connect().await;
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            ShardCommand::Resync(req) => {
+                let shard = Rc::clone(&shard);
+                glommio::spawn_local(async move {
+                    let tls = shard.store.host_config(&req.host).ok().flatten().is_none_or(|c| c.tls);
+                    match resync::fetch_sync(&shard.ctx, &req, tls, now_ms()).await {
+                        Ok(ev) => {
+                            Metrics::inc(&shard.metrics.resyncs, "result", "fetched");
+                            let _ = shard.to_sequencer.send(IngestMsg::Resync(ev)).await;
+                        }
+                        Err(e) => {
+                            Metrics::inc(&shard.metrics.resyncs, "result", "failed");
+                            tracing::warn!(did = %req.did, host = %req.host, error = %e, "resync failed");
+                        }
+                    }
+                })
+                .detach();
+            }
+            ShardCommand::Host(cmd) => host_command(&shard, cmd),
+        }
+    }
+    for handle in shard.hosts.borrow_mut().drain() {
+        handle.1.abort.abort();
+    }
+}
+
+fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
+    tracing::info!(shard = shard.index, ?cmd, "host command");
+    let config = match shard.store.host_config(cmd.host().as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(host = %cmd.host(), error = %e, "cannot read host settings");
+            return;
+        }
+    };
+    let existing = shard.hosts.borrow().get(cmd.host().as_str()).cloned();
+    match cmd {
+        HostCommand::Connect(host) => {
+            let Some(config) = config.filter(|c| !c.banned && shard.registry.domain_ban(&host).is_none()) else {
+                return;
+            };
+            if existing.as_ref().is_some_and(|h| h.connected.get()) {
+                return;
+            }
+            let cursor = existing.and_then(|h| {
+                h.abort.abort();
+                h.cursor.get()
+            });
+            start_host(shard, host, config, cursor, Duration::ZERO);
+        }
+        HostCommand::Disconnect(host) => {
+            if let Some(h) = shard.hosts.borrow_mut().remove(host.as_str()) {
+                h.abort.abort();
+            }
+        }
+        HostCommand::Reload(_) => {
+            if let (Some(h), Some(config)) = (existing, config) {
+                *h.limiter.borrow_mut() = RateLimiter::new(RateLimits::for_host(&config), Instant::now());
+            }
+        }
+        HostCommand::ResetCursor { host, cursor } => {
+            if let Some(h) = existing {
+                h.abort.abort();
+            }
+            if let Some(config) = config.filter(|c| !c.banned && shard.registry.domain_ban(&host).is_none()) {
+                start_host(shard, host, config, Some(cursor), Duration::ZERO);
+            }
+        }
+    }
+}
+
+/// Spawns `host`'s subscription task after `delay`, resuming after `cursor` (or the stored cursor).
+fn start_host(shard: &Rc<Shard>, host: Hostname, config: HostConfig, cursor: Option<HostSeq>, delay: Duration) {
+    let (abort, registration) = AbortHandle::new_pair();
+    let handle = Rc::new(HostHandle {
+        connected: Cell::new(false),
+        cursor: Cell::new(cursor),
+        limiter: RefCell::new(RateLimiter::new(RateLimits::for_host(&config), Instant::now())),
+        abort,
+    });
+    shard.hosts.borrow_mut().insert(host.to_string(), Rc::clone(&handle));
+    let upstream = Upstream { host, tls: config.tls };
+    let task_shard = Rc::clone(shard);
+    let task = async move {
+        glommio::timer::sleep(delay).await;
+        run_host(task_shard, upstream, handle).await;
+    };
+    glommio::spawn_local(Abortable::new(task, registration)).detach();
 }
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn run_host(shard: Rc<Shard>, upstream: Upstream) {
+/// Marks a host connected while alive (registry, gauge, handle); undone on drop, also when the task
+/// is aborted.
+struct Connected<'a> {
+    shard: &'a Shard,
+    host: &'a Hostname,
+    handle: &'a HostHandle,
+}
+
+impl<'a> Connected<'a> {
+    fn new(shard: &'a Shard, host: &'a Hostname, handle: &'a HostHandle, tls: bool) -> Self {
+        shard.metrics.upstream_connected.inc();
+        handle.connected.set(true);
+        shard.registry.connected(host, Connection { shard: shard.index, since_ms: now_ms(), tls });
+        Self { shard, host, handle }
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.shard.metrics.upstream_connected.dec();
+        self.handle.connected.set(false);
+        self.shard.registry.disconnected(self.host);
+    }
+}
+
+async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) {
     let host = upstream.host.clone();
     let label: Arc<str> = Arc::from(host.as_str());
     let mut seed = std::collections::hash_map::DefaultHasher::new();
     host.hash(&mut seed);
     let mut backoff = Backoff::new(shard.config.backoff_base, shard.config.backoff_max, seed.finish());
-    let mut cursor = match shard.store.host(host.as_str()) {
-        Ok(state) => state.map(|s| s.cursor),
-        Err(e) => {
-            tracing::error!(host = %host, error = %e, "cannot read host cursor; not connecting");
-            return;
+    if handle.cursor.get().is_none() {
+        match shard.store.host(host.as_str()) {
+            Ok(state) => handle.cursor.set(state.map(|s| s.cursor)),
+            Err(e) => {
+                tracing::error!(host = %host, error = %e, "cannot read host cursor; not connecting");
+                return;
+            }
         }
-    };
+    }
     let initial = HostInfo { status: HostStatus::Active, last_connected_ms: 0, failures: 0 };
     let mut info = shard.store.host_info(host.as_str()).ok().flatten().unwrap_or(initial);
     let record = |info: &mut HostInfo, event: HostEvent| {
@@ -276,18 +412,32 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream) {
             let _ = shard.store.put_host_info(host.as_str(), info);
         }
     };
-    record(&mut info, HostEvent::Connected); // writes the record of a new host once
+    if shard.store.host_info(host.as_str()).ok().flatten().is_none() {
+        let _ = shard.store.put_host_info(host.as_str(), &info);
+    }
     loop {
-        match connect(&shard, &upstream, cursor).await {
+        match connect(&shard, &upstream, handle.cursor.get()).await {
             Ok(ws) => {
                 Metrics::inc(&shard.metrics.upstream_connects, "result", "ok");
-                shard.metrics.upstream_connected.inc();
-                tracing::info!(host = %host, cursor = ?cursor.map(|c| c.0), "connected to host");
+                tracing::info!(host = %host, cursor = ?handle.cursor.get().map(|c| c.0), "connected to host");
                 record(&mut info, HostEvent::Connected);
-                let outcome = read_frames(&shard, &host, &label, ws, &mut cursor, &mut |e| record(&mut info, e)).await;
-                shard.metrics.upstream_connected.dec();
+                let outcome = {
+                    let _connected = Connected::new(&shard, &host, &handle, upstream.tls);
+                    read_frames(&shard, &host, &label, ws, &handle, &mut |e| record(&mut info, e)).await
+                };
                 match outcome {
                     ReadOutcome::SequencerGone => return,
+                    ReadOutcome::FutureCursor => {
+                        Metrics::inc(&shard.metrics.host_changes, "change", "future_cursor");
+                        tracing::error!(
+                            host = %host,
+                            cursor = ?handle.cursor.get().map(|c| c.0),
+                            "host says our cursor is in its future (its sequence was reset); not reconnecting \
+                             until an operator resets the cursor (POST /admin/host/resetCursor)"
+                        );
+                        record(&mut info, HostEvent::Idle);
+                        return;
+                    }
                     ReadOutcome::Closed { progressed } => {
                         if progressed {
                             backoff.reset();
@@ -295,7 +445,18 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream) {
                     }
                 }
             }
-            Err(e) => {
+            Err(ConnectError::Relay(server)) => {
+                Metrics::inc(&shard.metrics.host_changes, "change", "relay_loop");
+                tracing::error!(host = %host, %server, "host is a relay (Server header); banning it to avoid a relay loop");
+                let banned =
+                    shard.store.update_host_config(host.as_str(), |c| c.map(|c| HostConfig { banned: true, ..c }));
+                if let Err(e) = banned {
+                    tracing::error!(host = %host, error = %e, "cannot record the ban");
+                }
+                shard.hosts.borrow_mut().remove(host.as_str());
+                return;
+            }
+            Err(ConnectError::Failed(e)) => {
                 Metrics::inc(&shard.metrics.upstream_connects, "result", "error");
                 tracing::warn!(host = %host, error = %e, "cannot connect to host");
                 record(&mut info, HostEvent::Failed);
@@ -309,7 +470,15 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream) {
 
 type Ws = async_tungstenite::WebSocketStream<net::MaybeTls>;
 
-async fn connect(shard: &Shard, upstream: &Upstream, cursor: Option<HostSeq>) -> Result<Ws, String> {
+/// Why a subscription could not start.
+enum ConnectError {
+    /// Network, TLS or handshake failure (retried).
+    Failed(String),
+    /// The host's handshake `Server` header says it is a relay (this value).
+    Relay(String),
+}
+
+async fn connect(shard: &Shard, upstream: &Upstream, cursor: Option<HostSeq>) -> Result<Ws, ConnectError> {
     let host = &upstream.host;
     let (scheme, default_port) = if upstream.tls { ("wss", 443) } else { ("ws", 80) };
     let port = host.port().unwrap_or(default_port);
@@ -318,12 +487,18 @@ async fn connect(shard: &Shard, upstream: &Upstream, cursor: Option<HostSeq>) ->
         None => format!("{scheme}://{host}/xrpc/com.atproto.sync.subscribeRepos"),
     };
     let timeout = shard.config.connect_timeout;
+    // The SSRF guard: a name may not lead to a private address (checked again at every connection,
+    // so DNS cannot be changed after requestCrawl), except localhost, which only the operator (or dev
+    // mode) can add.
+    let public_only = shard.config.public_only && !host.is_localhost();
+    let failed = |e: String| ConnectError::Failed(e);
     let handshake = async {
         let stream = if upstream.tls {
-            let tls = shard.config.identity.http.connect_tls(host.name(), port, timeout).await;
-            net::MaybeTls::Tls(Box::new(tls.map_err(|e| e.to_string())?))
+            let tls = shard.config.identity.http.connect_tls_with(host.name(), port, timeout, public_only).await;
+            net::MaybeTls::Tls(Box::new(tls.map_err(|e| failed(e.to_string()))?))
         } else {
-            net::MaybeTls::Plain(net::connect(host.name(), port, timeout).await.map_err(|e| e.to_string())?)
+            let tcp = net::connect_with(host.name(), port, timeout, public_only).await;
+            net::MaybeTls::Plain(tcp.map_err(|e| failed(e.to_string()))?)
         };
         // Messages above the relay's own limit are still read (and dropped as frame_too_big) up to
         // three times that size; a larger one fails the connection (see README, Behaviors).
@@ -335,16 +510,28 @@ async fn connect(shard: &Shard, upstream: &Upstream, cursor: Option<HostSeq>) ->
             .max_frame_size(Some(limit))
             .read_buffer_size(16 * 1024)
             .write_buffer_size(0);
-        async_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
+        let mut request = url.as_str().into_client_request().map_err(|e| failed(e.to_string()))?;
+        request.headers_mut().insert("user-agent", HeaderValue::from_static(net::USER_AGENT));
+        let (ws, response) = async_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
-            .map(|(ws, _)| ws)
-            .map_err(|e| e.to_string())
+            .map_err(|e| failed(e.to_string()))?;
+        // Relay-loop guard: relays name themselves `(atproto-relay)` in `Server` (indigo's convention).
+        if let Some(server) = response.headers().get("server").and_then(|v| v.to_str().ok())
+            && server.contains("atproto-relay")
+        {
+            return Err(ConnectError::Relay(server.to_owned()));
+        }
+        Ok(ws)
     };
-    net::with_timeout(timeout, handshake).await.unwrap_or_else(|| Err("handshake timed out".into()))
+    net::with_timeout(timeout, handshake).await.unwrap_or_else(|| Err(failed("handshake timed out".into())))
 }
 
 enum ReadOutcome {
-    Closed { progressed: bool },
+    Closed {
+        progressed: bool,
+    },
+    /// The host sent a `FutureCursor` error: its sequence is behind our cursor.
+    FutureCursor,
     SequencerGone,
 }
 
@@ -368,7 +555,7 @@ async fn read_frames(
     host: &Hostname,
     label: &Arc<str>,
     mut ws: Ws,
-    cursor: &mut Option<HostSeq>,
+    handle: &HostHandle,
     status: &mut dyn FnMut(HostEvent),
 ) -> ReadOutcome {
     let mut last_seq: Option<HostSeq> = None;
@@ -404,6 +591,19 @@ async fn read_frames(
         Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(&verdict));
         let msg = match verdict {
             process::Verdict::Accept(ev) => {
+                // Per-host rate limit: wait (pausing this host's reads) rather than drop.
+                let mut limited = false;
+                loop {
+                    let wait = handle.limiter.borrow_mut().acquire(Instant::now());
+                    if wait.is_zero() {
+                        break;
+                    }
+                    if !limited {
+                        limited = true;
+                        shard.metrics.upstream_rate_limited.inc();
+                    }
+                    glommio::timer::sleep(wait).await;
+                }
                 last_seq = Some(ev.host_seq);
                 IngestMsg::Event(ev)
             }
@@ -419,13 +619,14 @@ async fn read_frames(
                     _ => continue,
                 }
             }
+            process::Verdict::Info(Frame::Error(e)) if e.error == "FutureCursor" => return ReadOutcome::FutureCursor,
             process::Verdict::Info(frame) => {
                 tracing::warn!(host = %host, ?frame, "host sent info/error frame");
                 continue;
             }
         };
         progressed = true;
-        *cursor = last_seq;
+        handle.cursor.set(last_seq);
         if shard.to_sequencer.send(msg).await.is_err() {
             return ReadOutcome::SequencerGone;
         }

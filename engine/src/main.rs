@@ -46,7 +46,8 @@ pub enum Fsync {
 /// Flags of `relay serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Upstream host to subscribe to (repeatable): `host[:port]` (wss://, or ws:// for localhost),
+    /// Upstream host to subscribe to (repeatable; added to the host table as trusted): `host[:port]`
+    /// (wss://, or ws:// for localhost),
     /// or an explicit `wss://host[:port]` / `ws://host[:port]`.
     #[arg(long = "host", value_name = "HOST")]
     pub hosts: Vec<String>,

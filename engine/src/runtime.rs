@@ -93,16 +93,21 @@ fn raise_memlock() {
     }
 }
 
-/// Records the `--host` hosts in the host table (new ones with the default settings; a known one
-/// keeps its settings but takes the flag's TLS choice). A banned host stays banned.
-fn add_flag_hosts(registry: &HostRegistry, hosts: &[Upstream]) -> anyhow::Result<()> {
+/// Records the `--host` hosts in the host table. The operator named them, so they are trusted (the
+/// trusted account limit when new, trusted rate limits); a known one keeps its account limit and
+/// takes the flag's TLS choice. A banned host stays banned.
+fn add_flag_hosts(registry: &HostRegistry, hosts: &[Upstream], trusted_limit: u64) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     for up in hosts {
-        let fresh = registry.new_config(&up.host, up.tls, now);
+        let fresh = storage::HostConfig {
+            trusted: true,
+            account_limit: trusted_limit,
+            ..registry.new_config(&up.host, up.tls, now)
+        };
         let config = registry
             .store()
             .update_host_config(up.host.as_str(), |c| {
-                Some(c.map_or(fresh, |c| storage::HostConfig { tls: up.tls, ..c }))
+                Some(c.map_or(fresh, |c| storage::HostConfig { tls: up.tls, trusted: true, ..c }))
             })
             .with_context(|| format!("recording --host {}", up.host))?;
         if config.is_some_and(|c| c.banned) {
@@ -169,7 +174,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         new_hosts_per_day: args.new_hosts_per_day,
     };
     let hosts_registry = Arc::new(HostRegistry::new(Arc::clone(&store), policy).context("reading the host table")?);
-    add_flag_hosts(&hosts_registry, &hosts)?;
+    add_flag_hosts(&hosts_registry, &hosts, args.trusted_account_limit)?;
     let directory = Arc::new(SubscriberDirectory::default());
     let metrics = Metrics::default();
     let mut registry = Registry::default();

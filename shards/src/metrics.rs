@@ -54,7 +54,7 @@ pub struct Metrics {
     /// `relay_host_changes_total{change}`: host table changes (`added`, `future_cursor`,
     /// `relay_loop`, `banned`, `unbanned`, `killed`, `cursor_reset`).
     pub host_changes: Family<Label, Counter>,
-    /// `relay_request_crawl_total{result}`: public `requestCrawl` calls by outcome (`added`,
+    /// `relay_request_crawl_total{result}`: `requestCrawl` calls (public and admin) by outcome (`added`,
     /// `reconnected`, `known`, `invalid`, `banned`, `disabled`, `quota`, `unreachable`).
     pub request_crawl: Family<Label, Counter>,
 }

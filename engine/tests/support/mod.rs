@@ -390,3 +390,63 @@ impl Drop for StopOnDrop {
         self.0.store(true, Ordering::Release);
     }
 }
+
+/// The admin password the host tests start relays with.
+pub const ADMIN_PASSWORD: &str = "test-admin-pw";
+
+/// `GET path` with Basic credentials → (status, body).
+pub fn http_get_auth(port: u16, path: &str, basic: (&str, &str)) -> std::io::Result<(u16, String)> {
+    use base64::Engine;
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", basic.0, basic.1));
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn json_of(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+impl Relay {
+    /// `GET path` → (status, JSON body or null).
+    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = self.get(path);
+        (status, json_of(&body))
+    }
+
+    /// `POST path` without credentials → (status, JSON body or null).
+    pub fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let (status, body) = http_post(self.port, path, body, None).unwrap();
+        (status, json_of(&body))
+    }
+
+    /// `GET /admin/{path}` as admin → (status, JSON body).
+    pub fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = http_get_auth(self.port, &format!("/admin/{path}"), ("admin", ADMIN_PASSWORD)).unwrap();
+        (status, json_of(&body))
+    }
+
+    /// `POST /admin/{path}` as admin → (status, JSON body).
+    pub fn admin_post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let (status, body) =
+            http_post(self.port, &format!("/admin/{path}"), &body.to_string(), Some(("admin", ADMIN_PASSWORD)))
+                .unwrap();
+        (status, json_of(&body))
+    }
+
+    /// `getHostStatus` of `host`'s `status` field.
+    pub fn host_status(&self, host: &str) -> String {
+        let (_, v) = self.get_json(&format!("/xrpc/com.atproto.sync.getHostStatus?hostname={host}"));
+        v["status"].as_str().unwrap_or("").to_owned()
+    }
+
+    /// The relay's last seq, from `/xrpc/_health`.
+    pub fn head(&self) -> i64 {
+        self.get_json("/xrpc/_health").1["seq"].as_i64().unwrap_or(-1)
+    }
+}

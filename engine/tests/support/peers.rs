@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,6 +72,20 @@ pub struct FakeHost {
     pub latest: Arc<Mutex<HashMap<String, (String, String, Vec<u8>)>>>,
     /// When each websocket connection was accepted.
     pub connected_at: Arc<Mutex<Vec<Instant>>>,
+    /// How the host behaves.
+    pub mode: Arc<HostMode>,
+}
+
+/// Switches for a [`FakeHost`].
+#[derive(Debug, Default)]
+pub struct HostMode {
+    /// Answer a `cursor` above the last pushed seq with a `FutureCursor` error frame (as a PDS whose
+    /// sequence was reset does), instead of waiting.
+    pub future_cursor: AtomicBool,
+    /// Say `Server: … (atproto-relay)` in the websocket handshake.
+    pub relay_header: AtomicBool,
+    /// Do not answer `describeServer` (not a PDS).
+    pub no_describe: AtomicBool,
 }
 
 impl FakeHost {
@@ -82,12 +97,13 @@ impl FakeHost {
         let repo_status: Arc<Mutex<HashMap<String, (bool, Option<String>)>>> = Arc::default();
         let latest: Arc<Mutex<HashMap<String, (String, String, Vec<u8>)>>> = Arc::default();
         let connected_at: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let mode: Arc<HostMode> = Arc::default();
         let (f, c, r, l) = (Arc::clone(&frames), Arc::clone(&cursors), Arc::clone(&repo_status), Arc::clone(&latest));
-        let at = Arc::clone(&connected_at);
+        let (at, m) = (Arc::clone(&connected_at), Arc::clone(&mode));
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let (f, c, r, l) = (Arc::clone(&f), Arc::clone(&c), Arc::clone(&r), Arc::clone(&l));
-                let at = Arc::clone(&at);
+                let (at, m) = (Arc::clone(&at), Arc::clone(&m));
                 std::thread::spawn(move || {
                     let mut head = [0u8; 512];
                     let n = stream.peek(&mut head).unwrap_or(0);
@@ -98,13 +114,15 @@ impl FakeHost {
                         || line.contains("/xrpc/com.atproto.sync.getBlocks")
                     {
                         serve_latest(stream, &line, &l);
+                    } else if line.contains("/xrpc/com.atproto.server.describeServer") {
+                        serve_describe(stream, &m);
                     } else {
-                        serve_host(stream, &f, &c, &at);
+                        serve_host(stream, &f, &c, &at, &m);
                     }
                 });
             }
         });
-        Self { port, frames, cursors, repo_status, latest, connected_at }
+        Self { port, frames, cursors, repo_status, latest, connected_at, mode }
     }
 
     pub fn hostname(&self) -> String {
@@ -114,6 +132,12 @@ impl FakeHost {
     /// Appends a frame with its upstream seq (the seq inside the frame may differ on purpose).
     pub fn push(&self, seq: u64, frame: Vec<u8>) {
         self.frames.lock().unwrap().push((seq, frame));
+    }
+
+    /// Forgets every frame, as a PDS whose sequence was reset (connections opened later see only
+    /// frames pushed after this).
+    pub fn reset_sequence(&self) {
+        self.frames.lock().unwrap().clear();
     }
 }
 
@@ -195,7 +219,8 @@ impl FakeHost {
                 let (f, c, config) = (Arc::clone(&f), Arc::clone(&c), Arc::clone(&config));
                 std::thread::spawn(move || {
                     let conn = rustls::ServerConnection::new(config).unwrap();
-                    serve_host(rustls::StreamOwned::new(conn, stream), &f, &c, &Mutex::new(Vec::new()));
+                    let mode = HostMode::default();
+                    serve_host(rustls::StreamOwned::new(conn, stream), &f, &c, &Mutex::new(Vec::new()), &mode);
                 });
             }
         });
@@ -206,8 +231,24 @@ impl FakeHost {
             repo_status: Arc::default(),
             latest: Arc::default(),
             connected_at: Arc::default(),
+            mode: Arc::default(),
         }
     }
+}
+
+fn serve_describe(mut stream: TcpStream, mode: &HostMode) {
+    let mut buf = [0u8; 2048];
+    let _ = stream.read(&mut buf);
+    let resp = if mode.no_describe.load(Ordering::Acquire) {
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+    } else {
+        let body = r#"{"did":"did:web:localhost","availableUserDomains":[".test"]}"#;
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let _ = stream.write_all(resp.as_bytes());
 }
 
 fn serve_host<S: Read + Write>(
@@ -215,14 +256,19 @@ fn serve_host<S: Read + Write>(
     frames: &Mutex<Vec<(u64, Vec<u8>)>>,
     cursors: &Mutex<Vec<Option<u64>>>,
     connected_at: &Mutex<Vec<Instant>>,
+    mode: &HostMode,
 ) {
     let mut cursor = None;
-    let callback = |req: &tungstenite::handshake::server::Request, resp| {
+    let callback = |req: &tungstenite::handshake::server::Request,
+                    mut resp: tungstenite::handshake::server::Response| {
         cursor = req
             .uri()
             .query()
             .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("cursor=")))
             .and_then(|c| c.parse::<u64>().ok());
+        if mode.relay_header.load(Ordering::Acquire) {
+            resp.headers_mut().insert("server", "fake-relay/1.0 (atproto-relay)".parse().unwrap());
+        }
         Ok(resp)
     };
     let Ok(mut ws) = tungstenite::accept_hdr(stream, callback) else {
@@ -230,6 +276,14 @@ fn serve_host<S: Read + Write>(
     };
     cursors.lock().unwrap().push(cursor);
     connected_at.lock().unwrap().push(Instant::now());
+    let head = frames.lock().unwrap().iter().map(|(s, _)| *s).max().unwrap_or(0);
+    if mode.future_cursor.load(Ordering::Acquire) && cursor.is_some_and(|c| c > head) {
+        let err = wire::frame::ErrorBody { error: "FutureCursor".into(), message: Some("cursor in the future".into()) };
+        let _ = ws.send(tungstenite::Message::Binary(err.encode().unwrap().into()));
+        let _ = ws.close(None);
+        let _ = ws.flush();
+        return;
+    }
     let mut next = 0usize;
     loop {
         let pending: Vec<(u64, Vec<u8>)> = frames.lock().unwrap().get(next..).unwrap_or_default().to_vec();

@@ -66,11 +66,13 @@ impl Context {
         Self { limits, lenient_sync, resolver, store, metrics, http, rechecked: RefCell::new(HashMap::new()) }
     }
 
-    /// The account's status as the relay has it (the sequencer's, from the store) and when it was
-    /// last re-checked with its host.
+    /// The account's status as the relay has it (the sequencer's, from the store; a throttled account
+    /// counts with its host's status, since the sequencer decides whether it still is throttled) and
+    /// when it was last re-checked with its host.
     fn status(&self, did: &Did) -> (AccountStatus, bool, u64) {
         let state = self.store.repo(did).ok().flatten();
-        let status = state.as_ref().map_or(AccountStatus::Active, |r| r.status());
+        let status =
+            state.as_ref().map_or(AccountStatus::Active, |r| if r.taken_down { r.status() } else { r.upstream });
         let taken_down = state.is_some_and(|r| r.taken_down);
         (status, taken_down, self.rechecked.borrow().get(did).copied().unwrap_or(0))
     }

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The relay's main job on real input: the reference PDS + PLC (../shared/peers) on 127.0.0.1, the relay
-# subscribed to the PDS, traffic of every event type, and Bluesky's own verifying consumer reading the
-# relay's firehose. Then a restart: replay from cursor 0 still verifies, and new traffic continues the
-# relay seq with no gap and no repeat.
+# The relay's main job on real input: the relay starts with no hosts; the reference PDS + PLC
+# (../shared/peers) on 127.0.0.1 start with CRAWLERS pointing at it, so the PDS announces itself with
+# requestCrawl ({"hostname":"localhost"}, mapped to localhost:2583 by --dev-localhost-port); traffic of
+# every event type; Bluesky's own verifying consumer reads the relay's firehose; listHosts,
+# getHostStatus, listRepos, getRepoStatus and getLatestCommit are checked against what was relayed and
+# against the PDS. Then a restart (the host is reconnected from the host table, no flag names it):
+# replay from cursor 0 still verifies, and new traffic continues the relay seq with no gap and no
+# repeat.
 #
 #   scripts/e2e-pds.sh            installs what is missing (clang, libclang-dev, node 22 + peers),
 #                                 builds the relay, runs the scenario, exits non-zero on any failure.
@@ -32,7 +36,7 @@ trap cleanup EXIT
 fail() { FAILED=1; log "FAIL: $*"; [ -f "$WORK/relay.log" ] && tail -n 40 "$WORK/relay.log" >&2; exit 1; }
 
 start_relay() {
-  "$RELAY_BIN" serve --host localhost:2583 --plc-url "$PLC" --data-dir "$WORK/data" \
+  "$RELAY_BIN" serve --dev-localhost-port 2583 --plc-url "$PLC" --data-dir "$WORK/data" \
     --listen "127.0.0.1:$PORT" >>"$WORK/relay.log" 2>&1 &
   RELAY_PID=$!
   wait_http "$BASE/xrpc/_health" 30 || fail "relay did not answer /xrpc/_health"
@@ -86,14 +90,33 @@ seqs() { # seqs NAME: every relay seq from cursor 0, checked contiguous from 1
   echo "$n"
 }
 
-log "starting the reference PDS + PLC"
-"$PEERS" start "$WORK/peers" >/dev/null
+consistency() {
+  cp "$ROOT/scripts/relay-consistency.mjs" "$PEERS_HOME/app/"
+  "$NODE" "$PEERS_HOME/app/relay-consistency.mjs" "$BASE" http://localhost:2583 localhost:2583 \
+    >"$WORK/consistency-$1.log" 2>&1 || { cat "$WORK/consistency-$1.log" >&2; fail "sync queries disagree ($1)"; }
+  log "sync queries ($1): $(cat "$WORK/consistency-$1.log")"
+}
+
 start_relay
+[ "$(curl -fsS "$BASE/xrpc/com.atproto.sync.listHosts")" = '{"hosts":[]}' ] || fail "the relay started with hosts"
+log "starting the reference PDS + PLC with CRAWLERS=$BASE"
+CRAWLERS=$BASE "$PEERS" start "$WORK/peers" >/dev/null
+# The PDS sends requestCrawl after its first event: a first account makes one.
+log "seeding a first account (the PDS announces itself to the relay)"
+"$PEERS" seed "$WORK/peers" e2e0 >"$WORK/seed-0.log"
+for _ in $(seq 1 100); do
+  [ "$(metric relay_upstream_connected "" "$BASE")" = 1 ] && break
+  sleep 0.2
+done
+[ "$(metric relay_upstream_connected "" "$BASE")" = 1 ] || fail "the PDS's requestCrawl did not connect the relay"
+[ "$(metric relay_request_crawl_total 'result="added"' "$BASE")" = 1 ] || fail "no requestCrawl added the host"
+log "requestCrawl from the PDS: relay subscribed to $(curl -fsS "$BASE/xrpc/com.atproto.sync.listHosts")"
 log "seeding traffic (every event type)"
 "$PEERS" seed "$WORK/peers" e2ea >"$WORK/seed-1.log"
 wait_idle
 check_counters
 verify live 0
+consistency first
 n1=$(seqs first)
 log "relay holds seqs 1..$n1"
 
@@ -108,5 +131,6 @@ check_counters
 verify second 0
 n2=$(seqs second)
 [ "$n2" -gt "$n1" ] || fail "no new events after the restart ($n1 -> $n2)"
+consistency second
 log "seq continued across the restart: 1..$n1 then $((n1 + 1))..$n2, no gap, no repeat"
 log "PASS"

@@ -106,21 +106,22 @@ async fn pull(http: &HttpClient, base: &str, registry: &HostRegistry) -> anyhow:
         }
         let page: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("GET {url}: not JSON"))?;
         let hosts = page.get("hosts").and_then(|h| h.as_array()).with_context(|| format!("GET {url}: no hosts"))?;
+        let mut names: Vec<Hostname> = Vec::new();
         for h in hosts {
             out.listed += 1;
             let name = h.get("hostname").and_then(|n| n.as_str()).unwrap_or_default();
             let banned = h.get("status").and_then(|s| s.as_str()) == Some("banned");
-            let Some(host) = Hostname::parse_lenient(name).ok().filter(|_| !banned) else {
-                out.skipped += 1;
-                continue;
-            };
-            let fresh = registry.new_config(&host, !host.is_localhost(), now);
-            let mut added = false;
-            registry.store().update_host_config(host.as_str(), |c| {
-                added = c.is_none();
-                Some(c.unwrap_or(fresh))
-            })?;
-            if added {
+            match Hostname::parse_lenient(name) {
+                Ok(host) if !banned => names.push(host),
+                _ => out.skipped += 1,
+            }
+        }
+        let keys: Vec<&str> = names.iter().map(Hostname::as_str).collect();
+        let stored = registry.store().update_host_configs(&keys, |name, c| {
+            c.or_else(|| Hostname::parse_lenient(name).ok().map(|h| registry.new_config(&h, !h.is_localhost(), now)))
+        })?;
+        for (before, _) in stored {
+            if before.is_none() {
                 out.added += 1;
             } else {
                 out.known += 1;

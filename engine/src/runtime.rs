@@ -98,19 +98,21 @@ fn raise_memlock() {
 /// takes the flag's TLS choice. A banned host stays banned.
 fn add_flag_hosts(registry: &HostRegistry, hosts: &[Upstream], trusted_limit: u64) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    for up in hosts {
-        let fresh = storage::HostConfig {
-            trusted: true,
-            account_limit: trusted_limit,
-            ..registry.new_config(&up.host, up.tls, now)
-        };
-        let config = registry
-            .store()
-            .update_host_config(up.host.as_str(), |c| {
-                Some(c.map_or(fresh, |c| storage::HostConfig { tls: up.tls, trusted: true, ..c }))
-            })
-            .with_context(|| format!("recording --host {}", up.host))?;
-        if config.is_some_and(|c| c.banned) {
+    let names: Vec<&str> = hosts.iter().map(|u| u.host.as_str()).collect();
+    let stored = registry
+        .store()
+        .update_host_configs(&names, |name, c| {
+            let up = hosts.iter().find(|u| u.host.as_str() == name)?;
+            let fresh = storage::HostConfig {
+                trusted: true,
+                account_limit: trusted_limit,
+                ..registry.new_config(&up.host, up.tls, now)
+            };
+            Some(c.map_or(fresh, |c| storage::HostConfig { tls: up.tls, trusted: true, ..c }))
+        })
+        .context("recording the --host hosts")?;
+    for (up, (_, after)) in hosts.iter().zip(stored) {
+        if after.is_some_and(|c| c.banned) {
             tracing::warn!(host = %up.host, "--host names a banned host; not connecting (unban it with /admin/pds/unblock)");
         }
     }

@@ -89,7 +89,7 @@ mod store;
 
 pub use error::StoreError;
 pub use layout::{HostConfig, HostInfo, HostState, IdentityRecord, RepoState};
-pub use store::{CommitBatch, HostRow, Store, StoreOptions};
+pub use store::{CommitBatch, ConfigChange, HostRow, Store, StoreOptions};
 
 /// The on-disk format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;

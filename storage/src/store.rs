@@ -296,6 +296,38 @@ impl Store {
         }
     }
 
+    /// [`Store::update_host_config`] for many hosts at once, written as one synced batch (thousands of
+    /// `--host` flags or a `pull-hosts` page cost one fsync). Returns, per host, what was stored before
+    /// and what is stored after.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`] (then nothing was written).
+    pub fn update_host_configs(
+        &self,
+        hosts: &[&str],
+        mut change: impl FnMut(&str, Option<HostConfig>) -> Option<HostConfig>,
+    ) -> Result<Vec<ConfigChange>, StoreError> {
+        let _guard = self.host_config_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut batch = WriteBatch::default();
+        let mut out = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            let current = self.host_config(host)?;
+            match change(host, current) {
+                Some(next) if Some(next) != current => {
+                    batch.put_cf(self.cf(cf::HOST_CONFIG), host, next.encode());
+                    out.push((current, Some(next)));
+                }
+                _ => out.push((current, current)),
+            }
+        }
+        if !batch.is_empty() {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(self.sync_writes);
+            self.db.write_opt(batch, &opts)?;
+        }
+        Ok(out)
+    }
+
     /// Every known host with its settings, in hostname order.
     ///
     /// # Errors
@@ -432,6 +464,9 @@ impl Store {
     }
 }
 
+/// A host's settings before and after [`Store::update_host_configs`].
+pub type ConfigChange = (Option<HostConfig>, Option<HostConfig>);
+
 /// One row of [`Store::hosts_after`].
 #[derive(Debug, Clone)]
 pub struct HostRow {
@@ -478,6 +513,36 @@ mod tests {
         assert_eq!(store.events_after(RelaySeq(0), 2).unwrap().len(), 2);
         assert_eq!(store.host("localhost:2583").unwrap(), Some(HostState { cursor: HostSeq(9), account_count: 0 }));
         assert_eq!(store.host("other").unwrap(), None);
+    }
+
+    #[test]
+    fn host_table_bans_and_switch_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = HostConfig { tls: true, trusted: false, banned: false, account_limit: 100, added_ms: 1 };
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            assert!(store.crawl_enabled().unwrap());
+            let changes = store.update_host_configs(&["b.example", "a.example"], |_, c| c.or(Some(config))).unwrap();
+            assert_eq!(changes, vec![(None, Some(config)), (None, Some(config))]);
+            // Unchanged settings are not rewritten; a change is read back.
+            assert_eq!(store.update_host_config("a.example", |c| c).unwrap(), Some(config));
+            let banned =
+                store.update_host_config("a.example", |c| c.map(|c| HostConfig { banned: true, ..c })).unwrap();
+            assert_eq!(banned.map(|c| c.banned), Some(true));
+            store.set_domain_ban("evil.example", Some(7)).unwrap();
+            store.set_domain_ban("gone.example", Some(8)).unwrap();
+            store.set_domain_ban("gone.example", None).unwrap();
+            store.set_crawl_enabled(false).unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert!(!store.crawl_enabled().unwrap());
+        assert_eq!(store.domain_bans().unwrap(), vec![("evil.example".to_owned(), 7)]);
+        let hosts: Vec<String> = store.hosts_after(None, 10).unwrap().into_iter().map(|r| r.host).collect();
+        assert_eq!(hosts, vec!["a.example", "b.example"]);
+        let page = store.hosts_after(Some("a.example"), 10).unwrap();
+        assert_eq!((page.len(), page[0].config, page[0].info), (1, config, None));
+        assert!(store.host_row("a.example").unwrap().is_some_and(|r| r.config.banned));
+        assert!(store.host_row("c.example").unwrap().is_none());
     }
 
     #[test]

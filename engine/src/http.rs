@@ -70,6 +70,7 @@ impl Response {
     fn encode(&self) -> Vec<u8> {
         let reason = match self.status {
             200 => "OK",
+            204 => "No Content",
             302 => "Found",
             400 => "Bad Request",
             401 => "Unauthorized",

@@ -88,6 +88,26 @@ fn request_crawl_adds_a_host_and_refuses_bad_ones() {
     assert_eq!(relay.admin_post("pds/requestCrawl", json!({ "hostname": second.hostname() })).0, 200);
     relay.wait_until(WAIT, "the admin-added host", || relay.host_status(&second.hostname()) == "active");
 
+    // listHosts pages: two hosts, one per page; bad limits refused.
+    let (_, page) = relay.get_json("/xrpc/com.atproto.sync.listHosts?limit=1");
+    let first = page["hosts"][0]["hostname"].as_str().unwrap().to_owned();
+    let cursor = page["cursor"].as_str().unwrap().replace(':', "%3A");
+    let (_, page2) = relay.get_json(&format!("/xrpc/com.atproto.sync.listHosts?limit=1&cursor={cursor}"));
+    assert_ne!(page2["hosts"][0]["hostname"].as_str(), Some(first.as_str()));
+    assert_eq!(page2["hosts"].as_array().map(Vec::len), Some(1));
+    for bad in ["0", "1001", "x"] {
+        assert_eq!(
+            relay.get_json(&format!("/xrpc/com.atproto.sync.listHosts?limit={bad}")).1["error"],
+            "InvalidRequest"
+        );
+    }
+    // CORS preflight.
+    let raw = support::http_request_raw(relay.port, "OPTIONS", CRAWL);
+    assert!(
+        raw.starts_with("HTTP/1.1 204") && raw.contains("Access-Control-Allow-Methods: GET, POST, OPTIONS"),
+        "{raw}"
+    );
+
     // Untrusted hosts are rate limited (50 events/s): a burst is delayed, never dropped.
     let mut since = rev1;
     for seq in 2..=151 {

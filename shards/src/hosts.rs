@@ -55,6 +55,9 @@ pub struct Connection {
     pub since_ms: u64,
     /// Over TLS.
     pub tls: bool,
+    /// Unique per connection (set by [`HostRegistry::connected`]), so closing an old connection
+    /// never unlists a newer one of the same host.
+    pub id: u64,
 }
 
 /// Shared host policy and state (one per process, behind an `Arc`).
@@ -68,6 +71,7 @@ pub struct HostRegistry {
     /// (UTC day number, hosts added that day by public `requestCrawl`).
     added_today: Mutex<(u64, u32)>,
     connections: Mutex<BTreeMap<String, Connection>>,
+    next_connection: std::sync::atomic::AtomicU64,
 }
 
 impl HostRegistry {
@@ -86,6 +90,7 @@ impl HostRegistry {
             crawl_enabled: AtomicBool::new(enabled),
             added_today: Mutex::new((0, 0)),
             connections: Mutex::new(BTreeMap::new()),
+            next_connection: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -180,16 +185,21 @@ impl HostRegistry {
         added.1 = added.1.saturating_sub(1);
     }
 
-    /// Records that `host`'s connection is open.
-    pub fn connected(&self, host: &Hostname, conn: Connection) {
+    /// Records that `host`'s connection is open (its `id` is assigned here and returned).
+    pub fn connected(&self, host: &Hostname, mut conn: Connection) -> u64 {
+        conn.id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let id = conn.id;
         let mut c = self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         c.insert(host.to_string(), conn);
+        id
     }
 
-    /// Records that `host`'s connection closed.
-    pub fn disconnected(&self, host: &Hostname) {
+    /// Records that connection `id` of `host` closed (a newer connection stays listed).
+    pub fn disconnected(&self, host: &Hostname, id: u64) {
         let mut c = self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        c.remove(host.as_str());
+        if c.get(host.as_str()).is_some_and(|conn| conn.id == id) {
+            c.remove(host.as_str());
+        }
     }
 
     /// Open upstream connections, by hostname.

@@ -64,6 +64,15 @@ pub enum Routed {
 /// Routes a request.
 pub async fn route(req: &Request, ctx: &Ctx) -> Routed {
     let path = req.path.as_str();
+    if req.method == "OPTIONS" {
+        // CORS preflight (e.g. a browser POSTing requestCrawl with a JSON body).
+        let mut resp = Response::json(204, &serde_json::Value::Null);
+        resp.body.clear();
+        resp.headers.push(("Access-Control-Allow-Methods", "GET, POST, OPTIONS".into()));
+        resp.headers.push(("Access-Control-Allow-Headers", "Content-Type, Authorization".into()));
+        resp.headers.push(("Access-Control-Max-Age", "86400".into()));
+        return Routed::Respond(resp);
+    }
     if path == "/metrics" {
         return Routed::Respond(only_get(req).unwrap_or_else(|| metrics(ctx)));
     }

@@ -309,6 +309,17 @@ pub fn http_post(port: u16, path: &str, body: &str, basic: Option<(&str, &str)>)
     Ok((status, body))
 }
 
+/// `METHOD path` without a body → the whole response text (head and body).
+pub fn http_request_raw(port: u16, method: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nOrigin: http://example.com\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp
+}
+
 /// `GET path` → the whole response text (head and body).
 pub fn http_get_raw(port: u16, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;

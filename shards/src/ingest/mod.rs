@@ -306,7 +306,7 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
             let Some(config) = config.filter(|c| !c.banned && shard.registry.domain_ban(&host).is_none()) else {
                 return;
             };
-            if existing.as_ref().is_some_and(|h| h.connected.get()) {
+            if existing.as_ref().is_some_and(|h| h.connected.get() && !h.abort.is_aborted()) {
                 return;
             }
             let cursor = existing.and_then(|h| {
@@ -315,8 +315,9 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
             });
             start_host(shard, host, config, cursor, Duration::ZERO);
         }
-        HostCommand::Disconnect(host) => {
-            if let Some(h) = shard.hosts.borrow_mut().remove(host.as_str()) {
+        HostCommand::Disconnect(_) => {
+            // The handle stays (aborted), keeping the cursor for a later `Connect`.
+            if let Some(h) = existing {
                 h.abort.abort();
             }
         }
@@ -365,14 +366,15 @@ struct Connected<'a> {
     shard: &'a Shard,
     host: &'a Hostname,
     handle: &'a HostHandle,
+    id: u64,
 }
 
 impl<'a> Connected<'a> {
     fn new(shard: &'a Shard, host: &'a Hostname, handle: &'a HostHandle, tls: bool) -> Self {
         shard.metrics.upstream_connected.inc();
         handle.connected.set(true);
-        shard.registry.connected(host, Connection { shard: shard.index, since_ms: now_ms(), tls });
-        Self { shard, host, handle }
+        let id = shard.registry.connected(host, Connection { shard: shard.index, since_ms: now_ms(), tls, id: 0 });
+        Self { shard, host, handle, id }
     }
 }
 
@@ -380,7 +382,7 @@ impl Drop for Connected<'_> {
     fn drop(&mut self) {
         self.shard.metrics.upstream_connected.dec();
         self.handle.connected.set(false);
-        self.shard.registry.disconnected(self.host);
+        self.shard.registry.disconnected(self.host, self.id);
     }
 }
 

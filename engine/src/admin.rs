@@ -25,7 +25,9 @@
 //! | `GET /admin/consumers/list` | | connected subscribers: `{"subscribers": [{"id", "remoteAddr", "userAgent"?, "cursor"?, "connectedAt"}]}` |
 //!
 //! Errors (XRPC JSON): `401 AuthRequired` without valid credentials; `404 NotFound` for an unknown
-//! path; `405 InvalidRequest` for the wrong method; `400 InvalidRequest` for a bad body; `400
+//! path; `405 InvalidRequest` for the wrong method; `415 InvalidRequest` for a POST without
+//! `Content-Type: application/json` (so a cross-site form cannot ride on cached credentials); `400
+//! InvalidRequest` for a bad body; `400
 //! HostNotFound` for a host the relay does not know; `503 Unavailable` when the sequencer's queue is
 //! full (retry).
 
@@ -63,6 +65,13 @@ fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 fn body(req: &Request) -> Result<Value, Response> {
+    // A JSON content type: a browser cannot send one cross-origin without a preflight, so a page an
+    // admin visits cannot reuse cached Basic credentials (CSRF).
+    let json =
+        req.header("content-type").is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if !json {
+        return Err(Response::xrpc_error(415, "InvalidRequest", "admin calls need Content-Type: application/json"));
+    }
     serde_json::from_slice::<Value>(&req.body)
         .ok()
         .filter(Value::is_object)
@@ -73,6 +82,10 @@ fn body(req: &Request) -> Result<Value, Response> {
 fn known_host(v: &Value, ctx: &Ctx) -> Result<(Hostname, HostConfig), Response> {
     let raw = v.get("hostname").and_then(Value::as_str).ok_or_else(|| bad("hostname is required"))?;
     let host = Hostname::parse_lenient(raw).map_err(|_| bad("hostname is not a hostname[:port]"))?;
+    let host = match host.port() {
+        Some(443) => Hostname::parse_lenient(host.name()).map_err(|_| bad("hostname is not a hostname[:port]"))?,
+        _ => host,
+    };
     match ctx.hosts.store().host_config(host.as_str()) {
         Ok(Some(config)) => Ok((host, config)),
         Ok(None) => Err(Response::xrpc_error(400, "HostNotFound", "the relay does not know this host")),

@@ -78,6 +78,7 @@ impl Response {
             429 => "Too Many Requests",
             502 => "Bad Gateway",
             413 => "Payload Too Large",
+            415 => "Unsupported Media Type",
             503 => "Service Unavailable",
             404 => "Not Found",
             405 => "Method Not Allowed",

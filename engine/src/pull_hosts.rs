@@ -1,6 +1,7 @@
 //! `relay pull-hosts --from URL`: bootstraps the host table from another relay's
-//! `com.atproto.sync.listHosts` (pages of 1,000). Every host with a valid hostname that the other
-//! relay does not list as `banned` is added with the default settings (trusted when in a
+//! `com.atproto.sync.listHosts` (pages of 1,000). Every host with a valid hostname (no port but 443,
+//! which is dropped; never `localhost`, which only an operator may add) that the other relay does not
+//! list as `banned` is added with the default settings (trusted when in a
 //! `--trusted-domain`); hosts already known keep their settings. The relay connects to them at its
 //! next start, through the startup ramp.
 
@@ -82,7 +83,7 @@ pub fn run(args: &PullHostsArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("starting an executor: {e} (is io_uring available?)"))?
         .run(pull(&http, &base, &registry))?;
     println!(
-        "pulled {} hosts from {base}: {} added, {} already known, {} skipped (banned there or not a hostname)",
+        "pulled {} hosts from {base}: {} added, {} already known, {} skipped (banned there, localhost, a port, or not a hostname)",
         pulled.listed, pulled.added, pulled.known, pulled.skipped
     );
     Ok(())
@@ -111,14 +112,19 @@ async fn pull(http: &HttpClient, base: &str, registry: &HostRegistry) -> anyhow:
             out.listed += 1;
             let name = h.get("hostname").and_then(|n| n.as_str()).unwrap_or_default();
             let banned = h.get("status").and_then(|s| s.as_str()) == Some("banned");
-            match Hostname::parse_lenient(name) {
-                Ok(host) if !banned => names.push(host),
+            let host = Hostname::parse_lenient(name).ok().and_then(|h| match h.port() {
+                None => Some(h),
+                Some(443) => Hostname::parse_lenient(h.name()).ok(),
+                Some(_) => None,
+            });
+            match host {
+                Some(host) if !banned && !host.is_localhost() => names.push(host),
                 _ => out.skipped += 1,
             }
         }
         let keys: Vec<&str> = names.iter().map(Hostname::as_str).collect();
         let stored = registry.store().update_host_configs(&keys, |name, c| {
-            c.or_else(|| Hostname::parse_lenient(name).ok().map(|h| registry.new_config(&h, !h.is_localhost(), now)))
+            c.or_else(|| Hostname::parse_lenient(name).ok().map(|h| registry.new_config(&h, true, now)))
         })?;
         for (before, _) in stored {
             if before.is_none() {

@@ -149,6 +149,15 @@ fn admin_controls_hosts_limits_and_subscribers() {
     assert_eq!(relay.admin_get("pds/block").0, 405);
     assert_eq!(relay.admin_post("pds/block", json!({})).1["error"], "InvalidRequest");
     assert_eq!(relay.admin_post("pds/block", json!({ "hostname": "unknown.example.com" })).1["error"], "HostNotFound");
+    let (status, _) = support::http_post_typed(
+        relay.port,
+        "/admin/subs/setEnabled",
+        "text/plain",
+        r#"{"enabled":false}"#,
+        ("admin", ADMIN_PASSWORD),
+    );
+    assert_eq!(status, 415, "a cross-site form post is refused");
+    assert_eq!(relay.admin_get("subs/getEnabled").1["enabled"], true);
     let (status, v) = relay.admin_post("pds/changeLimits", json!({ "hostname": hostname, "accountLimit": "x" }));
     assert_eq!((status, v["error"].as_str()), (400, Some("InvalidRequest")));
 
@@ -286,15 +295,16 @@ fn relay_loop_guard_bans_a_relay_named_as_host() {
 fn pull_hosts_copies_another_relays_host_table() {
     let plc = FakePlc::start();
     let dir = tempfile::tempdir().unwrap();
-    let (h1, h2) = (FakeHost::start(), FakeHost::start());
+    let local = FakeHost::start();
+    // Named hosts need not answer: the source lists them all the same.
     let source = Relay::start_hosts(
         support::free_port(),
         &dir.path().join("source"),
-        &[&h1.hostname(), &h2.hostname()],
+        &["pds-a.example.com", "pds-b.example.com", &local.hostname()],
         &plc.url,
         &["--admin-password", ADMIN_PASSWORD],
     );
-    assert_eq!(source.admin_post("pds/block", json!({ "hostname": h2.hostname() })).0, 200);
+    assert_eq!(source.admin_post("pds/block", json!({ "hostname": "pds-b.example.com" })).0, 200);
     let target = dir.path().join("target");
     let pull = |from: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
@@ -307,8 +317,9 @@ fn pull_hosts_copies_another_relays_host_table() {
     let out = pull(&from);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    // pds-a added; pds-b (banned there) and localhost (operator-only) skipped.
     assert!(
-        stdout.contains("pulled 2 hosts") && stdout.contains("1 added") && stdout.contains("1 skipped"),
+        stdout.contains("pulled 3 hosts") && stdout.contains("1 added") && stdout.contains("2 skipped"),
         "{stdout}"
     );
     let again = pull(&from);
@@ -316,10 +327,12 @@ fn pull_hosts_copies_another_relays_host_table() {
     let bad = pull("http://127.0.0.1:1");
     assert!(!bad.status.success());
 
-    // The pulled host is subscribed to at start, without --host.
+    // The pulled host is in the host table at start, without --host, and the relay tries it.
     let relay = Relay::start_hosts(support::free_port(), &target, &[], &plc.url, &[]);
     let (_, hosts) = relay.get_json("/xrpc/com.atproto.sync.listHosts");
     assert_eq!(hosts["hosts"].as_array().map(Vec::len), Some(1));
-    assert_eq!(hosts["hosts"][0]["hostname"], h1.hostname().as_str());
-    relay.wait_until(WAIT, "connected to the pulled host", || relay.metric("relay_upstream_connected", "") == 1);
+    assert_eq!(hosts["hosts"][0]["hostname"], "pds-a.example.com");
+    relay.wait_until(Duration::from_secs(60), "a connection attempt to the pulled host", || {
+        relay.metric("relay_upstream_connects_total", "") >= 1
+    });
 }

@@ -125,16 +125,17 @@ impl HostRegistry {
     /// # Errors
     /// A store write error (then nothing changed).
     pub fn set_domain_ban(&self, domain: &str, banned: bool, now_ms: u64) -> Result<bool, StoreError> {
-        let mut bans = self.domain_bans.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let present = bans.iter().any(|d| d == domain);
+        let present =
+            self.domain_bans.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter().any(|d| d == domain);
         if present == banned {
             return Ok(false);
         }
+        // Written (and fsynced) before taking the lock that every connection attempt reads.
         self.store.set_domain_ban(domain, banned.then_some(now_ms))?;
+        let mut bans = self.domain_bans.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        bans.retain(|d| d != domain);
         if banned {
             bans.push(domain.to_owned());
-        } else {
-            bans.retain(|d| d != domain);
         }
         Ok(true)
     }
@@ -238,11 +239,21 @@ pub fn is_public_ip(ip: IpAddr) -> bool {
                 return is_public_ip(IpAddr::V4(v4));
             }
             let s = v6.segments();
+            // IPv4-compatible (deprecated `::a.b.c.d`) and 6to4 (`2002:AABB:CCDD::`) carry an IPv4.
+            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return v6.to_ipv4().is_some_and(|v4| is_public_ip(IpAddr::V4(v4)));
+            }
+            if s[0] == 0x2002 {
+                let [a, b] = s[1].to_be_bytes();
+                let [c, d] = s[2].to_be_bytes();
+                return is_public_ip(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
                 || (s[0] == 0x2001 && s[1] == 0x0db8)
                 || (s[0] == 0x0064 && s[1] == 0xff9b)
                 || s[0] == 0x0100)
@@ -349,7 +360,7 @@ mod tests {
 
     #[test]
     fn public_addresses() {
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "2002:808:808::1"] {
             assert!(is_public_ip(ip.parse().unwrap()), "{ip}");
         }
         for ip in [
@@ -372,6 +383,9 @@ mod tests {
             "2001:db8::1",
             "::ffff:127.0.0.1",
             "64:ff9b::a00:1",
+            "::7f00:1",
+            "fec0::1",
+            "2002:c0a8:101::1",
         ] {
             assert!(!is_public_ip(ip.parse().unwrap()), "{ip}");
         }

@@ -8,7 +8,7 @@
 //! | public `requestCrawl` enabled (admin switch) | `403 Forbidden` |
 //! | body is JSON with a string `hostname` | `400 InvalidRequest` |
 //! | hostname syntax, not an IP address; `localhost` only in dev mode (`--dev-localhost-port`) | `400 InvalidRequest` |
-//! | no port, or 80/443 (any port with `--allow-private-hosts`, or localhost in dev mode) | `400 InvalidRequest` |
+//! | no port, or 443 (dropped: `host:443` is `host`); any port with `--allow-private-hosts`, or localhost in dev mode | `400 InvalidRequest` |
 //! | host not banned, directly or by domain (suffix match) | `400 HostBanned` (lexicon) |
 //! | a known host is only reconnected (when not connected) | `200` |
 //! | a new host fits today's quota (`--new-hosts-per-day`, UTC days) | `429 RateLimitExceeded` |
@@ -79,13 +79,14 @@ pub fn parse_hostname(raw: &str, crawl: &CrawlConfig) -> Result<Hostname, Respon
     if !host.name().contains('.') {
         return Err(bad("hostname must have at least two labels"));
     }
-    if let Some(port) = host.port()
-        && !matches!(port, 80 | 443)
-        && !crawl.allow_private_hosts
-    {
-        return Err(bad("hostname may only name port 80 or 443"));
+    match host.port() {
+        // The default TLS port names the same host as none (one table row, one connection, one ban).
+        Some(443) => Hostname::parse_lenient(host.name()).map_err(|_| bad("hostname is not a valid hostname[:port]")),
+        Some(_) if !crawl.allow_private_hosts => {
+            Err(bad("hostname may name no port but 443 (hosts are reached over TLS)"))
+        }
+        _ => Ok(host),
     }
-    Ok(host)
 }
 
 /// Handles the request; `admin` requests (from `/admin/pds/requestCrawl`) bypass the public switch
@@ -218,7 +219,7 @@ mod tests {
         let ok = |s: &str, c: &CrawlConfig| parse_hostname(s, c).map(|h| h.to_string()).map_err(|r| r.status);
         assert_eq!(ok("pds.example.com", &prod), Ok("pds.example.com".into()));
         assert_eq!(ok("https://PDS.Example.com/", &prod), Ok("pds.example.com".into()));
-        assert_eq!(ok("pds.example.com:443", &prod), Ok("pds.example.com:443".into()));
+        assert_eq!(ok("pds.example.com:443", &prod), Ok("pds.example.com".into()));
         for bad in [
             "",
             "1.2.3.4",
@@ -229,6 +230,7 @@ mod tests {
             "localhost:2583",
             "pds",
             "pds.example.com:8080",
+            "pds.example.com:80",
             "a b.com",
         ] {
             assert_eq!(ok(bad, &prod), Err(400), "{bad}");

@@ -309,6 +309,24 @@ pub fn http_post(port: u16, path: &str, body: &str, basic: Option<(&str, &str)>)
     Ok((status, body))
 }
 
+/// `POST path` with `content_type` and Basic credentials → (status, body).
+pub fn http_post_typed(port: u16, path: &str, content_type: &str, body: &str, basic: (&str, &str)) -> (u16, String) {
+    use base64::Engine;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", basic.0, basic.1));
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nAuthorization: Basic {auth}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
 /// `METHOD path` without a body → the whole response text (head and body).
 pub fn http_request_raw(port: u16, method: &str, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -193,11 +193,25 @@ struct HostHandle {
     /// The last upstream `seq` handed to the sequencer (kept across restarts of the task, so a
     /// reconnect after a kill does not replay what is still queued for the sequencer).
     cursor: Cell<Option<HostSeq>>,
-    /// Its event rate limits.
-    limiter: RefCell<RateLimiter>,
+    /// Its event rate limits (kept across restarts of the task, so a reconnect never refills them).
+    limiter: Rc<RefCell<RateLimiter>>,
     /// Cancels the task.
     abort: AbortHandle,
+    /// When the task was started.
+    started: Instant,
+    /// The task returned by itself (`FutureCursor`, relay-loop ban, sequencer gone).
+    finished: Cell<bool>,
 }
+
+impl HostHandle {
+    fn alive(&self) -> bool {
+        !self.abort.is_aborted() && !self.finished.get()
+    }
+}
+
+/// A `Connect` for a known host whose task is alive (in backoff or its offline wait) restarts it at
+/// most this often, so `requestCrawl` (unauthenticated) cannot make the relay hammer a host.
+const CONNECT_RESTART_INTERVAL: Duration = Duration::from_secs(60);
 
 struct Shard {
     config: IngestConfig,
@@ -228,7 +242,7 @@ pub async fn run(
     metrics: Metrics,
 ) {
     let resolver = Resolver::new(config.identity.clone(), Arc::clone(&store), metrics.clone());
-    let ctx = process::Context::new(
+    let mut ctx = process::Context::new(
         config.limits,
         config.lenient_sync,
         resolver,
@@ -236,6 +250,7 @@ pub async fn run(
         metrics.clone(),
         config.identity.http.clone(),
     );
+    ctx.public_only = config.public_only;
     let owned: Vec<(Hostname, HostConfig)> = match store.host_configs() {
         Ok(all) => all
             .into_iter()
@@ -261,7 +276,7 @@ pub async fn run(
     tracing::info!(shard = index, hosts = owned.len(), window_s = window.as_secs(), "ingest shard starting");
     for (host, config) in owned {
         let delay = ramp_delay(&host, window);
-        start_host(&shard, host, config, None, delay);
+        start_host(&shard, host, config, None, None, delay);
     }
     let rx = commands.connect().await;
     while let Some(cmd) = rx.recv().await {
@@ -306,14 +321,18 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
             let Some(config) = config.filter(|c| !c.banned && shard.registry.domain_ban(&host).is_none()) else {
                 return;
             };
-            if existing.as_ref().is_some_and(|h| h.connected.get() && !h.abort.is_aborted()) {
+            if let Some(h) = &existing
+                && h.alive()
+                && (h.connected.get() || h.started.elapsed() < CONNECT_RESTART_INTERVAL)
+            {
                 return;
             }
-            let cursor = existing.and_then(|h| {
+            let carried = existing.map(|h| {
                 h.abort.abort();
-                h.cursor.get()
+                (h.cursor.get(), Rc::clone(&h.limiter))
             });
-            start_host(shard, host, config, cursor, Duration::ZERO);
+            let (cursor, limiter) = carried.map_or((None, None), |(c, l)| (c, Some(l)));
+            start_host(shard, host, config, cursor, limiter, Duration::ZERO);
         }
         HostCommand::Disconnect(_) => {
             // The handle stays (aborted), keeping the cursor for a later `Connect`.
@@ -327,31 +346,47 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
             }
         }
         HostCommand::ResetCursor { host, cursor } => {
-            if let Some(h) = existing {
+            let limiter = existing.map(|h| {
                 h.abort.abort();
-            }
+                // Kept for a later `Connect` when the host is banned now.
+                h.cursor.set(Some(cursor));
+                Rc::clone(&h.limiter)
+            });
             if let Some(config) = config.filter(|c| !c.banned && shard.registry.domain_ban(&host).is_none()) {
-                start_host(shard, host, config, Some(cursor), Duration::ZERO);
+                start_host(shard, host, config, Some(cursor), limiter, Duration::ZERO);
             }
         }
     }
 }
 
-/// Spawns `host`'s subscription task after `delay`, resuming after `cursor` (or the stored cursor).
-fn start_host(shard: &Rc<Shard>, host: Hostname, config: HostConfig, cursor: Option<HostSeq>, delay: Duration) {
+/// Spawns `host`'s subscription task after `delay`, resuming after `cursor` (or the stored cursor),
+/// with the previous task's `limiter` when there was one.
+fn start_host(
+    shard: &Rc<Shard>,
+    host: Hostname,
+    config: HostConfig,
+    cursor: Option<HostSeq>,
+    limiter: Option<Rc<RefCell<RateLimiter>>>,
+    delay: Duration,
+) {
     let (abort, registration) = AbortHandle::new_pair();
+    let limiter = limiter
+        .unwrap_or_else(|| Rc::new(RefCell::new(RateLimiter::new(RateLimits::for_host(&config), Instant::now()))));
     let handle = Rc::new(HostHandle {
         connected: Cell::new(false),
         cursor: Cell::new(cursor),
-        limiter: RefCell::new(RateLimiter::new(RateLimits::for_host(&config), Instant::now())),
+        limiter,
         abort,
+        started: Instant::now(),
+        finished: Cell::new(false),
     });
     shard.hosts.borrow_mut().insert(host.to_string(), Rc::clone(&handle));
     let upstream = Upstream { host, tls: config.tls };
     let task_shard = Rc::clone(shard);
     let task = async move {
         glommio::timer::sleep(delay).await;
-        run_host(task_shard, upstream, handle).await;
+        run_host(task_shard, upstream, Rc::clone(&handle)).await;
+        handle.finished.set(true);
     };
     glommio::spawn_local(Abortable::new(task, registration)).detach();
 }
@@ -418,6 +453,12 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) 
         let _ = shard.store.put_host_info(host.as_str(), &info);
     }
     loop {
+        // Bans are checked before every attempt, so a ban whose command was lost still holds.
+        let banned = shard.store.host_config(host.as_str()).ok().flatten().is_some_and(|c| c.banned);
+        if banned || shard.registry.domain_ban(&host).is_some() {
+            tracing::info!(host = %host, "host is banned; not reconnecting");
+            return;
+        }
         match connect(&shard, &upstream, handle.cursor.get()).await {
             Ok(ws) => {
                 Metrics::inc(&shard.metrics.upstream_connects, "result", "ok");
@@ -628,10 +669,11 @@ async fn read_frames(
             }
         };
         progressed = true;
-        handle.cursor.set(last_seq);
         if shard.to_sequencer.send(msg).await.is_err() {
             return ReadOutcome::SequencerGone;
         }
+        // Only once the sequencer has it: a task aborted while waiting to send resumes before it.
+        handle.cursor.set(last_seq);
     }
     ReadOutcome::Closed { progressed }
 }

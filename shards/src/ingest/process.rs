@@ -49,6 +49,9 @@ pub struct Context {
     pub metrics: Metrics,
     /// For `getRepoStatus` re-checks.
     pub http: HttpClient,
+    /// The SSRF guard for requests to hosts other than localhost (see
+    /// [`super::IngestConfig::public_only`]). Default true.
+    pub public_only: bool,
     /// When an inactive account was last re-checked with its host (ms), by DID.
     rechecked: RefCell<HashMap<Did, u64>>,
 }
@@ -63,7 +66,16 @@ impl Context {
         metrics: Metrics,
         http: HttpClient,
     ) -> Self {
-        Self { limits, lenient_sync, resolver, store, metrics, http, rechecked: RefCell::new(HashMap::new()) }
+        Self {
+            limits,
+            lenient_sync,
+            resolver,
+            store,
+            metrics,
+            http,
+            public_only: true,
+            rechecked: RefCell::new(HashMap::new()),
+        }
     }
 
     /// The account's status as the relay has it (the sequencer's, from the store; a throttled account
@@ -225,7 +237,8 @@ async fn confirm_active(did: &Did, host: &Hostname, ctx: &Context, now_ms: u64) 
 async fn repo_status(did: &Did, host: &Hostname, ctx: &Context) -> Option<AccountStatus> {
     let scheme = if host.is_localhost() { "http" } else { "https" };
     let url = HttpUrl::parse(&format!("{scheme}://{host}/xrpc/com.atproto.sync.getRepoStatus?did={did}")).ok()?;
-    let (status, body) = ctx.http.get(&url, 64 * 1024, Duration::from_secs(10)).await.ok()?;
+    let guard = ctx.public_only && !host.is_localhost();
+    let (status, body) = ctx.http.get_with(&url, 64 * 1024, Duration::from_secs(10), guard).await.ok()?;
     if status != 200 {
         return None;
     }

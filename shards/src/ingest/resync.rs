@@ -27,9 +27,10 @@ pub async fn fetch_sync(ctx: &Context, req: &ResyncRequest, tls: bool, now_ms: u
     let host = Hostname::new(req.host.to_string()).map_err(|e| e.to_string())?;
     let scheme = if tls { "https" } else { "http" };
     let base = format!("{scheme}://{host}/xrpc");
+    let guard = ctx.public_only && !host.is_localhost();
     let url = HttpUrl::parse(&format!("{base}/com.atproto.sync.getLatestCommit?did={}", req.did))
         .map_err(|e| e.to_string())?;
-    let (status, body) = ctx.http.get(&url, MAX_BODY, TIMEOUT).await.map_err(|e| e.to_string())?;
+    let (status, body) = ctx.http.get_with(&url, MAX_BODY, TIMEOUT, guard).await.map_err(|e| e.to_string())?;
     if status != 200 {
         return Err(format!("getLatestCommit answered HTTP {status}"));
     }
@@ -38,7 +39,7 @@ pub async fn fetch_sync(ctx: &Context, req: &ResyncRequest, tls: bool, now_ms: u
     let rev = latest["rev"].as_str().and_then(|r| Tid::new(r).ok()).ok_or("getLatestCommit: no rev")?;
     let url = HttpUrl::parse(&format!("{base}/com.atproto.sync.getBlocks?did={}&cids={cid}", req.did))
         .map_err(|e| e.to_string())?;
-    let (status, body) = ctx.http.get(&url, MAX_BODY, TIMEOUT).await.map_err(|e| e.to_string())?;
+    let (status, body) = ctx.http.get_with(&url, MAX_BODY, TIMEOUT, guard).await.map_err(|e| e.to_string())?;
     if status != 200 {
         return Err(format!("getBlocks answered HTTP {status}"));
     }

@@ -115,6 +115,7 @@ fn request_crawl_adds_a_host_and_refuses_bad_ones() {
         since = rev;
         host.push(seq, f);
     }
+    relay.wait_until(WAIT, "status throttled during the burst", || relay.host_status(&hostname) == "throttled");
     relay.wait_until(WAIT, "the whole burst", || relay.head() == 151);
     assert!(relay.metric("relay_upstream_rate_limited_total", "") > 0, "the burst was not paced");
     assert_eq!(relay.metric("relay_events_dropped_total", ""), 0);

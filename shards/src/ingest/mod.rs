@@ -134,13 +134,19 @@ pub enum HostEvent {
     Idle,
     /// A connection attempt failed.
     Failed,
+    /// The host's events are being held back by its rate limit.
+    Throttled,
 }
 
+/// A throttled host is `active` again once its events have passed without waiting for this long.
+pub const THROTTLE_CLEAR: Duration = Duration::from_secs(10);
+
 /// The host's next status after `event` at `now_ms` (a pure state machine): a first frame makes it
-/// `active`, silence `idle`, `offline_after` consecutive failures `offline`; reaching an offline host
-/// again makes it `active`. Operator statuses (`banned`, `throttled`) are left alone.
+/// `active`, silence `idle`, `offline_after` consecutive failures `offline`, events held back by its
+/// rate limit `throttled` (until frames pass freely again: `Delivered`); reaching an offline host
+/// again makes it `active`. `banned` (kept in the host's settings, not here) is left alone.
 pub fn next_host_info(prev: HostInfo, event: HostEvent, now_ms: u64, offline_after: u32) -> HostInfo {
-    if matches!(prev.status, HostStatus::Banned | HostStatus::Throttled) {
+    if prev.status == HostStatus::Banned {
         return prev;
     }
     match event {
@@ -151,6 +157,7 @@ pub fn next_host_info(prev: HostInfo, event: HostEvent, now_ms: u64, offline_aft
         },
         HostEvent::Delivered => HostInfo { status: HostStatus::Active, ..prev },
         HostEvent::Idle => HostInfo { status: HostStatus::Idle, ..prev },
+        HostEvent::Throttled => HostInfo { status: HostStatus::Throttled, ..prev },
         HostEvent::Failed => {
             let failures = prev.failures.saturating_add(1);
             let status = if failures >= offline_after.max(1) { HostStatus::Offline } else { prev.status };
@@ -603,6 +610,8 @@ async fn read_frames(
 ) -> ReadOutcome {
     let mut last_seq: Option<HostSeq> = None;
     let mut progressed = false;
+    // When an event last had to wait for the rate limit (the host is `throttled` meanwhile).
+    let mut last_wait: Option<Instant> = None;
     loop {
         glommio::yield_if_needed().await;
         let msg = match net::with_timeout(shard.config.idle_timeout, ws.next()).await {
@@ -644,8 +653,17 @@ async fn read_frames(
                     if !limited {
                         limited = true;
                         shard.metrics.upstream_rate_limited.inc();
+                        if last_wait.is_none() {
+                            tracing::info!(host = %host, "host rate limited; its events are delayed");
+                            status(HostEvent::Throttled);
+                        }
+                        last_wait = Some(Instant::now());
                     }
                     glommio::timer::sleep(wait).await;
+                }
+                if !limited && last_wait.is_some_and(|at| at.elapsed() >= THROTTLE_CLEAR) {
+                    last_wait = None;
+                    status(HostEvent::Delivered);
                 }
                 last_seq = Some(ev.host_seq);
                 IngestMsg::Event(ev)
@@ -719,6 +737,9 @@ mod tests {
         assert_eq!(next_host_info(info, HostEvent::Delivered, 40, 3).status, HostStatus::Active);
         let banned = HostInfo { status: HostStatus::Banned, ..info };
         assert_eq!(next_host_info(banned, HostEvent::Delivered, 50, 3), banned);
+        let throttled = next_host_info(info, HostEvent::Throttled, 60, 3);
+        assert_eq!(throttled.status, HostStatus::Throttled);
+        assert_eq!(next_host_info(throttled, HostEvent::Delivered, 70, 3).status, HostStatus::Active);
     }
 
     #[test]

@@ -65,6 +65,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     pub offline_retry_secs: u64,
 
+    /// A host connection silent for this long is closed and reconnected, and the host is `idle`
+    /// until it sends again, seconds (1 and up).
+    #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+
     /// Allow plain ws:// upstreams other than localhost (e.g. on a private network).
     #[arg(long)]
     pub allow_insecure_ws: bool,

@@ -288,6 +288,7 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         config.startup_ramp = Duration::from_secs(ctx.args.startup_ramp_secs);
         config.offline_after_failures = ctx.args.offline_after_failures;
         config.offline_retry = Duration::from_secs(ctx.args.offline_retry_secs);
+        config.idle_timeout = Duration::from_secs(ctx.args.idle_timeout_secs);
         config.public_only = !ctx.args.allow_private_hosts;
         let fut = ingest::run(
             config,

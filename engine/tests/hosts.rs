@@ -337,3 +337,24 @@ fn pull_hosts_copies_another_relays_host_table() {
         relay.metric("relay_upstream_connects_total", "") >= 1
     });
 }
+
+#[test]
+fn a_silent_host_goes_idle_and_is_resumed() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let mut alice = Account::new("did:plc:idlealice0000000000000000", 41);
+    plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
+    let dir = tempfile::tempdir().unwrap();
+    let hostname = host.hostname();
+    let relay = Relay::start(&dir.path().join("data"), &hostname, &plc.url, &["--idle-timeout-secs", "1"]);
+    let (rev, f) = alice.commit(1, None);
+    host.push(1, f);
+    relay.wait_until(WAIT, "the first commit", || relay.head() == 1);
+    relay.wait_until(WAIT, "idle after 1 s of silence", || relay.host_status(&hostname) == "idle");
+    // It is reconnected from its cursor, and active again once it sends.
+    relay.wait_until(WAIT, "a reconnect from cursor 1", || host.cursors.lock().unwrap().contains(&Some(1)));
+    let (_, f) = alice.commit(2, Some(rev));
+    host.push(2, f);
+    relay.wait_until(WAIT, "the second commit", || relay.head() == 2);
+    assert_eq!(relay.host_status(&hostname), "active");
+}

@@ -24,13 +24,8 @@ fn request_crawl_adds_a_host_and_refuses_bad_ones() {
     plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
     let dir = tempfile::tempdir().unwrap();
     let port = host.port.to_string();
-    let relay = Relay::start_hosts(
-        support::free_port(),
-        &dir.path().join("data"),
-        &[],
-        &plc.url,
-        &["--dev-localhost-port", &port, "--new-hosts-per-day", "1", "--admin-password", ADMIN_PASSWORD],
-    );
+    let args = ["--dev-localhost-port", &port, "--new-hosts-per-day", "1", "--admin-password", ADMIN_PASSWORD];
+    let relay = Relay::start_hosts(support::free_port(), &dir.path().join("data"), &[], &plc.url, &args);
     assert_eq!(relay.get_json("/xrpc/com.atproto.sync.listHosts").1["hosts"], json!([]));
 
     // Errors, each with its XRPC error name.
@@ -121,6 +116,12 @@ fn request_crawl_adds_a_host_and_refuses_bad_ones() {
     assert_eq!(relay.metric("relay_events_dropped_total", ""), 0);
     // Public and admin requestCrawl both counted.
     assert_eq!(relay.metric("relay_request_crawl_total", "result=\"added\""), 2);
+
+    // The day's count survives a restart.
+    relay.stop();
+    let relay = Relay::start_hosts(support::free_port(), &dir.path().join("data"), &[], &plc.url, &args);
+    let third = FakeHost::start();
+    assert_eq!(crawl(&relay, &third.hostname()).1["error"], "RateLimitExceeded");
 }
 
 #[test]

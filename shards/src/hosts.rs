@@ -82,13 +82,14 @@ impl HostRegistry {
     pub fn new(store: Arc<Store>, policy: HostPolicy) -> Result<Self, StoreError> {
         let bans = store.domain_bans()?.into_iter().map(|(d, _)| d).collect();
         let enabled = store.crawl_enabled()?;
+        let added_today = store.crawl_quota()?.unwrap_or((0, 0));
         Ok(Self {
             new_hosts_per_day: AtomicU32::new(policy.new_hosts_per_day),
             store,
             policy,
             domain_bans: RwLock::new(bans),
             crawl_enabled: AtomicBool::new(enabled),
-            added_today: Mutex::new((0, 0)),
+            added_today: Mutex::new(added_today),
             connections: Mutex::new(BTreeMap::new()),
             next_connection: std::sync::atomic::AtomicU64::new(1),
         })
@@ -165,25 +166,36 @@ impl HostRegistry {
         self.new_hosts_per_day.store(limit, Ordering::Release);
     }
 
-    /// Takes one of today's (UTC) new-host slots; `false` when the quota is used up.
-    pub fn take_new_host_slot(&self, now_ms: u64) -> bool {
+    /// Takes one of today's (UTC) new-host slots (persisted, so a restart does not reset the day's
+    /// count): the slot's day, or `None` when the quota is used up.
+    pub fn take_new_host_slot(&self, now_ms: u64) -> Option<u64> {
         let day = now_ms / 86_400_000;
         let mut added = self.added_today.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if added.0 != day {
             *added = (day, 0);
         }
         if added.1 >= self.new_hosts_per_day() {
-            return false;
+            return None;
         }
         added.1 += 1;
-        true
+        self.save_quota(*added);
+        Some(day)
     }
 
-    /// Gives back a slot taken by [`HostRegistry::take_new_host_slot`] for a host that was not added
-    /// after all (its probe failed).
-    pub fn return_new_host_slot(&self) {
+    /// Gives back a slot of `day` taken by [`HostRegistry::take_new_host_slot`] for a host that was
+    /// not added after all (its probe failed); a slot of an earlier day is not given back.
+    pub fn return_new_host_slot(&self, day: u64) {
         let mut added = self.added_today.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        added.1 = added.1.saturating_sub(1);
+        if added.0 == day {
+            added.1 = added.1.saturating_sub(1);
+            self.save_quota(*added);
+        }
+    }
+
+    fn save_quota(&self, (day, count): (u64, u32)) {
+        if let Err(e) = self.store.set_crawl_quota(day, count) {
+            tracing::warn!(error = %e, "cannot record the new-host quota");
+        }
     }
 
     /// Records that `host`'s connection is open (its `id` is assigned here and returned).

@@ -82,6 +82,7 @@
 //! | `format_version` | u32, currently 1 |
 //! | `last_seq`       | u64: the highest relay `seq` ever assigned (survives retention) |
 //! | `crawl_enabled`  | u8: 0 when an operator disabled public `requestCrawl`; absent = enabled |
+//! | `crawl_quota`    | u64 UTC day number ‖ u32 hosts public `requestCrawl` added that day |
 
 mod error;
 mod layout;

@@ -14,6 +14,7 @@ use crate::{FORMAT_VERSION, cf};
 const META_FORMAT_VERSION: &[u8] = b"format_version";
 const META_LAST_SEQ: &[u8] = b"last_seq";
 const META_CRAWL_ENABLED: &[u8] = b"crawl_enabled";
+const META_CRAWL_QUOTA: &[u8] = b"crawl_quota";
 
 /// Options for [`Store::open`].
 #[derive(Debug, Clone)]
@@ -409,6 +410,35 @@ impl Store {
         Ok(())
     }
 
+    /// The new-host quota's state: (UTC day number, hosts added that day by public `requestCrawl`).
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn crawl_quota(&self) -> Result<Option<(u64, u32)>, StoreError> {
+        match self.db.get_cf(self.cf(cf::META), META_CRAWL_QUOTA)? {
+            None => Ok(None),
+            Some(v) => {
+                let day = v.get(..8).and_then(be_u64);
+                let count = v.get(8..12).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+                match (day, count, v.len()) {
+                    (Some(d), Some(c), 12) => Ok(Some((d, c))),
+                    _ => Err(corrupt(cf::META, META_CRAWL_QUOTA)),
+                }
+            }
+        }
+    }
+
+    /// Records the new-host quota's state (not synced: a lost update only lets a few more hosts in
+    /// after a crash).
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`].
+    pub fn set_crawl_quota(&self, day: u64, count: u32) -> Result<(), StoreError> {
+        let mut v = day.to_be_bytes().to_vec();
+        v.extend_from_slice(&count.to_be_bytes());
+        Ok(self.db.put_cf(self.cf(cf::META), META_CRAWL_QUOTA, v)?)
+    }
+
     /// Whether public `requestCrawl` is enabled (default true).
     ///
     /// # Errors
@@ -533,9 +563,12 @@ mod tests {
             store.set_domain_ban("gone.example", Some(8)).unwrap();
             store.set_domain_ban("gone.example", None).unwrap();
             store.set_crawl_enabled(false).unwrap();
+            assert_eq!(store.crawl_quota().unwrap(), None);
+            store.set_crawl_quota(20_000, 3).unwrap();
         }
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         assert!(!store.crawl_enabled().unwrap());
+        assert_eq!(store.crawl_quota().unwrap(), Some((20_000, 3)));
         assert_eq!(store.domain_bans().unwrap(), vec![("evil.example".to_owned(), 7)]);
         let hosts: Vec<String> = store.hosts_after(None, 10).unwrap().into_iter().map(|r| r.host).collect();
         assert_eq!(hosts, vec!["a.example", "b.example"]);

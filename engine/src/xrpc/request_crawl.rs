@@ -149,7 +149,8 @@ async fn crawl(req: &Request, ctx: &Ctx, admin: bool) -> Result<Crawled, Refused
         send(ctx, HostCommand::Connect(host))?;
         return Ok(Crawled::Reconnected);
     }
-    if !admin && !ctx.hosts.take_new_host_slot(now_ms()) {
+    let slot = if admin { None } else { ctx.hosts.take_new_host_slot(now_ms()) };
+    if !admin && slot.is_none() {
         return Err((
             "quota",
             Response::xrpc_error(
@@ -161,8 +162,8 @@ async fn crawl(req: &Request, ctx: &Ctx, admin: bool) -> Result<Crawled, Refused
     }
     let tls = !host.is_localhost();
     if let Err(refused) = probe(ctx, &host, tls).await {
-        if !admin {
-            ctx.hosts.return_new_host_slot();
+        if let Some(day) = slot {
+            ctx.hosts.return_new_host_slot(day);
         }
         return Err(refused);
     }

@@ -48,10 +48,6 @@ pub struct Admin {
     password: String,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 fn datetime_ms(ms: u64) -> String {
     wire::syntax::datetime_from_unix_us(ms.saturating_mul(1000))
 }
@@ -81,11 +77,7 @@ fn body(req: &Request) -> Result<Value, Response> {
 /// The `hostname` field: a known host.
 fn known_host(v: &Value, ctx: &Ctx) -> Result<(Hostname, HostConfig), Response> {
     let raw = v.get("hostname").and_then(Value::as_str).ok_or_else(|| bad("hostname is required"))?;
-    let host = Hostname::parse_lenient(raw).map_err(|_| bad("hostname is not a hostname[:port]"))?;
-    let host = match host.port() {
-        Some(443) => Hostname::parse_lenient(host.name()).map_err(|_| bad("hostname is not a hostname[:port]"))?,
-        _ => host,
-    };
+    let host = Hostname::parse_lenient(raw).map_err(|_| bad("hostname is not a hostname[:port]"))?.without_tls_port();
     match ctx.hosts.store().host_config(host.as_str()) {
         Ok(Some(config)) => Ok((host, config)),
         Ok(None) => Err(Response::xrpc_error(400, "HostNotFound", "the relay does not know this host")),
@@ -278,7 +270,7 @@ impl Admin {
                     .map(|d| d.trim().trim_start_matches("*.").trim_end_matches('.').to_ascii_lowercase())
                     .filter(|d| Hostname::new(d.clone()).is_ok())
                     .ok_or_else(|| bad("domain (a DNS name) is required"))?;
-                let changed = ctx.hosts.set_domain_ban(&domain, banned, now_ms()).map_err(internal)?;
+                let changed = ctx.hosts.set_domain_ban(&domain, banned, shards::unix_ms()).map_err(internal)?;
                 // Close (or reopen) the domain's hosts.
                 for (h, config) in store.host_configs().map_err(internal)? {
                     let Ok(host) = Hostname::parse_lenient(&h) else { continue };

@@ -150,9 +150,7 @@ async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
                 remote: stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
                 cursor: cursor.map(|c| c.0),
                 user_agent: request.header("user-agent").map(str::to_owned),
-                connected_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
+                connected_ms: shards::unix_ms(),
             };
             tracing::info!(remote = %info.remote, cursor = ?info.cursor, "subscriber connected");
             let shard = Rc::clone(&ctx.fanout);

@@ -84,19 +84,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PORT")]
     pub dev_localhost_port: Option<u16>,
 
-    /// Account limit of a host added by requestCrawl, --host or pull-hosts; accounts past it are
-    /// throttled (change per host with /admin/pds/changeLimits).
-    #[arg(long, default_value_t = 100, value_name = "N")]
-    pub default_account_limit: u64,
-
-    /// Account limit of a new host in a trusted domain.
-    #[arg(long, default_value_t = 10_000_000, value_name = "N")]
-    pub trusted_account_limit: u64,
-
-    /// Domain whose hosts are trusted when added (repeatable; `*.` prefix optional): the trusted
-    /// account limit and higher event rate limits.
-    #[arg(long = "trusted-domain", value_name = "DOMAIN")]
-    pub trusted_domains: Vec<String>,
+    /// Settings of the hosts the relay adds.
+    #[command(flatten)]
+    pub host_policy: HostPolicyArgs,
 
     /// New hosts public requestCrawl may add per UTC day (0 = none; admin adds are not counted).
     #[arg(long, default_value_t = 50, value_name = "N")]
@@ -163,6 +153,40 @@ pub struct ServeArgs {
     /// RocksDB background threads for flushes and compactions (1-64).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=64))]
     pub rocksdb_threads: i32,
+}
+
+/// Settings of hosts the relay adds (flags shared by `serve` and `pull-hosts`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct HostPolicyArgs {
+    /// Account limit of a host added by requestCrawl or pull-hosts; accounts past it are throttled
+    /// (change per host with /admin/pds/changeLimits).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub default_account_limit: u64,
+
+    /// Account limit of a new trusted host (--host, or in a --trusted-domain).
+    #[arg(long, default_value_t = 10_000_000, value_name = "N")]
+    pub trusted_account_limit: u64,
+
+    /// Domain whose hosts are trusted when added (repeatable; `*.` prefix optional): the trusted
+    /// account limit and higher event rate limits.
+    #[arg(long = "trusted-domain", value_name = "DOMAIN")]
+    pub trusted_domains: Vec<String>,
+}
+
+impl HostPolicyArgs {
+    /// The policy these flags give (the new-host quota at its default).
+    pub fn policy(&self) -> shards::hosts::HostPolicy {
+        shards::hosts::HostPolicy {
+            default_account_limit: self.default_account_limit,
+            trusted_account_limit: self.trusted_account_limit,
+            trusted_domains: self
+                .trusted_domains
+                .iter()
+                .map(|d| d.trim_start_matches("*.").to_ascii_lowercase())
+                .collect(),
+            ..shards::hosts::HostPolicy::default()
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use shards::hosts::{HostPolicy, HostRegistry};
+use shards::hosts::HostRegistry;
 use shards::net::{HttpClient, HttpUrl};
 use storage::{Store, StoreOptions};
 use wire::Hostname;
@@ -30,17 +30,9 @@ pub struct PullHostsArgs {
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
 
-    /// Account limit of each added host.
-    #[arg(long, default_value_t = 100, value_name = "N")]
-    pub default_account_limit: u64,
-
-    /// Account limit of an added host in a trusted domain.
-    #[arg(long, default_value_t = 10_000_000, value_name = "N")]
-    pub trusted_account_limit: u64,
-
-    /// Domain whose hosts are trusted (repeatable).
-    #[arg(long = "trusted-domain", value_name = "DOMAIN")]
-    pub trusted_domains: Vec<String>,
+    /// Settings of the added hosts.
+    #[command(flatten)]
+    pub host_policy: crate::HostPolicyArgs,
 }
 
 /// What one pull did.
@@ -70,13 +62,8 @@ pub fn run(args: &PullHostsArgs) -> anyhow::Result<()> {
         Store::open(&args.data_dir, &StoreOptions::default())
             .with_context(|| format!("opening the store in {} (is the relay running?)", args.data_dir.display()))?,
     );
-    let policy = HostPolicy {
-        default_account_limit: args.default_account_limit,
-        trusted_account_limit: args.trusted_account_limit,
-        trusted_domains: args.trusted_domains.iter().map(|d| d.trim_start_matches("*.").to_ascii_lowercase()).collect(),
-        ..HostPolicy::default()
-    };
-    let registry = HostRegistry::new(Arc::clone(&store), policy).context("reading the host table")?;
+    let registry =
+        HostRegistry::new(Arc::clone(&store), args.host_policy.policy()).context("reading the host table")?;
     let pulled = glommio::LocalExecutorBuilder::default()
         .io_memory(1 << 20)
         .make()
@@ -92,7 +79,7 @@ pub fn run(args: &PullHostsArgs) -> anyhow::Result<()> {
 async fn pull(http: &HttpClient, base: &str, registry: &HostRegistry) -> anyhow::Result<Pulled> {
     let mut out = Pulled::default();
     let mut cursor: Option<String> = None;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now = shards::unix_ms();
     loop {
         let mut url = format!("{base}/xrpc/com.atproto.sync.listHosts?limit=1000");
         if let Some(c) = &cursor {
@@ -112,13 +99,9 @@ async fn pull(http: &HttpClient, base: &str, registry: &HostRegistry) -> anyhow:
             out.listed += 1;
             let name = h.get("hostname").and_then(|n| n.as_str()).unwrap_or_default();
             let banned = h.get("status").and_then(|s| s.as_str()) == Some("banned");
-            let host = Hostname::parse_lenient(name).ok().and_then(|h| match h.port() {
-                None => Some(h),
-                Some(443) => Hostname::parse_lenient(h.name()).ok(),
-                Some(_) => None,
-            });
+            let host = Hostname::parse_lenient(name).map(Hostname::without_tls_port);
             match host {
-                Some(host) if !banned && !host.is_localhost() => names.push(host),
+                Ok(host) if !banned && !host.is_localhost() && host.port().is_none() => names.push(host),
                 _ => out.skipped += 1,
             }
         }

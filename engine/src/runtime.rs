@@ -97,7 +97,7 @@ fn raise_memlock() {
 /// trusted account limit when new, trusted rate limits); a known one keeps its account limit and
 /// takes the flag's TLS choice. A banned host stays banned.
 fn add_flag_hosts(registry: &HostRegistry, hosts: &[Upstream], trusted_limit: u64) -> anyhow::Result<()> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now = shards::unix_ms();
     let names: Vec<&str> = hosts.iter().map(|u| u.host.as_str()).collect();
     let stored = registry
         .store()
@@ -169,14 +169,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let store = open_store(&args, layout.compaction)?;
     let committed = Arc::new(AtomicU64::new(store.last_seq()?.map_or(0, |s| s.0)));
-    let policy = HostPolicy {
-        default_account_limit: args.default_account_limit,
-        trusted_account_limit: args.trusted_account_limit,
-        trusted_domains: args.trusted_domains.iter().map(|d| d.trim_start_matches("*.").to_ascii_lowercase()).collect(),
-        new_hosts_per_day: args.new_hosts_per_day,
-    };
+    let policy = HostPolicy { new_hosts_per_day: args.new_hosts_per_day, ..args.host_policy.policy() };
     let hosts_registry = Arc::new(HostRegistry::new(Arc::clone(&store), policy).context("reading the host table")?);
-    add_flag_hosts(&hosts_registry, &hosts, args.trusted_account_limit)?;
+    add_flag_hosts(&hosts_registry, &hosts, args.host_policy.trusted_account_limit)?;
     let directory = Arc::new(SubscriberDirectory::default());
     let metrics = Metrics::default();
     let mut registry = Registry::default();

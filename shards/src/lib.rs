@@ -17,3 +17,8 @@ pub mod net;
 pub mod sequencer;
 
 pub use metrics::Metrics;
+
+/// Wall-clock time in milliseconds since the UNIX epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -359,6 +359,15 @@ impl Hostname {
         self.0.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
     }
 
+    /// The same host without an explicit `:443` (the default TLS port), so `pds.example.com:443` and
+    /// `pds.example.com` are one host; any other port is kept.
+    pub fn without_tls_port(self) -> Self {
+        match self.port() {
+            Some(443) => Self(self.name().to_owned()),
+            _ => self,
+        }
+    }
+
     /// Whether the name is `localhost` or a subdomain of it (RFC 6761): such hosts are reached over
     /// plain `ws://`.
     pub fn is_localhost(&self) -> bool {
@@ -426,6 +435,8 @@ mod tests {
         }
         let h = Hostname::new("localhost:2583").unwrap();
         assert_eq!((h.name(), h.port(), h.is_localhost()), ("localhost", Some(2583), true));
+        assert_eq!(h.clone().without_tls_port(), h);
+        assert_eq!(Hostname::new("x.com:443").unwrap().without_tls_port().as_str(), "x.com");
     }
 
     #[test]

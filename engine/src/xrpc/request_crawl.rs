@@ -47,10 +47,6 @@ pub struct CrawlConfig {
     pub allow_private_hosts: bool,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Normalizes and checks a hostname from a `requestCrawl` (or an admin add): `Ok(host)` or the
 /// `400 InvalidRequest` response.
 pub fn parse_hostname(raw: &str, crawl: &CrawlConfig) -> Result<Hostname, Response> {
@@ -79,9 +75,9 @@ pub fn parse_hostname(raw: &str, crawl: &CrawlConfig) -> Result<Hostname, Respon
     if !host.name().contains('.') {
         return Err(bad("hostname must have at least two labels"));
     }
+    // The default TLS port names the same host as none (one table row, one connection, one ban).
+    let host = host.without_tls_port();
     match host.port() {
-        // The default TLS port names the same host as none (one table row, one connection, one ban).
-        Some(443) => Hostname::parse_lenient(host.name()).map_err(|_| bad("hostname is not a valid hostname[:port]")),
         Some(_) if !crawl.allow_private_hosts => {
             Err(bad("hostname may name no port but 443 (hosts are reached over TLS)"))
         }
@@ -149,7 +145,7 @@ async fn crawl(req: &Request, ctx: &Ctx, admin: bool) -> Result<Crawled, Refused
         send(ctx, HostCommand::Connect(host))?;
         return Ok(Crawled::Reconnected);
     }
-    let slot = if admin { None } else { ctx.hosts.take_new_host_slot(now_ms()) };
+    let slot = if admin { None } else { ctx.hosts.take_new_host_slot(shards::unix_ms()) };
     if !admin && slot.is_none() {
         return Err((
             "quota",
@@ -167,7 +163,7 @@ async fn crawl(req: &Request, ctx: &Ctx, admin: bool) -> Result<Crawled, Refused
         }
         return Err(refused);
     }
-    let config = ctx.hosts.new_config(&host, tls, now_ms());
+    let config = ctx.hosts.new_config(&host, tls, shards::unix_ms());
     let added = store.update_host_config(host.as_str(), |c| Some(c.unwrap_or(config))).map_err(internal)?;
     if added.is_some_and(|c: HostConfig| c.banned) {
         return Err(banned());

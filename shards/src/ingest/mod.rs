@@ -7,6 +7,7 @@
 //! `seq` (persisted by the sequencer in the `hosts` column family), reconnect with [`Backoff`] after
 //! any error.
 
+mod connection;
 pub mod process;
 pub mod resync;
 
@@ -15,17 +16,11 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use async_tungstenite::tungstenite::Message;
-use async_tungstenite::tungstenite::client::IntoClientRequest;
-use async_tungstenite::tungstenite::http::HeaderValue;
-use async_tungstenite::tungstenite::protocol::WebSocketConfig;
-use futures_util::StreamExt;
 use futures_util::future::{AbortHandle, Abortable};
 use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
 use storage::{HostConfig, HostInfo, Store};
-use wire::frame::{Event, Frame};
 use wire::{HostSeq, HostStatus, Hostname, Limits};
 
 use crate::backoff::Backoff;
@@ -33,7 +28,7 @@ use crate::hosts::{Connection, HostRegistry, RateLimiter, RateLimits};
 use crate::identity::{IdentityConfig, Resolver};
 use crate::messages::{HostCommand, IngestMsg, ShardCommand};
 use crate::metrics::Metrics;
-use crate::net;
+use crate::unix_ms as now_ms;
 
 /// Ingest settings.
 #[derive(Debug, Clone)]
@@ -398,10 +393,6 @@ fn start_host(
     glommio::spawn_local(Abortable::new(task, registration)).detach();
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Marks a host connected while alive (registry, gauge, handle); undone on drop, also when the task
 /// is aborted.
 struct Connected<'a> {
@@ -443,8 +434,15 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) 
             }
         }
     }
-    let initial = HostInfo { status: HostStatus::Active, last_connected_ms: 0, failures: 0 };
-    let mut info = shard.store.host_info(host.as_str()).ok().flatten().unwrap_or(initial);
+    let mut info = match shard.store.host_info(host.as_str()).ok().flatten() {
+        Some(info) => info,
+        None => {
+            // A new host: its record exists from its first attempt on.
+            let info = HostInfo { status: HostStatus::Active, last_connected_ms: 0, failures: 0 };
+            let _ = shard.store.put_host_info(host.as_str(), &info);
+            info
+        }
+    };
     let record = |info: &mut HostInfo, event: HostEvent| {
         let next = next_host_info(*info, event, now_ms(), shard.config.offline_after_failures);
         if next != *info {
@@ -456,9 +454,6 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) 
             let _ = shard.store.put_host_info(host.as_str(), info);
         }
     };
-    if shard.store.host_info(host.as_str()).ok().flatten().is_none() {
-        let _ = shard.store.put_host_info(host.as_str(), &info);
-    }
     loop {
         // Bans are checked before every attempt, so a ban whose command was lost still holds.
         let banned = shard.store.host_config(host.as_str()).ok().flatten().is_some_and(|c| c.banned);
@@ -466,18 +461,18 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) 
             tracing::info!(host = %host, "host is banned; not reconnecting");
             return;
         }
-        match connect(&shard, &upstream, handle.cursor.get()).await {
+        match connection::connect(&shard, &upstream, handle.cursor.get()).await {
             Ok(ws) => {
                 Metrics::inc(&shard.metrics.upstream_connects, "result", "ok");
                 tracing::info!(host = %host, cursor = ?handle.cursor.get().map(|c| c.0), "connected to host");
                 record(&mut info, HostEvent::Connected);
                 let outcome = {
                     let _connected = Connected::new(&shard, &host, &handle, upstream.tls);
-                    read_frames(&shard, &host, &label, ws, &handle, &mut |e| record(&mut info, e)).await
+                    connection::read_frames(&shard, &host, &label, ws, &handle, &mut |e| record(&mut info, e)).await
                 };
                 match outcome {
-                    ReadOutcome::SequencerGone => return,
-                    ReadOutcome::FutureCursor => {
+                    connection::ReadOutcome::SequencerGone => return,
+                    connection::ReadOutcome::FutureCursor => {
                         Metrics::inc(&shard.metrics.host_changes, "change", "future_cursor");
                         tracing::error!(
                             host = %host,
@@ -488,14 +483,14 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) 
                         record(&mut info, HostEvent::Idle);
                         return;
                     }
-                    ReadOutcome::Closed { progressed } => {
+                    connection::ReadOutcome::Closed { progressed } => {
                         if progressed {
                             backoff.reset();
                         }
                     }
                 }
             }
-            Err(ConnectError::Relay(server)) => {
+            Err(connection::ConnectError::Relay(server)) => {
                 Metrics::inc(&shard.metrics.host_changes, "change", "relay_loop");
                 tracing::error!(host = %host, %server, "host is a relay (Server header); banning it to avoid a relay loop");
                 let banned =
@@ -506,7 +501,7 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) 
                 shard.hosts.borrow_mut().remove(host.as_str());
                 return;
             }
-            Err(ConnectError::Failed(e)) => {
+            Err(connection::ConnectError::Failed(e)) => {
                 Metrics::inc(&shard.metrics.upstream_connects, "result", "error");
                 tracing::warn!(host = %host, error = %e, "cannot connect to host");
                 record(&mut info, HostEvent::Failed);
@@ -516,184 +511,6 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) 
         tracing::debug!(host = %host, delay_ms = delay.as_millis() as u64, "reconnecting later");
         glommio::timer::sleep(delay).await;
     }
-}
-
-type Ws = async_tungstenite::WebSocketStream<net::MaybeTls>;
-
-/// Why a subscription could not start.
-enum ConnectError {
-    /// Network, TLS or handshake failure (retried).
-    Failed(String),
-    /// The host's handshake `Server` header says it is a relay (this value).
-    Relay(String),
-}
-
-async fn connect(shard: &Shard, upstream: &Upstream, cursor: Option<HostSeq>) -> Result<Ws, ConnectError> {
-    let host = &upstream.host;
-    let (scheme, default_port) = if upstream.tls { ("wss", 443) } else { ("ws", 80) };
-    let port = host.port().unwrap_or(default_port);
-    let url = match cursor {
-        Some(c) => format!("{scheme}://{host}/xrpc/com.atproto.sync.subscribeRepos?cursor={c}"),
-        None => format!("{scheme}://{host}/xrpc/com.atproto.sync.subscribeRepos"),
-    };
-    let timeout = shard.config.connect_timeout;
-    // The SSRF guard: a name may not lead to a private address (checked again at every connection,
-    // so DNS cannot be changed after requestCrawl), except localhost, which only the operator (or dev
-    // mode) can add.
-    let public_only = shard.config.public_only && !host.is_localhost();
-    let failed = |e: String| ConnectError::Failed(e);
-    let handshake = async {
-        let stream = if upstream.tls {
-            let tls = shard.config.identity.http.connect_tls_with(host.name(), port, timeout, public_only).await;
-            net::MaybeTls::Tls(Box::new(tls.map_err(|e| failed(e.to_string()))?))
-        } else {
-            let tcp = net::connect_with(host.name(), port, timeout, public_only).await;
-            net::MaybeTls::Plain(tcp.map_err(|e| failed(e.to_string()))?)
-        };
-        // Messages above the relay's own limit are still read (and dropped as frame_too_big) up to
-        // three times that size; a larger one fails the connection (see README, Behaviors).
-        let limit = shard.config.limits.max_frame_bytes.saturating_mul(3);
-        // Small buffers: thousands of host connections each hold one (tungstenite's default is 128 KiB
-        // for reading plus 128 KiB for writing); they grow for large frames.
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(limit))
-            .max_frame_size(Some(limit))
-            .read_buffer_size(16 * 1024)
-            .write_buffer_size(0);
-        let mut request = url.as_str().into_client_request().map_err(|e| failed(e.to_string()))?;
-        request.headers_mut().insert("user-agent", HeaderValue::from_static(net::USER_AGENT));
-        let (ws, response) = async_tungstenite::client_async_with_config(request, stream, Some(config))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        // Relay-loop guard: relays name themselves `(atproto-relay)` in `Server` (indigo's convention).
-        if let Some(server) = response.headers().get("server").and_then(|v| v.to_str().ok())
-            && server.contains("atproto-relay")
-        {
-            return Err(ConnectError::Relay(server.to_owned()));
-        }
-        Ok(ws)
-    };
-    net::with_timeout(timeout, handshake).await.unwrap_or_else(|| Err(failed("handshake timed out".into())))
-}
-
-enum ReadOutcome {
-    Closed {
-        progressed: bool,
-    },
-    /// The host sent a `FutureCursor` error: its sequence is behind our cursor.
-    FutureCursor,
-    SequencerGone,
-}
-
-fn frame_type(v: &process::Verdict) -> &'static str {
-    match v {
-        process::Verdict::Accept(a) => match a.event {
-            Event::Commit(_) => "commit",
-            Event::Sync(_) => "sync",
-            Event::Identity(_) => "identity",
-            Event::Account(_) => "account",
-            Event::Info(_) => "info",
-        },
-        process::Verdict::Info(Frame::Error(_)) => "error",
-        process::Verdict::Info(_) => "info",
-        process::Verdict::Drop(..) => "other",
-    }
-}
-
-async fn read_frames(
-    shard: &Shard,
-    host: &Hostname,
-    label: &Arc<str>,
-    mut ws: Ws,
-    handle: &HostHandle,
-    status: &mut dyn FnMut(HostEvent),
-) -> ReadOutcome {
-    let mut last_seq: Option<HostSeq> = None;
-    let mut progressed = false;
-    // When an event last had to wait for the rate limit (the host is `throttled` meanwhile).
-    let mut last_wait: Option<Instant> = None;
-    loop {
-        glommio::yield_if_needed().await;
-        let msg = match net::with_timeout(shard.config.idle_timeout, ws.next()).await {
-            Some(Some(msg)) => msg,
-            Some(None) => break,
-            None => {
-                tracing::warn!(host = %host, idle_s = shard.config.idle_timeout.as_secs(), "host idle; reconnecting");
-                status(HostEvent::Idle);
-                break;
-            }
-        };
-        if !progressed {
-            status(HostEvent::Delivered);
-        }
-        let bytes = match msg {
-            Ok(Message::Binary(b)) => b,
-            Ok(Message::Close(frame)) => {
-                tracing::info!(host = %host, close = ?frame, "host closed the connection");
-                break;
-            }
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!(host = %host, error = %e, "host connection error");
-                break;
-            }
-        };
-        let input = process::Input { bytes: &bytes, host, label, last_seq, now_ms: now_ms() };
-        let verdict = process::process_frame(input, &shard.ctx).await;
-        Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(&verdict));
-        let msg = match verdict {
-            process::Verdict::Accept(ev) => {
-                // Per-host rate limit: wait (pausing this host's reads) rather than drop.
-                let mut limited = false;
-                loop {
-                    let wait = handle.limiter.borrow_mut().acquire(Instant::now());
-                    if wait.is_zero() {
-                        break;
-                    }
-                    if !limited {
-                        limited = true;
-                        shard.metrics.upstream_rate_limited.inc();
-                        if last_wait.is_none() {
-                            tracing::info!(host = %host, "host rate limited; its events are delayed");
-                            status(HostEvent::Throttled);
-                        }
-                        last_wait = Some(Instant::now());
-                    }
-                    glommio::timer::sleep(wait).await;
-                }
-                if !limited && last_wait.is_some_and(|at| at.elapsed() >= THROTTLE_CLEAR) {
-                    last_wait = None;
-                    status(HostEvent::Delivered);
-                }
-                last_seq = Some(ev.host_seq);
-                IngestMsg::Event(ev)
-            }
-            process::Verdict::Drop(reason, seq) => {
-                shard.metrics.drop_event(reason);
-                tracing::info!(host = %host, seq = ?seq.map(|s| s.0), %reason, "dropped event");
-                match seq {
-                    // Only a seq above the last one moves the cursor.
-                    Some(s) if last_seq.is_none_or(|l| s > l) => {
-                        last_seq = Some(s);
-                        IngestMsg::Cursor { host: Arc::clone(label), seq: s }
-                    }
-                    _ => continue,
-                }
-            }
-            process::Verdict::Info(Frame::Error(e)) if e.error == "FutureCursor" => return ReadOutcome::FutureCursor,
-            process::Verdict::Info(frame) => {
-                tracing::warn!(host = %host, ?frame, "host sent info/error frame");
-                continue;
-            }
-        };
-        progressed = true;
-        if shard.to_sequencer.send(msg).await.is_err() {
-            return ReadOutcome::SequencerGone;
-        }
-        // Only once the sequencer has it: a task aborted while waiting to send resumes before it.
-        handle.cursor.set(last_seq);
-    }
-    ReadOutcome::Closed { progressed }
 }
 
 #[cfg(test)]

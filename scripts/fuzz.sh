@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Runs the wire fuzz targets (cargo-fuzz, libFuzzer) for SECS seconds each: decoders never panic, and
-# decode → encode → decode round trips hold.
+# Runs the fuzz targets in fuzz/ (cargo-fuzz, libFuzzer) for SECS seconds each: the wire decoders never
+# panic and decode → encode → decode round trips hold; whole HTTP requests through the relay's real
+# XRPC and admin routers (http_request) never panic and always get a well-formed answer.
 #
 #   scripts/fuzz.sh [SECS] [TARGET...]     default: 10 s each, every target
 #
 # Builds with `--sanitizer none` so the stable toolchain suffices. Corpora start from the recorded
-# reference-PDS frames and the interop fixtures; crashes land in wire/fuzz/artifacts/TARGET/.
+# reference-PDS frames and the interop fixtures; crashes land in fuzz/artifacts/TARGET/.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 SECS=${1:-10}
 shift || true
 TARGETS=("$@")
 command -v cargo-fuzz >/dev/null || { log "installing cargo-fuzz"; cargo install cargo-fuzz --locked --quiet; }
-cd "$ROOT/wire"
+raise_memlock   # http_request runs glommio executors (io_uring)
+cd "$ROOT"
 [ ${#TARGETS[@]} -gt 0 ] || mapfile -t TARGETS < <(cargo fuzz list)
 for t in frame_decode commit_verify; do
   mkdir -p "fuzz/corpus/$t"

@@ -11,7 +11,8 @@ log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 ensure_system_deps() {
   local missing=()
   command -v clang >/dev/null || missing+=(clang)
-  ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+  # clang-sys loads libclang.so (the -dev symlink); libclang-cpp or libclang.so.1 alone is not enough.
+  ls /usr/lib/llvm-*/lib/libclang.so /usr/lib/llvm-*/lib/libclang-[0-9]*.so >/dev/null 2>&1 || missing+=(libclang-dev)
   command -v curl >/dev/null || missing+=(curl)
   command -v g++ >/dev/null || missing+=(g++)
   if [ ${#missing[@]} -gt 0 ]; then
@@ -30,6 +31,17 @@ raise_memlock() {
 }
 
 ensure_peers() { "$PEERS" install >/dev/null; }
+
+# A venv in target/py with the Python peers of scripts/py/requirements.txt (reinstalled when it changes).
+ensure_py() {
+  PY=$ROOT/target/py/bin/python
+  if ! cmp -s "$ROOT/scripts/py/requirements.txt" "$ROOT/target/py/.installed" 2>/dev/null; then
+    log "installing the Python peers (scripts/py/requirements.txt)"
+    python3 -m venv "$ROOT/target/py"
+    "$ROOT/target/py/bin/pip" install -q --disable-pip-version-check -r "$ROOT/scripts/py/requirements.txt"
+    cp "$ROOT/scripts/py/requirements.txt" "$ROOT/target/py/.installed"
+  fi
+}
 
 build_relay() {
   (cd "$ROOT" && cargo build --locked -p engine --bin relay)

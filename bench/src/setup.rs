@@ -79,6 +79,13 @@ pub(crate) fn spawn_relay(c: &Common, hosts: &[String], plc: &str) -> anyhow::Re
         .arg("--data-dir")
         .arg(&data)
         .args(&c.relay_args);
+    // The whole subscriber fleet connects from 127.0.0.1: lift the per-address and subscriber limits
+    // unless the run sets them itself.
+    for flag in ["--max-connections-per-ip", "--max-subscribers"] {
+        if !c.relay_args.iter().any(|a| a.starts_with(flag)) {
+            cmd.arg(format!("{flag}=0"));
+        }
+    }
     for h in hosts {
         cmd.args(["--host", h]);
     }

@@ -24,11 +24,11 @@
 //! | `POST /admin/pds/resetCursor` | `{"hostname", "cursor"?: n}` | set the host's upstream cursor (default 0: from the start of what it still has) and reconnect: how a host that reset its sequence (`FutureCursor`) is recovered without deleting data. The host |
 //! | `GET /admin/consumers/list` | | connected subscribers: `{"subscribers": [{"id", "remoteAddr", "userAgent"?, "cursor"?, "connectedAt"}]}` |
 //!
-//! Errors (XRPC JSON): `401 AuthRequired` without valid credentials; `404 NotFound` for an unknown
-//! path; `405 InvalidRequest` for the wrong method; `415 InvalidRequest` for a POST without
+//! Errors (XRPC JSON): `401 AuthenticationRequired` without valid credentials; `404 NotFound` for an unknown
+//! path; `400 InvalidRequest` for the wrong method (as the reference XRPC server); `415 InvalidRequest` for a POST without
 //! `Content-Type: application/json` (so a cross-site form cannot ride on cached credentials); `400
 //! InvalidRequest` for a bad body; `400
-//! HostNotFound` for a host the relay does not know; `503 Unavailable` when the sequencer's queue is
+//! HostNotFound` for a host the relay does not know; `503 NotEnoughResources` when the sequencer's queue is
 //! full (retry).
 
 use base64::Engine;
@@ -89,13 +89,17 @@ fn known_host(v: &Value, ctx: &Ctx) -> Result<(Hostname, HostConfig), Response> 
 fn host_admin_json(row: &HostRow, ctx: &Ctx) -> Value {
     let mut v = crate::xrpc::list_hosts::host_json(row, ctx);
     let limits = RateLimits::for_host(&row.config);
-    v["accountLimit"] = row.config.account_limit.into();
-    v["trusted"] = row.config.trusted.into();
-    v["tls"] = row.config.tls.into();
-    v["banned"] = row.config.banned.into();
-    v["addedAt"] = datetime_ms(row.config.added_ms).into();
-    v["connected"] = Hostname::parse_lenient(&row.host).is_ok_and(|h| ctx.hosts.is_connected(&h)).into();
-    v["rateLimits"] = json!({ "perSecond": limits.per_second, "perHour": limits.per_hour, "perDay": limits.per_day });
+    crate::xrpc::set(&mut v, "accountLimit", row.config.account_limit);
+    crate::xrpc::set(&mut v, "trusted", row.config.trusted);
+    crate::xrpc::set(&mut v, "tls", row.config.tls);
+    crate::xrpc::set(&mut v, "banned", row.config.banned);
+    crate::xrpc::set(&mut v, "addedAt", datetime_ms(row.config.added_ms));
+    crate::xrpc::set(&mut v, "connected", Hostname::parse_lenient(&row.host).is_ok_and(|h| ctx.hosts.is_connected(&h)));
+    crate::xrpc::set(
+        &mut v,
+        "rateLimits",
+        json!({ "perSecond": limits.per_second, "perHour": limits.per_hour, "perDay": limits.per_day }),
+    );
     v
 }
 
@@ -133,7 +137,7 @@ impl Admin {
     /// Handles `/admin/{path}`.
     pub async fn handle(&self, path: &str, req: &Request, ctx: &Ctx) -> Response {
         if !self.authorized(req) {
-            let mut resp = Response::xrpc_error(401, "AuthRequired", "HTTP Basic auth as admin is required");
+            let mut resp = Response::xrpc_error(401, "AuthenticationRequired", "HTTP Basic auth as admin is required");
             resp.headers.push(("WWW-Authenticate", "Basic realm=\"relay admin\"".into()));
             return resp;
         }
@@ -160,8 +164,8 @@ impl Admin {
         };
         match (get, req.method.as_str()) {
             (true, "GET") | (false, "POST") => {}
-            (true, _) => return Response::xrpc_error(405, "InvalidRequest", "use GET"),
-            (false, _) => return Response::xrpc_error(405, "InvalidRequest", "use POST"),
+            (true, _) => return crate::xrpc::wrong_method(&req.method, "GET"),
+            (false, _) => return crate::xrpc::wrong_method(&req.method, "POST"),
         }
         if path == "pds/requestCrawl" {
             return request_crawl::handle(req, ctx, true).await;
@@ -227,7 +231,7 @@ impl Admin {
                     .ok_or_else(|| bad("body must be {\"did\": \"did:…\"} with a valid DID"))?;
                 ctx.to_sequencer
                     .try_send(IngestMsg::Takedown { did: did.clone(), taken_down })
-                    .map_err(|_| Response::xrpc_error(503, "Unavailable", "the sequencer is busy; retry"))?;
+                    .map_err(|_| Response::xrpc_error(503, "NotEnoughResources", "the sequencer is busy; retry"))?;
                 tracing::info!(%did, taken_down, "admin account action");
                 Ok(Response::json(200, &json!({ "did": did.as_str(), "takenDown": taken_down })))
             }

@@ -12,6 +12,7 @@ use wire::http::{HeadError, RequestHead, parse_request_head};
 
 use crate::xrpc;
 use crate::xrpc::Ctx;
+use shards::Metrics;
 
 /// The `Server` header of every response: `(atproto-relay)` makes other relays' loop guards (and
 /// ours) refuse to subscribe to this relay as if it were a PDS.
@@ -67,11 +68,14 @@ impl Response {
         Self::json(status, &serde_json::json!({ "error": error, "message": message }))
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The response as HTTP/1.1 bytes: status line, headers (`Server`, `Content-Type`,
+    /// `Content-Length`, CORS, `Connection: close`, then the extra ones) and the body.
+    pub fn encode(&self) -> Vec<u8> {
         let reason = match self.status {
             200 => "OK",
             204 => "No Content",
             302 => "Found",
+            426 => "Upgrade Required",
             400 => "Bad Request",
             401 => "Unauthorized",
             403 => "Forbidden",
@@ -103,11 +107,24 @@ impl Response {
     }
 }
 
+/// First pause after a failed `accept` (e.g. `EMFILE`: out of file descriptors); it doubles up to
+/// [`ACCEPT_BACKOFF_MAX`] while accepts keep failing, so the loop never spins.
+const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
+/// Longest pause between failed accepts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Accepts connections on `listener` and handles each on the API task queue.
 pub async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>, api_tq: TaskQueueHandle) {
+    let mut backoff = ACCEPT_BACKOFF_FIRST;
+    let mut failures = 0u64;
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                if failures > 0 {
+                    tracing::warn!(failures, "accepting connections again");
+                }
+                backoff = ACCEPT_BACKOFF_FIRST;
+                failures = 0;
                 let ctx = Rc::clone(&ctx);
                 // Spawning into a queue this executor created cannot fail.
                 if let Ok(task) = glommio::spawn_local_into(handle_connection(stream, ctx), api_tq) {
@@ -115,15 +132,41 @@ pub async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>, api_tq: TaskQueueH
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                failures += 1;
+                Metrics::inc(&ctx.metrics.accept_errors, "kind", accept_error_kind(&e));
+                // Logged on the first failure of a run and then once per 100, not per attempt.
+                if failures % 100 == 1 {
+                    tracing::warn!(error = %e, failures, "accept failed; backing off");
+                }
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
 }
 
+fn accept_error_kind(e: &glommio::GlommioError<()>) -> &'static str {
+    match e {
+        glommio::GlommioError::IoError(io) => match io.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => "out_of_fds",
+            Some(libc::ENOBUFS | libc::ENOMEM) => "out_of_memory",
+            _ => "other",
+        },
+        _ => "other",
+    }
+}
+
 async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
     let _ = stream.set_nodelay(true);
+    let Some(client) = stream.peer_addr().ok().and_then(|addr| ctx.limits.admit(addr.ip())) else {
+        let resp = Response::xrpc_error(
+            429,
+            "RateLimitExceeded",
+            "too many open connections from this address (--max-connections-per-ip)",
+        );
+        refuse(stream, &resp).await;
+        return;
+    };
     let head = shards::net::with_timeout(HEAD_TIMEOUT, read_head(&mut stream)).await;
     let (request, leftover) = match head {
         Some(Ok(Some(parsed))) => parsed,
@@ -140,6 +183,15 @@ async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
             let _ = stream.close().await;
         }
         xrpc::Routed::Upgrade { accept_key, cursor } => {
+            let Some(subscriber) = ctx.limits.admit_subscriber() else {
+                let resp = Response::xrpc_error(
+                    503,
+                    "NotEnoughResources",
+                    "the relay has as many subscribers as it serves (--max-subscribers); retry later",
+                );
+                refuse(stream, &resp).await;
+                return;
+            };
             let resp = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nServer: {SERVER}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
             );
@@ -154,11 +206,38 @@ async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
             };
             tracing::info!(remote = %info.remote, cursor = ?info.cursor, "subscriber connected");
             let shard = Rc::clone(&ctx.fanout);
-            if let Ok(task) = glommio::spawn_local_into(shard.serve(stream, cursor, leftover, info), ctx.fanout_tq) {
+            let serve = async move {
+                // Held for as long as the subscriber is served.
+                let _slots = (client, subscriber);
+                shard.serve(stream, cursor, leftover, info).await;
+            };
+            if let Ok(task) = glommio::spawn_local_into(serve, ctx.fanout_tq) {
                 task.detach();
             }
         }
     }
+}
+
+/// How long a refused connection's unread request is drained before the socket closes.
+const REFUSE_DRAIN: Duration = Duration::from_millis(500);
+
+/// Answers `resp` and closes without reading the request first, gracefully: the write side is shut
+/// down and what the client still sends is drained briefly, so the kernel does not answer it with a
+/// reset that would destroy the response before the client reads it.
+async fn refuse(mut stream: TcpStream, resp: &Response) {
+    if shards::net::with_timeout(WRITE_TIMEOUT, stream.write_all(&resp.encode())).await.is_none() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = shards::net::with_timeout(REFUSE_DRAIN, drain).await;
 }
 
 /// Reads and parses a request head. `Ok(None)` when the client went away first.
@@ -182,7 +261,7 @@ async fn read_head(stream: &mut TcpStream) -> Result<Option<(Request, Vec<u8>)>,
             .map_err(|e| Response::xrpc_error(400, "InvalidRequest", &e.to_string()))?
             .unwrap_or(0);
         if length > MAX_BODY_BYTES {
-            return Err(Response::xrpc_error(413, "InvalidRequest", "request body too large"));
+            return Err(Response::xrpc_error(413, "PayloadTooLarge", "request entity too large"));
         }
         let mut rest = buf.split_off(len);
         while rest.len() < length {

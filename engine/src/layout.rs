@@ -61,7 +61,8 @@ pub fn auto(cpus: &[usize]) -> Layout {
         n => {
             let middle: Vec<usize> = (1..n - 1).map(c).collect();
             let k = (middle.len() / 2).max(1);
-            Layout { ingest: middle[..k].to_vec(), fanout: middle[k..].to_vec(), sequencer: c(0), compaction: c(n - 1) }
+            let (ingest, fanout) = middle.split_at(k.min(middle.len()));
+            Layout { ingest: ingest.to_vec(), fanout: fanout.to_vec(), sequencer: c(0), compaction: c(n - 1) }
         }
     }
 }

@@ -56,7 +56,7 @@ pub fn run(args: &PullHostsArgs) -> anyhow::Result<()> {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("reading --tls-ca {}", path.display()))?),
         None => None,
     };
-    let http = HttpClient::new(extra_ca.as_deref()).context("--tls-ca")?;
+    let http = HttpClient::new(extra_ca.as_deref(), shards::net::dns::Dns::default()).context("--tls-ca")?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let store = Arc::new(
         Store::open(&args.data_dir, &StoreOptions::default())

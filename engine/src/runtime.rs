@@ -80,16 +80,39 @@ fn parse_hosts(raw: &[String], allow_insecure: bool) -> anyhow::Result<Vec<Upstr
     Ok(hosts)
 }
 
-fn raise_memlock() {
+/// Raises a resource limit's soft value to its hard value (what `ulimit -l`/`ulimit -n` allow
+/// without privileges) and returns the soft value now in force.
+fn raise_soft_limit(resource: libc::__rlimit_resource_t, name: &str) -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read/write the struct passed.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(resource, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
             let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) != 0 {
-                tracing::warn!("cannot raise RLIMIT_MEMLOCK soft limit to the hard limit");
+            if libc::setrlimit(resource, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            } else {
+                tracing::warn!("cannot raise the {name} soft limit to the hard limit");
             }
         }
+    }
+    lim.rlim_cur
+}
+
+/// Raises `RLIMIT_MEMLOCK` (io_uring's locked buffers) and `RLIMIT_NOFILE` (one descriptor per host
+/// connection and per API connection) to their hard limits.
+fn raise_limits(args: &ServeArgs) {
+    raise_soft_limit(libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK");
+    let files = raise_soft_limit(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE");
+    let wanted = args.max_subscribers.saturating_add(1024) as u64;
+    if files < wanted {
+        tracing::warn!(
+            nofile = files,
+            max_subscribers = args.max_subscribers,
+            "RLIMIT_NOFILE is below --max-subscribers + 1024: raise LimitNOFILE (systemd) or `ulimit -n`"
+        );
     }
 }
 
@@ -163,9 +186,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("reading --tls-ca {}", path.display()))?),
         None => None,
     };
-    let http = HttpClient::new(extra_ca.as_deref()).context("--tls-ca")?;
+    let http = HttpClient::new(extra_ca.as_deref(), shards::net::dns::Dns::default()).context("--tls-ca")?;
     let hosts = parse_hosts(&args.hosts, args.allow_insecure_ws)?;
-    raise_memlock();
+    if args.admin_password.as_deref().is_some_and(|p| p.trim().is_empty()) {
+        bail!(
+            "--admin-password (RELAY_ADMIN_PASSWORD) is empty: set a password, or leave it unset to disable the admin API"
+        );
+    }
+    raise_limits(&args);
 
     let store = open_store(&args, layout.compaction)?;
     let committed = Arc::new(AtomicU64::new(store.last_seq()?.map_or(0, |s| s.0)));
@@ -173,6 +201,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let hosts_registry = Arc::new(HostRegistry::new(Arc::clone(&store), policy).context("reading the host table")?);
     add_flag_hosts(&hosts_registry, &hosts, args.host_policy.trusted_account_limit)?;
     let directory = Arc::new(SubscriberDirectory::default());
+    let limits = crate::limits::ConnectionLimits::new(args.max_connections_per_ip, args.max_subscribers);
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -221,6 +250,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             hosts: Arc::clone(&hosts_registry),
             directory: Arc::clone(&directory),
             ingest_shards: layout.ingest.len(),
+            limits: Arc::clone(&limits),
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("relay-cpu{cpu}"))
@@ -271,6 +301,7 @@ struct ExecCtx {
     hosts: Arc<HostRegistry>,
     directory: Arc<SubscriberDirectory>,
     ingest_shards: usize,
+    limits: Arc<crate::limits::ConnectionLimits>,
 }
 
 async fn run_executor(ctx: ExecCtx, work: Work) {
@@ -285,6 +316,7 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         config.offline_retry = Duration::from_secs(ctx.args.offline_retry_secs);
         config.idle_timeout = Duration::from_secs(ctx.args.idle_timeout_secs);
         config.public_only = !ctx.args.allow_private_hosts;
+        config.identity.web_public_only = !ctx.args.allow_private_hosts;
         let fut = ingest::run(
             config,
             index,
@@ -367,6 +399,7 @@ async fn start_fanout(
             allow_private_hosts: ctx.args.allow_private_hosts,
         },
         metrics: ctx.metrics.clone(),
+        limits: Arc::clone(&ctx.limits),
     });
     glommio::spawn_local_into(crate::http::accept_loop(listener, xrpc_ctx, api_tq), api_tq)
         .map_err(|e| anyhow::anyhow!("{e}"))?

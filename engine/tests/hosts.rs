@@ -29,7 +29,7 @@ fn request_crawl_adds_a_host_and_refuses_bad_ones() {
     assert_eq!(relay.get_json("/xrpc/com.atproto.sync.listHosts").1["hosts"], json!([]));
 
     // Errors, each with its XRPC error name.
-    assert_eq!(relay.get_json(CRAWL).0, 405);
+    assert_eq!(relay.get_json(CRAWL).0, 400);
     let (status, v) = relay.post(CRAWL, "not json");
     assert_eq!((status, v["error"].as_str()), (400, Some("InvalidRequest")));
     for bad in ["1.2.3.4", "pds.example.com:8080", "pds", "bad host.com"] {
@@ -148,7 +148,7 @@ fn admin_controls_hosts_limits_and_subscribers() {
     let (status, _) = support::http_get_auth(relay.port, "/admin/pds/list", ("admin", "wrong")).unwrap();
     assert_eq!(status, 401);
     assert_eq!(relay.admin_get("pds/nope").0, 404);
-    assert_eq!(relay.admin_get("pds/block").0, 405);
+    assert_eq!(relay.admin_get("pds/block").0, 400);
     assert_eq!(relay.admin_post("pds/block", json!({})).1["error"], "InvalidRequest");
     assert_eq!(relay.admin_post("pds/block", json!({ "hostname": "unknown.example.com" })).1["error"], "HostNotFound");
     let (status, _) = support::http_post_typed(
@@ -277,7 +277,7 @@ fn future_cursor_stops_the_host_until_an_operator_resets_it() {
         rev.as_str()
     );
     assert_eq!(relay.host_status(&hostname), "active");
-    assert_eq!(relay.get_json("/xrpc/com.atproto.sync.subscribeRepos").0, 400, "only websocket upgrades");
+    assert_eq!(relay.get_json("/xrpc/com.atproto.sync.subscribeRepos").0, 426, "only websocket upgrades");
 }
 
 #[test]

@@ -115,7 +115,7 @@ fn validates_sequences_replays_and_survives_restart() {
     let (status, body) = relay.get("/xrpc/_health");
     assert_eq!(status, 200);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["seq"], 6);
-    assert_eq!(relay.get("/xrpc/com.atproto.sync.requestCrawl").0, 405, "requestCrawl is POST only");
+    assert_eq!(relay.get("/xrpc/com.atproto.sync.requestCrawl").0, 400, "requestCrawl is POST only");
     assert_eq!(relay.get("/xrpc/com.atproto.sync.getBlob").0, 501);
 
     // Live: a subscriber without cursor gets only new events, once.

@@ -4,7 +4,9 @@
 //! - `#commit`: the account must be active and not taken down; `rev` strictly newer than the stored
 //!   `rev`; `since` equal to the stored `rev` and `prevData` equal to the stored data CID when the
 //!   relay has them (Sync 1.1, <https://atproto.com/specs/sync>). A first-seen account is accepted as
-//!   genesis.
+//!   genesis. Quirks the lexicon allows are accepted and reported as [`Tolerated`]: `since: null`
+//!   when `prevData` proves continuity with the stored data CID (arroba sends it on every commit),
+//!   and a commit without `prevData` (a host that is not Sync 1.1 yet) whose `since` chains.
 //! - `#sync`: same status rules; its `rev` may restate the stored one but not go back; it resets the
 //!   stored commit.
 //! - `#account`: records the host's status; the relayed event carries the combined status (a local
@@ -25,6 +27,34 @@ pub struct Applied {
     pub state: Option<RepoState>,
     /// A Sync 1.1 violation that `lenient_sync` let through (counted by the caller).
     pub violation: Option<DropReason>,
+    /// A quirk real hosts send that the lexicon allows, accepted (counted by the caller in
+    /// `relay_sync_tolerated_total{reason}`).
+    pub tolerated: Option<Tolerated>,
+}
+
+/// A `#commit` that departs from what the relay expects in a way the lexicon allows, and that is
+/// accepted because its continuity with the stored state is still shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tolerated {
+    /// `since` is null on a commit that is not the account's first, and `prevData` equals the stored
+    /// data CID (the lexicon makes `since` nullable; arroba sends null on every commit).
+    SinceNull,
+    /// `prevData` is absent (a host that is not Sync 1.1 yet) and `since` is the stored `rev`: the
+    /// chain holds, but the ops cannot be checked by inversion.
+    NoPrevData,
+}
+
+impl Tolerated {
+    /// Every value, for pre-registering counters.
+    pub const ALL: [Tolerated; 2] = [Tolerated::SinceNull, Tolerated::NoPrevData];
+
+    /// The `reason` label of `relay_sync_tolerated_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tolerated::SinceNull => "since_null",
+            Tolerated::NoPrevData => "no_prev_data",
+        }
+    }
 }
 
 fn status_gate(state: &RepoState, confirmed_active: bool) -> Result<(), DropReason> {
@@ -47,6 +77,7 @@ pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>, lenient_sync: bo
     let host = ev.host.to_string();
     let mut state = prior.cloned().unwrap_or_else(|| RepoState::new(host.clone()));
     let mut violation = None;
+    let mut tolerated = None;
     match &mut ev.event {
         Event::Commit(c) => {
             status_gate(&state, ev.confirmed_active)?;
@@ -54,12 +85,18 @@ pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>, lenient_sync: bo
                 if &c.rev <= stored {
                     return Err(DropReason::StaleRev);
                 }
-                if c.since.as_ref() != Some(stored) {
-                    violation = Some(DropReason::WrongSince);
-                } else if let (Some(prev_data), Some(data)) = (c.prev_data, state.data)
-                    && prev_data != data
-                {
-                    violation = Some(DropReason::WrongPrevData);
+                let data_continues = match (c.prev_data, state.data) {
+                    (Some(prev_data), Some(data)) => Some(prev_data == data),
+                    _ => None,
+                };
+                match (c.since.as_ref(), data_continues) {
+                    (Some(since), _) if since != stored => violation = Some(DropReason::WrongSince),
+                    (_, Some(false)) => violation = Some(DropReason::WrongPrevData),
+                    (None, Some(true)) => tolerated = Some(Tolerated::SinceNull),
+                    // Neither `since` nor `prevData` ties the commit to the stored state.
+                    (None, None) => violation = Some(DropReason::WrongSince),
+                    (Some(_), None) if c.prev_data.is_none() => tolerated = Some(Tolerated::NoPrevData),
+                    (Some(_), _) => {}
                 }
             }
             if let Some(v) = violation
@@ -96,7 +133,7 @@ pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>, lenient_sync: bo
     }
     // The account lives where its latest accepted event came from (migration moves it).
     state.host = host;
-    Ok(Applied { state: Some(state), violation })
+    Ok(Applied { state: Some(state), violation, tolerated })
 }
 
 /// How a change of an account's state moves host account counts: `(host, delta)` pairs. An account

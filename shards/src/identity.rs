@@ -4,9 +4,17 @@
 //! <https://web.plc.directory/spec/v0.1/did-plc>) and `did:web` from
 //! `/.well-known/did.json` of its hostname (<https://atproto.com/specs/did#did-web>; hostnames only,
 //! no paths). Results are cached in memory (per ingest shard) and in the `identities` column family
-//! with a TTL, so a restart does not storm the directory; failures are remembered for a short time.
-//! Concurrent lookups of one DID share one fetch. When the directory cannot be reached, an expired
-//! entry is still used rather than dropping the account's events.
+//! with a TTL, so a restart does not storm the directory. Concurrent lookups of one DID share one
+//! fetch.
+//!
+//! Failures are of two kinds ([`ResolveError::is_transient`]). An answer that says "no" (a 404 or
+//! 410 from the directory, a document without a key, a `did:web` name that does not exist) is
+//! permanent: it is remembered for [`IdentityConfig::failure_ttl`] and the events are dropped. A
+//! directory that cannot be reached (timeout, refused connection, DNS that cannot answer, 429, 5xx)
+//! is transient: it is never remembered, an expired cached entry is used when there is one, and
+//! otherwise ingest pauses the host until the directory answers (see `ingest::process::Outage`).
+//! `did:web` documents are fetched through the SSRF guard (public addresses only), since any
+//! account can name any server.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -42,6 +50,9 @@ pub struct IdentityConfig {
     pub attempts: u32,
     /// Most identities kept in memory per ingest shard; beyond it entries are evicted. Default 100,000.
     pub memory_entries: usize,
+    /// SSRF guard for `did:web`: fetch a document only from a name whose every address is public
+    /// ([`crate::hosts::is_public_ip`]). Default true; `--allow-private-hosts` turns it off.
+    pub web_public_only: bool,
     /// Outbound HTTP (TLS trust).
     pub http: net::HttpClient,
 }
@@ -56,6 +67,7 @@ impl IdentityConfig {
             timeout: Duration::from_secs(5),
             attempts: 3,
             memory_entries: 100_000,
+            web_public_only: true,
             http,
         }
     }
@@ -73,21 +85,30 @@ pub enum ResolveError {
     /// The directory answered a non-200 status (404/410 for unknown or tombstoned DIDs).
     #[error("directory answered HTTP {0}")]
     Status(u16),
+    /// The `did:web` name does not exist in DNS, or resolves to an address the SSRF guard refuses.
+    #[error("{0}")]
+    NoSuchHost(String),
     /// The document does not describe this DID or has no usable key.
     #[error("{0}")]
     Document(String),
-    /// A resolution of this DID failed less than [`IdentityConfig::failure_ttl`] ago.
+    /// A permanent resolution failure of this DID happened less than
+    /// [`IdentityConfig::failure_ttl`] ago.
     #[error("resolution failed recently")]
     RecentlyFailed,
 }
 
 impl ResolveError {
-    /// Whether asking again later may succeed (network errors, 429, 5xx).
+    /// Whether asking again later may succeed: the directory could not be reached (network errors,
+    /// DNS that could not answer, timeouts), or answered 429 or 5xx. Everything else is an answer
+    /// that says "no".
     pub fn is_transient(&self) -> bool {
         match self {
-            ResolveError::Fetch(_) | ResolveError::RecentlyFailed => true,
+            ResolveError::Fetch(_) => true,
             ResolveError::Status(s) => *s == 429 || *s >= 500,
-            ResolveError::Unsupported(_) | ResolveError::Document(_) => false,
+            ResolveError::Unsupported(_)
+            | ResolveError::Document(_)
+            | ResolveError::NoSuchHost(_)
+            | ResolveError::RecentlyFailed => false,
         }
     }
 }
@@ -208,6 +229,12 @@ impl Resolver {
                 self.remember(did, Rc::clone(&rec));
                 Ok(rec)
             }
+            Err(e) if e.is_transient() => {
+                // Never remembered: the next event asks again, so the relay resumes as soon as the
+                // directory answers.
+                self.count("unreachable");
+                Err(e)
+            }
             Err(e) => {
                 self.count("failed");
                 let until = now_ms.saturating_add(self.config.failure_ttl.as_millis() as u64);
@@ -220,9 +247,7 @@ impl Resolver {
                 }
                 failed.insert(did.clone(), until);
                 drop(failed);
-                if !e.is_transient() {
-                    self.purge(did);
-                }
+                self.purge(did);
                 Err(e)
             }
         }
@@ -273,7 +298,10 @@ pub fn document_url(plc_url: &str, did: &Did) -> Result<String, ResolveError> {
             if id.contains(':') {
                 return Err(ResolveError::Unsupported(format!("{did}: did:web with a path")));
             }
-            let host = id.replace("%3A", ":").replace("%3a", ":");
+            // The port's `:` is percent-encoded (`did:web:localhost%3A8080`), in either case.
+            let host = percent_encoding::percent_decode_str(id)
+                .decode_utf8()
+                .map_err(|_| ResolveError::Unsupported(format!("{did}: not a hostname")))?;
             let host = wire::Hostname::parse_lenient(&host)
                 .map_err(|_| ResolveError::Unsupported(format!("{did}: not a hostname")))?;
             let scheme = if host.is_localhost() { "http" } else { "https" };
@@ -286,12 +314,14 @@ pub fn document_url(plc_url: &str, did: &Did) -> Result<String, ResolveError> {
 async fn fetch(config: Rc<IdentityConfig>, did: Did, now_ms: u64) -> Result<IdentityRecord, ResolveError> {
     let url =
         HttpUrl::parse(&document_url(&config.plc_url, &did)?).map_err(|e| ResolveError::Unsupported(e.to_string()))?;
+    // The PLC URL is the operator's; a did:web server is named by whoever made the DID.
+    let guard = config.web_public_only && did.method() == "web";
     let mut last = ResolveError::Fetch("no attempt".into());
     for attempt in 0..config.attempts.max(1) {
         if attempt > 0 {
             glommio::timer::sleep(if attempt == 1 { Duration::from_millis(250) } else { Duration::from_secs(1) }).await;
         }
-        let result = match config.http.get(&url, MAX_DID_DOC_BYTES, config.timeout).await {
+        let result = match config.http.get_with(&url, MAX_DID_DOC_BYTES, config.timeout, guard).await {
             Ok((200, body)) => {
                 return AtprotoIdentity::from_json(&did, &body)
                     .map(|id| IdentityRecord {
@@ -303,6 +333,10 @@ async fn fetch(config: Rc<IdentityConfig>, did: Did, now_ms: u64) -> Result<Iden
                     .map_err(|e| ResolveError::Document(e.to_string()));
             }
             Ok((status, _)) => ResolveError::Status(status),
+            Err(
+                e @ (net::NetError::Resolve { error: net::dns::DnsError::NotFound, .. }
+                | net::NetError::NotPublic { .. }),
+            ) => ResolveError::NoSuchHost(e.to_string()),
             Err(e) => ResolveError::Fetch(e.to_string()),
         };
         if !result.is_transient() {
@@ -323,7 +357,7 @@ mod tests {
         assert_eq!(document_url("http://plc:2582/", &d("did:plc:abc")).unwrap(), "http://plc:2582/did:plc:abc");
         assert_eq!(document_url("x", &d("did:web:example.com")).unwrap(), "https://example.com/.well-known/did.json");
         assert_eq!(
-            document_url("x", &d("did:web:localhost%3A1234")).unwrap(),
+            document_url("x", &d("did:web:localhost%3a1234")).unwrap(),
             "http://localhost:1234/.well-known/did.json"
         );
         assert!(document_url("x", &d("did:web:example.com:user:alice")).is_err());
@@ -335,5 +369,6 @@ mod tests {
         assert!(ResolveError::Fetch("x".into()).is_transient());
         assert!(ResolveError::Status(503).is_transient() && ResolveError::Status(429).is_transient());
         assert!(!ResolveError::Status(404).is_transient() && !ResolveError::Document("x".into()).is_transient());
+        assert!(!ResolveError::NoSuchHost("x".into()).is_transient() && !ResolveError::RecentlyFailed.is_transient());
     }
 }

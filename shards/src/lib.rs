@@ -5,6 +5,8 @@
 //! This crate must not parse CLI flags or environment variables, or own the process: the `engine`
 //! crate builds the configs and executors and calls the `run` functions here.
 
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod accounts;
 pub mod backoff;
 pub mod fanout;

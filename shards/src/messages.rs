@@ -58,9 +58,19 @@ pub enum IngestMsg {
         /// Down or reversed.
         taken_down: bool,
     },
-    /// An operator or `requestCrawl` changed a host: the sequencer applies what concerns it (a cursor
-    /// reset) and forwards the command to the host's ingest shard.
+    /// An operator or `requestCrawl` changed a host: the sequencer forwards the command to the host's
+    /// ingest shard.
     Host(HostCommand),
+    /// From the host's ingest shard, after it stopped the host's connection for a
+    /// [`HostCommand::ResetCursor`]: set the stored cursor to `cursor`, even backwards. It travels on
+    /// the shard's own queue, so it comes after every event of the old connection and before any of
+    /// the new one (the only way a host cursor moves backwards).
+    CursorReset {
+        /// The host.
+        host: Arc<str>,
+        /// The new cursor.
+        cursor: HostSeq,
+    },
 }
 
 /// A change to one upstream host, for the ingest shard that owns it ([`crate::ingest::shard_for_host`]).

@@ -20,8 +20,12 @@ pub struct Metrics {
     pub events_dropped: Family<Label, Counter>,
     /// `relay_lexicon_tolerated_total{field}`: `#commit` frames from hosts that omitted a field the
     /// lexicon requires but the network tolerates (`tooBig`, `rebase`, `blobs`); they are not dropped
-    /// for it.
+    /// for it, and the relay writes the field with its neutral value (`false`, `[]`) so what it
+    /// emits matches the lexicon.
     pub lexicon_tolerated: Family<Label, Counter>,
+    /// `relay_sync_tolerated_total{reason}`: commits accepted with a quirk the lexicon allows
+    /// (`since_null`, `no_prev_data`; see `accounts::Tolerated`).
+    pub sync_tolerated: Family<Label, Counter>,
     /// `relay_sync_violations_total{reason}`: Sync 1.1 violations relayed because of `--lenient-sync`.
     pub sync_violations: Family<Label, Counter>,
     /// `relay_upstream_frames_total{type}`: websocket messages received from hosts, by frame type
@@ -40,6 +44,9 @@ pub struct Metrics {
     pub identity_lookups: Family<Label, Counter>,
     /// `relay_subscribers`: connected subscribers.
     pub subscribers: Gauge,
+    /// `relay_accept_errors_total{kind}`: failed `accept`s on the API listener (`out_of_fds`,
+    /// `out_of_memory`, `other`); the listener backs off while they last.
+    pub accept_errors: Family<Label, Counter>,
     /// `relay_subscribers_closed_total{reason}`: subscribers disconnected (`consumer_too_slow`,
     /// `future_cursor`, `client_closed`, `write_error`).
     pub subscribers_closed: Family<Label, Counter>,
@@ -48,9 +55,12 @@ pub struct Metrics {
     pub resyncs: Family<Label, Counter>,
     /// `relay_batch_commits_total`: RocksDB group commits by the sequencer.
     pub batch_commits: Counter,
-    /// `relay_upstream_rate_limited_total`: events held back by their host's rate limit (each counted
+    /// `relay_upstream_rate_limited_total`: frames held back by their host's rate limit (each counted
     /// once however long it waited).
     pub upstream_rate_limited: Counter,
+    /// `relay_upstream_waits_total{dependency}`: frames whose host paused because a dependency could
+    /// not be reached (`plc_directory`, `did_web`), each counted once however long it waited.
+    pub upstream_waits: Family<Label, Counter>,
     /// `relay_host_changes_total{change}`: host table changes (`added`, `future_cursor`,
     /// `relay_loop`, `banned`, `unbanned`, `killed`, `cursor_reset`).
     pub host_changes: Family<Label, Counter>,
@@ -71,6 +81,11 @@ impl Metrics {
             "relay_lexicon_tolerated",
             "Commits that omitted a required field the network tolerates",
             self.lexicon_tolerated.clone(),
+        );
+        registry.register(
+            "relay_sync_tolerated",
+            "Commits accepted with a quirk the lexicon allows, by reason",
+            self.sync_tolerated.clone(),
         );
         registry.register(
             "relay_sync_violations",
@@ -101,6 +116,11 @@ impl Metrics {
         );
         registry.register("relay_subscribers", "Connected subscribers", self.subscribers.clone());
         registry.register(
+            "relay_accept_errors",
+            "Failed accepts on the API listener, by kind",
+            self.accept_errors.clone(),
+        );
+        registry.register(
             "relay_subscribers_closed",
             "Subscribers disconnected, by reason",
             self.subscribers_closed.clone(),
@@ -111,12 +131,20 @@ impl Metrics {
             "Events held back by their host's rate limit",
             self.upstream_rate_limited.clone(),
         );
+        registry.register(
+            "relay_upstream_waits",
+            "Frames whose host paused for an unreachable dependency",
+            self.upstream_waits.clone(),
+        );
         registry.register("relay_host_changes", "Host table changes, by kind", self.host_changes.clone());
         registry.register("relay_request_crawl", "requestCrawl calls, by outcome", self.request_crawl.clone());
         registry.register("relay_resyncs", "Account resyncs after a broken chain, by result", self.resyncs.clone());
         // Pre-create every drop reason so a zero is visible, not an absent series.
         for reason in DropReason::ALL {
             let _ = self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]);
+        }
+        for reason in crate::accounts::Tolerated::ALL {
+            let _ = self.sync_tolerated.get_or_create(&vec![("reason", reason.as_str())]);
         }
     }
 

@@ -20,7 +20,7 @@ use storage::{CommitBatch, HostState, RepoState, Store, StoreError};
 use wire::{Did, DropReason, RelaySeq, ws};
 
 use crate::accounts;
-use crate::messages::{HostCommand, IngestMsg, PublishedBatch, ResyncRequest, ShardCommand};
+use crate::messages::{IngestMsg, PublishedBatch, ResyncRequest, ShardCommand};
 use crate::metrics::Metrics;
 
 /// Sequencer settings.
@@ -72,6 +72,12 @@ fn host_state<'a>(
         hosts.insert(host.to_owned(), state);
     }
     Ok(hosts.entry(host.to_owned()).or_default())
+}
+
+/// Moves a host's cursor to `seq`, never backwards: only an operator's reset
+/// ([`IngestMsg::CursorReset`]) does that.
+fn advance_cursor(state: &mut HostState, seq: wire::HostSeq) {
+    state.cursor = state.cursor.max(seq);
 }
 
 fn now_datetime() -> String {
@@ -145,15 +151,17 @@ pub async fn run(
         for msg in msgs {
             let (mut ev, resynced) = match msg {
                 IngestMsg::Cursor { host, seq } => {
-                    host_state(&mut hosts, &store, &host)?.cursor = seq;
+                    advance_cursor(host_state(&mut hosts, &store, &host)?, seq);
+                    touched_hosts.insert(host.to_string());
+                    continue;
+                }
+                IngestMsg::CursorReset { host, cursor } => {
+                    tracing::info!(host = %host, cursor = cursor.0, "host cursor reset");
+                    host_state(&mut hosts, &store, &host)?.cursor = cursor;
                     touched_hosts.insert(host.to_string());
                     continue;
                 }
                 IngestMsg::Host(cmd) => {
-                    if let HostCommand::ResetCursor { host, cursor } = &cmd {
-                        host_state(&mut hosts, &store, host.as_str())?.cursor = *cursor;
-                        touched_hosts.insert(host.to_string());
-                    }
                     let shard = crate::ingest::shard_for_host(cmd.host(), resync_to.len());
                     if let Some(tx) = resync_to.get(shard) {
                         // Waits for room: host commands are rare and must not be lost.
@@ -180,7 +188,7 @@ pub async fn run(
                 }
             };
             if !resynced {
-                host_state(&mut hosts, &store, &ev.host)?.cursor = ev.host_seq;
+                advance_cursor(host_state(&mut hosts, &store, &ev.host)?, ev.host_seq);
                 touched_hosts.insert(ev.host.to_string());
             }
             let Some(did) = ev.event.did().cloned() else { continue };
@@ -221,6 +229,10 @@ pub async fn run(
                     continue;
                 }
                 Ok(applied) => {
+                    if let Some(t) = applied.tolerated {
+                        tracing::debug!(%did, host = %ev.host, reason = t.as_str(), "tolerated commit quirk");
+                        Metrics::inc(&metrics.sync_tolerated, "reason", t.as_str());
+                    }
                     if let Some(v) = applied.violation {
                         tracing::warn!(%did, host = %ev.host, reason = %v, "relaying a Sync 1.1 violation (lenient)");
                         Metrics::inc(&metrics.sync_violations, "reason", v.as_str());

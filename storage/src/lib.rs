@@ -84,6 +84,8 @@
 //! | `crawl_enabled`  | u8: 0 when an operator disabled public `requestCrawl`; absent = enabled |
 //! | `crawl_quota`    | u64 UTC day number ‖ u32 hosts public `requestCrawl` added that day |
 
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 mod error;
 mod layout;
 mod store;

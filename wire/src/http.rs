@@ -29,6 +29,10 @@ pub struct RequestHead {
     pub path: String,
     /// The raw query string (after `?`), if any.
     pub query: Option<String>,
+    /// The query parameters in order, decoded once as `application/x-www-form-urlencoded`
+    /// (percent-escapes in either case, `+` as a space, invalid UTF-8 replaced), which is how
+    /// `URLSearchParams`, Go's `url.Values` and Python's `urlencode` write them.
+    pub params: Vec<(String, String)>,
     /// Headers, names lowercased, values lossily UTF-8.
     pub headers: Vec<(String, String)>,
 }
@@ -39,16 +43,15 @@ impl RequestHead {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
-    /// Query parameters as (name, value) pairs, not percent-decoded (the XRPC parameters the relay
-    /// reads are plain).
-    pub fn params(&self) -> Vec<(&str, &str)> {
-        self.query
-            .as_deref()
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| p.split_once('=').unwrap_or((p, "")))
-            .collect()
+    /// The first value of query parameter `name` (decoded), if given.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of query parameter `name` (decoded), in order: for array parameters such as
+    /// `wantedCollections=a&wantedCollections=b`.
+    pub fn param_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.params.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// The `Content-Length`, if given.
@@ -99,10 +102,15 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, He
                 Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
                 None => (target.to_owned(), None),
             };
+            let params = query
+                .as_deref()
+                .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+                .unwrap_or_default();
             let head = RequestHead {
                 method: req.method.unwrap_or("GET").to_owned(),
                 path,
                 query,
+                params,
                 headers: req
                     .headers
                     .iter()
@@ -127,10 +135,7 @@ mod tests {
 Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nrest";
         let (head, len) = parse_request_head(raw).unwrap().unwrap();
         assert_eq!(&raw[len..], b"rest");
-        assert_eq!(
-            (head.path.as_str(), head.params()),
-            ("/xrpc/com.atproto.sync.subscribeRepos", vec![("cursor", "5")])
-        );
+        assert_eq!((head.path.as_str(), head.param("cursor")), ("/xrpc/com.atproto.sync.subscribeRepos", Some("5")));
         assert_eq!(head.websocket_accept().unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(parse_request_head(&raw[..20]), Ok(None));
         let plain = parse_request_head(b"GET / HTTP/1.1\r\n\r\n").unwrap().unwrap().0;
@@ -139,5 +144,20 @@ Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Ke
         let mut long = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
         long.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES));
         assert_eq!(parse_request_head(&long), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn query_parameters_are_decoded_once() {
+        let raw =
+            b"GET /x?cursor=did%3Aplc%3Aabc&did=did%3aweb%3Aexample.com%253A8080&q=a+b&w=1&w=2&flag HTTP/1.1\r\n\r\n";
+        let head = parse_request_head(raw).unwrap().unwrap().0;
+        assert_eq!(head.param("cursor"), Some("did:plc:abc"));
+        assert_eq!(head.param("did"), Some("did:web:example.com%3A8080"), "decoded once, not twice");
+        assert_eq!(head.param("q"), Some("a b"));
+        assert_eq!(head.param_values("w").collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(head.param("flag"), Some(""));
+        assert_eq!(head.param("missing"), None);
+        let bad = parse_request_head(b"GET /x?c=%ff%zz HTTP/1.1\r\n\r\n").unwrap().unwrap().0;
+        assert_eq!(bad.param("c"), Some("\u{fffd}%zz"));
     }
 }

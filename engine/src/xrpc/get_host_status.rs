@@ -11,10 +11,10 @@ use crate::http::{Request, Response};
 /// InvalidRequest` for a missing or bad hostname, `400 HostNotFound` for a host the relay does not
 /// subscribe to.
 pub fn handle(req: &Request, ctx: &Ctx) -> Response {
-    let Some(raw) = req.params().into_iter().find(|(k, _)| *k == "hostname").map(|(_, v)| v.replace("%3A", ":")) else {
+    let Some(raw) = req.param("hostname") else {
         return Response::xrpc_error(400, "InvalidRequest", "hostname is required");
     };
-    let Ok(host) = wire::Hostname::parse_lenient(&raw) else {
+    let Ok(host) = wire::Hostname::parse_lenient(raw) else {
         return Response::xrpc_error(400, "InvalidRequest", "hostname is not a hostname[:port]");
     };
     match ctx.fanout.store().host_row(host.as_str()) {

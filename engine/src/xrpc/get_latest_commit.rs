@@ -3,8 +3,6 @@
 /// The lexicon NSID.
 pub const NSID: &str = "com.atproto.sync.getLatestCommit";
 
-use wire::AccountStatus;
-
 use super::Ctx;
 use crate::http::{Request, Response};
 
@@ -16,15 +14,8 @@ pub fn handle(req: &Request, ctx: &Ctx) -> Response {
         Ok(found) => found,
         Err(resp) => return resp,
     };
-    let error = match state.status() {
-        AccountStatus::Takendown => Some(("RepoTakendown", "the account is taken down")),
-        AccountStatus::Suspended => Some(("RepoSuspended", "the account is suspended")),
-        AccountStatus::Deactivated => Some(("RepoDeactivated", "the account is deactivated")),
-        AccountStatus::Deleted => Some(("RepoNotFound", "the account is deleted")),
-        _ => None,
-    };
-    if let Some((name, message)) = error {
-        return Response::xrpc_error(400, name, message);
+    if let Some(refused) = super::inactive_error(&state) {
+        return refused;
     }
     match (state.commit, state.rev) {
         (Some(cid), Some(rev)) => {

@@ -16,10 +16,10 @@ pub fn handle(req: &Request, ctx: &Ctx) -> Response {
     let status = state.status();
     let mut body = serde_json::json!({ "did": did.as_str(), "active": status.is_active() });
     if let Some(s) = status.as_lexicon() {
-        body["status"] = s.into();
+        crate::xrpc::set(&mut body, "status", s);
     }
     if let Some(rev) = &state.rev {
-        body["rev"] = rev.as_str().into();
+        crate::xrpc::set(&mut body, "rev", rev.as_str());
     }
     Response::json(200, &body)
 }

@@ -17,8 +17,8 @@ pub fn host_json(row: &storage::HostRow, ctx: &Ctx) -> serde_json::Value {
     let status = if banned { HostStatus::Banned } else { row.info.map_or(HostStatus::Active, |i| i.status) };
     let mut v = serde_json::json!({ "hostname": row.host, "status": status.as_str() });
     if let Some(s) = &row.state {
-        v["seq"] = s.cursor.0.into();
-        v["accountCount"] = s.account_count.into();
+        crate::xrpc::set(&mut v, "seq", s.cursor.0);
+        crate::xrpc::set(&mut v, "accountCount", s.account_count);
     }
     v
 }
@@ -31,9 +31,8 @@ pub fn handle(req: &Request, ctx: &Ctx) -> Response {
         Ok(l) => l,
         Err(resp) => return resp,
     };
-    let cursor =
-        req.params().into_iter().find(|(k, _)| *k == "cursor").map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"));
-    let page = match ctx.fanout.store().hosts_after(cursor.as_deref(), limit) {
+    let cursor = req.param("cursor");
+    let page = match ctx.fanout.store().hosts_after(cursor, limit) {
         Ok(p) => p,
         Err(e) => return Response::xrpc_error(500, "InternalServerError", &e.to_string()),
     };
@@ -41,7 +40,7 @@ pub fn handle(req: &Request, ctx: &Ctx) -> Response {
     let hosts: Vec<serde_json::Value> = page.iter().map(|row| host_json(row, ctx)).collect();
     let mut body = serde_json::json!({ "hosts": hosts });
     if let Some(c) = next {
-        body["cursor"] = c.into();
+        crate::xrpc::set(&mut body, "cursor", c);
     }
     Response::json(200, &body)
 }

@@ -14,9 +14,9 @@ pub fn handle(req: &Request, ctx: &Ctx) -> Response {
         Ok(l) => l,
         Err(resp) => return resp,
     };
-    let cursor = req.params().into_iter().find(|(k, _)| *k == "cursor").map(|(_, v)| v.to_owned());
+    let cursor = req.param("cursor");
     // Accounts without a commit yet (only #identity/#account seen) have no head: skipped.
-    let page = match ctx.fanout.store().repos_after(cursor.as_deref(), limit) {
+    let page = match ctx.fanout.store().repos_after(cursor, limit) {
         Ok(p) => p,
         Err(e) => return Response::xrpc_error(500, "InternalServerError", &e.to_string()),
     };
@@ -30,14 +30,14 @@ pub fn handle(req: &Request, ctx: &Ctx) -> Response {
                 "did": did.as_str(), "head": commit.to_string(), "rev": rev.as_str(), "active": status.is_active(),
             });
             if let Some(s) = status.as_lexicon() {
-                v["status"] = s.into();
+                crate::xrpc::set(&mut v, "status", s);
             }
             Some(v)
         })
         .collect();
     let mut body = serde_json::json!({ "repos": repos });
     if let Some(c) = next {
-        body["cursor"] = c.into();
+        crate::xrpc::set(&mut body, "cursor", c);
     }
     Response::json(200, &body)
 }

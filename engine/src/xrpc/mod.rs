@@ -46,6 +46,8 @@ pub struct Ctx {
     pub crawl: request_crawl::CrawlConfig,
     /// Counters.
     pub metrics: Metrics,
+    /// Connection limits (shared by every fanout core).
+    pub limits: std::sync::Arc<crate::limits::ConnectionLimits>,
 }
 
 /// The outcome of routing a request.
@@ -97,7 +99,7 @@ pub async fn route(req: &Request, ctx: &Ctx) -> Routed {
         get_repo::NSID => Routed::Respond(only_get(req).unwrap_or_else(|| get_repo::handle(req, ctx))),
         request_crawl::NSID => Routed::Respond(match req.method.as_str() {
             "POST" => request_crawl::handle(req, ctx, false).await,
-            _ => Response::xrpc_error(405, "InvalidRequest", "only POST is allowed on this method"),
+            other => wrong_method(other, "POST"),
         }),
         subscribe_repos::NSID => match only_get(req) {
             Some(resp) => Routed::Respond(resp),
@@ -113,9 +115,9 @@ pub async fn route(req: &Request, ctx: &Ctx) -> Routed {
 
 /// The `limit` parameter: 1-1000, `default` when absent.
 fn limit_param(req: &Request, default: usize) -> Result<usize, Response> {
-    match req.params().into_iter().find(|(k, _)| *k == "limit") {
+    match req.param("limit") {
         None => Ok(default),
-        Some((_, v)) => match v.parse::<usize>() {
+        Some(v) => match v.parse::<usize>() {
             Ok(n) if (1..=1000).contains(&n) => Ok(n),
             _ => Err(Response::xrpc_error(400, "InvalidRequest", "limit must be an integer from 1 to 1000")),
         },
@@ -125,9 +127,7 @@ fn limit_param(req: &Request, default: usize) -> Result<usize, Response> {
 /// The required `did` parameter and the relay's state for it: `400 InvalidRequest` for a missing or
 /// bad DID, `400 RepoNotFound` for an account the relay does not know.
 fn account(req: &Request, ctx: &Ctx) -> Result<(wire::Did, storage::RepoState), Response> {
-    let raw =
-        req.params().into_iter().find(|(k, _)| *k == "did").map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"));
-    let did = match raw.map(wire::Did::new) {
+    let did = match req.param("did").map(wire::Did::new) {
         Some(Ok(did)) => did,
         Some(Err(_)) => return Err(Response::xrpc_error(400, "InvalidRequest", "did is not a valid DID")),
         None => return Err(Response::xrpc_error(400, "InvalidRequest", "did is required")),
@@ -139,8 +139,36 @@ fn account(req: &Request, ctx: &Ctx) -> Result<(wire::Did, storage::RepoState), 
     }
 }
 
+/// The lexicon error for an account the relay has inactive, as `getLatestCommit` and `getRepo`
+/// declare them: `RepoTakendown`, `RepoSuspended`, `RepoDeactivated`, and `RepoNotFound` for a deleted
+/// account. `None` for other statuses (`desynchronized`, `throttled`: the lexicons define no error).
+fn inactive_error(state: &storage::RepoState) -> Option<Response> {
+    let (name, message) = match state.status() {
+        wire::AccountStatus::Takendown => ("RepoTakendown", "the account is taken down"),
+        wire::AccountStatus::Suspended => ("RepoSuspended", "the account is suspended"),
+        wire::AccountStatus::Deactivated => ("RepoDeactivated", "the account is deactivated"),
+        wire::AccountStatus::Deleted => ("RepoNotFound", "the account is deleted"),
+        _ => return None,
+    };
+    Some(Response::xrpc_error(400, name, message))
+}
+
+/// Sets `key` of the JSON object `v` (no effect on a value that is not an object, which the handlers
+/// never build).
+pub(crate) fn set(v: &mut serde_json::Value, key: &str, value: impl Into<serde_json::Value>) {
+    if let Some(map) = v.as_object_mut() {
+        map.insert(key.to_owned(), value.into());
+    }
+}
+
+/// A method called with the wrong HTTP method: `400 InvalidRequest`, as the reference XRPC server
+/// (`@atproto/xrpc-server`) answers, with its message.
+pub fn wrong_method(got: &str, expected: &str) -> Response {
+    Response::xrpc_error(400, "InvalidRequest", &format!("Incorrect HTTP method ({got}) expected {expected}"))
+}
+
 fn only_get(req: &Request) -> Option<Response> {
-    (req.method != "GET").then(|| Response::xrpc_error(405, "InvalidRequest", "only GET is allowed on this method"))
+    (req.method != "GET").then(|| wrong_method(&req.method, "GET"))
 }
 
 fn metrics(ctx: &Ctx) -> Response {

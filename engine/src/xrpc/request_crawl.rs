@@ -16,12 +16,11 @@
 //! | `GET /xrpc/com.atproto.server.describeServer` answers 200 with a `did` (5 s) | `400 HostNotFound` |
 //!
 //! Then the host is added to the host table (with the default or trusted account limit) and its
-//! ingest shard subscribes to it: `200 {}`. `503 Unavailable` when the sequencer's queue is full.
+//! ingest shard subscribes to it: `200 {}`. `503 NotEnoughResources` when the sequencer's queue is full.
 
 /// The lexicon NSID.
 pub const NSID: &str = "com.atproto.sync.requestCrawl";
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use shards::Metrics;
@@ -49,19 +48,37 @@ pub struct CrawlConfig {
 
 /// Normalizes and checks a hostname from a `requestCrawl` (or an admin add): `Ok(host)` or the
 /// `400 InvalidRequest` response.
+///
+/// The name is read as the authority of a URL by the `url` crate (WHATWG URL parsing): a scheme
+/// (`https`, `http`, `wss`, `ws`) and a trailing `/` are tolerated, internationalised names become
+/// their ASCII (punycode) form, IP literals in any notation are recognised. Nothing else (a path, a
+/// query, credentials) is accepted.
 pub fn parse_hostname(raw: &str, crawl: &CrawlConfig) -> Result<Hostname, Response> {
     let bad = |m: &str| Response::xrpc_error(400, "InvalidRequest", m);
-    let mut s = raw.trim().trim_end_matches('/');
-    for scheme in ["https://", "http://", "wss://", "ws://"] {
-        if s.len() >= scheme.len() && s[..scheme.len()].eq_ignore_ascii_case(scheme) {
-            s = &s[scheme.len()..];
+    let s = raw.trim();
+    let with_scheme = if s.contains("://") { s.to_owned() } else { format!("https://{s}") };
+    let url = url::Url::parse(&with_scheme).map_err(|_| bad("hostname is not a valid hostname[:port]"))?;
+    if !matches!(url.scheme(), "https" | "http" | "wss" | "ws")
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !matches!(url.path(), "" | "/")
+    {
+        return Err(bad("hostname must be a bare hostname[:port]"));
+    }
+    let name = match url.host() {
+        Some(url::Host::Domain(d)) => d,
+        Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => {
+            return Err(bad("hostname must be a DNS name, not an IP address"));
         }
-    }
-    let bare = s.trim_start_matches('[').split(']').next().unwrap_or(s);
-    if bare.parse::<IpAddr>().is_ok() || s.rsplit_once(':').is_some_and(|(h, _)| h.parse::<IpAddr>().is_ok()) {
-        return Err(bad("hostname must be a DNS name, not an IP address"));
-    }
-    let mut host = Hostname::parse_lenient(s).map_err(|_| bad("hostname is not a valid hostname[:port]"))?;
+        None => return Err(bad("hostname is not a valid hostname[:port]")),
+    };
+    let spelled = match url.port() {
+        Some(port) => format!("{name}:{port}"),
+        None => name.to_owned(),
+    };
+    let mut host = Hostname::parse_lenient(&spelled).map_err(|_| bad("hostname is not a valid hostname[:port]"))?;
     if host.is_localhost() {
         let Some(dev_port) = crawl.dev_localhost_port else {
             return Err(bad("localhost is accepted only in dev mode (--dev-localhost-port)"));
@@ -203,7 +220,7 @@ async fn probe(ctx: &Ctx, host: &Hostname, tls: bool) -> Result<(), Refused> {
 pub fn send(ctx: &Ctx, cmd: HostCommand) -> Result<(), Refused> {
     ctx.to_sequencer
         .try_send(IngestMsg::Host(cmd))
-        .map_err(|_| ("busy", Response::xrpc_error(503, "Unavailable", "the relay is busy; retry")))
+        .map_err(|_| ("busy", Response::xrpc_error(503, "NotEnoughResources", "the relay is busy; retry")))
 }
 
 #[cfg(test)]
@@ -217,6 +234,11 @@ mod tests {
         assert_eq!(ok("pds.example.com", &prod), Ok("pds.example.com".into()));
         assert_eq!(ok("https://PDS.Example.com/", &prod), Ok("pds.example.com".into()));
         assert_eq!(ok("pds.example.com:443", &prod), Ok("pds.example.com".into()));
+        assert_eq!(ok("wss://pds.example.com:443/", &prod), Ok("pds.example.com".into()));
+        // Internationalised names (and their first byte not being a char boundary) are no panic:
+        // their ASCII form is the host.
+        assert_eq!(ok("ééééé.com", &prod), Ok("xn--9caaaaa.com".into()));
+        assert_eq!(ok("HTTPS://Ünïcode.Example/", &prod), Ok("xn--ncode-cta3g.example".into()));
         for bad in [
             "",
             "1.2.3.4",
@@ -229,6 +251,13 @@ mod tests {
             "pds.example.com:8080",
             "pds.example.com:80",
             "a b.com",
+            "https://user:pw@pds.example.com",
+            "pds.example.com/path",
+            "pds.example.com?x=1",
+            "ftp://pds.example.com",
+            "0x7f.0.0.1",
+            "[::ffff:127.0.0.1]",
+            "é",
         ] {
             assert_eq!(ok(bad, &prod), Err(400), "{bad}");
         }

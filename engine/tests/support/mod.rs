@@ -207,12 +207,36 @@ impl Relay {
     }
 
     pub fn start_hosts(port: u16, data_dir: &Path, hosts: &[&str], plc: &str, extra: &[&str]) -> Self {
+        Self::start_wrapped(&[], port, data_dir, hosts, plc, extra)
+    }
+
+    /// [`Relay::start_hosts`] run by `wrapper` (a command and its arguments, which must end by
+    /// running the relay's command line appended to it, e.g. `unshare -m sh -c '… exec "$0" "$@"'`).
+    /// `--fsync never` unless `extra` names `--fsync`.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        port: u16,
+        data_dir: &Path,
+        hosts: &[&str],
+        plc: &str,
+        extra: &[&str],
+    ) -> Self {
         let log = data_dir.with_extension(format!("{port}.log"));
-        let out = std::fs::File::create(&log).unwrap();
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let host_args: Vec<&str> = hosts.iter().flat_map(|h| ["--host", *h]).collect();
         let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_relay"))
-            .args(["serve", "--plc-url", plc, "--listen", &listen, "--fsync", "never"])
+        let fsync: &[&str] = if extra.contains(&"--fsync") { &[] } else { &["--fsync", "never"] };
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_relay"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_relay")),
+        };
+        let child = command
+            .args(["serve", "--plc-url", plc, "--listen", &listen])
+            .args(fsync)
             .args(&host_args)
             .arg("--data-dir")
             .arg(data_dir)
@@ -265,6 +289,17 @@ impl Relay {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL and wait (a crash: nothing is flushed or closed).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM and wait; asserts a clean exit.

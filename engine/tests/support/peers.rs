@@ -10,29 +10,44 @@ use std::time::{Duration, Instant};
 
 use wire::Did;
 
-/// A fake PLC directory: `GET /{did}` answers the stored document or 404.
+/// A fake PLC directory: `GET /{did}` answers the stored document or 404. Also serves any other path
+/// put with [`FakePlc::put_path`] (e.g. `.well-known/did.json` for a `did:web`).
 pub struct FakePlc {
     pub url: String,
     docs: Arc<Mutex<HashMap<String, String>>>,
+    /// Requests answered so far.
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakePlc {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(0)
+    }
+
+    /// A directory on `port` (0: any free port).
+    pub fn start_on(port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let docs: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-        let served = Arc::clone(&docs);
+        let requests: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (served, counted) = (Arc::clone(&docs), Arc::clone(&requests));
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let docs = Arc::clone(&served);
+                counted.fetch_add(1, Ordering::AcqRel);
                 std::thread::spawn(move || serve_plc(stream, &docs));
             }
         });
-        Self { url, docs }
+        Self { url, docs, requests }
     }
 
     pub fn put(&self, did: &Did, doc: serde_json::Value) {
         self.docs.lock().unwrap().insert(did.to_string(), doc.to_string());
+    }
+
+    /// Serves `body` at `/{path}`.
+    pub fn put_path(&self, path: &str, body: serde_json::Value) {
+        self.docs.lock().unwrap().insert(path.trim_start_matches('/').to_owned(), body.to_string());
     }
 }
 
@@ -86,6 +101,9 @@ pub struct HostMode {
     pub relay_header: AtomicBool,
     /// Do not answer `describeServer` (not a PDS).
     pub no_describe: AtomicBool,
+    /// Ignore the `cursor` of new connections and send every frame from the first (a host that
+    /// replays what the relay already has).
+    pub ignore_cursor: AtomicBool,
 }
 
 impl FakeHost {
@@ -132,6 +150,12 @@ impl FakeHost {
     /// Appends a frame with its upstream seq (the seq inside the frame may differ on purpose).
     pub fn push(&self, seq: u64, frame: Vec<u8>) {
         self.frames.lock().unwrap().push((seq, frame));
+    }
+
+    /// A function that appends frames like [`FakeHost::push`], for another thread.
+    pub fn pusher(&self) -> impl Fn(u64, Vec<u8>) + Send + 'static {
+        let frames = Arc::clone(&self.frames);
+        move |seq, frame| frames.lock().unwrap().push((seq, frame))
     }
 
     /// Forgets every frame, as a PDS whose sequence was reset (connections opened later see only
@@ -276,6 +300,9 @@ fn serve_host<S: Read + Write>(
     };
     cursors.lock().unwrap().push(cursor);
     connected_at.lock().unwrap().push(Instant::now());
+    if mode.ignore_cursor.load(Ordering::Acquire) {
+        cursor = None;
+    }
     let head = frames.lock().unwrap().iter().map(|(s, _)| *s).max().unwrap_or(0);
     if mode.future_cursor.load(Ordering::Acquire) && cursor.is_some_and(|c| c > head) {
         let err = wire::frame::ErrorBody { error: "FutureCursor".into(), message: Some("cursor in the future".into()) };

@@ -111,6 +111,42 @@ fn commits_chain_by_rev_since_and_prev_data() {
 }
 
 #[test]
+fn null_since_and_missing_prev_data_are_tolerated_only_when_the_chain_is_shown() {
+    let tolerated = |events: Vec<AcceptedEvent>| {
+        let mut state = None;
+        let mut out = Vec::new();
+        for mut ev in events {
+            match apply(&mut ev, state.as_ref(), false) {
+                Ok(a) => {
+                    state = a.state.or(state);
+                    out.push(Ok(a.tolerated));
+                }
+                Err(r) => out.push(Err(r)),
+            }
+        }
+        out
+    };
+    assert_eq!(
+        tolerated(vec![
+            commit(1, None, None, 1),       // genesis (arroba's first commit)
+            commit(2, None, Some(1), 2),    // since null, prevData continues: arroba's every commit
+            commit(3, None, Some(7), 3),    // since null, prevData broken: a discontinuity
+            commit(3, None, None, 3),       // since null and no prevData: nothing ties it to the state
+            commit(3, Some(2), None, 3),    // no prevData (not Sync 1.1), since chains
+            commit(4, Some(3), Some(3), 4), // the normal case
+        ]),
+        vec![
+            Ok(None),
+            Ok(Some(Tolerated::SinceNull)),
+            Err(DropReason::WrongPrevData),
+            Err(DropReason::WrongSince),
+            Ok(Some(Tolerated::NoPrevData)),
+            Ok(None),
+        ]
+    );
+}
+
+#[test]
 fn lenient_sync_relays_and_reports_violations() {
     let (out, state) =
         run(vec![commit(1, None, None, 1), commit(2, Some(9), Some(1), 2), commit(3, Some(2), Some(8), 3)], true, None);

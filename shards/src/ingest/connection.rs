@@ -3,7 +3,7 @@
 //! hands the results to the sequencer in order.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::client::IntoClientRequest;
@@ -48,7 +48,7 @@ pub(super) async fn connect(shard: &Shard, upstream: &Upstream, cursor: Option<H
             let tls = shard.config.identity.http.connect_tls_with(host.name(), port, timeout, public_only).await;
             net::MaybeTls::Tls(Box::new(tls.map_err(|e| failed(e.to_string()))?))
         } else {
-            let tcp = net::connect_with(host.name(), port, timeout, public_only).await;
+            let tcp = shard.config.identity.http.connect_tcp(host.name(), port, timeout, public_only).await;
             net::MaybeTls::Plain(tcp.map_err(|e| failed(e.to_string()))?)
         };
         // Messages above the relay's own limit are still read (and dropped as frame_too_big) up to
@@ -86,6 +86,12 @@ pub(super) enum ReadOutcome {
     SequencerGone,
 }
 
+/// First pause of a host whose frame waits for an unreachable dependency; it doubles up to
+/// [`WAIT_MAX`].
+const WAIT_FIRST: Duration = Duration::from_secs(1);
+/// Longest pause between two attempts at a waiting frame.
+const WAIT_MAX: Duration = Duration::from_secs(10);
+
 fn frame_type(v: &process::Verdict) -> &'static str {
     match v {
         process::Verdict::Accept(a) => match a.event {
@@ -97,7 +103,73 @@ fn frame_type(v: &process::Verdict) -> &'static str {
         },
         process::Verdict::Info(Frame::Error(_)) => "error",
         process::Verdict::Info(_) => "info",
-        process::Verdict::Drop(..) => "other",
+        process::Verdict::Drop(..) | process::Verdict::Wait(..) => "other",
+    }
+}
+
+/// Decides one frame, waiting out dependency outages ([`process::Outage`]): the frame is processed
+/// again after a pause (1 s doubling to 10 s) until it is decided, so the host's stream pauses and
+/// its cursor stays on the last decided frame. A `did:web` outage is waited out for at most
+/// [`process::DID_WEB_MAX_WAIT`], then the event is dropped.
+async fn decide(
+    shard: &Shard,
+    host: &Hostname,
+    label: &Arc<str>,
+    bytes: &[u8],
+    last_seq: Option<HostSeq>,
+) -> process::Verdict {
+    let mut delay = WAIT_FIRST;
+    let mut waited = Duration::ZERO;
+    loop {
+        let input = process::Input { bytes, host, label, last_seq, now_ms: now_ms() };
+        let (outage, seq) = match process::process_frame(input, &shard.ctx).await {
+            process::Verdict::Wait(outage, seq) => (outage, seq),
+            decided => return decided,
+        };
+        if outage == process::Outage::DidWeb && waited >= process::DID_WEB_MAX_WAIT {
+            tracing::warn!(host = %host, seq = seq.0, waited_s = waited.as_secs(), "did:web server still unreachable; dropping the event");
+            return process::Verdict::Drop(wire::DropReason::IdentityUnresolved, Some(seq));
+        }
+        if waited.is_zero() {
+            Metrics::inc(&shard.metrics.upstream_waits, "dependency", outage.as_str());
+            tracing::warn!(host = %host, seq = seq.0, dependency = outage.as_str(), "identity directory unreachable; the host waits");
+        }
+        glommio::timer::sleep(delay).await;
+        waited += delay;
+        delay = (delay * 2).min(WAIT_MAX);
+    }
+}
+
+/// Takes one token of the host's rate limit for a frame, waiting (pausing this host's reads, so TCP
+/// pushes back on it) rather than dropping. Every frame takes one, whatever its fate: a dropped
+/// event cost validation and perhaps an identity lookup too.
+async fn take_token(
+    shard: &Shard,
+    host: &Hostname,
+    handle: &HostHandle,
+    last_wait: &mut Option<Instant>,
+    status: &mut dyn FnMut(HostEvent),
+) {
+    let mut limited = false;
+    loop {
+        let wait = handle.limiter.borrow_mut().acquire(Instant::now());
+        if wait.is_zero() {
+            break;
+        }
+        if !limited {
+            limited = true;
+            shard.metrics.upstream_rate_limited.inc();
+            if last_wait.is_none() {
+                tracing::info!(host = %host, "host rate limited; its events are delayed");
+                status(HostEvent::Throttled);
+            }
+            *last_wait = Some(Instant::now());
+        }
+        glommio::timer::sleep(wait).await;
+    }
+    if !limited && last_wait.is_some_and(|at| at.elapsed() >= THROTTLE_CLEAR) {
+        *last_wait = None;
+        status(HostEvent::Delivered);
     }
 }
 
@@ -109,7 +181,9 @@ pub(super) async fn read_frames(
     handle: &HostHandle,
     status: &mut dyn FnMut(HostEvent),
 ) -> ReadOutcome {
-    let mut last_seq: Option<HostSeq> = None;
+    // Per-host seq order holds across connections: a host that replays at or below the cursor the
+    // relay resumed from has those frames dropped (`seq_not_increasing`), never relayed twice.
+    let mut last_seq: Option<HostSeq> = handle.cursor.get();
     let mut progressed = false;
     // When an event last had to wait for the rate limit (the host is `throttled` meanwhile).
     let mut last_wait: Option<Instant> = None;
@@ -139,33 +213,11 @@ pub(super) async fn read_frames(
                 break;
             }
         };
-        let input = process::Input { bytes: &bytes, host, label, last_seq, now_ms: now_ms() };
-        let verdict = process::process_frame(input, &shard.ctx).await;
+        take_token(shard, host, handle, &mut last_wait, status).await;
+        let verdict = decide(shard, host, label, &bytes, last_seq).await;
         Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(&verdict));
         let msg = match verdict {
             process::Verdict::Accept(ev) => {
-                // Per-host rate limit: wait (pausing this host's reads) rather than drop.
-                let mut limited = false;
-                loop {
-                    let wait = handle.limiter.borrow_mut().acquire(Instant::now());
-                    if wait.is_zero() {
-                        break;
-                    }
-                    if !limited {
-                        limited = true;
-                        shard.metrics.upstream_rate_limited.inc();
-                        if last_wait.is_none() {
-                            tracing::info!(host = %host, "host rate limited; its events are delayed");
-                            status(HostEvent::Throttled);
-                        }
-                        last_wait = Some(Instant::now());
-                    }
-                    glommio::timer::sleep(wait).await;
-                }
-                if !limited && last_wait.is_some_and(|at| at.elapsed() >= THROTTLE_CLEAR) {
-                    last_wait = None;
-                    status(HostEvent::Delivered);
-                }
                 last_seq = Some(ev.host_seq);
                 IngestMsg::Event(ev)
             }
@@ -186,6 +238,8 @@ pub(super) async fn read_frames(
                 tracing::warn!(host = %host, ?frame, "host sent info/error frame");
                 continue;
             }
+            // `decide` waits these out.
+            process::Verdict::Wait(..) => continue,
         };
         progressed = true;
         if shard.to_sequencer.send(msg).await.is_err() {

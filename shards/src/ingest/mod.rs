@@ -354,9 +354,20 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
                 h.cursor.set(Some(cursor));
                 Rc::clone(&h.limiter)
             });
-            if let Some(config) = config.filter(|c| !c.banned && shard.registry.domain_ban(&host).is_none()) {
-                start_host(shard, host, config, Some(cursor), limiter, Duration::ZERO);
-            }
+            // The reset goes to the sequencer on this shard's queue, after every event the old
+            // connection already sent, and the host reconnects only once it is queued: no event of
+            // the old connection can move the cursor past the reset, none of the new one precede it.
+            let shard = Rc::clone(shard);
+            glommio::spawn_local(async move {
+                let reset = IngestMsg::CursorReset { host: Arc::from(host.as_str()), cursor };
+                if shard.to_sequencer.send(reset).await.is_err() {
+                    return;
+                }
+                if let Some(config) = config.filter(|c| !c.banned && shard.registry.domain_ban(&host).is_none()) {
+                    start_host(&shard, host, config, Some(cursor), limiter, Duration::ZERO);
+                }
+            })
+            .detach();
         }
     }
 }
@@ -382,7 +393,10 @@ fn start_host(
         started: Instant::now(),
         finished: Cell::new(false),
     });
-    shard.hosts.borrow_mut().insert(host.to_string(), Rc::clone(&handle));
+    if let Some(previous) = shard.hosts.borrow_mut().insert(host.to_string(), Rc::clone(&handle)) {
+        // One task per host: a task started meanwhile (e.g. by a `Connect` racing a reset) stops.
+        previous.abort.abort();
+    }
     let upstream = Upstream { host, tls: config.tls };
     let task_shard = Rc::clone(shard);
     let task = async move {

@@ -28,6 +28,64 @@ pub enum Verdict {
     Drop(DropReason, Option<HostSeq>),
     /// Nothing to relay and nothing wrong: `#info` and error frames (logged by the caller).
     Info(Frame),
+    /// Not decided: a dependency could not be reached. The frame (with this `seq`) must be processed
+    /// again later and the host's cursor must not move past it (the host's stream pauses).
+    Wait(Outage, HostSeq),
+}
+
+/// A dependency outage that keeps a frame from being decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// The PLC directory could not be reached (timeout, refused connection, DNS that could not
+    /// answer, 429, 5xx) for a `did:plc` the relay has no cached identity of. The host waits as long
+    /// as the outage lasts: every host depends on the directory alike.
+    Directory,
+    /// The server of a `did:web` document could not be reached. The host waits at most
+    /// [`DID_WEB_MAX_WAIT`]: that server belongs to one account, and one account must not hold its
+    /// whole host; after that the event is dropped as `identity_unresolved`.
+    DidWeb,
+}
+
+impl Outage {
+    /// The `dependency` label of `relay_upstream_waits_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outage::Directory => "plc_directory",
+            Outage::DidWeb => "did_web",
+        }
+    }
+
+    fn of(did: &Did) -> Self {
+        if did.method() == "plc" { Outage::Directory } else { Outage::DidWeb }
+    }
+}
+
+/// The longest a host waits for one `did:web` server ([`Outage::DidWeb`]).
+pub const DID_WEB_MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a frame was not accepted.
+enum Stop {
+    /// Dropped for this reason.
+    Drop(DropReason),
+    /// Undecided: a dependency is unreachable.
+    Wait(Outage),
+}
+
+impl From<DropReason> for Stop {
+    fn from(r: DropReason) -> Self {
+        Stop::Drop(r)
+    }
+}
+
+/// A failed identity resolution of `did`: a drop, or a wait when the directory is unreachable.
+fn unresolved(did: &Did, host: &Hostname, e: &crate::identity::ResolveError) -> Stop {
+    if e.is_transient() {
+        tracing::debug!(%did, host = %host, error = %e, "identity directory unreachable; the host waits");
+        Stop::Wait(Outage::of(did))
+    } else {
+        tracing::info!(%did, host = %host, error = %e, "identity resolution failed");
+        Stop::Drop(DropReason::IdentityUnresolved)
+    }
 }
 
 /// How long a `getRepoStatus` answer that the account is inactive is trusted before asking again.
@@ -135,54 +193,84 @@ pub async fn process_frame(input: Input<'_>, ctx: &Context) -> Verdict {
     let accept = |event, commit, confirmed_active| {
         Verdict::Accept(AcceptedEvent { host: Arc::clone(label), host_seq: seq, event, commit, confirmed_active })
     };
+    let mut event = event;
     let outcome = match &event {
         Event::Commit(_) | Event::Sync(_) => commit_or_sync(&event, host, ctx, now_ms).await,
         Event::Identity(i) => identity(&i.did, &i.time, host, ctx, now_ms).await.map(|()| (None, false)),
         Event::Account(a) => account(&a.did, &a.time, host, ctx, now_ms).await.map(|()| (None, false)),
-        Event::Info(_) => Err(DropReason::UnknownType),
+        Event::Info(_) => Err(Stop::Drop(DropReason::UnknownType)),
     };
     match outcome {
-        Ok((commit, confirmed)) => accept(event, commit, confirmed),
-        Err(reason) => Verdict::Drop(reason, Some(seq)),
+        Ok((commit, confirmed)) => {
+            if let Event::Commit(c) = &mut event {
+                repair_deprecated_fields(c, &ctx.metrics);
+            }
+            accept(event, commit, confirmed)
+        }
+        Err(Stop::Drop(reason)) => Verdict::Drop(reason, Some(seq)),
+        Err(Stop::Wait(outage)) => Verdict::Wait(outage, seq),
     }
 }
 
-/// Checks a `#commit` or `#sync`; returns the commit it declares and whether the host just confirmed
-/// an account the relay had inactive.
-pub(crate) async fn commit_or_sync(
+/// Writes the deprecated fields the lexicon still requires (`rebase`, `tooBig`, `blobs`) that the host
+/// left out, with their neutral values (`false`, `false`, `[]`), and counts each in
+/// `relay_lexicon_tolerated_total{field}`: some hosts omit them, and a consumer that validates
+/// messages against the lexicon (`@atproto/sync`) would skip a commit relayed without them.
+pub fn repair_deprecated_fields(c: &mut wire::frame::CommitEvent, metrics: &Metrics) {
+    if c.too_big.is_none() {
+        c.too_big = Some(false);
+        Metrics::inc(&metrics.lexicon_tolerated, "field", "tooBig");
+    }
+    if c.rebase.is_none() {
+        c.rebase = Some(false);
+        Metrics::inc(&metrics.lexicon_tolerated, "field", "rebase");
+    }
+    if c.blobs.is_none() {
+        c.blobs = Some(Vec::new());
+        Metrics::inc(&metrics.lexicon_tolerated, "field", "blobs");
+    }
+}
+
+/// [`commit_or_sync`] for a `#sync` the relay fetched itself (resync): an unreachable directory
+/// fails it like any other drop.
+///
+/// # Errors
+/// The [`DropReason`] (`identity_unresolved` when the directory is unreachable).
+pub(crate) async fn check_fetched_sync(
     event: &Event,
     host: &Hostname,
     ctx: &Context,
     now_ms: u64,
 ) -> Result<(Option<CommitRef>, bool), DropReason> {
+    commit_or_sync(event, host, ctx, now_ms).await.map_err(|stop| match stop {
+        Stop::Drop(r) => r,
+        Stop::Wait(_) => DropReason::IdentityUnresolved,
+    })
+}
+
+/// Checks a `#commit` or `#sync`; returns the commit it declares and whether the host just confirmed
+/// an account the relay had inactive.
+async fn commit_or_sync(
+    event: &Event,
+    host: &Hostname,
+    ctx: &Context,
+    now_ms: u64,
+) -> Result<(Option<CommitRef>, bool), Stop> {
     let now_us = now_ms.saturating_mul(1000);
     let checked: CheckedCommit = match event {
-        Event::Commit(c) => {
-            let checked = check_commit(c, &ctx.limits, now_us)?;
-            for (field, missing) in
-                [("tooBig", c.too_big.is_none()), ("rebase", c.rebase.is_none()), ("blobs", c.blobs.is_none())]
-            {
-                if missing {
-                    Metrics::inc(&ctx.metrics.lexicon_tolerated, "field", field);
-                }
-            }
-            checked
-        }
+        Event::Commit(c) => check_commit(c, &ctx.limits, now_us)?,
         Event::Sync(s) => check_sync(s, &ctx.limits, now_us)?,
-        _ => return Err(DropReason::UnknownType),
+        _ => return Err(Stop::Drop(DropReason::UnknownType)),
     };
     let did = &checked.signed.commit.did;
     if let Err(reason) = checked.proof {
         if !ctx.lenient_sync {
-            return Err(reason);
+            return Err(Stop::Drop(reason));
         }
         tracing::warn!(%did, host = %host, %reason, "relaying a Sync 1.1 violation (lenient)");
         Metrics::inc(&ctx.metrics.sync_violations, "reason", reason.as_str());
     }
-    let (mut identity, mut source) = ctx.resolver.lookup(did, now_ms).await.map_err(|e| {
-        tracing::info!(%did, host = %host, error = %e, "identity resolution failed");
-        DropReason::IdentityUnresolved
-    })?;
+    let (mut identity, mut source) = ctx.resolver.lookup(did, now_ms).await.map_err(|e| unresolved(did, host, &e))?;
     // Host authority, then the signature. A cached identity that fails either is fetched again once
     // (the account may have migrated or rotated its key) before the event is dropped.
     loop {
@@ -195,9 +283,9 @@ pub(crate) async fn commit_or_sync(
         };
         match (verdict, source) {
             (None, _) => break,
-            (Some(reason), Source::Fetched) => return Err(reason),
+            (Some(reason), Source::Fetched) => return Err(Stop::Drop(reason)),
             (Some(_), Source::Cached) => {
-                identity = ctx.resolver.refresh(did, now_ms).await.map_err(|_| DropReason::IdentityUnresolved)?;
+                identity = ctx.resolver.refresh(did, now_ms).await.map_err(|e| unresolved(did, host, &e))?;
                 source = Source::Fetched;
             }
         }
@@ -236,45 +324,44 @@ async fn confirm_active(did: &Did, host: &Hostname, ctx: &Context, now_ms: u64) 
 /// The host's answer to `getRepoStatus` for `did`, `None` when it cannot be had.
 async fn repo_status(did: &Did, host: &Hostname, ctx: &Context) -> Option<AccountStatus> {
     let scheme = if host.is_localhost() { "http" } else { "https" };
-    let url = HttpUrl::parse(&format!("{scheme}://{host}/xrpc/com.atproto.sync.getRepoStatus?did={did}")).ok()?;
+    let query = form_urlencoded::Serializer::new(String::new()).append_pair("did", did.as_str()).finish();
+    let url = HttpUrl::parse(&format!("{scheme}://{host}/xrpc/com.atproto.sync.getRepoStatus?{query}")).ok()?;
     let guard = ctx.public_only && !host.is_localhost();
     let (status, body) = ctx.http.get_with(&url, 64 * 1024, Duration::from_secs(10), guard).await.ok()?;
     if status != 200 {
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    Some(AccountStatus::from_fields(v["active"].as_bool()?, v["status"].as_str()))
+    Some(AccountStatus::from_fields(v.get("active")?.as_bool()?, v.get("status").and_then(|s| s.as_str())))
 }
 
 /// `#identity`: the document or handle changed; resolve afresh (the old entry stays as an expired
 /// fallback until the new one is fetched) and require that it names this host.
-async fn identity(did: &Did, time: &str, host: &Hostname, ctx: &Context, now_ms: u64) -> Result<(), DropReason> {
+async fn identity(did: &Did, time: &str, host: &Hostname, ctx: &Context, now_ms: u64) -> Result<(), Stop> {
     check_time(time)?;
     ctx.resolver.expire(did);
     ctx.resolver.forget_failure(did);
-    let identity = ctx.resolver.refresh(did, now_ms).await.map_err(|e| {
-        tracing::info!(%did, host = %host, error = %e, "identity resolution failed");
-        DropReason::IdentityUnresolved
-    })?;
-    if has_authority(&identity, host) { Ok(()) } else { Err(DropReason::WrongHost) }
+    let identity = ctx.resolver.refresh(did, now_ms).await.map_err(|e| unresolved(did, host, &e))?;
+    if has_authority(&identity, host) { Ok(()) } else { Err(Stop::Drop(DropReason::WrongHost)) }
 }
 
 /// `#account`: the host must have authority over the account by its DID document. Only when no
 /// document can be had (e.g. a deleted account's tombstoned DID) does the relay fall back to the
 /// host it last saw the account on.
-async fn account(did: &Did, time: &str, host: &Hostname, ctx: &Context, now_ms: u64) -> Result<(), DropReason> {
+async fn account(did: &Did, time: &str, host: &Hostname, ctx: &Context, now_ms: u64) -> Result<(), Stop> {
     check_time(time)?;
     let lives_here = || ctx.store.repo(did).ok().flatten().is_some_and(|r| r.host == host.as_str());
     match ctx.resolver.lookup(did, now_ms).await {
         Ok((id, _)) if has_authority(&id, host) => Ok(()),
         Ok((_, Source::Cached)) => match ctx.resolver.refresh(did, now_ms).await {
             Ok(id) if has_authority(&id, host) => Ok(()),
-            Ok(_) => Err(DropReason::WrongHost),
+            Ok(_) => Err(Stop::Drop(DropReason::WrongHost)),
             Err(_) if lives_here() => Ok(()),
-            Err(_) => Err(DropReason::WrongHost),
+            Err(e) if e.is_transient() => Err(unresolved(did, host, &e)),
+            Err(_) => Err(Stop::Drop(DropReason::WrongHost)),
         },
-        Ok((_, Source::Fetched)) => Err(DropReason::WrongHost),
+        Ok((_, Source::Fetched)) => Err(Stop::Drop(DropReason::WrongHost)),
         Err(_) if lives_here() => Ok(()),
-        Err(_) => Err(DropReason::IdentityUnresolved),
+        Err(e) => Err(unresolved(did, host, &e)),
     }
 }

@@ -28,17 +28,18 @@ pub async fn fetch_sync(ctx: &Context, req: &ResyncRequest, tls: bool, now_ms: u
     let scheme = if tls { "https" } else { "http" };
     let base = format!("{scheme}://{host}/xrpc");
     let guard = ctx.public_only && !host.is_localhost();
-    let url = HttpUrl::parse(&format!("{base}/com.atproto.sync.getLatestCommit?did={}", req.did))
-        .map_err(|e| e.to_string())?;
+    let did = form_urlencoded::Serializer::new(String::new()).append_pair("did", req.did.as_str()).finish();
+    let url = HttpUrl::parse(&format!("{base}/com.atproto.sync.getLatestCommit?{did}")).map_err(|e| e.to_string())?;
     let (status, body) = ctx.http.get_with(&url, MAX_BODY, TIMEOUT, guard).await.map_err(|e| e.to_string())?;
     if status != 200 {
         return Err(format!("getLatestCommit answered HTTP {status}"));
     }
     let latest: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-    let cid = latest["cid"].as_str().and_then(|c| Cid::try_from(c).ok()).ok_or("getLatestCommit: no cid")?;
-    let rev = latest["rev"].as_str().and_then(|r| Tid::new(r).ok()).ok_or("getLatestCommit: no rev")?;
-    let url = HttpUrl::parse(&format!("{base}/com.atproto.sync.getBlocks?did={}&cids={cid}", req.did))
-        .map_err(|e| e.to_string())?;
+    let field = |name: &str| latest.get(name).and_then(|v| v.as_str());
+    let cid = field("cid").and_then(|c| Cid::try_from(c).ok()).ok_or("getLatestCommit: no cid")?;
+    let rev = field("rev").and_then(|r| Tid::new(r).ok()).ok_or("getLatestCommit: no rev")?;
+    let url =
+        HttpUrl::parse(&format!("{base}/com.atproto.sync.getBlocks?{did}&cids={cid}")).map_err(|e| e.to_string())?;
     let (status, body) = ctx.http.get_with(&url, MAX_BODY, TIMEOUT, guard).await.map_err(|e| e.to_string())?;
     if status != 200 {
         return Err(format!("getBlocks answered HTTP {status}"));
@@ -54,6 +55,6 @@ pub async fn fetch_sync(ctx: &Context, req: &ResyncRequest, tls: bool, now_ms: u
         time: wire::syntax::datetime_from_unix_us(now_ms.saturating_mul(1000)),
     });
     let (commit, confirmed_active) =
-        process::commit_or_sync(&event, &host, ctx, now_ms).await.map_err(|r| format!("the commit failed: {r}"))?;
+        process::check_fetched_sync(&event, &host, ctx, now_ms).await.map_err(|r| format!("the commit failed: {r}"))?;
     Ok(AcceptedEvent { host: Arc::clone(&req.host), host_seq: HostSeq(0), event, commit, confirmed_active })
 }

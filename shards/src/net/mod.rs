@@ -1,11 +1,12 @@
-//! Outbound connections: DNS off the executor, TCP connect over glommio, TLS with rustls
+//! Outbound connections: DNS off the executors ([`dns`]), TCP connect over glommio, TLS with rustls
 //! (futures-rustls over glommio streams; webpki roots plus an optional extra CA), and a small
 //! HTTP/1.1 `GET` client for identity resolution and `getRepoStatus`.
 //!
 //! Why not hyper: it needs an executor and I/O adapter layer for glommio, and the relay's only HTTP
 //! client use is a `GET` of a small JSON document (`Content-Length`, chunked or close-delimited).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+pub mod dns;
+
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -21,12 +22,12 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// DNS gave no address, or failed.
-    #[error("cannot resolve {host}: {reason}")]
+    #[error("cannot resolve {host}: {error}")]
     Resolve {
         /// The name looked up.
         host: String,
-        /// Why.
-        reason: String,
+        /// Why: the name does not exist, or the resolver could not answer.
+        error: dns::DnsError,
     },
     /// Every resolved address refused or timed out.
     #[error("cannot connect to {host}: {source}")]
@@ -64,54 +65,6 @@ pub enum NetError {
 /// `User-Agent` of every outbound request and upstream subscription; the `(atproto-relay)` comment
 /// tells hosts (and other relays' loop guards) that this is a relay.
 pub const USER_AGENT: &str = concat!("relay/", env!("CARGO_PKG_VERSION"), " (atproto-relay)");
-
-/// Resolves `host:port` on glommio's blocking thread pool, so `getaddrinfo` never blocks an executor.
-///
-/// # Errors
-/// [`NetError::Resolve`] when no address is found.
-pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, NetError> {
-    let name = host.to_owned();
-    let addrs = glommio::executor()
-        .spawn_blocking(move || (name.as_str(), port).to_socket_addrs().map(Iterator::collect::<Vec<_>>))
-        .await
-        .map_err(|e| NetError::Resolve { host: host.to_owned(), reason: e.to_string() })?;
-    if addrs.is_empty() {
-        return Err(NetError::Resolve { host: host.to_owned(), reason: "no addresses".into() });
-    }
-    Ok(addrs)
-}
-
-/// Resolves and connects, trying each address in turn with `timeout` per attempt.
-///
-/// # Errors
-/// [`NetError::Resolve`] or [`NetError::Connect`] (with the last address's error).
-pub async fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, NetError> {
-    connect_with(host, port, timeout, false).await
-}
-
-/// [`connect`], refusing (before any connection) a name with any non-public address when
-/// `public_only` (the SSRF guard: a name cannot point the relay at its own network).
-///
-/// # Errors
-/// [`NetError::NotPublic`], [`NetError::Resolve`] or [`NetError::Connect`].
-pub async fn connect_with(host: &str, port: u16, timeout: Duration, public_only: bool) -> Result<TcpStream, NetError> {
-    let mut last = std::io::Error::other("no address tried");
-    let addrs = resolve(host, port).await?;
-    if public_only && let Some(bad) = addrs.iter().find(|a| !crate::hosts::is_public_ip(a.ip())) {
-        return Err(NetError::NotPublic { host: host.to_owned(), addr: bad.ip() });
-    }
-    for addr in addrs {
-        match TcpStream::connect_timeout(addr, timeout).await {
-            Ok(s) => {
-                // Frames are small and latency matters more than packet count.
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Err(e) => last = std::io::Error::other(e.to_string()),
-        }
-    }
-    Err(NetError::Connect { host: host.to_owned(), source: last })
-}
 
 /// A parsed `http://` or `https://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,10 +116,11 @@ impl HttpUrl {
     }
 }
 
-/// Outbound HTTP and TLS settings, shared by every shard (cheap to clone).
+/// Outbound HTTP and TLS settings and the resolver, shared by every shard (cheap to clone).
 #[derive(Clone)]
 pub struct HttpClient {
     tls: Arc<rustls::ClientConfig>,
+    dns: dns::Dns,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -176,11 +130,12 @@ impl std::fmt::Debug for HttpClient {
 }
 
 impl HttpClient {
-    /// A client trusting the webpki (Mozilla) roots plus the certificates in `extra_ca_pem`, if any.
+    /// A client trusting the webpki (Mozilla) roots plus the certificates in `extra_ca_pem`, if any,
+    /// resolving names with `dns`.
     ///
     /// # Errors
     /// [`NetError::Tls`] when the PEM holds no certificate or one rustls rejects.
-    pub fn new(extra_ca_pem: Option<&[u8]>) -> Result<Self, NetError> {
+    pub fn new(extra_ca_pem: Option<&[u8]>, dns: dns::Dns) -> Result<Self, NetError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(pem) = extra_ca_pem {
@@ -200,7 +155,48 @@ impl HttpClient {
                 .map_err(|e| NetError::Tls(e.to_string()))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-        Ok(Self { tls: Arc::new(config) })
+        Ok(Self { tls: Arc::new(config), dns })
+    }
+
+    /// Resolves `host:port` (see [`dns::Dns::lookup`]).
+    ///
+    /// # Errors
+    /// [`NetError::Resolve`].
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, NetError> {
+        self.dns.lookup(host, port).await.map_err(|error| NetError::Resolve { host: host.to_owned(), error })
+    }
+
+    /// Resolves and connects, trying each address in turn with `timeout` per attempt. With
+    /// `public_only` (the SSRF guard), a name with any non-public address
+    /// ([`crate::hosts::is_public_ip`]) is refused before any connection: a name cannot point the
+    /// relay at its own network.
+    ///
+    /// # Errors
+    /// [`NetError::NotPublic`], [`NetError::Resolve`] or [`NetError::Connect`] (with the last
+    /// address's error).
+    pub async fn connect_tcp(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+        public_only: bool,
+    ) -> Result<TcpStream, NetError> {
+        let addrs = self.resolve(host, port).await?;
+        if public_only && let Some(bad) = addrs.iter().find(|a| !crate::hosts::is_public_ip(a.ip())) {
+            return Err(NetError::NotPublic { host: host.to_owned(), addr: bad.ip() });
+        }
+        let mut last = std::io::Error::other("no address tried");
+        for addr in addrs {
+            match TcpStream::connect_timeout(addr, timeout).await {
+                Ok(s) => {
+                    // Frames are small and latency matters more than packet count.
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
+                }
+                Err(e) => last = std::io::Error::other(e.to_string()),
+            }
+        }
+        Err(NetError::Connect { host: host.to_owned(), source: last })
     }
 
     /// Connects to `host:port` and runs a TLS handshake for `host`.
@@ -216,7 +212,8 @@ impl HttpClient {
         self.connect_tls_with(host, port, timeout, false).await
     }
 
-    /// [`HttpClient::connect_tls`] with the SSRF guard of [`connect_with`] when `public_only`.
+    /// [`HttpClient::connect_tls`] with the SSRF guard of [`HttpClient::connect_tcp`] when
+    /// `public_only`.
     ///
     /// # Errors
     /// [`NetError`] for DNS, address, TCP or TLS failures.
@@ -227,7 +224,7 @@ impl HttpClient {
         timeout: Duration,
         public_only: bool,
     ) -> Result<futures_rustls::client::TlsStream<TcpStream>, NetError> {
-        let tcp = connect_with(host, port, timeout, public_only).await?;
+        let tcp = self.connect_tcp(host, port, timeout, public_only).await?;
         let name = ServerName::try_from(host.to_owned()).map_err(|e| NetError::Tls(e.to_string()))?;
         futures_rustls::TlsConnector::from(Arc::clone(&self.tls))
             .connect(name, tcp)
@@ -244,7 +241,7 @@ impl HttpClient {
         self.get_with(url, max_body, timeout, false).await
     }
 
-    /// [`HttpClient::get`] with the SSRF guard of [`connect_with`] when `public_only`.
+    /// [`HttpClient::get`] with the SSRF guard of [`HttpClient::connect_tcp`] when `public_only`.
     ///
     /// # Errors
     /// [`NetError`] for address, connection, TLS, protocol, size or deadline failures.
@@ -260,7 +257,7 @@ impl HttpClient {
                 let mut stream = self.connect_tls_with(&url.host, url.port, timeout, public_only).await?;
                 request(&mut stream, url, max_body).await
             } else {
-                let mut stream = connect_with(&url.host, url.port, timeout, public_only).await?;
+                let mut stream = self.connect_tcp(&url.host, url.port, timeout, public_only).await?;
                 request(&mut stream, url, max_body).await
             }
         };

@@ -9,7 +9,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(Some((head, len))) = parse_request_head(data) else { return };
     assert!(len <= data.len());
     let _ = head.content_length();
-    let _ = head.params();
+    let _ = (head.param("cursor"), head.param_values("did").count());
+    assert!(head.params.len() <= data.len());
     if let Ok(accept) = head.websocket_accept() {
         assert_eq!(accept.len(), 28, "base64 of a sha-1");
     }

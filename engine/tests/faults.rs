@@ -1,0 +1,469 @@
+//! Fault injection: the relay is killed with SIGKILL under load, its identity directory is
+//! unreachable, its DNS is slow, a host sends garbage or resets its sequence, and subscribers flood
+//! it past its limits. In each case it stays up (or comes back), relays what valid hosts send, and
+//! loses nothing it served.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{ADMIN_PASSWORD, Account, FakeHost, FakePlc, Relay, Seen, StopOnDrop, read_until_idle, subscribe};
+use wire::frame::{Event, Frame};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Every frame a subscriber receives, by relay seq, across reconnects.
+type Served = Arc<Mutex<BTreeMap<i64, Vec<u8>>>>;
+
+/// A subscriber that reads from `cursor=0`, resumes after the last seq it got whenever the relay
+/// goes away, and records every frame's bytes by seq.
+fn recording_subscriber(port: u16, served: Served, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Acquire) {
+            let cursor = served.lock().unwrap().keys().next_back().copied().unwrap_or(0);
+            let url = format!("ws://127.0.0.1:{port}/xrpc/com.atproto.sync.subscribeRepos?cursor={cursor}");
+            let Ok((mut ws, _)) = tungstenite::connect(url) else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            }
+            loop {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                match ws.read() {
+                    Ok(tungstenite::Message::Binary(b)) => {
+                        let seq = match wire::frame::decode_frame(&b) {
+                            Ok(Frame::Message(e)) => e.seq().unwrap(),
+                            other => panic!("unexpected frame {other:?}"),
+                        };
+                        let mut served = served.lock().unwrap();
+                        let last = served.keys().next_back().copied().unwrap_or(0);
+                        assert_eq!(seq, last + 1, "served seqs are contiguous across reconnects");
+                        served.insert(seq, b.to_vec());
+                    }
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Io(e))
+                        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    })
+}
+
+/// SIGKILL three times while hosts send and a subscriber reads: after each restart the stored seqs
+/// are exactly 1..n, every frame served before a crash is stored with the same seq and bytes, and
+/// every event the hosts offered is relayed.
+#[test]
+fn kill_9_under_load_loses_nothing_that_was_served() {
+    let plc = FakePlc::start();
+    let hosts = [FakeHost::start(), FakeHost::start()];
+    let mut accounts: Vec<(usize, Account)> = (0..6)
+        .map(|i| {
+            let a = Account::new(&format!("did:plc:crash{i:0>20}"), 100 + i as u8);
+            plc.put(&a.did, a.did_doc(&format!("http://{}", hosts[i % 2].hostname())));
+            (i % 2, a)
+        })
+        .collect();
+    let names: Vec<String> = hosts.iter().map(FakeHost::hostname).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = support::free_port();
+    let fsync = ["--fsync", "always"];
+    let mut relay = Relay::start_hosts(port, &data, &refs, &plc.url, &fsync);
+
+    // The hosts offer 1,200 commits at ~400/s, each account's chained to its previous one.
+    let offered: Arc<Mutex<BTreeSet<(String, String)>>> = Arc::default();
+    let producing = Arc::new(AtomicBool::new(true));
+    let producer = {
+        let (offered, producing) = (Arc::clone(&offered), Arc::clone(&producing));
+        let mut seqs = [0u64; 2];
+        let mut revs: Vec<Option<wire::Tid>> = vec![None; accounts.len()];
+        let pushers: Vec<_> = hosts.iter().map(|h| h.pusher()).collect();
+        std::thread::spawn(move || {
+            for round in 0..200 {
+                for (i, (h, acct)) in accounts.iter_mut().enumerate() {
+                    seqs[*h] += 1;
+                    let (rev, frame) = acct.commit(seqs[*h], revs[i].clone());
+                    offered.lock().unwrap().insert((acct.did.to_string(), rev.to_string()));
+                    revs[i] = Some(rev);
+                    pushers[*h](seqs[*h], frame);
+                }
+                if round % 10 == 9 {
+                    std::thread::sleep(Duration::from_millis(150));
+                }
+            }
+            producing.store(false, Ordering::Release);
+        })
+    };
+
+    let served: Served = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop = StopOnDrop(Arc::clone(&stop));
+    let reader = recording_subscriber(port, Arc::clone(&served), Arc::clone(&stop));
+    let mut kills = 0;
+    while kills < 3 {
+        std::thread::sleep(Duration::from_millis(700 + 300 * kills));
+        relay.kill();
+        kills += 1;
+        relay = Relay::start_hosts(port, &data, &refs, &plc.url, &fsync);
+    }
+    producer.join().unwrap();
+    assert!(!producing.load(Ordering::Acquire));
+    let total = offered.lock().unwrap().len();
+    relay.wait_until(Duration::from_secs(60), "every offered commit relayed", || relay.head() >= total as i64);
+    relay.wait_until(WAIT, "the subscriber caught up", || served.lock().unwrap().len() >= total);
+    stop.store(true, Ordering::Release);
+    reader.join().unwrap();
+
+    // The store, read back from cursor 0.
+    let mut sub = subscribe(relay.port, Some("0"));
+    let mut stored: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = sub.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
+    }
+    while let Ok(tungstenite::Message::Binary(b)) = sub.read() {
+        let Seen::Event(e) = support::decode(&b) else { panic!() };
+        stored.insert(e.seq().unwrap(), b.to_vec());
+    }
+    let seqs: Vec<i64> = stored.keys().copied().collect();
+    assert_eq!(seqs, (1..=total as i64).collect::<Vec<_>>(), "stored seqs are exactly 1..n");
+    let served = served.lock().unwrap();
+    for (seq, bytes) in served.iter() {
+        assert_eq!(stored.get(seq), Some(bytes), "frame {seq} was served before a crash and is stored the same");
+    }
+    let relayed: BTreeSet<(String, String)> = stored
+        .values()
+        .map(|b| match support::decode(b) {
+            Seen::Event(Event::Commit(c)) => (c.repo.to_string(), c.rev.to_string()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(relayed, *offered.lock().unwrap(), "every offered commit is relayed once");
+    eprintln!("kills survived: {kills}, events: {total}, served before the end: {}, lost: 0", served.len());
+    relay.stop();
+}
+
+/// The PLC directory is unreachable (connection refused) for the first 20 s while hosts send: the
+/// host waits, nothing is dropped, and once the directory answers every event is relayed in order.
+#[test]
+fn a_plc_outage_pauses_hosts_and_loses_nothing() {
+    let plc_port = support::free_port();
+    let plc_url = format!("http://127.0.0.1:{plc_port}");
+    let host = FakeHost::start();
+    let mut accounts: Vec<Account> =
+        (0..4).map(|i| Account::new(&format!("did:plc:outage{i:0>19}"), 120 + i as u8)).collect();
+    let mut seq = 0;
+    let mut offered = Vec::new();
+    let mut last: Vec<Option<wire::Tid>> = vec![None; accounts.len()];
+    for _ in 0..5 {
+        for (i, a) in accounts.iter_mut().enumerate() {
+            seq += 1;
+            let (rev, f) = a.commit(seq, last[i].take());
+            host.push(seq, f);
+            offered.push((a.did.to_string(), rev.clone()));
+            last[i] = Some(rev);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc_url, &[]);
+    relay.wait_until(WAIT, "the host waiting", || {
+        relay.metric("relay_upstream_waits_total", "dependency=\"plc_directory\"") >= 1
+    });
+    std::thread::sleep(Duration::from_secs(20));
+    assert_eq!(relay.metric("relay_events_relayed_total", ""), 0);
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), 0, "nothing dropped while the directory is out");
+    let plc = FakePlc::start_on(plc_port);
+    for a in &accounts {
+        plc.put(&a.did, a.did_doc(&format!("http://{}", host.hostname())));
+    }
+    relay.wait_until(WAIT, "every event relayed", || relay.metric("relay_events_relayed_total", "") >= 20);
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), 0);
+    let mut sub = subscribe(relay.port, Some("0"));
+    let got: Vec<(String, String)> = read_until_idle(&mut sub, Duration::from_millis(500))
+        .into_iter()
+        .map(|s| match s {
+            Seen::Event(Event::Commit(c)) => (c.repo.to_string(), c.rev.to_string()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let want: Vec<(String, String)> = offered.iter().map(|(d, r)| (d.clone(), r.to_string())).collect();
+    assert_eq!(got, want, "all 20, in the host's order: no loss, no chain break");
+    relay.stop();
+}
+
+/// A DNS server on 127.0.0.77:53 for names under `slow.test`: answers after `delay` (A 127.0.0.1);
+/// every other name: NXDOMAIN at once. Returns its stop flag and the count of slow queries so far.
+fn slow_dns(delay: Duration) -> (Arc<AtomicBool>, Arc<std::sync::atomic::AtomicUsize>) {
+    let socket = UdpSocket::bind("127.0.0.77:53").expect("binding 127.0.0.77:53 (root needed)");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let slow_queries: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let counted = Arc::clone(&slow_queries);
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while !stopped.load(Ordering::Acquire) {
+            let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+            let query = buf[..n].to_vec();
+            let reply_socket = socket.try_clone().unwrap();
+            let counted = Arc::clone(&counted);
+            std::thread::spawn(move || {
+                // The question: labels from byte 12, then QTYPE and QCLASS.
+                let mut at = 12;
+                let mut labels = Vec::new();
+                while at < query.len() && query[at] != 0 {
+                    let len = query[at] as usize;
+                    labels.push(String::from_utf8_lossy(&query[at + 1..at + 1 + len]).to_ascii_lowercase());
+                    at += 1 + len;
+                }
+                let qtype = u16::from_be_bytes([query[at + 1], query[at + 2]]);
+                let question_end = at + 5;
+                let slow = labels.len() >= 2 && labels[labels.len() - 2..] == ["slow", "test"];
+                let mut reply = query[..question_end].to_vec();
+                reply[2] = 0x81; // response, recursion desired
+                if slow {
+                    counted.fetch_add(1, Ordering::AcqRel);
+                    std::thread::sleep(delay);
+                    reply[3] = 0x80; // recursion available, NOERROR
+                    if qtype == 1 {
+                        reply[7] = 1; // one answer
+                        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+                    }
+                } else {
+                    reply[3] = 0x83; // NXDOMAIN
+                }
+                reply[6] = 0;
+                if qtype != 1 || !slow {
+                    reply[7] = 0;
+                }
+                let _ = reply_socket.send_to(&reply, from);
+            });
+        }
+    });
+    (stop, slow_queries)
+}
+
+/// A host sends events of `did:web` accounts whose names take 5 s to resolve. The lookups run off
+/// the executors, beside (not ahead of) the sequencer's commits: another host's events keep flowing
+/// within a second on the same core. Needs root (a mount namespace with its own resolv.conf).
+#[test]
+fn slow_dns_does_not_stall_other_hosts_commits() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: slow_dns_does_not_stall_other_hosts_commits needs root (unshare, port 53)");
+        return;
+    }
+    let (dns_stop, slow_queries) = slow_dns(Duration::from_secs(5));
+    let _dns = StopOnDrop(dns_stop);
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.77\noptions timeout:30 attempts:1\n").unwrap();
+    let plc = FakePlc::start();
+    let slow_host = FakeHost::start();
+    let fast_host = FakeHost::start();
+    for i in 0..10u8 {
+        let did = format!("did:web:a{i}.slow.test");
+        let mut a = Account::new(&did, 140 + i);
+        let (_, f) = a.commit(u64::from(i) + 1, None);
+        slow_host.push(u64::from(i) + 1, f);
+    }
+    let mut bob = Account::new("did:plc:fastbob000000000000000000", 160);
+    plc.put(&bob.did, bob.did_doc(&format!("http://{}", fast_host.hostname())));
+    let script = format!("mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"", resolv.display());
+    let wrapper = ["unshare", "-m", "sh", "-c", script.as_str()];
+    let one_core = ["--ingest-cores", "0", "--sequencer-core", "0", "--fanout-cores", "0", "--compaction-core", "0"];
+    let hosts = [slow_host.hostname(), fast_host.hostname()];
+    let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let relay =
+        Relay::start_wrapped(&wrapper, support::free_port(), &dir.path().join("data"), &refs, &plc.url, &one_core);
+    // The slow host's first lookup is under way.
+    relay.wait_until(WAIT, "a slow DNS query", || slow_queries.load(Ordering::Acquire) >= 1);
+    let mut live = subscribe(relay.port, None);
+    let mut since = None;
+    let mut worst = Duration::ZERO;
+    for seq in 1..=20u64 {
+        let (rev, f) = bob.commit(seq, since.take());
+        since = Some(rev);
+        let pushed = Instant::now();
+        fast_host.push(seq, f);
+        let got = read_until_count(&mut live, 1, Duration::from_secs(10));
+        assert_eq!(got, 1, "commit {seq} of the fast host relayed");
+        worst = worst.max(pushed.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Each slow lookup takes 5 s; the fast host's commits waited at most a fraction of that.
+    assert!(worst < Duration::from_secs(2), "a fast host's commit waited {worst:?} behind slow DNS");
+    relay.stop();
+}
+
+/// Reads until `n` event frames arrived or `limit` passed; returns how many arrived.
+fn read_until_count(ws: &mut support::Ws, n: usize, limit: Duration) -> usize {
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    }
+    let start = Instant::now();
+    let mut got = 0;
+    while got < n && start.elapsed() < limit {
+        if let Ok(tungstenite::Message::Binary(_)) = ws.read() {
+            got += 1;
+        }
+    }
+    got
+}
+
+/// A host that sends garbage between valid events: the garbage is dropped and counted, the valid
+/// events are relayed, and the connection is not dropped for it.
+#[test]
+fn a_host_sending_garbage_is_counted_and_its_valid_events_flow() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let mut alice = Account::new("did:plc:garbage00000000000000000", 170);
+    plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
+    let mut since = None;
+    let mut seq = 0;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut garbage = 0;
+    for i in 0..30 {
+        seq += 1;
+        let (rev, f) = alice.commit(seq, since.take());
+        since = Some(rev);
+        host.push(seq, f);
+        seq += 1;
+        let junk: Vec<u8> = match i % 5 {
+            0 => (0..200)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng as u8
+                })
+                .collect(),
+            1 => alice.account(seq, true)[..20].to_vec(),
+            2 => vec![0xa2, 0x62, 0x6f, 0x70, 0x01, 0x61, 0x74, 0x66, 0x23, 0x66, 0x75, 0x74, 0x75, 0x72, 0x65],
+            3 => vec![0xff; 6_000_000],
+            _ => Vec::new(),
+        };
+        host.push(seq, junk);
+        garbage += 1;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &[]);
+    relay.wait_until(WAIT, "all 30 valid events", || relay.metric("relay_events_relayed_total", "") >= 30);
+    relay.wait_until(WAIT, "all garbage counted", || relay.metric("relay_events_dropped_total", "") >= garbage);
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), garbage);
+    assert_eq!(relay.metric("relay_upstream_connects_total", "result=\"ok\""), 1, "never reconnected");
+    assert_eq!(relay.get("/xrpc/_health").0, 200);
+    relay.stop();
+}
+
+/// A host that resets its sequence and sends low seqs again (without `FutureCursor`): nothing is
+/// relayed twice and its cursor does not move back, until an operator resets the cursor; then the
+/// host's new events flow.
+#[test]
+fn a_host_that_resets_its_sequence_is_not_relayed_twice() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let mut alice = Account::new("did:plc:seqreset0000000000000000", 180);
+    plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
+    let mut since = None;
+    for seq in 1..=5 {
+        let (rev, f) = alice.commit(seq, since.take());
+        since = Some(rev);
+        host.push(seq, f);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["--admin-password", ADMIN_PASSWORD];
+    let relay = Relay::start(&data, &host.hostname(), &plc.url, &args);
+    relay.wait_until(WAIT, "5 relayed", || relay.metric("relay_events_relayed_total", "") >= 5);
+    relay.stop();
+    // The host loses its sequence and starts again from 1 with new commits; it ignores our cursor.
+    host.reset_sequence();
+    host.mode.ignore_cursor.store(true, Ordering::Release);
+    for seq in 1..=3 {
+        let (rev, f) = alice.commit(seq, since.take());
+        since = Some(rev);
+        host.push(seq, f);
+    }
+    let relay = Relay::start(&data, &host.hostname(), &plc.url, &args);
+    relay.wait_until(WAIT, "the low seqs dropped", || {
+        relay.metric("relay_events_dropped_total", "reason=\"seq_not_increasing\"") >= 3
+    });
+    assert_eq!(relay.metric("relay_events_relayed_total", ""), 0);
+    let status = || relay.get_json(&format!("/xrpc/com.atproto.sync.getHostStatus?hostname={}", host.hostname())).1;
+    assert_eq!(status()["seq"], 5, "the cursor did not move back");
+    // The operator resets the cursor: the host's new events are relayed, each once.
+    let (code, v) = relay.admin_post("pds/resetCursor", json!({ "hostname": host.hostname(), "cursor": 0 }));
+    assert_eq!(code, 200, "{v}");
+    relay.wait_until(WAIT, "the new events", || relay.metric("relay_events_relayed_total", "") >= 3);
+    relay.wait_until(WAIT, "the cursor at the new sequence", || status()["seq"] == 3);
+    let mut sub = subscribe(relay.port, Some("0"));
+    let seqs: Vec<i64> = read_until_idle(&mut sub, Duration::from_millis(500)).iter().filter_map(Seen::seq).collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>(), "5 + 3 events, none twice");
+    relay.stop();
+}
+
+/// Subscribers and connections past `--max-subscribers` and `--max-connections-per-ip` are refused
+/// with an XRPC error; the relay stays healthy and admits new ones once others leave.
+#[test]
+fn a_subscriber_flood_past_the_limits_is_refused() {
+    let plc = FakePlc::start();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--max-subscribers", "3", "--max-connections-per-ip", "6"];
+    let relay = Relay::start_hosts(support::free_port(), &dir.path().join("data"), &[], &plc.url, &args);
+    let subs: Vec<support::Ws> = (0..3).map(|_| subscribe(relay.port, None)).collect();
+    let refused = tungstenite::connect(format!("ws://127.0.0.1:{}/xrpc/com.atproto.sync.subscribeRepos", relay.port));
+    match refused {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 503),
+        other => panic!("a fourth subscriber: {other:?}"),
+    }
+    // Three connections left for this address: hold them open, then the next is refused.
+    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(("127.0.0.1", relay.port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let resp = support::http_get_raw(relay.port, "/xrpc/_health").unwrap();
+    assert!(resp.starts_with("HTTP/1.1 429"), "{resp}");
+    assert!(resp.contains("RateLimitExceeded"), "{resp}");
+    drop(held);
+    drop(subs);
+    relay.wait_until(WAIT, "slots released", || relay.get("/xrpc/_health").0 == 200);
+    relay.wait_until(WAIT, "a subscriber admitted again", || {
+        tungstenite::connect(format!("ws://127.0.0.1:{}/xrpc/com.atproto.sync.subscribeRepos", relay.port)).is_ok()
+    });
+    relay.stop();
+}
+
+/// Out of file descriptors (`EMFILE`): the listener backs off instead of spinning, counts the
+/// failures, and serves again once descriptors are free.
+#[test]
+fn running_out_of_file_descriptors_backs_off_and_recovers() {
+    let plc = FakePlc::start();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--max-connections-per-ip", "0", "--max-subscribers", "0"];
+    let wrapper = ["prlimit", "--nofile=256:256", "--"];
+    let relay = Relay::start_wrapped(&wrapper, support::free_port(), &dir.path().join("data"), &[], &plc.url, &args);
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], relay.port).into();
+    let flood: Vec<TcpStream> =
+        (0..300).filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()).collect();
+    assert!(flood.len() > 200, "only {} connections", flood.len());
+    std::thread::sleep(Duration::from_secs(3));
+    drop(flood);
+    relay.wait_until(WAIT, "serving again", || relay.get("/xrpc/_health").0 == 200);
+    let failed = relay.metric("relay_accept_errors_total", "kind=\"out_of_fds\"");
+    assert!(failed >= 1, "the descriptors ran out");
+    // Backing off up to 1 s between attempts: a handful of failures, not one per 10 ms.
+    assert!(failed <= 25, "{failed} failed accepts while out of descriptors");
+    let log = std::fs::read_to_string(&relay.log).unwrap();
+    let logged = log.lines().filter(|l| l.contains("accept failed")).count();
+    assert!((1..=3).contains(&logged), "{logged} log lines for the failed accepts");
+    relay.stop();
+}

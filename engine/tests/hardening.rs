@@ -239,6 +239,20 @@ fn null_since_is_tolerated_when_prev_data_continues() {
     assert_eq!(relay.metric("relay_sync_tolerated_total", "reason=\"since_null\""), 4, "all but the genesis");
     assert_eq!(relay.metric("relay_events_dropped_total", "reason=\"wrong_prev_data\""), 1);
     assert_eq!(relay.metric("relay_events_dropped_total", ""), 1);
+    // Relayed with the previous relayed rev as `since`, so the chain a consumer checks holds.
+    let mut sub = subscribe(relay.port, Some("0"));
+    let commits: Vec<wire::frame::CommitEvent> = read_until_idle(&mut sub, Duration::from_millis(500))
+        .into_iter()
+        .map(|s| match s {
+            Seen::Event(Event::Commit(c)) => c,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(commits.len(), 5);
+    assert_eq!(commits[0].since, None, "genesis");
+    for pair in commits.windows(2) {
+        assert_eq!(pair[1].since.as_ref(), Some(&pair[0].rev));
+    }
     relay.stop();
 }
 

@@ -46,7 +46,6 @@ def callback(data=None, lost_seq=None):
 
 storage = MemoryStorage()
 arroba.server.storage = storage
-arroba.server.server.register('com.atproto.sync.subscribeRepos', xrpc_sync.subscribe_repos)
 app = Flask('arroba-pds')
 lexrpc.flask_server.init_flask(arroba.server.server, app)
 pds_url = f'http://localhost:{port}'

@@ -5,8 +5,9 @@
 //!   `rev`; `since` equal to the stored `rev` and `prevData` equal to the stored data CID when the
 //!   relay has them (Sync 1.1, <https://atproto.com/specs/sync>). A first-seen account is accepted as
 //!   genesis. Quirks the lexicon allows are accepted and reported as [`Tolerated`]: `since: null`
-//!   when `prevData` proves continuity with the stored data CID (arroba sends it on every commit),
-//!   and a commit without `prevData` (a host that is not Sync 1.1 yet) whose `since` chains.
+//!   when `prevData` proves continuity with the stored data CID (arroba sends it on every commit;
+//!   the relayed commit gets the stored rev as `since`), and a commit without `prevData` (a host
+//!   that is not Sync 1.1 yet) whose `since` chains.
 //! - `#sync`: same status rules; its `rev` may restate the stored one but not go back; it resets the
 //!   stored commit.
 //! - `#account`: records the host's status; the relayed event carries the combined status (a local
@@ -37,7 +38,9 @@ pub struct Applied {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tolerated {
     /// `since` is null on a commit that is not the account's first, and `prevData` equals the stored
-    /// data CID (the lexicon makes `since` nullable; arroba sends null on every commit).
+    /// data CID (the lexicon makes `since` nullable; arroba sends null on every commit). The relayed
+    /// commit carries the stored rev as `since`: the rev of the last commit the relay emitted for the
+    /// account, which is what the lexicon defines it as.
     SinceNull,
     /// `prevData` is absent (a host that is not Sync 1.1 yet) and `since` is the stored `rev`: the
     /// chain holds, but the ops cannot be checked by inversion.
@@ -92,7 +95,13 @@ pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>, lenient_sync: bo
                 match (c.since.as_ref(), data_continues) {
                     (Some(since), _) if since != stored => violation = Some(DropReason::WrongSince),
                     (_, Some(false)) => violation = Some(DropReason::WrongPrevData),
-                    (None, Some(true)) => tolerated = Some(Tolerated::SinceNull),
+                    (None, Some(true)) => {
+                        // `since` is "the rev of the last emitted commit from this repo": in the
+                        // relay's stream that is the stored rev, which `prevData` just proved
+                        // continuous. Written in, so consumers checking the chain see no break.
+                        c.since = Some(stored.clone());
+                        tolerated = Some(Tolerated::SinceNull);
+                    }
                     // Neither `since` nor `prevData` ties the commit to the stored state.
                     (None, None) => violation = Some(DropReason::WrongSince),
                     (Some(_), None) if c.prev_data.is_none() => tolerated = Some(Tolerated::NoPrevData),

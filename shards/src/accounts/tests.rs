@@ -147,6 +147,20 @@ fn null_since_and_missing_prev_data_are_tolerated_only_when_the_chain_is_shown()
 }
 
 #[test]
+fn a_tolerated_null_since_is_relayed_as_the_stored_rev() {
+    let mut ev = commit(2, None, Some(1), 2);
+    let prior = apply(&mut commit(1, None, None, 1), None, false).unwrap().state;
+    let applied = apply(&mut ev, prior.as_ref(), false).unwrap();
+    assert_eq!(applied.tolerated, Some(Tolerated::SinceNull));
+    let Event::Commit(c) = &ev.event else { panic!() };
+    assert_eq!(c.since, Some(tid(1)), "the rev of the last commit the relay emitted");
+    let mut genesis = commit(1, None, None, 1);
+    apply(&mut genesis, None, false).unwrap();
+    let Event::Commit(c) = &genesis.event else { panic!() };
+    assert_eq!(c.since, None, "a first commit keeps its null since");
+}
+
+#[test]
 fn lenient_sync_relays_and_reports_violations() {
     let (out, state) =
         run(vec![commit(1, None, None, 1), commit(2, Some(9), Some(1), 2), commit(3, Some(2), Some(8), 3)], true, None);

@@ -166,6 +166,59 @@ fn open_store(args: &ServeArgs, compaction_cpu: usize) -> anyhow::Result<Arc<Sto
     Ok(Arc::new(opened.with_context(|| format!("opening the store in {}", args.data_dir.display()))?))
 }
 
+/// Runs retention ([`storage::retention::enforce`]) every [`storage::retention::interval`] on a thread
+/// pinned to the compaction CPU, off every executor, until `control` stops; keeps the storage gauges
+/// current.
+fn start_retention(
+    store: Arc<Store>,
+    policy: storage::retention::RetentionPolicy,
+    cpu: usize,
+    control: Arc<Control>,
+    metrics: Metrics,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let every = storage::retention::interval(&policy);
+    std::thread::Builder::new()
+        .name("relay-retention".into())
+        .spawn(move || {
+            if let Err(e) = layout::pin_current_thread(cpu) {
+                tracing::warn!(cpu, error = %e, "cannot pin the retention thread");
+            }
+            let mut next = std::time::Instant::now();
+            while !control.stop.load(Ordering::Acquire) {
+                if std::time::Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                next = std::time::Instant::now() + every;
+                match storage::retention::enforce(&store, &policy, shards::unix_ms() / 1000) {
+                    Ok(trims) => {
+                        for t in trims {
+                            tracing::info!(
+                                reason = t.reason.as_str(),
+                                before = t.before.0,
+                                events = t.events,
+                                "retention deleted events"
+                            );
+                            metrics
+                                .retention_trimmed
+                                .get_or_create(&vec![("reason", t.reason.as_str())])
+                                .inc_by(t.events);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "retention pass failed; retried at the next one"),
+                }
+                if let Ok(Some(oldest)) = store.first_seq() {
+                    metrics.events_oldest_seq.set(i64::try_from(oldest.0).unwrap_or(i64::MAX));
+                }
+                if let Ok(bytes) = store.events_disk_bytes() {
+                    metrics.events_disk_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                }
+                metrics.tombstones.set(i64::try_from(store.tombstone_count()).unwrap_or(i64::MAX));
+            }
+        })
+        .context("starting the retention thread")
+}
+
 /// Runs `relay serve` until SIGINT/SIGTERM or a fatal error.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let allowed = layout::allowed_cpus();
@@ -188,6 +241,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let http = HttpClient::new(extra_ca.as_deref(), shards::net::dns::Dns::default()).context("--tls-ca")?;
     let hosts = parse_hosts(&args.hosts, args.allow_insecure_ws)?;
+    if args.idle_timeout < Duration::from_secs(1) {
+        bail!("--idle-timeout must be at least 1s");
+    }
     if args.admin_password.as_deref().is_some_and(|p| p.trim().is_empty()) {
         bail!(
             "--admin-password (RELAY_ADMIN_PASSWORD) is empty: set a password, or leave it unset to disable the admin API"
@@ -202,6 +258,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     add_flag_hosts(&hosts_registry, &hosts, args.host_policy.trusted_account_limit)?;
     let directory = Arc::new(SubscriberDirectory::default());
     let limits = crate::limits::ConnectionLimits::new(args.max_connections_per_ip, args.max_subscribers);
+    let health = Arc::new(shards::health::Health::default());
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -250,7 +307,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             hosts: Arc::clone(&hosts_registry),
             directory: Arc::clone(&directory),
             ingest_shards: layout.ingest.len(),
+            fanout_shards: layout.fanout.len(),
             limits: Arc::clone(&limits),
+            health: Arc::clone(&health),
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("relay-cpu{cpu}"))
@@ -264,6 +323,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         handles.push(handle);
     }
 
+    let policy =
+        storage::retention::RetentionPolicy { window: args.retention.0, max_events_bytes: args.max_events_disk };
+    if policy.window.is_none() {
+        tracing::warn!("--retention off: every event is kept and the data directory grows without bound");
+    }
+    let retention =
+        start_retention(Arc::clone(&store), policy, layout.compaction, Arc::clone(&control), metrics.clone())?;
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .context("installing signal handlers")?;
     let sig_handle = signals.handle();
@@ -277,6 +343,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for h in handles {
         let _ = h.join();
     }
+    control.stop.store(true, Ordering::Release);
+    let _ = retention.join();
     sig_handle.close();
     let _ = signal_thread.join();
     let fatal = control.fatal.lock().map(|f| f.clone()).unwrap_or_default();
@@ -301,7 +369,9 @@ struct ExecCtx {
     hosts: Arc<HostRegistry>,
     directory: Arc<SubscriberDirectory>,
     ingest_shards: usize,
+    fanout_shards: usize,
     limits: Arc<crate::limits::ConnectionLimits>,
+    health: Arc<shards::health::Health>,
 }
 
 async fn run_executor(ctx: ExecCtx, work: Work) {
@@ -311,10 +381,10 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         let tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "ingest");
         let mut config = IngestConfig::new(IdentityConfig::new(ctx.plc_url.clone(), ctx.http.clone()));
         config.lenient_sync = ctx.args.lenient_sync;
-        config.startup_ramp = Duration::from_secs(ctx.args.startup_ramp_secs);
+        config.startup_ramp = ctx.args.startup_ramp;
         config.offline_after_failures = ctx.args.offline_after_failures;
-        config.offline_retry = Duration::from_secs(ctx.args.offline_retry_secs);
-        config.idle_timeout = Duration::from_secs(ctx.args.idle_timeout_secs);
+        config.offline_retry = ctx.args.offline_retry;
+        config.idle_timeout = ctx.args.idle_timeout;
         config.public_only = !ctx.args.allow_private_hosts;
         config.identity.web_public_only = !ctx.args.allow_private_hosts;
         let fut = ingest::run(
@@ -336,10 +406,15 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         let store = Arc::clone(&ctx.store);
         let metrics = ctx.metrics.clone();
         let control = Arc::clone(&ctx.control);
-        let config = SequencerConfig { lenient_sync: ctx.args.lenient_sync, ..SequencerConfig::default() };
+        let config = SequencerConfig {
+            lenient_sync: ctx.args.lenient_sync,
+            min_free_disk_bytes: ctx.args.min_free_disk,
+            ..SequencerConfig::default()
+        };
         let committed = Arc::clone(&ctx.committed);
+        let health = Arc::clone(&ctx.health);
         let fut = async move {
-            if let Err(e) = sequencer::run(config, committed, rx, resync_to, tx, store, metrics).await {
+            if let Err(e) = sequencer::run(config, committed, rx, resync_to, tx, store, metrics, health).await {
                 control.fail(format!("sequencer stopped: {e}"));
             }
         };
@@ -364,10 +439,14 @@ async fn start_fanout(
 ) -> anyhow::Result<()> {
     let ex = glommio::executor();
     let fanout_tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "fanout");
+    // Catch-up reading from the store: a quarter of live delivery's shares when both are busy.
+    let replay_tq = ex.create_task_queue(Shares::Static(250), Latency::NotImportant, "replay");
     // The API answers health checks under load: its own queue, latency-sensitive.
     let api_tq = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(5)), "api");
     let config = FanoutConfig {
         subscriber_queue: usize::try_from(ctx.args.subscriber_queue).unwrap_or(usize::MAX),
+        stall_timeout: ctx.args.subscriber_stall_timeout,
+        replay_memory_bytes: ctx.args.replay_memory / ctx.fanout_shards.max(1) as u64,
         ..FanoutConfig::default()
     };
     let shard = FanoutShard::new(
@@ -378,6 +457,7 @@ async fn start_fanout(
         Arc::clone(&ctx.directory),
     )
     .context("starting a fanout shard")?;
+    shard.set_replay_queue(replay_tq);
     glommio::spawn_local_into(Rc::clone(&shard).run_publisher(rx), fanout_tq)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .detach();
@@ -400,6 +480,7 @@ async fn start_fanout(
         },
         metrics: ctx.metrics.clone(),
         limits: Arc::clone(&ctx.limits),
+        health: Arc::clone(&ctx.health),
     });
     glommio::spawn_local_into(crate::http::accept_loop(listener, xrpc_ctx, api_tq), api_tq)
         .map_err(|e| anyhow::anyhow!("{e}"))?

@@ -237,6 +237,7 @@ fn harness() -> Harness {
             crawl: engine::xrpc::request_crawl::CrawlConfig::default(),
             metrics,
             limits: engine::limits::ConnectionLimits::new(0, 0),
+            health: Arc::default(),
         })
     });
     Harness { executor, ctx, _dir: dir }

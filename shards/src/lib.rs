@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod backoff;
 pub mod fanout;
+pub mod health;
 pub mod hosts;
 pub mod identity;
 pub mod ingest;

@@ -50,11 +50,39 @@ pub struct Metrics {
     /// `relay_subscribers_closed_total{reason}`: subscribers disconnected (`consumer_too_slow`,
     /// `future_cursor`, `client_closed`, `write_error`).
     pub subscribers_closed: Family<Label, Counter>,
+    /// `relay_subscriber_fallbacks_total`: live subscribers whose queue overflowed and who went back
+    /// to reading from the store.
+    pub subscriber_fallbacks: Counter,
+    /// `relay_replay_events_total`: events served from the store (cursor replay and fallbacks).
+    pub replay_events: Counter,
+    /// `relay_replay_hidden_total`: stored events replay skipped because their account has a
+    /// tombstone (taken down or deleted after them).
+    pub replay_hidden: Counter,
+    /// `relay_outdated_cursors_total`: `#info OutdatedCursor` frames sent (a cursor, or a fallen-back
+    /// subscriber, older than the retention window).
+    pub outdated_cursors: Counter,
     /// `relay_resyncs_total{result}`: account resyncs after a broken chain (`requested`,
     /// `queue_full`, `fetched`, `failed`).
     pub resyncs: Family<Label, Counter>,
     /// `relay_batch_commits_total`: RocksDB group commits by the sequencer.
     pub batch_commits: Counter,
+    /// `relay_disk_free_bytes`: free bytes of the data directory's filesystem, measured before each
+    /// group commit.
+    pub disk_free_bytes: Gauge,
+    /// `relay_disk_paused`: 1 while the sequencer waits for free disk space (`--min-free-disk`).
+    pub disk_paused: Gauge,
+    /// `relay_retention_trimmed_total{reason}`: seqs deleted by retention (`age`: older than
+    /// `--retention`; `disk`: over `--max-events-disk`).
+    pub retention_trimmed: Family<Label, Counter>,
+    /// `relay_events_oldest_seq`: the oldest relay seq still stored (the start of the replay
+    /// window), measured by each retention pass.
+    pub events_oldest_seq: Gauge,
+    /// `relay_events_disk_bytes`: bytes the stored events take (live SST files and memtables),
+    /// measured by each retention pass.
+    pub events_disk_bytes: Gauge,
+    /// `relay_tombstones`: accounts whose earlier events are hidden from replay (takedowns and
+    /// deletions inside the retention window).
+    pub tombstones: Gauge,
     /// `relay_upstream_rate_limited_total`: frames held back by their host's rate limit (each counted
     /// once however long it waited).
     pub upstream_rate_limited: Counter,
@@ -127,6 +155,28 @@ impl Metrics {
         );
         registry.register("relay_batch_commits", "RocksDB group commits by the sequencer", self.batch_commits.clone());
         registry.register(
+            "relay_disk_free_bytes",
+            "Free bytes of the data directory's filesystem",
+            self.disk_free_bytes.clone(),
+        );
+        registry.register(
+            "relay_disk_paused",
+            "1 while the sequencer waits for free disk space",
+            self.disk_paused.clone(),
+        );
+        registry.register(
+            "relay_retention_trimmed",
+            "Seqs deleted by retention, by reason",
+            self.retention_trimmed.clone(),
+        );
+        registry.register("relay_events_oldest_seq", "Oldest relay seq still stored", self.events_oldest_seq.clone());
+        registry.register("relay_events_disk_bytes", "Bytes the stored events take", self.events_disk_bytes.clone());
+        registry.register(
+            "relay_tombstones",
+            "Accounts whose earlier events are hidden from replay",
+            self.tombstones.clone(),
+        );
+        registry.register(
             "relay_upstream_rate_limited",
             "Events held back by their host's rate limit",
             self.upstream_rate_limited.clone(),
@@ -139,9 +189,24 @@ impl Metrics {
         registry.register("relay_host_changes", "Host table changes, by kind", self.host_changes.clone());
         registry.register("relay_request_crawl", "requestCrawl calls, by outcome", self.request_crawl.clone());
         registry.register("relay_resyncs", "Account resyncs after a broken chain, by result", self.resyncs.clone());
+        registry.register(
+            "relay_subscriber_fallbacks",
+            "Live subscribers whose queue overflowed and who went back to reading from the store",
+            self.subscriber_fallbacks.clone(),
+        );
+        registry.register("relay_replay_events", "Events served from the store", self.replay_events.clone());
+        registry.register(
+            "relay_replay_hidden",
+            "Stored events replay skipped for a takedown or deletion after them",
+            self.replay_hidden.clone(),
+        );
+        registry.register("relay_outdated_cursors", "OutdatedCursor info frames sent", self.outdated_cursors.clone());
         // Pre-create every drop reason so a zero is visible, not an absent series.
         for reason in DropReason::ALL {
             let _ = self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]);
+        }
+        for reason in ["age", "disk"] {
+            let _ = self.retention_trimmed.get_or_create(&vec![("reason", reason)]);
         }
         for reason in crate::accounts::Tolerated::ALL {
             let _ = self.sync_tolerated.get_or_create(&vec![("reason", reason.as_str())]);

@@ -75,24 +75,45 @@
 //! |       | 44     | e     | PDS endpoint URL (UTF-8), empty when the document has none |
 //! |       | 44+e   | rest  | handle (UTF-8), empty when none |
 //!
+//! ## `time_index`: unix second → first relay seq of that second (for retention)
+//!
+//! | part  | offset | bytes | field |
+//! |-------|--------|-------|-------|
+//! | key   | 0      | 8     | unix second (u64) in which the sequencer committed `seq` |
+//! | value | 0      | 8     | the first relay `seq` of that second (u64) |
+//!
+//! ## `tombstones`: DID → relay seq (takedowns and deletions leave replay)
+//!
+//! | part  | offset | bytes | field |
+//! |-------|--------|-------|-------|
+//! | key   | 0      | n     | DID (UTF-8) |
+//! | value | 0      | 8     | relay `seq` of the `#account` event that took the account down or deleted it (u64); the account's events with a lower seq are not replayed |
+//!
 //! ## `meta`
 //!
 //! | key              | value |
 //! |------------------|-------|
 //! | `format_version` | u32, currently 1 |
 //! | `last_seq`       | u64: the highest relay `seq` ever assigned (survives retention) |
+//! | `retained_from`  | u64: the lowest relay `seq` retention has not deleted (absent: none deleted) |
 //! | `crawl_enabled`  | u8: 0 when an operator disabled public `requestCrawl`; absent = enabled |
 //! | `crawl_quota`    | u64 UTC day number ‖ u32 hosts public `requestCrawl` added that day |
 
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod accounts;
 mod error;
+mod events;
+mod hosts;
 mod layout;
+pub mod retention;
 mod store;
 
 pub use error::StoreError;
+pub use events::ReplayChunk;
+pub use hosts::{ConfigChange, HostRow};
 pub use layout::{HostConfig, HostInfo, HostState, IdentityRecord, RepoState};
-pub use store::{CommitBatch, ConfigChange, HostRow, Store, StoreOptions};
+pub use store::{CommitBatch, Store, StoreOptions};
 
 /// The on-disk format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -115,6 +136,11 @@ pub mod cf {
     pub const HOST_CONFIG: &str = "host_config";
     /// Banned domain → when.
     pub const DOMAIN_BANS: &str = "domain_bans";
+    /// Unix second → first relay seq assigned in it (retention maps time to seq with it).
+    pub const TIME_INDEX: &str = "time_index";
+    /// DID → relay seq from which on the account's earlier events are not replayed.
+    pub const TOMBSTONES: &str = "tombstones";
     /// All of them, in creation order.
-    pub const ALL: [&str; 8] = [EVENTS, REPOS, HOSTS, IDENTITIES, META, HOST_INFO, HOST_CONFIG, DOMAIN_BANS];
+    pub const ALL: [&str; 10] =
+        [EVENTS, REPOS, HOSTS, IDENTITIES, META, HOST_INFO, HOST_CONFIG, DOMAIN_BANS, TIME_INDEX, TOMBSTONES];
 }

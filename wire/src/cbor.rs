@@ -70,6 +70,38 @@ fn head(buf: &[u8], pos: usize) -> Result<(u8, u64, usize), CborError> {
     Ok((major, arg, 1 + extra))
 }
 
+/// The value of text key `key` of the CBOR map at the start of `buf`, when that value is a text string;
+/// `None` when `buf` does not start with a map, the key is absent, or its value is not text. Walks the
+/// map skipping values by their length ([`item_len`]), without decoding them, so finding the `did`
+/// of a stored frame costs a few bytes' work, not a decode of its blocks.
+pub fn map_text<'a>(buf: &'a [u8], key: &str) -> Option<&'a str> {
+    let (major, entries, mut pos) = head(buf, 0).ok()?;
+    if major != 5 {
+        return None;
+    }
+    for _ in 0..entries {
+        let (kmajor, klen, khl) = head(buf, pos).ok()?;
+        if kmajor != 3 {
+            return None;
+        }
+        let kstart = pos.checked_add(khl)?;
+        let kend = kstart.checked_add(usize::try_from(klen).ok()?)?;
+        let k = buf.get(kstart..kend)?;
+        pos = kend;
+        let rest = buf.get(pos..)?;
+        if k == key.as_bytes() {
+            let (vmajor, vlen, vhl) = head(rest, 0).ok()?;
+            if vmajor != 3 {
+                return None;
+            }
+            let v = rest.get(vhl..vhl.checked_add(usize::try_from(vlen).ok()?)?)?;
+            return std::str::from_utf8(v).ok();
+        }
+        pos = pos.checked_add(item_len(rest).ok()?)?;
+    }
+    None
+}
+
 /// Returns the byte length of the single CBOR item that starts at `buf[0]`.
 ///
 /// Used to split an event-stream frame into its header and body. Only definite-length items are
@@ -147,6 +179,18 @@ mod tests {
         ));
         let deep = vec![0x81u8; 300];
         assert!(matches!(item_len(&deep), Err(CborError::Invalid { .. })));
+    }
+
+    #[test]
+    fn map_text_finds_a_text_value_without_decoding_the_rest() {
+        let v = to_vec(&serde_json::json!({"blocks": [1, 2, {"x": "y"}], "did": "did:plc:abc", "n": 5})).unwrap();
+        assert_eq!(map_text(&v, "did"), Some("did:plc:abc"));
+        assert_eq!(map_text(&v, "n"), None, "not text");
+        assert_eq!(map_text(&v, "missing"), None);
+        assert_eq!(map_text(&to_vec(&serde_json::json!([1])).unwrap(), "did"), None);
+        for cut in 0..v.len() {
+            let _ = map_text(&v[..cut], "did");
+        }
     }
 
     #[test]

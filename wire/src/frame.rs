@@ -266,6 +266,19 @@ impl ErrorBody {
     }
 }
 
+/// The account DID of a message frame, read without decoding it ([`crate::cbor::map_text`]): the body's
+/// `repo` (`#commit`) or `did` (the other types). `None` for `#info`, error frames and bytes that are
+/// not a frame.
+pub fn peek_did(bytes: &[u8]) -> Option<&str> {
+    let header_len = cbor::item_len(bytes).ok()?;
+    let (header, body) = (bytes.get(..header_len)?, bytes.get(header_len..)?);
+    match cbor::map_text(header, "t")? {
+        "#commit" => cbor::map_text(body, "repo"),
+        "#sync" | "#identity" | "#account" => cbor::map_text(body, "did"),
+        _ => None,
+    }
+}
+
 /// Decodes a complete frame (header then body, nothing after).
 ///
 /// # Errors

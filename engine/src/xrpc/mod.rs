@@ -48,6 +48,8 @@ pub struct Ctx {
     pub metrics: Metrics,
     /// Connection limits (shared by every fanout core).
     pub limits: std::sync::Arc<crate::limits::ConnectionLimits>,
+    /// Conditions that degrade the relay (shared by every core).
+    pub health: std::sync::Arc<shards::health::Health>,
 }
 
 /// The outcome of routing a request.

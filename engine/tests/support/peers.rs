@@ -165,10 +165,21 @@ impl FakeHost {
     }
 }
 
+/// The decoded value of query parameter `name` in a request line (`GET /path?… HTTP/1.1`), as a real
+/// server reads it.
+fn query_param(line: &str, name: &str) -> String {
+    let target = line.split_whitespace().nth(1).unwrap_or("");
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
 fn serve_latest(mut stream: TcpStream, line: &str, latest: &Mutex<HashMap<String, (String, String, Vec<u8>)>>) {
     let mut buf = [0u8; 2048];
     let _ = stream.read(&mut buf);
-    let did = line.split("did=").nth(1).and_then(|r| r.split([' ', '&']).next()).unwrap_or("").to_owned();
+    let did = query_param(line, "did");
     let found = latest.lock().unwrap().get(&did).cloned();
     let (ctype, body) = match found {
         None => ("application/json", br#"{"error":"RepoNotFound"}"#.to_vec()),
@@ -187,7 +198,7 @@ fn serve_latest(mut stream: TcpStream, line: &str, latest: &Mutex<HashMap<String
 fn serve_repo_status(mut stream: TcpStream, line: &str, statuses: &Mutex<HashMap<String, (bool, Option<String>)>>) {
     let mut buf = [0u8; 2048];
     let _ = stream.read(&mut buf);
-    let did = line.split("did=").nth(1).and_then(|r| r.split([' ', '&']).next()).unwrap_or("").to_owned();
+    let did = query_param(line, "did");
     let body = match statuses.lock().unwrap().get(&did) {
         Some((active, status)) => serde_json::json!({"did": did, "active": active, "status": status}).to_string(),
         None => serde_json::json!({"error": "RepoNotFound"}).to_string(),

@@ -1,13 +1,10 @@
 //! Fanout shards: one per fanout core. A shard receives every persisted batch from the sequencer and
-//! hands each event (a complete websocket frame, encoded once) to each of its subscribers' bounded
-//! queues. A subscriber whose queue is full is marked too slow; its own task then sends the
-//! `ConsumerTooSlow` error frame and closes the socket.
-//!
-//! Replay (`?cursor=N`) reads stored events with `seq > N` from RocksDB in chunks, then joins the live
-//! stream without a gap or a duplicate: the switch to live happens on this executor with no await
-//! between "caught up to the shard's head" and "registered for live events", and live events at or
-//! below the last replayed `seq` are skipped.
+//! hands each event (a complete websocket frame, encoded once) to each live subscriber's bounded
+//! queue; subscribers behind the live tail read from the store instead ([`replay`]). The rules a
+//! subscriber lives by are in [`subscriber`].
 
+mod queue;
+mod replay;
 mod subscriber;
 
 use std::cell::{Cell, RefCell};
@@ -17,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use glommio::TaskQueueHandle;
 use glommio::channels::shared_channel::SharedReceiver;
 use storage::Store;
 use wire::RelaySeq;
@@ -24,25 +22,39 @@ use wire::RelaySeq;
 use crate::messages::PublishedBatch;
 use crate::metrics::Metrics;
 
-pub use subscriber::{Outgoing, SubscriberInfo};
+pub use queue::Outgoing;
+pub use subscriber::SubscriberInfo;
 
 /// Fanout settings.
 #[derive(Debug, Clone, Copy)]
 pub struct FanoutConfig {
-    /// Frames queued per subscriber before it is disconnected with `ConsumerTooSlow`. Default 10,000.
-    /// It should hold at least one sequencer batch
-    /// ([`crate::sequencer::SequencerConfig::max_batch_events`]), or a burst alone can overflow a
-    /// subscriber that keeps up. Queued frames are shared, so a slot costs a pointer, not a frame.
+    /// Frames queued per live subscriber; when the publisher finds the queue full, the subscriber
+    /// goes back to reading from the store. Default 10,000. It should hold at least one sequencer
+    /// batch ([`crate::sequencer::SequencerConfig::max_batch_events`]), or a burst alone sends a
+    /// subscriber that keeps up back to the store. Queued frames are shared, so a slot costs a
+    /// pointer, not a frame.
     pub subscriber_queue: usize,
-    /// Events read from the store per replay step. Default 512.
-    pub replay_chunk: usize,
-    /// A write to a subscriber that makes no progress for this long closes it. Default 30 s.
-    pub write_timeout: Duration,
+    /// Most events read from the store per replay chunk. Default 2,000; 1 and up.
+    pub replay_chunk_events: usize,
+    /// Bytes of events read per replay chunk (a chunk holds at least one event, whatever its size).
+    /// Default 1 MiB; 1 and up.
+    pub replay_chunk_bytes: usize,
+    /// Bytes of replay chunks this shard holds at once, across its subscribers; more replays wait.
+    /// Default 256 MiB.
+    pub replay_memory_bytes: u64,
+    /// A subscriber whose socket accepts nothing for this long is closed. Default 30 s.
+    pub stall_timeout: Duration,
 }
 
 impl Default for FanoutConfig {
     fn default() -> Self {
-        Self { subscriber_queue: 10_000, replay_chunk: 512, write_timeout: Duration::from_secs(30) }
+        Self {
+            subscriber_queue: 10_000,
+            replay_chunk_events: 2_000,
+            replay_chunk_bytes: 1 << 20,
+            replay_memory_bytes: 256 << 20,
+            stall_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -83,7 +95,7 @@ impl Drop for Listed<'_> {
 }
 
 struct Registered {
-    queue: Rc<subscriber::Queue>,
+    queue: Rc<queue::Queue>,
 }
 
 /// A fanout shard (single-threaded: lives on one executor).
@@ -98,6 +110,10 @@ pub struct FanoutShard {
     live: RefCell<BTreeMap<u64, Registered>>,
     next_id: Cell<u64>,
     directory: Arc<SubscriberDirectory>,
+    /// The task queue replays run in (fewer shares than live delivery); `None`: the caller's.
+    replay_tq: Cell<Option<TaskQueueHandle>>,
+    /// Bytes of replay chunks in flight ([`FanoutConfig::replay_memory_bytes`]).
+    replay_budget: glommio::sync::Semaphore,
 }
 
 impl FanoutShard {
@@ -123,7 +139,15 @@ impl FanoutShard {
             live: RefCell::new(BTreeMap::new()),
             next_id: Cell::new(1),
             directory,
+            replay_tq: Cell::new(None),
+            replay_budget: glommio::sync::Semaphore::new(config.replay_memory_bytes.max(1)),
         }))
+    }
+
+    /// Runs replays in `tq` (created with fewer shares than the live queue, so catch-up reading
+    /// never starves live delivery).
+    pub fn set_replay_queue(&self, tq: TaskQueueHandle) {
+        self.replay_tq.set(Some(tq));
     }
 
     /// The store (for the API's point reads on this core).
@@ -167,8 +191,8 @@ impl FanoutShard {
         live.retain(|_, sub| {
             for (seq, frame) in batch.iter() {
                 if sub.queue.push(Outgoing::Event(*seq, frame.clone())).is_err() {
-                    // Full: the subscriber's own task sends ConsumerTooSlow and closes.
-                    sub.queue.mark_too_slow();
+                    // Full: the subscriber's own task goes back to the store.
+                    sub.queue.mark_behind();
                     return false;
                 }
             }
@@ -176,7 +200,7 @@ impl FanoutShard {
         });
     }
 
-    fn register(&self, queue: Rc<subscriber::Queue>) -> u64 {
+    fn register(&self, queue: Rc<queue::Queue>) -> u64 {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         self.live.borrow_mut().insert(id, Registered { queue });

@@ -1,13 +1,21 @@
-//! One subscriber connection: its bounded queue, the writer (replay, then live), and the reader
-//! (pings and closes from the subscriber).
+//! One subscriber connection: replay from the store at its own pace ([`super::replay`]), live from
+//! its bounded queue, back to the store whenever its queue overflows, and the reader that answers
+//! its pings and notices its close.
+//!
+//! The rules, in one place:
+//! - A subscriber behind the live tail (a cursor, or a queue that overflowed) reads from the store in
+//!   chunks bounded in bytes, at its own pace: it is never cut off for being behind.
+//! - A live subscriber's queue holds `subscriber_queue` frames; when the publisher finds it full,
+//!   the subscriber goes back to the store from its last frame (`relay_subscriber_fallbacks_total`),
+//!   with no gap and no duplicate, and joins the live tail again once caught up.
+//! - A subscriber whose socket accepts nothing for `stall_timeout` is closed
+//!   (`relay_subscribers_closed_total{reason="consumer_too_slow"}`); the `ConsumerTooSlow` error
+//!   frame goes with it when the socket still takes it within a second.
+//! - Pings are answered in order with the frames, between replay chunks too.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_lite::io::{ReadHalf, WriteHalf};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -16,22 +24,11 @@ use wire::frame::ErrorBody;
 use wire::ws::{self, Opcode};
 
 use super::FanoutShard;
+use super::queue::{Outgoing, Queue};
 use crate::metrics::Metrics;
 
 /// Bytes gathered into one socket write at most (several frames per syscall under load).
 const MAX_WRITE_BATCH_BYTES: usize = 256 * 1024;
-/// When a subscriber is found too slow during a write, how long that write may still take (so the
-/// stream stays frame-aligned and the error frame can follow) before the socket is closed without it.
-const TOO_SLOW_GRACE: Duration = Duration::from_secs(2);
-
-/// Something to write to a subscriber.
-#[derive(Debug, Clone)]
-pub enum Outgoing {
-    /// An event frame (complete websocket frame) with its relay seq.
-    Event(RelaySeq, Bytes),
-    /// A control frame (pong), written in order with events.
-    Control(Bytes),
-}
 
 /// What the admin and logs know of a subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,119 +43,6 @@ pub struct SubscriberInfo {
     pub connected_ms: u64,
 }
 
-/// Pongs a subscriber may have waiting; a client that pings faster than it reads is closed.
-const MAX_PENDING_CONTROL: usize = 16;
-
-/// A subscriber's bounded queue. Events beyond the capacity are refused; control frames have their
-/// own small bound ([`MAX_PENDING_CONTROL`]).
-pub(crate) struct Queue {
-    items: RefCell<VecDeque<Outgoing>>,
-    capacity: usize,
-    controls: Cell<usize>,
-    too_slow: Cell<bool>,
-    closed: Cell<bool>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl Queue {
-    fn new(capacity: usize) -> Self {
-        Self {
-            items: RefCell::new(VecDeque::new()),
-            capacity: capacity.max(1),
-            controls: Cell::new(0),
-            too_slow: Cell::new(false),
-            closed: Cell::new(false),
-            waker: Cell::new(None),
-        }
-    }
-
-    fn wake(&self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-
-    /// Queues an event; `Err` when the queue is full.
-    pub(crate) fn push(&self, item: Outgoing) -> Result<(), Outgoing> {
-        let mut items = self.items.borrow_mut();
-        if items.len() >= self.capacity {
-            return Err(item);
-        }
-        items.push_back(item);
-        drop(items);
-        self.wake();
-        Ok(())
-    }
-
-    /// Queues a control frame; closes the subscriber instead when too many are waiting.
-    fn push_control(&self, item: Outgoing) {
-        if self.controls.get() >= MAX_PENDING_CONTROL {
-            self.close();
-            return;
-        }
-        self.controls.set(self.controls.get() + 1);
-        self.items.borrow_mut().push_back(item);
-        self.wake();
-    }
-
-    /// Marks the subscriber as too slow; its writer stops at once.
-    pub(crate) fn mark_too_slow(&self) {
-        self.too_slow.set(true);
-        self.wake();
-    }
-
-    fn close(&self) {
-        self.closed.set(true);
-        self.wake();
-    }
-
-    /// Completes once the subscriber is marked too slow (or closed).
-    async fn until_stopped(&self) {
-        std::future::poll_fn(|cx| {
-            if self.stopped() {
-                return Poll::Ready(());
-            }
-            self.waker.set(Some(cx.waker().clone()));
-            Poll::Pending
-        })
-        .await
-    }
-
-    fn stopped(&self) -> bool {
-        self.too_slow.get() || self.closed.get()
-    }
-
-    /// Waits for items and takes up to `max_bytes` of them; `None` once the subscriber is stopped.
-    async fn next_batch(&self, out: &mut Vec<Outgoing>, max_bytes: usize) -> Option<()> {
-        std::future::poll_fn(|cx| {
-            if self.stopped() {
-                return Poll::Ready(None);
-            }
-            let mut items = self.items.borrow_mut();
-            if items.is_empty() {
-                self.waker.set(Some(cx.waker().clone()));
-                return Poll::Pending;
-            }
-            let mut bytes = 0;
-            while let Some(item) = items.pop_front() {
-                bytes += match &item {
-                    Outgoing::Event(_, b) => b.len(),
-                    Outgoing::Control(b) => {
-                        self.controls.set(self.controls.get().saturating_sub(1));
-                        b.len()
-                    }
-                };
-                out.push(item);
-                if bytes >= max_bytes {
-                    break;
-                }
-            }
-            Poll::Ready(Some(()))
-        })
-        .await
-    }
-}
-
 fn error_frame(error: &str, message: &str) -> Vec<u8> {
     let body = ErrorBody { error: error.to_owned(), message: Some(message.to_owned()) };
     // Encoding two strings cannot fail.
@@ -167,10 +51,9 @@ fn error_frame(error: &str, message: &str) -> Vec<u8> {
 
 /// Why a subscriber's writer ended (the `reason` label of `relay_subscribers_closed_total`).
 #[derive(Debug, Clone, Copy)]
-enum End {
-    ConsumerTooSlow,
-    /// Too slow, and the write in flight did not finish: no error frame can follow a partial frame.
-    ConsumerTooSlowMidFrame,
+pub(super) enum End {
+    /// Its socket accepted nothing for the stall timeout.
+    Stalled,
     FutureCursor,
     ClientClosed,
     WriteError,
@@ -180,7 +63,7 @@ enum End {
 impl End {
     fn as_str(self) -> &'static str {
         match self {
-            End::ConsumerTooSlow | End::ConsumerTooSlowMidFrame => "consumer_too_slow",
+            End::Stalled => "consumer_too_slow",
             End::FutureCursor => "future_cursor",
             End::ClientClosed => "client_closed",
             End::WriteError => "write_error",
@@ -189,10 +72,30 @@ impl End {
     }
 }
 
+/// Writes `buf`; a write that makes no progress for the socket's write timeout is a stall.
+pub(super) async fn write(wr: &mut WriteHalf<TcpStream>, buf: &[u8], queue: &Queue) -> Result<(), End> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    match wr.write_all(buf).await {
+        Ok(()) => Ok(()),
+        Err(_) if queue.is_closed() => Err(End::ClientClosed),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(End::Stalled),
+        Err(_) => Err(End::WriteError),
+    }
+}
+
+/// How a live stretch ended.
+enum Live {
+    /// The queue overflowed: back to the store.
+    Behind,
+    Ended(End),
+}
+
 impl FanoutShard {
     /// Serves one subscriber whose websocket handshake has been answered: replays from `cursor`
     /// (events with `seq > cursor`) when given, then streams live events until the subscriber closes,
-    /// falls too far behind, or a write fails. `leftover` holds bytes read past the HTTP head.
+    /// stalls, or a write fails. `leftover` holds bytes read past the HTTP head.
     pub async fn serve(
         self: Rc<Self>,
         stream: TcpStream,
@@ -202,82 +105,89 @@ impl FanoutShard {
     ) {
         self.metrics.subscribers.inc();
         let _listed = self.directory.add(info.clone());
-        let _ = stream.set_write_timeout(Some(self.config.write_timeout));
-        let (rd, mut wr) = futures_lite::io::split(stream);
+        let _ = stream.set_write_timeout(Some(self.config.stall_timeout));
+        let (rd, wr) = futures_lite::io::split(stream);
         let queue = Rc::new(Queue::new(self.config.subscriber_queue));
         let reader = glommio::spawn_local(read_client(rd, Rc::clone(&queue), leftover));
-        let end = self.write_events(&mut wr, &queue, cursor).await;
-        match end {
-            End::ConsumerTooSlow => {
-                tracing::info!("subscriber too slow; closing");
-                let mut bye = error_frame("ConsumerTooSlow", "subscriber queue overflowed");
+        let (wr, end) = Rc::clone(&self).stream_events(wr, Rc::clone(&queue), cursor).await;
+        let bye = match end {
+            End::Stalled => {
+                tracing::info!(remote = %info.remote, "subscriber stalled; closing");
+                let mut bye = error_frame("ConsumerTooSlow", "subscriber stopped reading");
                 bye.extend(ws::encode_close(1008, "ConsumerTooSlow"));
-                let _ = crate::net::with_timeout(Duration::from_secs(1), wr.write_all(&bye)).await;
+                Some(bye)
             }
             End::FutureCursor => {
                 let mut bye = error_frame("FutureCursor", "cursor is ahead of the relay's sequence");
                 bye.extend(ws::encode_close(1008, "FutureCursor"));
-                let _ = wr.write_all(&bye).await;
+                Some(bye)
             }
-            End::StoreError => {
-                let _ = wr.write_all(&ws::encode_close(1011, "internal error")).await;
-            }
-            End::ClientClosed => {
-                let bye = ws::encode_close(1000, "");
+            End::StoreError => Some(ws::encode_close(1011, "internal error")),
+            End::ClientClosed => Some(ws::encode_close(1000, "")),
+            End::WriteError => None,
+        };
+        if let Some(mut wr) = wr {
+            if let Some(bye) = bye {
                 let _ = crate::net::with_timeout(Duration::from_secs(1), wr.write_all(&bye)).await;
             }
-            End::ConsumerTooSlowMidFrame | End::WriteError => {}
+            let _ = wr.close().await;
         }
-        let _ = wr.close().await;
         drop(reader);
         Metrics::inc(&self.metrics.subscribers_closed, "reason", end.as_str());
         self.metrics.subscribers.dec();
     }
 
-    async fn write_events(&self, wr: &mut WriteHalf<TcpStream>, queue: &Rc<Queue>, cursor: Option<RelaySeq>) -> End {
-        let mut buf = Vec::with_capacity(64 * 1024);
-        let mut last_sent = match cursor {
-            Some(c) if c > self.committed() => return End::FutureCursor,
+    /// Replay and live, in turn, until the subscriber is done. Returns the write half for the
+    /// goodbye (`None` if it was lost with a replay task that could not start).
+    async fn stream_events(
+        self: Rc<Self>,
+        mut wr: WriteHalf<TcpStream>,
+        queue: Rc<Queue>,
+        cursor: Option<RelaySeq>,
+    ) -> (Option<WriteHalf<TcpStream>>, End) {
+        // The highest seq this subscriber has been given (or skipped: hidden by a tombstone).
+        let mut position = match cursor {
+            Some(c) if c > self.committed() => return (Some(wr), End::FutureCursor),
             Some(c) => c.0,
             None => self.head.get(),
         };
-        if cursor.is_some() {
-            let chunk = self.config.replay_chunk.max(1);
-            loop {
-                let store = std::sync::Arc::clone(&self.store);
-                let after = RelaySeq(last_sent);
-                let events = match glommio::executor().spawn_blocking(move || store.events_after(after, chunk)).await {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::error!(error = %e, "replay read failed");
-                        return End::StoreError;
-                    }
+        let mut replaying = cursor.is_some();
+        let mut buf = Vec::with_capacity(64 * 1024);
+        loop {
+            let id = if replaying {
+                let replay = super::replay::run(Rc::clone(&self), wr, Rc::clone(&queue), position);
+                let (back, outcome) = match self.replay_tq.get() {
+                    // Replay runs in its own task queue, with fewer shares than live delivery.
+                    Some(tq) => match glommio::spawn_local_into(replay, tq) {
+                        Ok(task) => task.await,
+                        // Not reachable: the queue is this executor's own.
+                        Err(_) => return (None, End::StoreError),
+                    },
+                    None => replay.await,
                 };
-                if queue.stopped() {
-                    return End::ClientClosed;
+                wr = back;
+                match outcome {
+                    // Registered for live events by the replay itself, the moment it caught up.
+                    Ok((p, id)) => {
+                        position = p;
+                        id
+                    }
+                    Err(end) => return (Some(wr), end),
                 }
-                let n = events.len();
-                buf.clear();
-                for (seq, frame) in events {
-                    ws::push_frame_header(&mut buf, Opcode::Binary, frame.len());
-                    buf.extend_from_slice(&frame);
-                    last_sent = seq.0;
+            } else {
+                self.register(Rc::clone(&queue))
+            };
+            let live = self.stream_live(&mut wr, &queue, &mut buf, &mut position).await;
+            self.unregister(id);
+            match live {
+                Live::Behind => {
+                    queue.reset_events();
+                    self.metrics.subscriber_fallbacks.inc();
+                    replaying = true;
                 }
-                if let Err(end) = write(wr, &buf, queue).await {
-                    return end;
-                }
-                glommio::yield_if_needed().await;
-                // Caught up: nothing more stored, and nothing published since that is not stored-and-sent.
-                // No await between this check and `register`, so no live event can slip between them.
-                if n < chunk && last_sent >= self.head.get() {
-                    break;
-                }
+                Live::Ended(end) => return (Some(wr), end),
             }
         }
-        let id = self.register(Rc::clone(queue));
-        let end = self.stream_live(wr, queue, &mut buf, last_sent).await;
-        self.unregister(id);
-        end
     }
 
     async fn stream_live(
@@ -285,58 +195,34 @@ impl FanoutShard {
         wr: &mut WriteHalf<TcpStream>,
         queue: &Queue,
         buf: &mut Vec<u8>,
-        mut last_sent: u64,
-    ) -> End {
+        position: &mut u64,
+    ) -> Live {
         let mut items = Vec::new();
         loop {
             // Let latency-sensitive task queues (the API) run when this one has had its slice.
             glommio::yield_if_needed().await;
             items.clear();
             if queue.next_batch(&mut items, MAX_WRITE_BATCH_BYTES).await.is_none() {
-                return if queue.too_slow.get() { End::ConsumerTooSlow } else { End::ClientClosed };
+                return if queue.is_behind() { Live::Behind } else { Live::Ended(End::ClientClosed) };
             }
             buf.clear();
+            let mut last = *position;
             for item in items.drain(..) {
                 match item {
                     Outgoing::Event(seq, frame) => {
-                        if seq.0 > last_sent {
+                        if seq.0 > last {
                             buf.extend_from_slice(&frame);
-                            last_sent = seq.0;
+                            last = seq.0;
                         }
                     }
                     Outgoing::Control(frame) => buf.extend_from_slice(&frame),
                 }
             }
-            if queue.too_slow.get() {
-                return End::ConsumerTooSlow;
-            }
             if let Err(end) = write(wr, buf, queue).await {
-                return end;
+                return Live::Ended(end);
             }
+            *position = last;
         }
-    }
-}
-
-/// Writes `buf`, unless the subscriber is found too slow meanwhile (see [`TOO_SLOW_GRACE`]).
-async fn write(wr: &mut WriteHalf<TcpStream>, buf: &[u8], queue: &Queue) -> Result<(), End> {
-    if buf.is_empty() {
-        return Ok(());
-    }
-    let mut write = std::pin::pin!(wr.write_all(buf));
-    let raced = futures_lite::future::or(async { Some((&mut write).await) }, async {
-        queue.until_stopped().await;
-        None
-    })
-    .await;
-    match raced {
-        Some(Ok(())) => Ok(()),
-        Some(Err(_)) => Err(End::WriteError),
-        None if queue.too_slow.get() => match crate::net::with_timeout(TOO_SLOW_GRACE, write).await {
-            Some(Ok(())) => Err(End::ConsumerTooSlow),
-            _ => Err(End::ConsumerTooSlowMidFrame),
-        },
-        // The subscriber went away: nothing more to write.
-        None => Err(End::ClientClosed),
     }
 }
 

@@ -1,0 +1,258 @@
+//! One group commit in the making: the sequencer's messages applied in order to a [`Batch`], which
+//! holds the events with their relay seqs, the account states and host cursors they change, the
+//! time-index entry and the tombstones, ready for one RocksDB `WriteBatch`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use bytes::Bytes;
+use glommio::channels::shared_channel::ConnectedSender;
+use storage::{CommitBatch, HostState, RepoState, Store, StoreError};
+use wire::frame::Event;
+use wire::{AccountStatus, Did, DropReason, HostSeq, RelaySeq, ws};
+
+use super::{RESYNC_INTERVAL, SequencerConfig, SequencerError};
+use crate::accounts;
+use crate::messages::{AcceptedEvent, IngestMsg, ResyncRequest, ShardCommand};
+use crate::metrics::Metrics;
+
+/// What the sequencer keeps between batches.
+pub(super) struct State {
+    /// The last relay seq assigned.
+    pub(super) last_seq: u64,
+    /// Every host's cursor and account count, loaded on first use; the sequencer is their only
+    /// writer.
+    pub(super) hosts: HashMap<String, HostState>,
+    /// When each account's last resync was asked for: at most one a minute per account.
+    pub(super) resync_asked: HashMap<Did, Instant>,
+    /// The newest second with a `time_index` entry.
+    pub(super) last_indexed_second: u64,
+}
+
+/// A group commit being assembled.
+pub(super) struct Batch<'a> {
+    config: &'a SequencerConfig,
+    store: &'a Store,
+    metrics: &'a Metrics,
+    state: &'a mut State,
+    resync_to: &'a [ConnectedSender<ShardCommand>],
+    pub(super) commit: CommitBatch,
+    touched_hosts: HashSet<String>,
+    repos: HashMap<Did, RepoState>,
+    /// The events as complete websocket frames, for the fanout shards.
+    pub(super) published: Vec<(RelaySeq, Bytes)>,
+    /// Host commands to forward to ingest shards once the batch is built.
+    pub(super) host_commands: Vec<crate::messages::HostCommand>,
+}
+
+/// The state of `host`, from memory or the store.
+fn host_state<'a>(
+    hosts: &'a mut HashMap<String, HostState>,
+    store: &Store,
+    host: &str,
+) -> Result<&'a mut HostState, StoreError> {
+    if !hosts.contains_key(host) {
+        let state = store.host(host)?.unwrap_or_default();
+        hosts.insert(host.to_owned(), state);
+    }
+    Ok(hosts.entry(host.to_owned()).or_default())
+}
+
+fn now_datetime() -> String {
+    wire::syntax::datetime_from_unix_us(crate::unix_ms().saturating_mul(1000))
+}
+
+/// Whether a relayed `#account` event removes the account's earlier events from replay: the status
+/// it carries is `deleted` or `takendown`.
+fn is_tombstone(event: &Event) -> bool {
+    match event {
+        Event::Account(a) => {
+            !a.active
+                && matches!(
+                    AccountStatus::from_fields(a.active, a.status.as_deref()),
+                    AccountStatus::Deleted | AccountStatus::Takendown
+                )
+        }
+        _ => false,
+    }
+}
+
+impl<'a> Batch<'a> {
+    pub(super) fn new(
+        config: &'a SequencerConfig,
+        store: &'a Store,
+        metrics: &'a Metrics,
+        state: &'a mut State,
+        resync_to: &'a [ConnectedSender<ShardCommand>],
+    ) -> Self {
+        Self {
+            config,
+            store,
+            metrics,
+            state,
+            resync_to,
+            commit: CommitBatch::default(),
+            touched_hosts: HashSet::new(),
+            repos: HashMap::new(),
+            published: Vec::new(),
+            host_commands: Vec::new(),
+        }
+    }
+
+    /// Moves a host's cursor to `seq`, never backwards: only an operator's reset
+    /// ([`IngestMsg::CursorReset`]) does that.
+    fn advance_cursor(&mut self, host: &str, seq: HostSeq) -> Result<(), StoreError> {
+        let state = host_state(&mut self.state.hosts, self.store, host)?;
+        state.cursor = state.cursor.max(seq);
+        self.touched_hosts.insert(host.to_owned());
+        Ok(())
+    }
+
+    fn prior(&self, did: &Did) -> Result<Option<RepoState>, StoreError> {
+        match self.repos.get(did) {
+            Some(state) => Ok(Some(state.clone())),
+            None => self.store.repo(did),
+        }
+    }
+
+    /// Gives `event` the next seq, encodes it once and adds it to the batch.
+    fn sequence(&mut self, did: &Did, mut event: Event) -> Result<(), SequencerError> {
+        let seq = self.state.last_seq + 1;
+        event.set_seq(seq as i64);
+        let frame = event.encode().map_err(|e| SequencerError::Encode(e.to_string()))?;
+        self.state.last_seq = seq;
+        if is_tombstone(&event) {
+            self.commit.tombstones.push((did.clone(), RelaySeq(seq)));
+        }
+        self.published.push((RelaySeq(seq), Bytes::from(ws::encode_frame(ws::Opcode::Binary, &frame))));
+        self.commit.events.push((RelaySeq(seq), Bytes::from(frame)));
+        Ok(())
+    }
+
+    /// Applies one message.
+    pub(super) fn apply(&mut self, msg: IngestMsg) -> Result<(), SequencerError> {
+        let (ev, resynced) = match msg {
+            IngestMsg::Cursor { host, seq } => return Ok(self.advance_cursor(&host, seq)?),
+            IngestMsg::CursorReset { host, cursor } => {
+                tracing::info!(host = %host, cursor = cursor.0, "host cursor reset");
+                host_state(&mut self.state.hosts, self.store, &host)?.cursor = cursor;
+                self.touched_hosts.insert(host.to_string());
+                return Ok(());
+            }
+            IngestMsg::Host(cmd) => {
+                self.host_commands.push(cmd);
+                return Ok(());
+            }
+            IngestMsg::Event(ev) => (ev, false),
+            IngestMsg::Resync(ev) => (ev, true),
+            IngestMsg::Takedown { did, taken_down } => {
+                let prior = self.prior(&did)?;
+                let (state, event) = accounts::takedown(&did, prior.as_ref(), taken_down, now_datetime());
+                tracing::info!(%did, taken_down, "operator takedown");
+                self.sequence(&did, event)?;
+                self.repos.insert(did, state);
+                return Ok(());
+            }
+        };
+        self.event(ev, resynced)
+    }
+
+    fn event(&mut self, mut ev: AcceptedEvent, resynced: bool) -> Result<(), SequencerError> {
+        if !resynced {
+            self.advance_cursor(&ev.host, ev.host_seq)?;
+        }
+        let Some(did) = ev.event.did().cloned() else { return Ok(()) };
+        let prior = self.prior(&did)?;
+        // Account limit: an account new to the relay (or still throttled) takes a slot of its host
+        // only while the host is under its limit; past it the account is throttled.
+        let unthrottled = if prior.as_ref().is_none_or(|p| p.throttled) {
+            let limit = self.store.host_config(&ev.host)?.map(|c| c.account_limit);
+            let count = host_state(&mut self.state.hosts, self.store, &ev.host)?.account_count;
+            if limit.is_some_and(|limit| count >= limit) {
+                self.metrics.drop_event(DropReason::AccountThrottled);
+                if prior.is_none() {
+                    tracing::warn!(%did, host = %ev.host, count, "host at its account limit; account throttled");
+                    self.repos.insert(did, RepoState { throttled: true, ..RepoState::new(ev.host.to_string()) });
+                }
+                return Ok(());
+            }
+            prior.clone().map(|p| RepoState { throttled: false, ..p })
+        } else {
+            prior.clone()
+        };
+        let new_state = match accounts::apply(&mut ev, unthrottled.as_ref(), self.config.lenient_sync) {
+            Err(reason) => {
+                tracing::info!(%did, host = %ev.host, %reason, resynced, "dropped event");
+                self.metrics.drop_event(reason);
+                if matches!(reason, DropReason::WrongSince | DropReason::WrongPrevData) {
+                    self.ask_resync(&did, &ev);
+                }
+                return Ok(());
+            }
+            Ok(applied) => {
+                if let Some(t) = applied.tolerated {
+                    tracing::debug!(%did, host = %ev.host, reason = t.as_str(), "tolerated commit quirk");
+                    Metrics::inc(&self.metrics.sync_tolerated, "reason", t.as_str());
+                }
+                if let Some(v) = applied.violation {
+                    tracing::warn!(%did, host = %ev.host, reason = %v, "relaying a Sync 1.1 violation (lenient)");
+                    Metrics::inc(&self.metrics.sync_violations, "reason", v.as_str());
+                }
+                applied.state
+            }
+        };
+        if let Err(e) = self.sequence(&did, ev.event) {
+            // Not reachable for events that decoded; never relay what cannot be encoded.
+            tracing::error!(error = %e, "cannot re-encode event");
+            self.metrics.drop_event(DropReason::MalformedFrame);
+            return Ok(());
+        }
+        if let Some(state) = new_state {
+            for (host, delta) in accounts::count_changes(prior.as_ref(), &state) {
+                let h = host_state(&mut self.state.hosts, self.store, &host)?;
+                h.account_count = h.account_count.saturating_add_signed(delta);
+                self.touched_hosts.insert(host);
+            }
+            self.repos.insert(did, state);
+        }
+        Ok(())
+    }
+
+    /// Asks the ingest shard that owns the event's host to resync `did`, at most once per
+    /// [`RESYNC_INTERVAL`] per account (a full queue only skips this request).
+    fn ask_resync(&mut self, did: &Did, ev: &AcceptedEvent) {
+        if self.state.resync_asked.get(did).is_some_and(|at| at.elapsed() < RESYNC_INTERVAL) {
+            return;
+        }
+        let Ok(hostname) = wire::Hostname::new(ev.host.to_string()) else { return };
+        let Some(tx) = self.resync_to.get(crate::ingest::shard_for_host(&hostname, self.resync_to.len())) else {
+            return;
+        };
+        let req = ResyncRequest { did: did.clone(), host: std::sync::Arc::clone(&ev.host) };
+        let asked = tx.try_send(ShardCommand::Resync(req)).is_ok();
+        Metrics::inc(&self.metrics.resyncs, "result", if asked { "requested" } else { "queue_full" });
+        tracing::info!(%did, host = %ev.host, asked, "asked for a resync");
+        if self.state.resync_asked.len() >= 100_000 {
+            self.state.resync_asked.retain(|_, at| at.elapsed() < RESYNC_INTERVAL);
+        }
+        self.state.resync_asked.insert(did.clone(), Instant::now());
+    }
+
+    /// Finishes the batch: account states, host cursors, and the time-index entry when its first
+    /// event opens a new second (`now_s`, unix seconds).
+    pub(super) fn finish(
+        mut self,
+        now_s: u64,
+    ) -> (CommitBatch, Vec<(RelaySeq, Bytes)>, Vec<crate::messages::HostCommand>) {
+        self.commit.repos = self.repos.into_iter().collect();
+        let hosts = &self.state.hosts;
+        self.commit.hosts = self.touched_hosts.into_iter().filter_map(|h| hosts.get(&h).map(|s| (h, *s))).collect();
+        if let Some((first, _)) = self.commit.events.first()
+            && now_s > self.state.last_indexed_second
+        {
+            self.commit.time_index = Some((now_s, *first));
+            self.state.last_indexed_second = now_s;
+        }
+        (self.commit, self.published, self.host_commands)
+    }
+}

@@ -1,0 +1,193 @@
+//! The sequencer: the one place a relay `seq` is assigned.
+//!
+//! It drains the SPSC queues from every ingest shard into batches. For each accepted event it applies
+//! the per-account rules ([`crate::accounts`]: status, `rev` order, `since`/`prevData`), assigns the
+//! next `seq`, re-encodes the frame with it once, and adds the event, the account's new state and the
+//! host cursor to one RocksDB `WriteBatch` ([`batch`]). Only after that batch is durable are the
+//! events handed to the fanout shards, so a subscriber never sees an event a crash could lose.
+//!
+//! Before each group commit the free space of the data directory is checked: below
+//! [`SequencerConfig::min_free_disk_bytes`] the sequencer stops taking messages (the ingest queues
+//! fill, hosts pause with their cursors where the last durable batch left them), the relay reports
+//! itself degraded ([`crate::health::Health`]), and it resumes by itself once space is free again.
+
+mod batch;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_lite::future::poll_once;
+use glommio::channels::local_channel;
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+use storage::{Store, StoreError};
+
+use crate::health::Health;
+use crate::messages::{IngestMsg, PublishedBatch, ShardCommand};
+use crate::metrics::Metrics;
+
+/// Sequencer settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SequencerConfig {
+    /// Most events in one group commit. Default 1,024; valid 1 and up.
+    pub max_batch_events: usize,
+    /// Relay (and count) `since`/`prevData` mismatches instead of dropping them. Default false.
+    pub lenient_sync: bool,
+    /// Free bytes the data directory's filesystem must keep; below it the sequencer pauses (see the
+    /// module docs). Default 1 GiB; 0 turns the check off.
+    pub min_free_disk_bytes: u64,
+}
+
+impl Default for SequencerConfig {
+    fn default() -> Self {
+        Self { max_batch_events: 1024, lenient_sync: false, min_free_disk_bytes: 1 << 30 }
+    }
+}
+
+/// Why the sequencer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SequencerError {
+    /// A store read or write failed; nothing after it was published.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// An event the relay made itself could not be encoded (not reachable).
+    #[error("encoding an event: {0}")]
+    Encode(String),
+}
+
+/// How often at most the sequencer asks for one account's resync.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+/// While the disk is short of space, how often its free space is measured again (it doubles from
+/// 100 ms up to this).
+const DISK_PROBE_MAX: Duration = Duration::from_secs(5);
+
+/// Waits until the data directory's filesystem has `min_free` bytes free, reporting the wait in
+/// `health` and `metrics`.
+async fn wait_for_disk(store: &Store, min_free: u64, health: &Health, metrics: &Metrics) {
+    if min_free == 0 {
+        return;
+    }
+    let mut probe = Duration::from_millis(100);
+    loop {
+        match store.free_disk_bytes() {
+            Ok(free) => {
+                metrics.disk_free_bytes.set(i64::try_from(free).unwrap_or(i64::MAX));
+                if free >= min_free {
+                    if health.set_disk_short(false) {
+                        metrics.disk_paused.set(0);
+                        tracing::warn!(free_bytes = free, "disk space is back; taking events again");
+                    }
+                    return;
+                }
+                metrics.disk_paused.set(1);
+                if health.set_disk_short(true) {
+                    tracing::error!(
+                        free_bytes = free,
+                        min_free_bytes = min_free,
+                        "data directory nearly full: hosts paused until space is freed (--min-free-disk)"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot measure free disk space"),
+        }
+        glommio::timer::sleep(probe).await;
+        probe = (probe * 2).min(DISK_PROBE_MAX);
+    }
+}
+
+/// Runs the sequencer on the current executor until every ingest shard has gone away. `committed` is
+/// set to the last durable relay seq after each group commit (fanout shards read it to tell a future
+/// cursor from one that is only ahead of their own head).
+///
+/// # Errors
+/// [`SequencerError::Store`] when the store fails; the relay must stop, since no later event can be
+/// made durable.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    config: SequencerConfig,
+    committed: Arc<AtomicU64>,
+    from_ingest: Vec<SharedReceiver<IngestMsg>>,
+    to_ingest: Vec<SharedSender<ShardCommand>>,
+    to_fanout: Vec<SharedSender<PublishedBatch>>,
+    store: Arc<Store>,
+    metrics: Metrics,
+    health: Arc<Health>,
+) -> Result<(), SequencerError> {
+    // Merge the per-shard SPSC queues into one local queue, keeping each shard's order.
+    let (merged_tx, merged_rx) = local_channel::new_bounded(config.max_batch_events.max(1) * 4);
+    let merged_tx = Rc::new(merged_tx);
+    for rx in from_ingest {
+        let tx = Rc::clone(&merged_tx);
+        glommio::spawn_local(async move {
+            let rx = rx.connect().await;
+            while let Some(msg) = rx.recv().await {
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+    }
+    drop(merged_tx);
+    let mut resync_to = Vec::with_capacity(to_ingest.len());
+    for tx in to_ingest {
+        resync_to.push(tx.connect().await);
+    }
+    let mut fanout = Vec::with_capacity(to_fanout.len());
+    for tx in to_fanout {
+        fanout.push(tx.connect().await);
+    }
+
+    let mut state = batch::State {
+        last_seq: store.last_seq()?.map_or(0, |s| s.0),
+        hosts: Default::default(),
+        resync_asked: Default::default(),
+        last_indexed_second: store.last_indexed_second()?.unwrap_or(0),
+    };
+    metrics.last_seq.set(state.last_seq as i64);
+    tracing::info!(seq = state.last_seq, "sequencer starting after the last stored seq");
+    loop {
+        wait_for_disk(&store, config.min_free_disk_bytes, &health, &metrics).await;
+        let Some(first) = merged_rx.recv().await else {
+            return Ok(());
+        };
+        let mut msgs = vec![first];
+        while msgs.len() < config.max_batch_events {
+            match poll_once(merged_rx.recv()).await {
+                Some(Some(m)) => msgs.push(m),
+                _ => break,
+            }
+        }
+        let mut batch = batch::Batch::new(&config, &store, &metrics, &mut state, &resync_to);
+        for msg in msgs {
+            batch.apply(msg)?;
+        }
+        let (commit, published, host_commands) = batch.finish(crate::unix_ms() / 1000);
+        for cmd in host_commands {
+            let shard = crate::ingest::shard_for_host(cmd.host(), resync_to.len());
+            if let Some(tx) = resync_to.get(shard) {
+                // Waits for room: host commands are rare and must not be lost.
+                let _ = tx.send(ShardCommand::Host(cmd)).await;
+            }
+        }
+        if commit.is_empty() {
+            continue;
+        }
+        let events = commit.events.len();
+        let writer = Arc::clone(&store);
+        glommio::executor().spawn_blocking(move || writer.commit(&commit)).await?;
+        metrics.batch_commits.inc();
+        metrics.events_relayed.inc_by(events as u64);
+        metrics.last_seq.set(state.last_seq as i64);
+        committed.store(state.last_seq, Ordering::Release);
+        if published.is_empty() {
+            continue;
+        }
+        let published: PublishedBatch = Arc::new(published);
+        for tx in &fanout {
+            // A fanout shard that is gone has no subscribers to serve; keep sequencing for the rest.
+            let _ = tx.send(Arc::clone(&published)).await;
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Accounts: the relay's state of each account (`repos`) and the identity cache (`identities`).
+
+use rocksdb::{Direction, IteratorMode};
+use wire::Did;
+
+use crate::cf;
+use crate::error::StoreError;
+use crate::layout::{IdentityRecord, RepoState};
+use crate::store::{Store, corrupt};
+
+impl Store {
+    /// The last relayed commit of `did`, if any.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn repo(&self, did: &Did) -> Result<Option<RepoState>, StoreError> {
+        self.get_decoded(cf::REPOS, did.as_str().as_bytes(), RepoState::decode)
+    }
+
+    /// Up to `limit` accounts in DID order, starting after `after` (exclusive) when given.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn repos_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<(Did, RepoState)>, StoreError> {
+        let mode = match after {
+            Some(a) => IteratorMode::From(a.as_bytes(), Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.db.iterator_cf(self.cf(cf::REPOS), mode) {
+            let (k, v) = item?;
+            if after.is_some_and(|a| a.as_bytes() == &*k) {
+                continue;
+            }
+            let did =
+                std::str::from_utf8(&k).ok().and_then(|d| Did::new(d).ok()).ok_or_else(|| corrupt(cf::REPOS, &k))?;
+            out.push((did, RepoState::decode(&v).ok_or_else(|| corrupt(cf::REPOS, &k))?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The cached identity of `did`, if any (whatever its age; the caller applies TTLs).
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn identity(&self, did: &Did) -> Result<Option<IdentityRecord>, StoreError> {
+        self.get_decoded(cf::IDENTITIES, did.as_str().as_bytes(), IdentityRecord::decode)
+    }
+
+    /// Caches an identity. Not fsynced: a lost entry is only re-resolved.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`].
+    pub fn put_identity(&self, did: &Did, record: &IdentityRecord) -> Result<(), StoreError> {
+        Ok(self.db.put_cf(self.cf(cf::IDENTITIES), did.as_str(), record.encode())?)
+    }
+
+    /// Removes a cached identity (after `#identity`, or when it failed to verify).
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`].
+    pub fn delete_identity(&self, did: &Did) -> Result<(), StoreError> {
+        Ok(self.db.delete_cf(self.cf(cf::IDENTITIES), did.as_str())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CommitBatch, HostState, StoreOptions};
+    use bytes::Bytes;
+    use wire::{HostSeq, RelaySeq, Tid};
+
+    fn batch(seqs: std::ops::RangeInclusive<u64>) -> CommitBatch {
+        CommitBatch {
+            events: seqs.map(|s| (RelaySeq(s), Bytes::from(format!("frame {s}")))).collect(),
+            hosts: vec![("localhost:2583".into(), HostState { cursor: HostSeq(9), account_count: 0 })],
+            ..CommitBatch::default()
+        }
+    }
+
+    #[test]
+    fn repo_state_is_written_with_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let did = Did::new("did:plc:abc").unwrap();
+        let cid = wire::car::cid_for(wire::car::CODEC_DAG_CBOR, b"c");
+        let state = RepoState {
+            rev: Some(Tid::new("3n2senwrdcs2x").unwrap()),
+            commit: Some(cid),
+            data: Some(cid),
+            ..RepoState::new("h")
+        };
+        let mut b = batch(1..=1);
+        b.repos.push((did.clone(), state.clone()));
+        store.commit(&b).unwrap();
+        assert_eq!(store.repo(&did).unwrap(), Some(state.clone()));
+        let other = Did::new("did:plc:abd").unwrap();
+        let mut b = batch(2..=2);
+        b.repos.push((other.clone(), state));
+        store.commit(&b).unwrap();
+        let dids = |v: Vec<(Did, RepoState)>| v.into_iter().map(|(d, _)| d).collect::<Vec<_>>();
+        assert_eq!(dids(store.repos_after(None, 10).unwrap()), vec![did.clone(), other.clone()]);
+        assert_eq!(dids(store.repos_after(None, 1).unwrap()), vec![did.clone()]);
+        assert_eq!(dids(store.repos_after(Some(did.as_str()), 10).unwrap()), vec![other]);
+    }
+}

@@ -1,0 +1,275 @@
+//! The event log: replay reads (bounded in events and bytes, hiding the earlier events of accounts
+//! with a tombstone), the oldest retained seq, the time → seq index, retention trims, and the size of
+//! the `events` column family on disk.
+
+use bytes::Bytes;
+use rocksdb::{CompactOptions, Direction, IteratorMode, WriteBatch, WriteOptions};
+use wire::RelaySeq;
+
+use crate::cf;
+use crate::error::StoreError;
+use crate::store::{META_RETAINED_FROM, Store, be_u64, corrupt};
+
+/// One replay read ([`Store::replay`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayChunk {
+    /// Events to serve, in increasing seq.
+    pub events: Vec<(RelaySeq, Bytes)>,
+    /// The highest seq read, served or hidden: the next read starts after it. `None` when nothing
+    /// is stored after the cursor.
+    pub last_scanned: Option<RelaySeq>,
+    /// Events read but not served: earlier events of accounts with a tombstone.
+    pub hidden: usize,
+}
+
+impl Store {
+    /// Reads events with `seq > after`, in order, up to `max_events` events or until `max_bytes` are
+    /// gathered (at least one event when there is one, whatever its size). An event of an account
+    /// with a tombstone at a higher seq is skipped (counted in [`ReplayChunk::hidden`]): takedowns and
+    /// deletions leave replay at once, before retention removes the events.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn replay(&self, after: RelaySeq, max_events: usize, max_bytes: usize) -> Result<ReplayChunk, StoreError> {
+        let start = after.0.saturating_add(1).max(self.retained_from()?.0).to_be_bytes();
+        let tombstones = self.tombstones.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut chunk = ReplayChunk::default();
+        let mut bytes = 0usize;
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(cf::EVENTS), mode) {
+            let (k, v) = item?;
+            let seq = be_u64(&k).ok_or_else(|| corrupt(cf::EVENTS, &k))?;
+            chunk.last_scanned = Some(RelaySeq(seq));
+            let hidden = !tombstones.is_empty()
+                && wire::frame::peek_did(&v).and_then(|did| tombstones.get(did)).is_some_and(|t| seq < *t);
+            if hidden {
+                chunk.hidden += 1;
+            } else {
+                bytes += v.len();
+                chunk.events.push((RelaySeq(seq), Bytes::from(Vec::from(v))));
+            }
+            if chunk.events.len() + chunk.hidden >= max_events || bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(chunk)
+    }
+
+    /// The lowest relay `seq` retention has not deleted (`RelaySeq(0)` when it deleted nothing).
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn retained_from(&self) -> Result<RelaySeq, StoreError> {
+        match self.db.get_cf(self.cf(cf::META), META_RETAINED_FROM)? {
+            Some(v) => Ok(RelaySeq(be_u64(&v).ok_or_else(|| corrupt(cf::META, META_RETAINED_FROM))?)),
+            None => Ok(RelaySeq(0)),
+        }
+    }
+
+    /// The lowest stored relay `seq`, or `None` when no event is stored.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn first_seq(&self) -> Result<Option<RelaySeq>, StoreError> {
+        // Seek past what retention deleted instead of walking its range tombstone.
+        let start = self.retained_from()?.0.to_be_bytes();
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        match self.db.iterator_cf(self.cf(cf::EVENTS), mode).next() {
+            Some(item) => {
+                let (k, _) = item?;
+                Ok(Some(RelaySeq(be_u64(&k).ok_or_else(|| corrupt(cf::EVENTS, &k))?)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The newest second in `time_index`, if any.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn last_indexed_second(&self) -> Result<Option<u64>, StoreError> {
+        match self.db.iterator_cf(self.cf(cf::TIME_INDEX), IteratorMode::End).next() {
+            Some(item) => {
+                let (k, _) = item?;
+                Ok(Some(be_u64(&k).ok_or_else(|| corrupt(cf::TIME_INDEX, &k))?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The first relay `seq` of the newest indexed second at or before `unix_s`: every event below it
+    /// was committed before that second began. `None` when no indexed second is that old.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn seq_at(&self, unix_s: u64) -> Result<Option<RelaySeq>, StoreError> {
+        let key = unix_s.to_be_bytes();
+        let mode = IteratorMode::From(&key, Direction::Reverse);
+        match self.db.iterator_cf(self.cf(cf::TIME_INDEX), mode).next() {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some(RelaySeq(be_u64(&v).ok_or_else(|| corrupt(cf::TIME_INDEX, &k))?)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes every event with `seq < before` (a range delete), the `time_index` entries and
+    /// tombstones it makes useless, and records `before` as `meta.retained_from`, in one synced
+    /// batch; then drops the SST files wholly inside the range and compacts it, so the space comes
+    /// back. Blocking, possibly for long: run it off the executors (the retention thread on the
+    /// compaction core). Returns how many seqs the range covered that were still retained.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`]; nothing is deleted when the batch fails.
+    pub fn trim_before(&self, before: RelaySeq) -> Result<u64, StoreError> {
+        let from = self.retained_from()?;
+        if before <= from {
+            return Ok(0);
+        }
+        let events = self.cf(cf::EVENTS);
+        let mut wb = WriteBatch::default();
+        wb.delete_range_cf(events, 0u64.to_be_bytes(), before.0.to_be_bytes());
+        wb.put_cf(self.cf(cf::META), META_RETAINED_FROM, before.0.to_be_bytes());
+        let index = self.cf(cf::TIME_INDEX);
+        for item in self.db.iterator_cf(index, IteratorMode::Start) {
+            let (k, v) = item?;
+            // Entries grow with their key: stop at the first one still needed.
+            if be_u64(&v).ok_or_else(|| corrupt(cf::TIME_INDEX, &k))? >= before.0 {
+                break;
+            }
+            wb.delete_cf(index, k);
+        }
+        let stale: Vec<String> = {
+            let map = self.tombstones.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.iter().filter(|(_, seq)| **seq <= before.0).map(|(did, _)| did.clone()).collect()
+        };
+        let tombstones = self.cf(cf::TOMBSTONES);
+        for did in &stale {
+            wb.delete_cf(tombstones, did);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        self.db.write_opt(wb, &wo)?;
+        {
+            let mut map = self.tombstones.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for did in &stale {
+                map.remove(did);
+            }
+        }
+        let (start, end) = (0u64.to_be_bytes(), before.0.to_be_bytes());
+        // The memtable holds the newest events: written out, the range is all in SST files.
+        self.db.flush_cf(events)?;
+        self.db.delete_file_in_range_cf(events, start, end)?;
+        let mut compact = CompactOptions::default();
+        // Automatic compactions (of new events) go on meanwhile.
+        compact.set_exclusive_manual_compaction(false);
+        self.db.compact_range_cf_opt(events, Some(start), Some(end), &compact);
+        // Seqs start at 1.
+        Ok(before.0 - from.0.max(1))
+    }
+
+    /// Bytes the `events` column family takes: its live SST files plus its memtables.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`].
+    pub fn events_disk_bytes(&self) -> Result<u64, StoreError> {
+        let events = self.cf(cf::EVENTS);
+        let sst = self.db.property_int_value_cf(events, "rocksdb.live-sst-files-size")?.unwrap_or(0);
+        let mem = self.db.property_int_value_cf(events, "rocksdb.size-all-mem-tables")?.unwrap_or(0);
+        Ok(sst + mem)
+    }
+
+    /// Whether replay hides event `seq` of `did` (the account has a tombstone above it).
+    pub fn hides(&self, did: &str, seq: RelaySeq) -> bool {
+        let map = self.tombstones.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(did).is_some_and(|t| seq.0 < *t)
+    }
+
+    /// Accounts with a tombstone.
+    pub fn tombstone_count(&self) -> usize {
+        self.tombstones.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+
+    /// Loads the `tombstones` column family into memory (at open).
+    pub(crate) fn load_tombstones(&self) -> Result<(), StoreError> {
+        let mut map = std::collections::HashMap::new();
+        for item in self.db.iterator_cf(self.cf(cf::TOMBSTONES), IteratorMode::Start) {
+            let (k, v) = item?;
+            let did = String::from_utf8(k.to_vec()).map_err(|_| corrupt(cf::TOMBSTONES, &k))?;
+            map.insert(did, be_u64(&v).ok_or_else(|| corrupt(cf::TOMBSTONES, &k))?);
+        }
+        *self.tombstones.write().unwrap_or_else(std::sync::PoisonError::into_inner) = map;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CommitBatch, StoreOptions};
+    use wire::Did;
+    use wire::frame::{AccountEvent, Event};
+
+    fn frame(seq: u64, did: &str) -> Bytes {
+        let ev = Event::Account(AccountEvent {
+            seq: seq as i64,
+            did: Did::new(did).unwrap(),
+            time: "2026-01-01T00:00:00Z".into(),
+            active: true,
+            status: None,
+        });
+        Bytes::from(ev.encode().unwrap())
+    }
+
+    fn seqs(chunk: &ReplayChunk) -> Vec<u64> {
+        chunk.events.iter().map(|(s, _)| s.0).collect()
+    }
+
+    #[test]
+    fn replay_is_bounded_trims_and_hides_tombstoned_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let (a, b) = ("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb");
+        for (second, range) in [(100u64, 1..=4u64), (101, 5..=8), (105, 9..=10)] {
+            let batch = CommitBatch {
+                events: range.clone().map(|s| (RelaySeq(s), frame(s, if s % 2 == 0 { a } else { b }))).collect(),
+                time_index: Some((second, RelaySeq(*range.start()))),
+                ..CommitBatch::default()
+            };
+            store.commit(&batch).unwrap();
+        }
+        assert_eq!(seqs(&store.replay(RelaySeq(0), 3, usize::MAX).unwrap()), [1, 2, 3]);
+        let one = store.replay(RelaySeq(0), 100, 1).unwrap();
+        assert_eq!(seqs(&one), [1], "a byte bound still gives one event");
+        assert_eq!(store.last_indexed_second().unwrap(), Some(105));
+        assert_eq!(store.seq_at(99).unwrap(), None);
+        assert_eq!(store.seq_at(101).unwrap(), Some(RelaySeq(5)));
+        assert_eq!(store.seq_at(104).unwrap(), Some(RelaySeq(5)));
+
+        // A tombstone for `a` at seq 8: its events 2, 4, 6 leave replay; 8 (the event) and later stay.
+        store
+            .commit(&CommitBatch { tombstones: vec![(Did::new(a).unwrap(), RelaySeq(8))], ..Default::default() })
+            .unwrap();
+        let all = store.replay(RelaySeq(0), 100, usize::MAX).unwrap();
+        assert_eq!((seqs(&all), all.hidden, all.last_scanned), (vec![1, 3, 5, 7, 8, 9, 10], 3, Some(RelaySeq(10))));
+        assert!(store.hides(a, RelaySeq(6)) && !store.hides(a, RelaySeq(8)) && !store.hides(b, RelaySeq(1)));
+
+        // Trim before 5: events 1-4 and the index entry of second 100 go; the tombstone (8) stays.
+        assert_eq!(store.trim_before(RelaySeq(5)).unwrap(), 4);
+        assert_eq!(store.first_seq().unwrap(), Some(RelaySeq(5)));
+        assert_eq!(seqs(&store.replay(RelaySeq(0), 100, usize::MAX).unwrap()), [5, 7, 8, 9, 10]);
+        assert_eq!(store.seq_at(100).unwrap(), None);
+        assert_eq!(store.tombstone_count(), 1);
+        // Trim past the tombstone: it is no longer needed, and it stays gone after a reopen.
+        store.trim_before(RelaySeq(9)).unwrap();
+        assert_eq!(store.tombstone_count(), 0);
+        assert_eq!(store.trim_before(RelaySeq(9)).unwrap(), 0, "nothing left to trim");
+        drop(store);
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!((store.tombstone_count(), store.retained_from().unwrap()), (0, RelaySeq(9)));
+        assert_eq!(seqs(&store.replay(RelaySeq(3), 100, usize::MAX).unwrap()), [9, 10]);
+        assert_eq!(store.last_seq().unwrap(), Some(RelaySeq(10)));
+        assert!(store.events_disk_bytes().unwrap() > 0);
+    }
+}

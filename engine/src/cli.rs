@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// for a replay window, and serves the merged firehose (com.atproto.sync.subscribeRepos) to
 /// websocket subscribers with cursor replay.
 #[derive(Parser, Debug)]
-#[command(name = "relay", version, about, long_about = None)]
+#[command(name = "relay", version)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -30,6 +30,9 @@ pub enum Command {
     /// Bootstrap the host table from another relay's `com.atproto.sync.listHosts` (run while the
     /// relay is stopped: it opens the data directory).
     PullHosts(crate::pull_hosts::PullHostsArgs),
+    /// Check this machine for the relay (io_uring, locked memory, file descriptors, CPUs, the data
+    /// directory, the clock): each check OK, WARN or FAIL with a fix; non-zero exit on a FAIL.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// When the sequencer's group commits are fsynced.

@@ -7,9 +7,11 @@
 
 pub mod admin;
 pub mod cli;
+pub mod doctor;
 pub mod http;
 pub mod layout;
 pub mod limits;
+pub mod metrics;
 pub mod pull_hosts;
 pub mod runtime;
 pub mod xrpc;
@@ -24,5 +26,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime::serve(*args),
         Command::PullHosts(args) => pull_hosts::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
     }
 }

@@ -32,6 +32,8 @@ const RESYNC_QUEUE: usize = 1024;
 const ADMIN_QUEUE: usize = 256;
 /// Capacity of each sequencer → fanout queue, in batches.
 const FANOUT_QUEUE: usize = 256;
+/// How long a shutdown waits for the sequencer's batch in flight and for subscribers' close frames.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// glommio's registered I/O buffer per executor. The relay does no glommio file I/O, so this stays
 /// small; it is locked memory (see kernel-notes.md).
 const IO_MEMORY_BYTES: usize = 1 << 20;
@@ -50,7 +52,7 @@ struct Work {
     ingest: Option<(usize, SharedSender<IngestMsg>, SharedReceiver<ShardCommand>)>,
     sequencer: Option<SequencerWork>,
     /// From the sequencer, and the admin API's way back to it.
-    fanout: Option<(SharedReceiver<PublishedBatch>, SharedSender<IngestMsg>)>,
+    fanout: Option<(usize, SharedReceiver<PublishedBatch>, SharedSender<IngestMsg>)>,
 }
 
 /// Shared between executors and the main thread.
@@ -259,9 +261,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let directory = Arc::new(SubscriberDirectory::default());
     let limits = crate::limits::ConnectionLimits::new(args.max_connections_per_ip, args.max_subscribers);
     let health = Arc::new(shards::health::Health::default());
+    let sequencer_stop = Arc::new(AtomicBool::new(false));
     let metrics = Metrics::default();
+    let engine_metrics = crate::metrics::EngineMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    engine_metrics.register(&mut registry);
     let registry = Arc::new(registry);
     let control = Arc::new(Control { stop: AtomicBool::new(false), fatal: Mutex::new(Vec::new()) });
 
@@ -279,13 +284,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let mut fanout_tx = Vec::new();
-    for cpu in &layout.fanout {
+    for (index, cpu) in layout.fanout.iter().enumerate() {
         let (tx, rx) = shared_channel::new_bounded(FANOUT_QUEUE);
         let (admin_tx, admin_rx) = shared_channel::new_bounded(ADMIN_QUEUE);
         fanout_tx.push(tx);
         ingest_rx.push(admin_rx);
         if let Some(w) = work.get_mut(cpu) {
-            w.fanout = Some((rx, admin_tx));
+            w.fanout = Some((index, rx, admin_tx));
         }
     }
     if let Some(w) = work.get_mut(&layout.sequencer) {
@@ -310,6 +315,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             fanout_shards: layout.fanout.len(),
             limits: Arc::clone(&limits),
             health: Arc::clone(&health),
+            engine_metrics: engine_metrics.clone(),
+            cpu,
+            sequencer_stop: Arc::clone(&sequencer_stop),
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("relay-cpu{cpu}"))
@@ -372,11 +380,20 @@ struct ExecCtx {
     fanout_shards: usize,
     limits: Arc<crate::limits::ConnectionLimits>,
     health: Arc<shards::health::Health>,
+    engine_metrics: crate::metrics::EngineMetrics,
+    cpu: usize,
+    /// Set at shutdown: the sequencer stops after its batch in flight.
+    sequencer_stop: Arc<AtomicBool>,
 }
 
 async fn run_executor(ctx: ExecCtx, work: Work) {
+    let mut sequencer_task = None;
     let ex = glommio::executor();
     let control = Arc::clone(&ctx.control);
+    let stats_tq = ex.create_task_queue(Shares::Static(10), Latency::NotImportant, "stats");
+    if let Ok(t) = glommio::spawn_local_into(ctx.engine_metrics.clone().sample_executor(ctx.cpu), stats_tq) {
+        t.detach();
+    }
     if let Some((index, tx, commands)) = work.ingest {
         let tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "ingest");
         let mut config = IngestConfig::new(IdentityConfig::new(ctx.plc_url.clone(), ctx.http.clone()));
@@ -413,30 +430,48 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         };
         let committed = Arc::clone(&ctx.committed);
         let health = Arc::clone(&ctx.health);
+        let stop = Arc::clone(&ctx.sequencer_stop);
         let fut = async move {
-            if let Err(e) = sequencer::run(config, committed, rx, resync_to, tx, store, metrics, health).await {
+            if let Err(e) = sequencer::run(config, committed, rx, resync_to, tx, store, metrics, health, stop).await {
                 control.fail(format!("sequencer stopped: {e}"));
             }
         };
-        if let Ok(t) = glommio::spawn_local_into(fut, tq) {
-            t.detach();
-        }
+        sequencer_task = glommio::spawn_local_into(fut, tq).ok();
     }
-    if let Some((rx, admin_tx)) = work.fanout
-        && let Err(e) = start_fanout(&ctx, rx, admin_tx).await
-    {
-        control.fail(format!("{e:#}"));
+    let mut fanout = None;
+    if let Some((index, rx, admin_tx)) = work.fanout {
+        match start_fanout(&ctx, index, rx, admin_tx).await {
+            Ok(shard) => fanout = Some(shard),
+            Err(e) => control.fail(format!("{e:#}")),
+        }
     }
     while !control.stop.load(Ordering::Acquire) {
         glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    // Shutdown: the sequencer finishes the batch in flight (durable, then published) and stops;
+    // subscribers get a close frame after their write in flight. Bounded, so a stuck socket cannot
+    // hold the exit.
+    ctx.sequencer_stop.store(true, Ordering::Release);
+    if let Some(shard) = &fanout {
+        shard.shut_down();
+    }
+    let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+    if let Some(task) = sequencer_task
+        && shards::net::with_timeout(SHUTDOWN_GRACE, task).await.is_none()
+    {
+        tracing::warn!("the sequencer did not stop within the shutdown grace period");
+    }
+    while fanout.as_ref().is_some_and(|s| s.serving() > 0) && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
     }
 }
 
 async fn start_fanout(
     ctx: &ExecCtx,
+    fanout_index: usize,
     rx: SharedReceiver<PublishedBatch>,
     admin_tx: SharedSender<IngestMsg>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Rc<FanoutShard>> {
     let ex = glommio::executor();
     let fanout_tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "fanout");
     // Catch-up reading from the store: a quarter of live delivery's shares when both are busy.
@@ -447,6 +482,7 @@ async fn start_fanout(
         subscriber_queue: usize::try_from(ctx.args.subscriber_queue).unwrap_or(usize::MAX),
         stall_timeout: ctx.args.subscriber_stall_timeout,
         replay_memory_bytes: ctx.args.replay_memory / ctx.fanout_shards.max(1) as u64,
+        shard: fanout_index,
         ..FanoutConfig::default()
     };
     let shard = FanoutShard::new(
@@ -458,9 +494,11 @@ async fn start_fanout(
     )
     .context("starting a fanout shard")?;
     shard.set_replay_queue(replay_tq);
+    let serving = Rc::clone(&shard);
     glommio::spawn_local_into(Rc::clone(&shard).run_publisher(rx), fanout_tq)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .detach();
+    glommio::spawn_local_into(Rc::clone(&shard).run_sampler(), fanout_tq).map_err(|e| anyhow::anyhow!("{e}"))?.detach();
     let listener = glommio::net::TcpListener::bind(ctx.args.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", ctx.args.listen))?;
     tracing::info!(listen = %ctx.args.listen, "listening");
@@ -481,9 +519,10 @@ async fn start_fanout(
         metrics: ctx.metrics.clone(),
         limits: Arc::clone(&ctx.limits),
         health: Arc::clone(&ctx.health),
+        engine_metrics: ctx.engine_metrics.clone(),
     });
     glommio::spawn_local_into(crate::http::accept_loop(listener, xrpc_ctx, api_tq), api_tq)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .detach();
-    Ok(())
+    Ok(serving)
 }

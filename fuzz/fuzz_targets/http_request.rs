@@ -52,9 +52,11 @@ const PATHS: &[&str] = &[
     "/admin/pds/unblock",
     "/admin/pds/resetCursor",
     "/admin/consumers/list",
+    "/admin/consumers/kill",
 ];
 
-const NAMES: &[&str] = &["did", "cursor", "limit", "hostname", "since", "domain", "enabled", "ban", "accountLimit", "trusted"];
+const NAMES: &[&str] =
+    &["did", "cursor", "limit", "hostname", "since", "domain", "enabled", "ban", "accountLimit", "trusted", "id"];
 
 #[derive(Arbitrary, Debug)]
 enum Value {
@@ -238,6 +240,7 @@ fn harness() -> Harness {
             metrics,
             limits: engine::limits::ConnectionLimits::new(0, 0),
             health: Arc::default(),
+            engine_metrics: engine::metrics::EngineMetrics::default(),
         })
     });
     Harness { executor, ctx, _dir: dir }

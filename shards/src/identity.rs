@@ -205,7 +205,16 @@ impl Resolver {
             match pending.get(did) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = fetch(Rc::clone(&self.config), did.clone(), now_ms).boxed_local().shared();
+                    let histogram = self.metrics.identity_fetch_seconds.clone();
+                    let fetching = fetch(Rc::clone(&self.config), did.clone(), now_ms);
+                    let p = async move {
+                        let started = std::time::Instant::now();
+                        let result = fetching.await;
+                        histogram.observe(started.elapsed().as_secs_f64());
+                        result
+                    }
+                    .boxed_local()
+                    .shared();
                     pending.insert(did.clone(), p.clone());
                     p
                 }

@@ -30,6 +30,8 @@ pub struct AcceptedEvent {
     /// Ingest asked the host (`getRepoStatus`) and it says the account is active, although the relay
     /// had it inactive: the sequencer marks it active again (indigo #1161).
     pub confirmed_active: bool,
+    /// When ingest read the frame off the host's socket (`relay_ingest_to_durable_seconds`).
+    pub received: std::time::Instant,
 }
 
 /// A message to the sequencer, from an ingest shard or the admin API.
@@ -114,9 +116,18 @@ pub enum ShardCommand {
     Host(HostCommand),
 }
 
-/// Events persisted by one sequencer batch, in increasing relay `seq`, each as a complete websocket
-/// binary frame (encoded once, shared by every subscriber of every fanout shard).
-pub type PublishedBatch = Arc<Vec<(RelaySeq, Bytes)>>;
+/// Events persisted by one sequencer batch.
+#[derive(Debug)]
+pub struct Published {
+    /// When the batch became durable.
+    pub committed_at: std::time::Instant,
+    /// The events in increasing relay `seq`, each as a complete websocket binary frame (encoded once,
+    /// shared by every subscriber of every fanout shard).
+    pub events: Vec<(RelaySeq, Bytes)>,
+}
+
+/// A [`Published`] batch, shared by the fanout shards.
+pub type PublishedBatch = Arc<Published>;
 
 /// From the sequencer to the ingest shard of `host`: the account's chain broke (a `since` or
 /// `prevData` the relay never stored), so fetch its current commit from the host and send it as a

@@ -7,6 +7,7 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use wire::DropReason;
 
@@ -14,7 +15,7 @@ use wire::DropReason;
 pub type Label = Vec<(&'static str, &'static str)>;
 
 /// All metrics of the shards.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Metrics {
     /// `relay_events_dropped_total{reason}`: events from hosts not relayed, by [`DropReason`].
     pub events_dropped: Family<Label, Counter>,
@@ -31,8 +32,37 @@ pub struct Metrics {
     /// `relay_upstream_frames_total{type}`: websocket messages received from hosts, by frame type
     /// (`commit`, `sync`, `identity`, `account`, `info`, `error`, `other`).
     pub upstream_frames: Family<Label, Counter>,
-    /// `relay_events_relayed_total`: events given a relay `seq` and persisted.
-    pub events_relayed: Counter,
+    /// `relay_events_relayed_total{type}`: events given a relay `seq` and persisted, by type
+    /// (`commit`, `sync`, `identity`, `account`).
+    pub events_relayed: Family<Label, Counter>,
+    /// `relay_upstream_bytes_total`: bytes of websocket messages received from hosts.
+    pub upstream_bytes: Counter,
+    /// `relay_subscriber_bytes_total`: bytes written to subscribers (frames, pongs, closes).
+    pub subscriber_bytes: Counter,
+    /// `relay_validation_seconds`: time to decide one frame from a host (decode, checks, identity,
+    /// signature), waits for an unreachable directory excluded.
+    pub validation_seconds: Histogram,
+    /// `relay_ingest_to_durable_seconds`: from reading an event off a host's socket to its group
+    /// commit being durable.
+    pub ingest_to_durable_seconds: Histogram,
+    /// `relay_batch_events`: events per group commit.
+    pub batch_events: Histogram,
+    /// `relay_commit_seconds`: time of one group commit (the RocksDB write, with its fsync under
+    /// `--fsync always`).
+    pub commit_seconds: Histogram,
+    /// `relay_fanout_delay_seconds`: from a batch being durable to its last event written to a live
+    /// subscriber's socket (one observation per write).
+    pub fanout_delay_seconds: Histogram,
+    /// `relay_ingest_queue_depth`: messages waiting in the ingest → sequencer queues.
+    pub ingest_queue_depth: Gauge,
+    /// `relay_fanout_queue_depth`: batches waiting in the sequencer → fanout queues (all shards).
+    pub fanout_queue_depth: Gauge,
+    /// `relay_identity_fetch_seconds`: time of one identity fetch from the directory or a `did:web`
+    /// server (all attempts).
+    pub identity_fetch_seconds: Histogram,
+    /// `relay_upstream_disconnects_total{reason}`: host connections that ended (`host_closed`,
+    /// `error`, `idle`, `future_cursor`).
+    pub upstream_disconnects: Family<Label, Counter>,
     /// `relay_last_seq`: the highest relay `seq` assigned.
     pub last_seq: Gauge,
     /// `relay_upstream_connects_total{result}`: connection attempts to hosts (`ok`, `error`).
@@ -44,6 +74,10 @@ pub struct Metrics {
     pub identity_lookups: Family<Label, Counter>,
     /// `relay_subscribers`: connected subscribers.
     pub subscribers: Gauge,
+    /// `relay_subscribers_by_lag{lag, shard}`: subscribers by how far behind they are: live ones by
+    /// how long the oldest frame in their queue has waited (`within_1s`, `within_10s`,
+    /// `within_60s`, `over_60s`), and those reading from the store (`replaying`), per fanout shard.
+    pub subscribers_by_lag: Family<Vec<(&'static str, String)>, Gauge>,
     /// `relay_accept_errors_total{kind}`: failed `accept`s on the API listener (`out_of_fds`,
     /// `out_of_memory`, `other`); the listener backs off while they last.
     pub accept_errors: Family<Label, Counter>,
@@ -97,6 +131,59 @@ pub struct Metrics {
     pub request_crawl: Family<Label, Counter>,
 }
 
+/// Buckets for durations in seconds: 10 µs to ~84 s, doubling.
+fn seconds_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 24))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            events_dropped: Family::default(),
+            lexicon_tolerated: Family::default(),
+            sync_tolerated: Family::default(),
+            sync_violations: Family::default(),
+            upstream_frames: Family::default(),
+            events_relayed: Family::default(),
+            upstream_bytes: Counter::default(),
+            subscriber_bytes: Counter::default(),
+            validation_seconds: seconds_buckets(),
+            ingest_to_durable_seconds: seconds_buckets(),
+            batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            commit_seconds: seconds_buckets(),
+            fanout_delay_seconds: seconds_buckets(),
+            ingest_queue_depth: Gauge::default(),
+            fanout_queue_depth: Gauge::default(),
+            identity_fetch_seconds: seconds_buckets(),
+            upstream_disconnects: Family::default(),
+            last_seq: Gauge::default(),
+            upstream_connects: Family::default(),
+            upstream_connected: Gauge::default(),
+            identity_lookups: Family::default(),
+            subscribers: Gauge::default(),
+            subscribers_by_lag: Family::default(),
+            accept_errors: Family::default(),
+            subscribers_closed: Family::default(),
+            subscriber_fallbacks: Counter::default(),
+            replay_events: Counter::default(),
+            replay_hidden: Counter::default(),
+            outdated_cursors: Counter::default(),
+            resyncs: Family::default(),
+            batch_commits: Counter::default(),
+            disk_free_bytes: Gauge::default(),
+            disk_paused: Gauge::default(),
+            retention_trimmed: Family::default(),
+            events_oldest_seq: Gauge::default(),
+            events_disk_bytes: Gauge::default(),
+            tombstones: Gauge::default(),
+            upstream_rate_limited: Counter::default(),
+            upstream_waits: Family::default(),
+            host_changes: Family::default(),
+            request_crawl: Family::default(),
+        }
+    }
+}
+
 impl Metrics {
     /// Registers every metric in `registry` (prefix-free names; the engine adds none).
     pub fn register(&self, registry: &mut Registry) {
@@ -125,7 +212,54 @@ impl Metrics {
             "Websocket messages received from hosts, by frame type",
             self.upstream_frames.clone(),
         );
-        registry.register("relay_events_relayed", "Events sequenced and persisted", self.events_relayed.clone());
+        registry.register(
+            "relay_events_relayed",
+            "Events sequenced and persisted, by type",
+            self.events_relayed.clone(),
+        );
+        registry.register("relay_upstream_bytes", "Bytes received from hosts", self.upstream_bytes.clone());
+        registry.register("relay_subscriber_bytes", "Bytes written to subscribers", self.subscriber_bytes.clone());
+        registry.register(
+            "relay_validation_seconds",
+            "Time to decide one frame from a host",
+            self.validation_seconds.clone(),
+        );
+        registry.register(
+            "relay_ingest_to_durable_seconds",
+            "From reading an event off a host's socket to its group commit being durable",
+            self.ingest_to_durable_seconds.clone(),
+        );
+        registry.register("relay_batch_events", "Events per group commit", self.batch_events.clone());
+        registry.register(
+            "relay_commit_seconds",
+            "Time of one group commit, fsync included",
+            self.commit_seconds.clone(),
+        );
+        registry.register(
+            "relay_fanout_delay_seconds",
+            "From a batch being durable to its events written to a live subscriber",
+            self.fanout_delay_seconds.clone(),
+        );
+        registry.register(
+            "relay_ingest_queue_depth",
+            "Messages waiting in the ingest to sequencer queues",
+            self.ingest_queue_depth.clone(),
+        );
+        registry.register(
+            "relay_fanout_queue_depth",
+            "Batches waiting in the sequencer to fanout queues",
+            self.fanout_queue_depth.clone(),
+        );
+        registry.register(
+            "relay_identity_fetch_seconds",
+            "Time of one identity fetch, all attempts",
+            self.identity_fetch_seconds.clone(),
+        );
+        registry.register(
+            "relay_upstream_disconnects",
+            "Host connections that ended, by reason",
+            self.upstream_disconnects.clone(),
+        );
         registry.register("relay_last_seq", "Highest relay seq assigned", self.last_seq.clone());
         registry.register(
             "relay_upstream_connects",
@@ -143,6 +277,11 @@ impl Metrics {
             self.identity_lookups.clone(),
         );
         registry.register("relay_subscribers", "Connected subscribers", self.subscribers.clone());
+        registry.register(
+            "relay_subscribers_by_lag",
+            "Subscribers by how far behind they are, per fanout shard",
+            self.subscribers_by_lag.clone(),
+        );
         registry.register(
             "relay_accept_errors",
             "Failed accepts on the API listener, by kind",
@@ -205,8 +344,69 @@ impl Metrics {
         for reason in DropReason::ALL {
             let _ = self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]);
         }
-        for reason in ["age", "disk"] {
-            let _ = self.retention_trimmed.get_or_create(&vec![("reason", reason)]);
+        // Every bounded label value up front: a dashboard finds a zero, not an absent series.
+        let families: [(&Family<Label, Counter>, &'static str, &[&'static str]); 14] = [
+            (&self.events_relayed, "type", &["commit", "sync", "identity", "account"]),
+            (&self.lexicon_tolerated, "field", &["tooBig", "rebase", "blobs"]),
+            (
+                &self.sync_violations,
+                "reason",
+                &[
+                    "op_cid_mismatch",
+                    "missing_mst_block",
+                    "bad_mst",
+                    "inversion_mismatch",
+                    "wrong_since",
+                    "wrong_prev_data",
+                ],
+            ),
+            (&self.upstream_frames, "type", &["commit", "sync", "identity", "account", "info", "error", "other"]),
+            (&self.upstream_connects, "result", &["ok", "error"]),
+            (&self.identity_lookups, "result", &["cache", "resolved", "stale", "failed", "unreachable"]),
+            (&self.accept_errors, "kind", &["out_of_fds", "out_of_memory", "other"]),
+            (
+                &self.subscribers_closed,
+                "reason",
+                &[
+                    "consumer_too_slow",
+                    "future_cursor",
+                    "client_closed",
+                    "killed",
+                    "write_error",
+                    "store_error",
+                    "shutdown",
+                ],
+            ),
+            (&self.resyncs, "result", &["requested", "queue_full", "fetched", "failed"]),
+            (&self.upstream_waits, "dependency", &["plc_directory", "did_web"]),
+            (
+                &self.host_changes,
+                "change",
+                &["added", "future_cursor", "relay_loop", "banned", "unbanned", "killed", "cursor_reset"],
+            ),
+            (
+                &self.request_crawl,
+                "result",
+                &[
+                    "added",
+                    "reconnected",
+                    "known",
+                    "invalid",
+                    "banned",
+                    "disabled",
+                    "quota",
+                    "unreachable",
+                    "busy",
+                    "error",
+                ],
+            ),
+            (&self.upstream_disconnects, "reason", &["host_closed", "error", "idle", "future_cursor"]),
+            (&self.retention_trimmed, "reason", &["age", "disk"]),
+        ];
+        for (family, key, values) in families {
+            for value in values {
+                let _ = family.get_or_create(&vec![(key, *value)]);
+            }
         }
         for reason in crate::accounts::Tolerated::ALL {
             let _ = self.sync_tolerated.get_or_create(&vec![("reason", reason.as_str())]);
@@ -216,6 +416,11 @@ impl Metrics {
     /// Counts one dropped event.
     pub fn drop_event(&self, reason: DropReason) {
         self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]).inc();
+    }
+
+    /// Adds `n` to `family{key=value}`.
+    pub fn inc_by(family: &Family<Label, Counter>, key: &'static str, value: &'static str, n: u64) {
+        family.get_or_create(&vec![(key, value)]).inc_by(n);
     }
 
     /// Increments `family{key=value}`.

@@ -113,7 +113,7 @@ pub use error::StoreError;
 pub use events::ReplayChunk;
 pub use hosts::{ConfigChange, HostRow};
 pub use layout::{HostConfig, HostInfo, HostState, IdentityRecord, RepoState};
-pub use store::{CommitBatch, Store, StoreOptions};
+pub use store::{CommitBatch, RocksStats, Store, StoreOptions};
 
 /// The on-disk format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;

@@ -83,6 +83,25 @@ pub struct Store {
     pub(crate) host_config_lock: std::sync::Mutex<()>,
     /// The `tombstones` column family in memory (DID → seq), for replay to consult per event.
     pub(crate) tombstones: std::sync::RwLock<std::collections::HashMap<String, u64>>,
+    /// The options the store was opened with (statistics enabled), for [`Store::rocksdb_stats`].
+    db_opts: Options,
+}
+
+/// RocksDB's own counters and state, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RocksStats {
+    /// Microseconds writes were stalled or slowed down by RocksDB (`rocksdb.stall.micros`).
+    pub stall_micros: u64,
+    /// Bytes compactions read (`rocksdb.compact.read.bytes`).
+    pub compaction_read_bytes: u64,
+    /// Bytes compactions wrote (`rocksdb.compact.write.bytes`).
+    pub compaction_write_bytes: u64,
+    /// Compactions running now (`rocksdb.num-running-compactions`).
+    pub running_compactions: u64,
+    /// Bytes compactions still have to rewrite (`rocksdb.estimate-pending-compaction-bytes`).
+    pub pending_compaction_bytes: u64,
+    /// Whether RocksDB stopped writes (`rocksdb.is-write-stopped`).
+    pub write_stopped: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -110,6 +129,7 @@ impl Store {
         db_opts.create_missing_column_families(true);
         db_opts.set_env(&env);
         db_opts.set_max_background_jobs(options.background_threads.clamp(1, 64) + 1);
+        db_opts.enable_statistics();
         let cfs = cf::ALL.iter().map(|name| {
             let mut o = Options::default();
             o.set_write_buffer_size(options.write_buffer_bytes);
@@ -139,6 +159,7 @@ impl Store {
             poisoned: AtomicBool::new(false),
             host_config_lock: std::sync::Mutex::new(()),
             tombstones: std::sync::RwLock::default(),
+            db_opts,
         };
         let meta = store.cf(cf::META);
         match store.db.get_cf(meta, META_FORMAT_VERSION)? {
@@ -228,6 +249,31 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// RocksDB's counters and state ([`RocksStats`]), summed over the column families where they are
+    /// per column family.
+    pub fn rocksdb_stats(&self) -> RocksStats {
+        use rocksdb::statistics::Ticker;
+        let sum = |property: &str| -> u64 {
+            cf::ALL
+                .iter()
+                .filter_map(|name| self.db.property_int_value_cf(self.cf(name), property).ok().flatten())
+                .sum()
+        };
+        RocksStats {
+            stall_micros: self.db_opts.get_ticker_count(Ticker::StallMicros),
+            compaction_read_bytes: self.db_opts.get_ticker_count(Ticker::CompactReadBytes),
+            compaction_write_bytes: self.db_opts.get_ticker_count(Ticker::CompactWriteBytes),
+            running_compactions: self
+                .db
+                .property_int_value("rocksdb.num-running-compactions")
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+            pending_compaction_bytes: sum("rocksdb.estimate-pending-compaction-bytes"),
+            write_stopped: sum("rocksdb.is-write-stopped") > 0,
+        }
     }
 
     /// Free bytes (for an unprivileged writer) of the filesystem holding the store, by `statvfs`.

@@ -50,6 +50,8 @@ pub struct Ctx {
     pub limits: std::sync::Arc<crate::limits::ConnectionLimits>,
     /// Conditions that degrade the relay (shared by every core).
     pub health: std::sync::Arc<shards::health::Health>,
+    /// The engine's own metrics, read when `/metrics` is scraped.
+    pub engine_metrics: crate::metrics::EngineMetrics,
 }
 
 /// The outcome of routing a request.
@@ -78,7 +80,12 @@ pub async fn route(req: &Request, ctx: &Ctx) -> Routed {
         return Routed::Respond(resp);
     }
     if path == "/metrics" {
-        return Routed::Respond(only_get(req).unwrap_or_else(|| metrics(ctx)));
+        return Routed::Respond(only_get(req).unwrap_or_else(|| metrics(req, ctx)));
+    }
+    if path == "/admin" {
+        let mut resp = Response::json(302, &serde_json::json!({}));
+        resp.headers.push(("Location", "/admin/".into()));
+        return Routed::Respond(resp);
     }
     if let Some(rest) = path.strip_prefix("/admin/") {
         return Routed::Respond(match &ctx.admin {
@@ -173,15 +180,54 @@ fn only_get(req: &Request) -> Option<Response> {
     (req.method != "GET").then(|| wrong_method(&req.method, "GET"))
 }
 
-fn metrics(ctx: &Ctx) -> Response {
+/// `/metrics`: OpenMetrics text for a scraper that asks for it (`Accept: application/openmetrics-text`,
+/// as Prometheus does), else the Prometheus text format 0.0.4 (what `curl` and `promtool check
+/// metrics` read).
+fn metrics(req: &Request, ctx: &Ctx) -> Response {
+    ctx.engine_metrics.refresh(ctx.fanout.store(), &ctx.hosts);
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &ctx.registry) {
         return Response::xrpc_error(500, "InternalServerError", &e.to_string());
     }
-    Response {
-        status: 200,
-        content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        body: body.into_bytes(),
-        headers: Vec::new(),
+    let openmetrics = req.header("accept").is_some_and(|a| a.contains("application/openmetrics-text"));
+    let (content_type, body) = if openmetrics {
+        ("application/openmetrics-text; version=1.0.0; charset=utf-8", body)
+    } else {
+        ("text/plain; version=0.0.4; charset=utf-8", openmetrics_to_text(&body))
+    };
+    Response { status: 200, content_type, body: body.into_bytes(), headers: Vec::new() }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter family is named with its
+/// `_total` suffix in `# HELP` and `# TYPE` (OpenMetrics names the family without it), and the
+/// `# UNIT` and `# EOF` lines, which 0.0.4 does not have, go. Samples are the same in both.
+fn openmetrics_to_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        om.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openmetrics_counters_become_total_families_in_text_0_0_4() {
+        let om = "# HELP relay_x Things.\n# TYPE relay_x counter\nrelay_x_total{a=\"b\"} 3\n# HELP relay_g A gauge.\n# TYPE relay_g gauge\n# UNIT relay_g bytes\nrelay_g 1\n# EOF\n";
+        assert_eq!(
+            super::openmetrics_to_text(om),
+            "# HELP relay_x_total Things.\n# TYPE relay_x_total counter\nrelay_x_total{a=\"b\"} 3\n# HELP relay_g A gauge.\n# TYPE relay_g gauge\nrelay_g 1\n"
+        );
     }
 }

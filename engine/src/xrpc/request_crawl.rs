@@ -218,9 +218,23 @@ async fn probe(ctx: &Ctx, host: &Hostname, tls: bool) -> Result<(), Refused> {
 
 /// Hands a host command to the sequencer (which forwards it to the host's ingest shard).
 pub fn send(ctx: &Ctx, cmd: HostCommand) -> Result<(), Refused> {
-    ctx.to_sequencer
-        .try_send(IngestMsg::Host(cmd))
+    to_sequencer(ctx, IngestMsg::Host(cmd))
         .map_err(|_| ("busy", Response::xrpc_error(503, "NotEnoughResources", "the relay is busy; retry")))
+}
+
+/// The sequencer's queue is full (the message was not sent).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the sequencer's queue is full")]
+pub struct QueueFull;
+
+/// Queues `msg` for the sequencer without waiting (counted in `relay_ingest_queue_depth`).
+///
+/// # Errors
+/// [`QueueFull`].
+pub fn to_sequencer(ctx: &Ctx, msg: IngestMsg) -> Result<(), QueueFull> {
+    ctx.to_sequencer.try_send(msg).map_err(|_| QueueFull)?;
+    ctx.metrics.ingest_queue_depth.inc();
+    Ok(())
 }
 
 #[cfg(test)]

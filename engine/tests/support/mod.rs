@@ -247,7 +247,8 @@ impl Relay {
             .spawn()
             .unwrap();
         let relay = Self { child, port, data_dir: data_dir.to_owned(), log };
-        relay.wait_until(Duration::from_secs(20), "healthy", || relay.get("/xrpc/_health").0 == 200);
+        // Up: healthy, or degraded (503) when it starts paused, e.g. on a full disk.
+        relay.wait_until(Duration::from_secs(20), "up", || matches!(relay.get("/xrpc/_health").0, 200 | 503));
         relay
     }
 

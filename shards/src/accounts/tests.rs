@@ -20,7 +20,14 @@ fn did() -> Did {
 }
 
 fn accepted(host: &str, event: Event, commit: Option<CommitRef>) -> AcceptedEvent {
-    AcceptedEvent { host: Arc::from(host), host_seq: HostSeq(1), event, commit, confirmed_active: false }
+    AcceptedEvent {
+        host: Arc::from(host),
+        host_seq: HostSeq(1),
+        event,
+        commit,
+        confirmed_active: false,
+        received: std::time::Instant::now(),
+    }
 }
 
 fn commit(rev: u64, since: Option<u64>, prev_data: Option<u8>, data: u8) -> AcceptedEvent {

@@ -3,6 +3,7 @@
 //! queue; subscribers behind the live tail read from the store instead ([`replay`]). The rules a
 //! subscriber lives by are in [`subscriber`].
 
+mod directory;
 mod queue;
 mod replay;
 mod subscriber;
@@ -10,8 +11,8 @@ mod subscriber;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use glommio::TaskQueueHandle;
@@ -22,6 +23,7 @@ use wire::RelaySeq;
 use crate::messages::PublishedBatch;
 use crate::metrics::Metrics;
 
+pub use directory::{Listed, SubscriberDirectory, SubscriberProgress, SubscriberView};
 pub use queue::Outgoing;
 pub use subscriber::SubscriberInfo;
 
@@ -44,6 +46,8 @@ pub struct FanoutConfig {
     pub replay_memory_bytes: u64,
     /// A subscriber whose socket accepts nothing for this long is closed. Default 30 s.
     pub stall_timeout: Duration,
+    /// This shard's index (0-based): the `shard` label of its metrics. Default 0.
+    pub shard: usize,
 }
 
 impl Default for FanoutConfig {
@@ -54,48 +58,14 @@ impl Default for FanoutConfig {
             replay_chunk_bytes: 1 << 20,
             replay_memory_bytes: 256 << 20,
             stall_timeout: Duration::from_secs(30),
+            shard: 0,
         }
-    }
-}
-
-/// Every subscriber of every fanout shard (replaying or live), for the admin API: one per process,
-/// shared by the shards. Changed only on connect and disconnect.
-#[derive(Debug, Default)]
-pub struct SubscriberDirectory {
-    next_id: AtomicU64,
-    subscribers: Mutex<BTreeMap<u64, SubscriberInfo>>,
-}
-
-impl SubscriberDirectory {
-    /// Lists `info` until the returned guard is dropped.
-    pub fn add(&self, info: SubscriberInfo) -> Listed<'_> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.subscribers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, info);
-        Listed { directory: self, id }
-    }
-
-    /// Connected subscribers with their ids, in connection order.
-    pub fn list(&self) -> Vec<(u64, SubscriberInfo)> {
-        let subscribers = self.subscribers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        subscribers.iter().map(|(id, info)| (*id, info.clone())).collect()
-    }
-}
-
-/// Keeps a subscriber in its [`SubscriberDirectory`] while alive.
-pub struct Listed<'a> {
-    directory: &'a SubscriberDirectory,
-    id: u64,
-}
-
-impl Drop for Listed<'_> {
-    fn drop(&mut self) {
-        let mut subscribers = self.directory.subscribers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        subscribers.remove(&self.id);
     }
 }
 
 struct Registered {
     queue: Rc<queue::Queue>,
+    progress: Arc<SubscriberProgress>,
 }
 
 /// A fanout shard (single-threaded: lives on one executor).
@@ -114,6 +84,10 @@ pub struct FanoutShard {
     replay_tq: Cell<Option<TaskQueueHandle>>,
     /// Bytes of replay chunks in flight ([`FanoutConfig::replay_memory_bytes`]).
     replay_budget: glommio::sync::Semaphore,
+    /// Subscribers this shard serves (live and replaying).
+    serving: Cell<usize>,
+    /// The relay is shutting down: every subscriber is being closed.
+    closing: Cell<bool>,
 }
 
 impl FanoutShard {
@@ -141,7 +115,23 @@ impl FanoutShard {
             directory,
             replay_tq: Cell::new(None),
             replay_budget: glommio::sync::Semaphore::new(config.replay_memory_bytes.max(1)),
+            serving: Cell::new(0),
+            closing: Cell::new(false),
         }))
+    }
+
+    /// Starts closing every subscriber for a shutdown: each gets a close frame (1001, going away)
+    /// after the write in flight; replaying ones stop after their chunk in flight.
+    pub fn shut_down(&self) {
+        self.closing.set(true);
+        for sub in self.live.borrow().values() {
+            sub.queue.close();
+        }
+    }
+
+    /// Subscribers this shard still serves.
+    pub fn serving(&self) -> usize {
+        self.serving.get()
     }
 
     /// Runs replays in `tq` (created with fewer shares than the live queue, so catch-up reading
@@ -175,6 +165,7 @@ impl FanoutShard {
     pub async fn run_publisher(self: Rc<Self>, from_sequencer: SharedReceiver<PublishedBatch>) {
         let rx = from_sequencer.connect().await;
         while let Some(batch) = rx.recv().await {
+            self.metrics.fanout_queue_depth.dec();
             self.publish(&batch);
             // Let the subscribers' writers drain their queues before the next batch: with batches
             // already waiting, `recv` would otherwise return at once, batch after batch.
@@ -182,15 +173,53 @@ impl FanoutShard {
         }
     }
 
+    /// Every second: each subscriber's lag (how long the oldest frame in its live queue has
+    /// waited), the kill switches the admin API set, and `relay_subscribers_by_lag{lag, shard}`.
+    pub async fn run_sampler(self: Rc<Self>) {
+        let shard = self.config.shard.to_string();
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            let mut buckets = [0i64; 4];
+            let mut live_count = 0;
+            for sub in self.live.borrow().values() {
+                live_count += 1;
+                let lag = sub.queue.oldest_wait().unwrap_or_default();
+                sub.progress.lag_ms.store(lag.as_millis() as u64, Ordering::Relaxed);
+                if sub.progress.kill.load(Ordering::Acquire) {
+                    sub.queue.close();
+                }
+                let slot = match lag.as_secs() {
+                    0 => 0,
+                    1..=9 => 1,
+                    10..=59 => 2,
+                    _ => 3,
+                };
+                if let Some(b) = buckets.get_mut(slot) {
+                    *b += 1;
+                }
+            }
+            let replaying = self.serving.get().saturating_sub(live_count) as i64;
+            for (lag, n) in ["within_1s", "within_10s", "within_60s", "over_60s", "replaying"]
+                .into_iter()
+                .zip(buckets.into_iter().chain([replaying]))
+            {
+                self.metrics
+                    .subscribers_by_lag
+                    .get_or_create(&vec![("lag", lag.to_owned()), ("shard", shard.clone())])
+                    .set(n);
+            }
+        }
+    }
+
     fn publish(&self, batch: &PublishedBatch) {
-        let Some((last, _)) = batch.last() else {
+        let Some((last, _)) = batch.events.last() else {
             return;
         };
         self.head.set(last.0);
         let mut live = self.live.borrow_mut();
         live.retain(|_, sub| {
-            for (seq, frame) in batch.iter() {
-                if sub.queue.push(Outgoing::Event(*seq, frame.clone())).is_err() {
+            for (seq, frame) in &batch.events {
+                if sub.queue.push(Outgoing::Event(*seq, frame.clone(), batch.committed_at)).is_err() {
                     // Full: the subscriber's own task goes back to the store.
                     sub.queue.mark_behind();
                     return false;
@@ -200,10 +229,11 @@ impl FanoutShard {
         });
     }
 
-    fn register(&self, queue: Rc<queue::Queue>) -> u64 {
+    fn register(&self, queue: Rc<queue::Queue>, progress: &Arc<SubscriberProgress>) -> u64 {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        self.live.borrow_mut().insert(id, Registered { queue });
+        progress.replaying.store(false, Ordering::Relaxed);
+        self.live.borrow_mut().insert(id, Registered { queue, progress: Arc::clone(progress) });
         id
     }
 

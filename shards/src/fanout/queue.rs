@@ -11,8 +11,9 @@ use wire::RelaySeq;
 /// Something to write to a subscriber.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
-    /// An event frame (complete websocket frame) with its relay seq.
-    Event(RelaySeq, Bytes),
+    /// An event frame (complete websocket frame) with its relay seq and when its batch became
+    /// durable.
+    Event(RelaySeq, Bytes, std::time::Instant),
     /// A control frame (pong), written in order with events.
     Control(Bytes),
 }
@@ -117,6 +118,15 @@ impl Queue {
         self.controls.set(0);
     }
 
+    /// How long the oldest queued event has waited since its batch became durable; `None` when no
+    /// event is queued.
+    pub(crate) fn oldest_wait(&self) -> Option<std::time::Duration> {
+        self.items.borrow().iter().find_map(|i| match i {
+            Outgoing::Event(_, _, at) => Some(at.elapsed()),
+            Outgoing::Control(_) => None,
+        })
+    }
+
     /// Waits for items and takes up to `max_bytes` of them; `None` once the subscriber is behind or
     /// gone.
     pub(crate) async fn next_batch(&self, out: &mut Vec<Outgoing>, max_bytes: usize) -> Option<()> {
@@ -132,7 +142,7 @@ impl Queue {
             let mut bytes = 0;
             while let Some(item) = items.pop_front() {
                 bytes += match &item {
-                    Outgoing::Event(_, b) => b.len(),
+                    Outgoing::Event(_, b, _) => b.len(),
                     Outgoing::Control(b) => {
                         self.controls.set(self.controls.get().saturating_sub(1));
                         b.len()
@@ -154,7 +164,7 @@ mod tests {
     use super::*;
 
     fn ev(seq: u64) -> Outgoing {
-        Outgoing::Event(RelaySeq(seq), Bytes::from(vec![0u8; 10]))
+        Outgoing::Event(RelaySeq(seq), Bytes::from(vec![0u8; 10]), std::time::Instant::now())
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures_lite::io::WriteHalf;
 use glommio::net::TcpStream;
@@ -15,9 +16,9 @@ use wire::RelaySeq;
 use wire::frame::{Event, Info};
 use wire::ws::{self, Opcode};
 
-use super::FanoutShard;
 use super::queue::Queue;
 use super::subscriber::{End, write};
+use super::{FanoutShard, SubscriberProgress};
 
 /// The `#info` frame for a cursor older than the oldest stored event.
 fn outdated_cursor_frame(oldest: u64) -> Vec<u8> {
@@ -38,8 +39,9 @@ pub(super) async fn run(
     mut wr: WriteHalf<TcpStream>,
     queue: Rc<Queue>,
     mut position: u64,
+    progress: Arc<SubscriberProgress>,
 ) -> (WriteHalf<TcpStream>, Result<(u64, u64), End>) {
-    let result = replay(&shard, &mut wr, &queue, &mut position).await.map(|id| (position, id));
+    let result = replay(&shard, &mut wr, &queue, &mut position, &progress).await.map(|id| (position, id));
     (wr, result)
 }
 
@@ -48,6 +50,7 @@ async fn replay(
     wr: &mut WriteHalf<TcpStream>,
     queue: &Rc<Queue>,
     position: &mut u64,
+    progress: &Arc<SubscriberProgress>,
 ) -> Result<u64, End> {
     let (max_events, max_bytes) = (shard.config.replay_chunk_events.max(1), shard.config.replay_chunk_bytes.max(1));
     let units = (max_bytes as u64).min(shard.config.replay_memory_bytes.max(1));
@@ -55,6 +58,12 @@ async fn replay(
     loop {
         if queue.is_closed() {
             return Err(End::ClientClosed);
+        }
+        if progress.kill.load(Ordering::Acquire) {
+            return Err(End::Killed);
+        }
+        if shard.closing.get() {
+            return Err(End::Shutdown);
         }
         buf.clear();
         let retained = shard.store.retained_from().map_err(|e| {
@@ -83,19 +92,20 @@ async fn replay(
             buf.extend_from_slice(frame);
             bytes += frame.len();
         }
-        write(wr, &buf, queue).await?;
+        write(wr, &buf, queue, &shard.metrics).await?;
         drop(permit);
         shard.metrics.replay_events.inc_by(chunk.events.len() as u64);
         shard.metrics.replay_hidden.inc_by(chunk.hidden as u64);
         if let Some(last) = chunk.last_scanned {
             *position = (*position).max(last.0);
         }
+        progress.position.store(*position, Ordering::Relaxed);
         let short = chunk.events.len() + chunk.hidden < max_events && bytes < max_bytes;
         glommio::yield_if_needed().await;
         // Caught up: nothing more stored, and nothing published since that is not stored-and-sent.
         // No await between this check and the registration.
         if short && *position >= shard.head.get() {
-            return Ok(shard.register(Rc::clone(queue)));
+            return Ok(shard.register(Rc::clone(queue), progress));
         }
     }
 }

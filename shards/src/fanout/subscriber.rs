@@ -14,6 +14,8 @@
 //! - Pings are answered in order with the frames, between replay chunks too.
 
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_lite::io::{ReadHalf, WriteHalf};
@@ -23,8 +25,8 @@ use wire::RelaySeq;
 use wire::frame::ErrorBody;
 use wire::ws::{self, Opcode};
 
-use super::FanoutShard;
 use super::queue::{Outgoing, Queue};
+use super::{FanoutShard, SubscriberProgress};
 use crate::metrics::Metrics;
 
 /// Bytes gathered into one socket write at most (several frames per syscall under load).
@@ -56,6 +58,10 @@ pub(super) enum End {
     Stalled,
     FutureCursor,
     ClientClosed,
+    /// Closed by the admin API.
+    Killed,
+    /// The relay is shutting down.
+    Shutdown,
     WriteError,
     StoreError,
 }
@@ -66,6 +72,8 @@ impl End {
             End::Stalled => "consumer_too_slow",
             End::FutureCursor => "future_cursor",
             End::ClientClosed => "client_closed",
+            End::Killed => "killed",
+            End::Shutdown => "shutdown",
             End::WriteError => "write_error",
             End::StoreError => "store_error",
         }
@@ -73,12 +81,20 @@ impl End {
 }
 
 /// Writes `buf`; a write that makes no progress for the socket's write timeout is a stall.
-pub(super) async fn write(wr: &mut WriteHalf<TcpStream>, buf: &[u8], queue: &Queue) -> Result<(), End> {
+pub(super) async fn write(
+    wr: &mut WriteHalf<TcpStream>,
+    buf: &[u8],
+    queue: &Queue,
+    metrics: &Metrics,
+) -> Result<(), End> {
     if buf.is_empty() {
         return Ok(());
     }
     match wr.write_all(buf).await {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            metrics.subscriber_bytes.inc_by(buf.len() as u64);
+            Ok(())
+        }
         Err(_) if queue.is_closed() => Err(End::ClientClosed),
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(End::Stalled),
         Err(_) => Err(End::WriteError),
@@ -104,12 +120,14 @@ impl FanoutShard {
         info: SubscriberInfo,
     ) {
         self.metrics.subscribers.inc();
-        let _listed = self.directory.add(info.clone());
+        self.serving.set(self.serving.get() + 1);
+        let listed = self.directory.add(info.clone());
         let _ = stream.set_write_timeout(Some(self.config.stall_timeout));
         let (rd, wr) = futures_lite::io::split(stream);
         let queue = Rc::new(Queue::new(self.config.subscriber_queue));
         let reader = glommio::spawn_local(read_client(rd, Rc::clone(&queue), leftover));
-        let (wr, end) = Rc::clone(&self).stream_events(wr, Rc::clone(&queue), cursor).await;
+        let progress = Arc::clone(&listed.progress);
+        let (wr, end) = Rc::clone(&self).stream_events(wr, Rc::clone(&queue), cursor, progress).await;
         let bye = match end {
             End::Stalled => {
                 tracing::info!(remote = %info.remote, "subscriber stalled; closing");
@@ -124,6 +142,8 @@ impl FanoutShard {
             }
             End::StoreError => Some(ws::encode_close(1011, "internal error")),
             End::ClientClosed => Some(ws::encode_close(1000, "")),
+            End::Killed => Some(ws::encode_close(1008, "closed by the relay's operator")),
+            End::Shutdown => Some(ws::encode_close(1001, "relay shutting down")),
             End::WriteError => None,
         };
         if let Some(mut wr) = wr {
@@ -135,6 +155,8 @@ impl FanoutShard {
         drop(reader);
         Metrics::inc(&self.metrics.subscribers_closed, "reason", end.as_str());
         self.metrics.subscribers.dec();
+        self.serving.set(self.serving.get().saturating_sub(1));
+        drop(listed);
     }
 
     /// Replay and live, in turn, until the subscriber is done. Returns the write half for the
@@ -144,6 +166,7 @@ impl FanoutShard {
         mut wr: WriteHalf<TcpStream>,
         queue: Rc<Queue>,
         cursor: Option<RelaySeq>,
+        progress: Arc<SubscriberProgress>,
     ) -> (Option<WriteHalf<TcpStream>>, End) {
         // The highest seq this subscriber has been given (or skipped: hidden by a tombstone).
         let mut position = match cursor {
@@ -155,7 +178,9 @@ impl FanoutShard {
         let mut buf = Vec::with_capacity(64 * 1024);
         loop {
             let id = if replaying {
-                let replay = super::replay::run(Rc::clone(&self), wr, Rc::clone(&queue), position);
+                progress.replaying.store(true, Ordering::Relaxed);
+                let replay =
+                    super::replay::run(Rc::clone(&self), wr, Rc::clone(&queue), position, Arc::clone(&progress));
                 let (back, outcome) = match self.replay_tq.get() {
                     // Replay runs in its own task queue, with fewer shares than live delivery.
                     Some(tq) => match glommio::spawn_local_into(replay, tq) {
@@ -175,11 +200,12 @@ impl FanoutShard {
                     Err(end) => return (Some(wr), end),
                 }
             } else {
-                self.register(Rc::clone(&queue))
+                self.register(Rc::clone(&queue), &progress)
             };
-            let live = self.stream_live(&mut wr, &queue, &mut buf, &mut position).await;
+            let live = self.stream_live(&mut wr, &queue, &mut buf, &mut position, &progress).await;
             self.unregister(id);
             match live {
+                Live::Behind if progress.kill.load(Ordering::Acquire) => return (Some(wr), End::Killed),
                 Live::Behind => {
                     queue.reset_events();
                     self.metrics.subscriber_fallbacks.inc();
@@ -196,6 +222,7 @@ impl FanoutShard {
         queue: &Queue,
         buf: &mut Vec<u8>,
         position: &mut u64,
+        progress: &SubscriberProgress,
     ) -> Live {
         let mut items = Vec::new();
         loop {
@@ -203,25 +230,38 @@ impl FanoutShard {
             glommio::yield_if_needed().await;
             items.clear();
             if queue.next_batch(&mut items, MAX_WRITE_BATCH_BYTES).await.is_none() {
-                return if queue.is_behind() { Live::Behind } else { Live::Ended(End::ClientClosed) };
+                if self.closing.get() {
+                    return Live::Ended(End::Shutdown);
+                }
+                return match (queue.is_behind(), progress.kill.load(Ordering::Acquire)) {
+                    (_, true) => Live::Ended(End::Killed),
+                    (true, false) => Live::Behind,
+                    (false, false) => Live::Ended(End::ClientClosed),
+                };
             }
             buf.clear();
             let mut last = *position;
+            let mut committed_at = None;
             for item in items.drain(..) {
                 match item {
-                    Outgoing::Event(seq, frame) => {
+                    Outgoing::Event(seq, frame, at) => {
                         if seq.0 > last {
                             buf.extend_from_slice(&frame);
                             last = seq.0;
+                            committed_at = Some(at);
                         }
                     }
                     Outgoing::Control(frame) => buf.extend_from_slice(&frame),
                 }
             }
-            if let Err(end) = write(wr, buf, queue).await {
+            if let Err(end) = write(wr, buf, queue, &self.metrics).await {
                 return Live::Ended(end);
             }
+            if let Some(at) = committed_at {
+                self.metrics.fanout_delay_seconds.observe(at.elapsed().as_secs_f64());
+            }
             *position = last;
+            progress.position.store(last, Ordering::Relaxed);
         }
     }
 }

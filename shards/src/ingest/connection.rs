@@ -80,6 +80,8 @@ pub(super) async fn connect(shard: &Shard, upstream: &Upstream, cursor: Option<H
 pub(super) enum ReadOutcome {
     Closed {
         progressed: bool,
+        /// `host_closed`, `error` or `idle` (`relay_upstream_disconnects_total`).
+        reason: &'static str,
     },
     /// The host sent a `FutureCursor` error: its sequence is behind our cursor.
     FutureCursor,
@@ -117,14 +119,19 @@ async fn decide(
     label: &Arc<str>,
     bytes: &[u8],
     last_seq: Option<HostSeq>,
+    received: Instant,
 ) -> process::Verdict {
     let mut delay = WAIT_FIRST;
     let mut waited = Duration::ZERO;
     loop {
-        let input = process::Input { bytes, host, label, last_seq, now_ms: now_ms() };
+        let input = process::Input { bytes, host, label, last_seq, now_ms: now_ms(), received };
+        let started = Instant::now();
         let (outage, seq) = match process::process_frame(input, &shard.ctx).await {
             process::Verdict::Wait(outage, seq) => (outage, seq),
-            decided => return decided,
+            decided => {
+                shard.metrics.validation_seconds.observe(started.elapsed().as_secs_f64());
+                return decided;
+            }
         };
         if outage == process::Outage::DidWeb && waited >= process::DID_WEB_MAX_WAIT {
             tracing::warn!(host = %host, seq = seq.0, waited_s = waited.as_secs(), "did:web server still unreachable; dropping the event");
@@ -187,6 +194,7 @@ pub(super) async fn read_frames(
     let mut progressed = false;
     // When an event last had to wait for the rate limit (the host is `throttled` meanwhile).
     let mut last_wait: Option<Instant> = None;
+    let mut reason = "host_closed";
     loop {
         glommio::yield_if_needed().await;
         let msg = match net::with_timeout(shard.config.idle_timeout, ws.next()).await {
@@ -195,6 +203,7 @@ pub(super) async fn read_frames(
             None => {
                 tracing::warn!(host = %host, idle_s = shard.config.idle_timeout.as_secs(), "host idle; reconnecting");
                 status(HostEvent::Idle);
+                reason = "idle";
                 break;
             }
         };
@@ -210,11 +219,14 @@ pub(super) async fn read_frames(
             Ok(_) => continue,
             Err(e) => {
                 tracing::warn!(host = %host, error = %e, "host connection error");
+                reason = "error";
                 break;
             }
         };
+        let received = Instant::now();
+        shard.metrics.upstream_bytes.inc_by(bytes.len() as u64);
         take_token(shard, host, handle, &mut last_wait, status).await;
-        let verdict = decide(shard, host, label, &bytes, last_seq).await;
+        let verdict = decide(shard, host, label, &bytes, last_seq, received).await;
         Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(&verdict));
         let msg = match verdict {
             process::Verdict::Accept(ev) => {
@@ -245,8 +257,9 @@ pub(super) async fn read_frames(
         if shard.to_sequencer.send(msg).await.is_err() {
             return ReadOutcome::SequencerGone;
         }
+        shard.metrics.ingest_queue_depth.inc();
         // Only once the sequencer has it: a task aborted while waiting to send resumes before it.
         handle.cursor.set(last_seq);
     }
-    ReadOutcome::Closed { progressed }
+    ReadOutcome::Closed { progressed, reason }
 }

@@ -290,7 +290,9 @@ pub async fn run(
                     match resync::fetch_sync(&shard.ctx, &req, tls, now_ms()).await {
                         Ok(ev) => {
                             Metrics::inc(&shard.metrics.resyncs, "result", "fetched");
-                            let _ = shard.to_sequencer.send(IngestMsg::Resync(ev)).await;
+                            if shard.to_sequencer.send(IngestMsg::Resync(ev)).await.is_ok() {
+                                shard.metrics.ingest_queue_depth.inc();
+                            }
                         }
                         Err(e) => {
                             Metrics::inc(&shard.metrics.resyncs, "result", "failed");
@@ -363,6 +365,7 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
                 if shard.to_sequencer.send(reset).await.is_err() {
                     return;
                 }
+                shard.metrics.ingest_queue_depth.inc();
                 if let Some(config) = config.filter(|c| !c.banned && shard.registry.domain_ban(&host).is_none()) {
                     start_host(&shard, host, config, Some(cursor), limiter, Duration::ZERO);
                 }
@@ -487,6 +490,7 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) 
                 match outcome {
                     connection::ReadOutcome::SequencerGone => return,
                     connection::ReadOutcome::FutureCursor => {
+                        Metrics::inc(&shard.metrics.upstream_disconnects, "reason", "future_cursor");
                         Metrics::inc(&shard.metrics.host_changes, "change", "future_cursor");
                         tracing::error!(
                             host = %host,
@@ -497,7 +501,8 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) 
                         record(&mut info, HostEvent::Idle);
                         return;
                     }
-                    connection::ReadOutcome::Closed { progressed } => {
+                    connection::ReadOutcome::Closed { progressed, reason } => {
+                        Metrics::inc(&shard.metrics.upstream_disconnects, "reason", reason);
                         if progressed {
                             backoff.reset();
                         }

@@ -169,11 +169,13 @@ pub struct Input<'a> {
     pub last_seq: Option<HostSeq>,
     /// Milliseconds since the UNIX epoch.
     pub now_ms: u64,
+    /// When the frame was read off the socket.
+    pub received: std::time::Instant,
 }
 
 /// Decides what to do with one frame.
 pub async fn process_frame(input: Input<'_>, ctx: &Context) -> Verdict {
-    let Input { bytes, host, label, last_seq, now_ms } = input;
+    let Input { bytes, host, label, last_seq, now_ms, received } = input;
     if bytes.len() > ctx.limits.max_frame_bytes {
         return Verdict::Drop(DropReason::FrameTooBig, None);
     }
@@ -191,7 +193,14 @@ pub async fn process_frame(input: Input<'_>, ctx: &Context) -> Verdict {
         return Verdict::Drop(DropReason::SeqNotIncreasing, Some(seq));
     }
     let accept = |event, commit, confirmed_active| {
-        Verdict::Accept(AcceptedEvent { host: Arc::clone(label), host_seq: seq, event, commit, confirmed_active })
+        Verdict::Accept(AcceptedEvent {
+            host: Arc::clone(label),
+            host_seq: seq,
+            event,
+            commit,
+            confirmed_active,
+            received,
+        })
     };
     let mut event = event;
     let outcome = match &event {

@@ -56,5 +56,12 @@ pub async fn fetch_sync(ctx: &Context, req: &ResyncRequest, tls: bool, now_ms: u
     });
     let (commit, confirmed_active) =
         process::check_fetched_sync(&event, &host, ctx, now_ms).await.map_err(|r| format!("the commit failed: {r}"))?;
-    Ok(AcceptedEvent { host: Arc::clone(&req.host), host_seq: HostSeq(0), event, commit, confirmed_active })
+    Ok(AcceptedEvent {
+        host: Arc::clone(&req.host),
+        host_seq: HostSeq(0),
+        event,
+        commit,
+        confirmed_active,
+        received: std::time::Instant::now(),
+    })
 }

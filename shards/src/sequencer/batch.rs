@@ -43,6 +43,16 @@ pub(super) struct Batch<'a> {
     pub(super) published: Vec<(RelaySeq, Bytes)>,
     /// Host commands to forward to ingest shards once the batch is built.
     pub(super) host_commands: Vec<crate::messages::HostCommand>,
+    relayed: Relayed,
+}
+
+/// What a batch relayed, for the metrics.
+#[derive(Debug, Default)]
+pub(super) struct Relayed {
+    /// Events by type (`commit`, `sync`, `identity`, `account`).
+    pub(super) by_type: [(&'static str, u64); 4],
+    /// When ingest read each event off its host's socket (resyncs and takedowns have none).
+    pub(super) received: Vec<Instant>,
 }
 
 /// The state of `host`, from memory or the store.
@@ -96,6 +106,10 @@ impl<'a> Batch<'a> {
             repos: HashMap::new(),
             published: Vec::new(),
             host_commands: Vec::new(),
+            relayed: Relayed {
+                by_type: [("commit", 0), ("sync", 0), ("identity", 0), ("account", 0)],
+                received: Vec::new(),
+            },
         }
     }
 
@@ -121,6 +135,15 @@ impl<'a> Batch<'a> {
         event.set_seq(seq as i64);
         let frame = event.encode().map_err(|e| SequencerError::Encode(e.to_string()))?;
         self.state.last_seq = seq;
+        let kind = match &event {
+            Event::Commit(_) => 0,
+            Event::Sync(_) => 1,
+            Event::Identity(_) => 2,
+            Event::Account(_) | Event::Info(_) => 3,
+        };
+        if let Some(slot) = self.relayed.by_type.get_mut(kind) {
+            slot.1 += 1;
+        }
         if is_tombstone(&event) {
             self.commit.tombstones.push((did.clone(), RelaySeq(seq)));
         }
@@ -201,11 +224,15 @@ impl<'a> Batch<'a> {
                 applied.state
             }
         };
+        let received = ev.received;
         if let Err(e) = self.sequence(&did, ev.event) {
             // Not reachable for events that decoded; never relay what cannot be encoded.
             tracing::error!(error = %e, "cannot re-encode event");
             self.metrics.drop_event(DropReason::MalformedFrame);
             return Ok(());
+        }
+        if !resynced {
+            self.relayed.received.push(received);
         }
         if let Some(state) = new_state {
             for (host, delta) in accounts::count_changes(prior.as_ref(), &state) {
@@ -243,7 +270,7 @@ impl<'a> Batch<'a> {
     pub(super) fn finish(
         mut self,
         now_s: u64,
-    ) -> (CommitBatch, Vec<(RelaySeq, Bytes)>, Vec<crate::messages::HostCommand>) {
+    ) -> (CommitBatch, Vec<(RelaySeq, Bytes)>, Vec<crate::messages::HostCommand>, Relayed) {
         self.commit.repos = self.repos.into_iter().collect();
         let hosts = &self.state.hosts;
         self.commit.hosts = self.touched_hosts.into_iter().filter_map(|h| hosts.get(&h).map(|s| (h, *s))).collect();
@@ -253,6 +280,6 @@ impl<'a> Batch<'a> {
             self.commit.time_index = Some((now_s, *first));
             self.state.last_indexed_second = now_s;
         }
-        (self.commit, self.published, self.host_commands)
+        (self.commit, self.published, self.host_commands, self.relayed)
     }
 }

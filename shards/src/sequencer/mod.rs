@@ -24,7 +24,7 @@ use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use storage::{Store, StoreError};
 
 use crate::health::Health;
-use crate::messages::{IngestMsg, PublishedBatch, ShardCommand};
+use crate::messages::{IngestMsg, Published, PublishedBatch, ShardCommand};
 use crate::metrics::Metrics;
 
 /// Sequencer settings.
@@ -113,15 +113,18 @@ pub async fn run(
     store: Arc<Store>,
     metrics: Metrics,
     health: Arc<Health>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), SequencerError> {
     // Merge the per-shard SPSC queues into one local queue, keeping each shard's order.
     let (merged_tx, merged_rx) = local_channel::new_bounded(config.max_batch_events.max(1) * 4);
     let merged_tx = Rc::new(merged_tx);
     for rx in from_ingest {
         let tx = Rc::clone(&merged_tx);
+        let depth = metrics.ingest_queue_depth.clone();
         glommio::spawn_local(async move {
             let rx = rx.connect().await;
             while let Some(msg) = rx.recv().await {
+                depth.dec();
                 if tx.send(msg).await.is_err() {
                     break;
                 }
@@ -148,9 +151,21 @@ pub async fn run(
     metrics.last_seq.set(state.last_seq as i64);
     tracing::info!(seq = state.last_seq, "sequencer starting after the last stored seq");
     loop {
-        wait_for_disk(&store, config.min_free_disk_bytes, &health, &metrics).await;
-        let Some(first) = merged_rx.recv().await else {
-            return Ok(());
+        // Between batches: a shutdown stops here, after the last batch is durable and published.
+        let next = futures_lite::future::or(async { merged_rx.recv().await.map(Some) }, async {
+            while !stop.load(Ordering::Acquire) {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            Some(None)
+        })
+        .await;
+        let first = match next {
+            Some(Some(first)) => first,
+            Some(None) => {
+                tracing::info!(seq = state.last_seq, "sequencer stopped after its last durable batch");
+                return Ok(());
+            }
+            None => return Ok(()),
         };
         let mut msgs = vec![first];
         while msgs.len() < config.max_batch_events {
@@ -163,7 +178,7 @@ pub async fn run(
         for msg in msgs {
             batch.apply(msg)?;
         }
-        let (commit, published, host_commands) = batch.finish(crate::unix_ms() / 1000);
+        let (commit, published, host_commands, relayed) = batch.finish(crate::unix_ms() / 1000);
         for cmd in host_commands {
             let shard = crate::ingest::shard_for_host(cmd.host(), resync_to.len());
             if let Some(tx) = resync_to.get(shard) {
@@ -174,20 +189,36 @@ pub async fn run(
         if commit.is_empty() {
             continue;
         }
+        // The batch waits here while the disk is short; meanwhile nothing more is taken from the
+        // ingest queues, so the hosts pause with their cursors on the last durable batch.
+        wait_for_disk(&store, config.min_free_disk_bytes, &health, &metrics).await;
         let events = commit.events.len();
         let writer = Arc::clone(&store);
+        let started = std::time::Instant::now();
         glommio::executor().spawn_blocking(move || writer.commit(&commit)).await?;
+        let committed_at = std::time::Instant::now();
+        metrics.commit_seconds.observe((committed_at - started).as_secs_f64());
+        metrics.batch_events.observe(events as f64);
         metrics.batch_commits.inc();
-        metrics.events_relayed.inc_by(events as u64);
+        for (kind, n) in relayed.by_type {
+            if n > 0 {
+                Metrics::inc_by(&metrics.events_relayed, "type", kind, n);
+            }
+        }
+        for received in relayed.received {
+            metrics.ingest_to_durable_seconds.observe((committed_at - received).as_secs_f64());
+        }
         metrics.last_seq.set(state.last_seq as i64);
         committed.store(state.last_seq, Ordering::Release);
         if published.is_empty() {
             continue;
         }
-        let published: PublishedBatch = Arc::new(published);
+        let published: PublishedBatch = Arc::new(Published { committed_at, events: published });
         for tx in &fanout {
             // A fanout shard that is gone has no subscribers to serve; keep sequencing for the rest.
-            let _ = tx.send(Arc::clone(&published)).await;
+            if tx.send(Arc::clone(&published)).await.is_ok() {
+                metrics.fanout_queue_depth.inc();
+            }
         }
     }
 }

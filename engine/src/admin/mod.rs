@@ -1,7 +1,11 @@
-//! The admin API under `/admin/`, behind HTTP Basic auth (user `admin`, the password from
+//! The admin API and page under `/admin/`, behind HTTP Basic auth (user `admin`, the password from
 //! `--admin-password` / `RELAY_ADMIN_PASSWORD`, compared in constant time). Without a password the
 //! API is not served at all (`404`). Paths follow indigo's relay where it has the same call; bodies
 //! are JSON.
+//!
+//! `GET /admin/` is the admin page (`page.html`: one static page, no build step, its script calling
+//! the JSON endpoints below): key numbers, hosts (ban, unban, kill, limits), the `requestCrawl`
+//! switch and quota, domain bans, takedowns, subscribers (lag, kill).
 //!
 //! | method and path | body | effect and answer |
 //! |---|---|---|
@@ -22,7 +26,8 @@
 //! | `POST /admin/pds/block` | `{"hostname"}` | ban the host (persisted) and close its connection. The host |
 //! | `POST /admin/pds/unblock` | `{"hostname"}` | lift the ban and reconnect it. The host |
 //! | `POST /admin/pds/resetCursor` | `{"hostname", "cursor"?: n}` | set the host's upstream cursor (default 0: from the start of what it still has) and reconnect: how a host that reset its sequence (`FutureCursor`) is recovered without deleting data. The host |
-//! | `GET /admin/consumers/list` | | connected subscribers: `{"subscribers": [{"id", "remoteAddr", "userAgent"?, "cursor"?, "connectedAt"}]}` |
+//! | `GET /admin/consumers/list` | | connected subscribers: `{"subscribers": [{"id", "remoteAddr", "userAgent"?, "cursor"?, "connectedAt", "position", "replaying", "lagMs"}]}` (`position`: the last seq written to it; `lagMs`: how long the oldest frame in its live queue has waited) |
+//! | `POST /admin/consumers/kill` | `{"id"}` | close that subscriber (within a second, with a close frame). `{"id", "killed"}` |
 //!
 //! Errors (XRPC JSON): `401 AuthenticationRequired` without valid credentials; `404 NotFound` for an unknown
 //! path; `400 InvalidRequest` for the wrong method (as the reference XRPC server); `415 InvalidRequest` for a POST without
@@ -111,6 +116,23 @@ fn host_response(host: &Hostname, ctx: &Ctx) -> Response {
     }
 }
 
+/// The admin page: not cached, not framed by other sites, scripts only its own.
+fn page() -> Response {
+    let mut resp = Response {
+        status: 200,
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("page.html").to_vec(),
+        headers: Vec::new(),
+    };
+    resp.headers.push(("Cache-Control", "no-store".into()));
+    resp.headers.push(("X-Frame-Options", "DENY".into()));
+    resp.headers.push((
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'".into(),
+    ));
+    resp
+}
+
 fn send(ctx: &Ctx, cmd: HostCommand) -> Result<(), Response> {
     request_crawl::send(ctx, cmd).map_err(|(_, resp)| resp)
 }
@@ -141,6 +163,12 @@ impl Admin {
             resp.headers.push(("WWW-Authenticate", "Basic realm=\"relay admin\"".into()));
             return resp;
         }
+        if path.is_empty() || path == "index.html" {
+            if req.method != "GET" {
+                return crate::xrpc::wrong_method(&req.method, "GET");
+            }
+            return page();
+        }
         let get = match path {
             "subs/getUpstreamConns"
             | "subs/getEnabled"
@@ -159,7 +187,8 @@ impl Admin {
             | "pds/changeLimits"
             | "pds/block"
             | "pds/unblock"
-            | "pds/resetCursor" => false,
+            | "pds/resetCursor"
+            | "consumers/kill" => false,
             _ => return Response::xrpc_error(404, "NotFound", &format!("no admin endpoint /admin/{path}")),
         };
         match (get, req.method.as_str()) {
@@ -207,8 +236,12 @@ impl Admin {
                     .directory()
                     .list()
                     .into_iter()
-                    .map(|(id, s)| {
-                        json!({ "id": id, "remoteAddr": s.remote, "userAgent": s.user_agent, "cursor": s.cursor, "connectedAt": datetime_ms(s.connected_ms) })
+                    .map(|s| {
+                        json!({
+                            "id": s.id, "remoteAddr": s.info.remote, "userAgent": s.info.user_agent,
+                            "cursor": s.info.cursor, "connectedAt": datetime_ms(s.info.connected_ms),
+                            "position": s.position, "replaying": s.replaying, "lagMs": s.lag_ms,
+                        })
                     })
                     .collect();
                 json!({ "subscribers": subs })
@@ -229,8 +262,7 @@ impl Admin {
                     .and_then(Value::as_str)
                     .and_then(|d| Did::new(d).ok())
                     .ok_or_else(|| bad("body must be {\"did\": \"did:…\"} with a valid DID"))?;
-                ctx.to_sequencer
-                    .try_send(IngestMsg::Takedown { did: did.clone(), taken_down })
+                request_crawl::to_sequencer(ctx, IngestMsg::Takedown { did: did.clone(), taken_down })
                     .map_err(|_| Response::xrpc_error(503, "NotEnoughResources", "the sequencer is busy; retry"))?;
                 tracing::info!(%did, taken_down, "admin account action");
                 Ok(Response::json(200, &json!({ "did": did.as_str(), "takenDown": taken_down })))
@@ -334,6 +366,12 @@ impl Admin {
                 Metrics::inc(&ctx.metrics.host_changes, "change", "cursor_reset");
                 tracing::info!(host = %host, cursor, "admin reset host cursor");
                 Ok(host_response(&host, ctx))
+            }
+            "consumers/kill" => {
+                let id = v.get("id").and_then(Value::as_u64).ok_or_else(|| bad("id (a subscriber id) is required"))?;
+                let killed = ctx.fanout.directory().kill(id);
+                tracing::info!(id, killed, "admin killed subscriber");
+                Ok(Response::json(200, &json!({ "id": id, "killed": killed })))
             }
             _ => Err(Response::xrpc_error(404, "NotFound", "no such admin procedure")),
         }

@@ -1,0 +1,319 @@
+//! The store as a window: retention and the cursor edges (`OutdatedCursor`, the last seq, a future
+//! cursor), takedowns and deletions leaving replay, catch-up subscribers answered while they replay,
+//! and a full disk that pauses the relay instead of crashing it.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::{Account, FakeHost, FakePlc, Relay, Seen, read_until_idle, subscribe};
+use wire::RelaySeq;
+use wire::frame::Event;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn kinds(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .map(|s| match s {
+            Seen::Event(Event::Info(i)) => format!("#info {}", i.name),
+            Seen::Event(e) => e.type_name().to_owned(),
+            Seen::Error(e) => format!("error {e}"),
+        })
+        .collect()
+}
+
+/// Events older than `--retention` are deleted; a cursor older than the oldest stored event gets
+/// `#info OutdatedCursor` first, then everything from the oldest on; a cursor at the last seq gets
+/// nothing but live events; a future cursor gets `FutureCursor`; `_health` and `/metrics` show the
+/// window.
+#[test]
+fn retention_and_the_cursor_edges() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let mut alice = Account::new("did:plc:retention0000000000000000", 91);
+    plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &["--retention", "3s"]);
+    let mut since = None;
+    let mut push = |seq: u64| {
+        let (rev, f) = alice.commit(seq, since.take());
+        since = Some(rev);
+        host.push(seq, f);
+    };
+    for seq in 1..=10 {
+        push(seq);
+    }
+    relay.wait_until(WAIT, "10 relayed", || relay.head() == 10);
+    // A second later, five more: a newer second in the time index.
+    std::thread::sleep(Duration::from_millis(1100));
+    for seq in 11..=15 {
+        push(seq);
+    }
+    relay.wait_until(WAIT, "15 relayed", || relay.head() == 15);
+    assert_eq!(relay.get_json("/xrpc/_health").1["oldestSeq"], 1);
+    relay.wait_until(WAIT, "the first ten deleted", || relay.get_json("/xrpc/_health").1["oldestSeq"] == 11);
+    relay.wait_until(WAIT, "the deletion counted", || {
+        relay.metric("relay_retention_trimmed_total", "reason=\"age\"") >= 10
+    });
+    relay.wait_until(WAIT, "the gauge", || relay.metric("relay_events_oldest_seq", "") == 11);
+
+    let mut sub = subscribe(relay.port, Some("0"));
+    let seen = read_until_idle(&mut sub, Duration::from_millis(500));
+    assert_eq!(kinds(&seen)[0], "#info OutdatedCursor", "{:?}", kinds(&seen));
+    assert_eq!(seen.iter().filter_map(Seen::seq).collect::<Vec<_>>(), (11..=15).collect::<Vec<_>>());
+    let mut sub = subscribe(relay.port, Some("12"));
+    let seen = read_until_idle(&mut sub, Duration::from_millis(500));
+    assert_eq!(seen.iter().filter_map(Seen::seq).collect::<Vec<_>>(), [13, 14, 15], "inside the window: no #info");
+    assert!(!kinds(&seen).iter().any(|k| k.starts_with("#info")));
+    // At the last seq: nothing replayed, then live.
+    let mut at_head = subscribe(relay.port, Some("15"));
+    assert!(read_until_idle(&mut at_head, Duration::from_millis(300)).is_empty());
+    push(16);
+    let seen = read_until_idle(&mut at_head, Duration::from_millis(700));
+    assert_eq!(seen.iter().filter_map(Seen::seq).collect::<Vec<_>>(), [16]);
+    let mut future = subscribe(relay.port, Some("17"));
+    assert_eq!(kinds(&read_until_idle(&mut future, Duration::from_millis(500))), ["error FutureCursor"]);
+    relay.stop();
+}
+
+/// A host's `#account` with status `deleted` (like an operator's takedown) hides the account's earlier
+/// events from replay at once; the `#account` event itself and other accounts' events stay.
+#[test]
+fn a_deletion_leaves_replay() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let mut alice = Account::new("did:plc:scrubalice000000000000000", 92);
+    let mut bob = Account::new("did:plc:scrubbob00000000000000000", 93);
+    for a in [&alice, &bob] {
+        plc.put(&a.did, a.did_doc(&format!("http://{}", host.hostname())));
+    }
+    let (ra, f) = alice.commit(1, None);
+    host.push(1, f);
+    let (_, f) = bob.commit(2, None);
+    host.push(2, f);
+    let (_, f) = alice.commit(3, Some(ra));
+    host.push(3, f);
+    let deleted = wire::frame::AccountEvent {
+        seq: 4,
+        did: alice.did.clone(),
+        time: "2026-11-27T00:00:00.000Z".into(),
+        active: false,
+        status: Some("deleted".into()),
+    };
+    host.push(4, Event::Account(deleted).encode().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &[]);
+    relay.wait_until(WAIT, "4 relayed", || relay.head() == 4);
+    let mut sub = subscribe(relay.port, Some("0"));
+    let seen = read_until_idle(&mut sub, Duration::from_millis(500));
+    let got: Vec<(i64, String)> = seen
+        .iter()
+        .map(|s| match s {
+            Seen::Event(e) => (e.seq().unwrap(), e.did().unwrap().to_string()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(got, [(2, bob.did.to_string()), (4, alice.did.to_string())], "alice's commits 1 and 3 are gone");
+    assert_eq!(relay.metric("relay_replay_hidden_total", ""), 2);
+    relay.stop();
+    // The tombstone survives a restart.
+    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &[]);
+    let mut sub = subscribe(relay.port, Some("0"));
+    assert_eq!(read_until_idle(&mut sub, Duration::from_millis(500)).len(), 2);
+    relay.stop();
+}
+
+/// Writes `n` events (a real signed commit of ~1 KB, re-sequenced) straight into a new store, so
+/// replay can be tested on a big store without validating 100,000 events first.
+fn fill_store(data: &Path, n: u64) {
+    let mut acct = Account::new("did:plc:bigstore00000000000000000", 94);
+    let rev = acct.next_rev();
+    let mut ev = acct.commit_with(1, &rev, None, 1000, &acct.key.clone());
+    let store =
+        storage::Store::open(data, &storage::StoreOptions { sync_writes: false, ..Default::default() }).unwrap();
+    for start in (1..=n).step_by(10_000) {
+        let mut batch = storage::CommitBatch::default();
+        for seq in start..(start + 10_000).min(n + 1) {
+            ev.seq = seq as i64;
+            batch.events.push((RelaySeq(seq), Bytes::from(Event::Commit(ev.clone()).encode().unwrap())));
+        }
+        store.commit(&batch).unwrap();
+    }
+}
+
+/// A client that pings every 2 s while it replays a store of 120,000 events slowly (100 µs of work
+/// per event) gets every pong within 5 s: pongs go out between replay chunks.
+#[test]
+fn pings_are_answered_during_a_long_replay() {
+    let plc = FakePlc::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let n = 120_000u64;
+    fill_store(&data, n);
+    let relay = Relay::start_hosts(support::free_port(), &data, &[], &plc.url, &[]);
+    let mut ws = subscribe(relay.port, Some("0"));
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    let started = Instant::now();
+    let mut pings: Vec<(u64, Instant)> = Vec::new();
+    let mut pong_delays = Vec::new();
+    let mut got = 0u64;
+    let mut last_ping = Instant::now();
+    while got < n {
+        if last_ping.elapsed() >= Duration::from_secs(2) {
+            let id = pings.len() as u64;
+            ws.send(tungstenite::Message::Ping(id.to_be_bytes().to_vec().into())).unwrap();
+            pings.push((id, Instant::now()));
+            last_ping = Instant::now();
+        }
+        match ws.read().unwrap() {
+            tungstenite::Message::Binary(_) => {
+                got += 1;
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_micros(100) {}
+            }
+            tungstenite::Message::Pong(p) => {
+                let id = u64::from_be_bytes(p.as_ref().try_into().unwrap());
+                pong_delays.push(pings[id as usize].1.elapsed());
+            }
+            _ => {}
+        }
+    }
+    let elapsed = started.elapsed();
+    // A ping sent just before the last frame: its pong follows the frames.
+    while pong_delays.len() < pings.len() {
+        if let tungstenite::Message::Pong(p) = ws.read().unwrap() {
+            let id = u64::from_be_bytes(p.as_ref().try_into().unwrap());
+            pong_delays.push(pings[id as usize].1.elapsed());
+        }
+    }
+    assert!(pings.len() >= 3, "the replay took {elapsed:?}: too short to ping during it");
+    let worst = pong_delays.iter().max().unwrap();
+    assert!(*worst < Duration::from_secs(5), "a pong took {worst:?}");
+    eprintln!("replayed {n} events in {elapsed:?}; {} pings, slowest pong {worst:?}", pings.len());
+    relay.stop();
+}
+
+/// Python's `websockets` (under the `atproto` SDK) pings every 20 s and closes the connection when
+/// no pong comes within 20 s. A default-configured client doing 0.6 ms of work per event finishes a
+/// replay of 110,000 events that takes longer than 60 s, without being cut off. Needs the venv of
+/// `scripts/py/requirements.txt` (`RELAY_TEST_PYTHON`, set by `scripts/test.sh`).
+#[test]
+fn a_default_python_websockets_client_finishes_a_replay_over_60_seconds() {
+    let Some(python) = std::env::var_os("RELAY_TEST_PYTHON") else {
+        eprintln!("SKIPPED: set RELAY_TEST_PYTHON to the venv python of scripts/py/requirements.txt");
+        return;
+    };
+    let plc = FakePlc::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let n = 110_000u64;
+    fill_store(&data, n);
+    let relay = Relay::start_hosts(support::free_port(), &data, &[], &plc.url, &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/py/slow_replay.py");
+    let url = format!("ws://127.0.0.1:{}/xrpc/com.atproto.sync.subscribeRepos?cursor=0", relay.port);
+    let out =
+        std::process::Command::new(python).arg(script).args([url.as_str(), &n.to_string(), "0.0006"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find(|l| l.starts_with("REPLAY ")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.trim_start_matches("REPLAY ")).unwrap();
+    assert_eq!(v["frames"], n, "{v}");
+    assert!(v["seconds"].as_f64().unwrap() > 60.0, "the replay must outlast the 20 s + 20 s keepalive: {v}");
+    eprintln!("{line}");
+    relay.stop();
+}
+
+/// A disk that fills up: the relay stops taking events (the host waits, nothing is dropped), says
+/// so in `_health` (503 degraded) and `/metrics`, and resumes by itself once space is freed. Needs
+/// root (a small tmpfs).
+#[test]
+fn a_full_disk_pauses_the_relay_and_it_resumes() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: a_full_disk_pauses_the_relay_and_it_resumes needs root (mount tmpfs)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=160m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let mut alice = Account::new("did:plc:diskfull00000000000000000", 95);
+    plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
+    let args = ["--min-free-disk", "40MiB"];
+    let relay = Relay::start(&mnt.join("data"), &host.hostname(), &plc.url, &args);
+    let free = || {
+        let st = nix_statvfs(&mnt);
+        st.0 * st.1
+    };
+    let mut since = None;
+    let mut push = |seq: u64| {
+        let rev = alice.next_rev();
+        let ev = alice.commit_with(seq, &rev, since.replace(rev.clone()), 1024, &alice.key.clone());
+        host.push(seq, Event::Commit(ev).encode().unwrap());
+    };
+    for seq in 1..=50 {
+        push(seq);
+    }
+    relay.wait_until(WAIT, "50 relayed", || relay.head() == 50);
+    // Something else fills the disk to 30 MiB free, below --min-free-disk: the next batch waits.
+    let filler = mnt.join("filler");
+    std::fs::write(&filler, vec![1u8; (free() - (30 << 20)) as usize]).unwrap();
+    for seq in 51..=100 {
+        push(seq);
+    }
+    let pushed = 100u64;
+    relay.wait_until(WAIT, "the relay pauses", || relay.get("/xrpc/_health").0 == 503);
+    let (_, health) = relay.get_json("/xrpc/_health");
+    assert_eq!((health["status"].as_str(), health["reason"].as_str()), (Some("degraded"), Some("disk_full")));
+    assert_eq!(relay.metric("relay_disk_paused", ""), 1);
+    let relayed = relay.metric("relay_events_relayed_total", "");
+    assert!(relayed < pushed, "paused before the end: {relayed} of {pushed}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(relay.metric("relay_events_relayed_total", ""), relayed, "nothing taken while paused");
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), 0, "nothing dropped");
+    // Replay keeps working meanwhile.
+    let mut sub = subscribe(relay.port, Some("0"));
+    assert_eq!(read_until_idle(&mut sub, Duration::from_millis(700)).len() as u64, relayed);
+    // A restart on the still-full disk: the relay comes up paused, not crash-looping.
+    relay.stop();
+    let relay = Relay::start(&mnt.join("data"), &host.hostname(), &plc.url, &args);
+    relay.wait_until(WAIT, "paused again after the restart", || relay.get("/xrpc/_health").0 == 503);
+    // (Closing the store freed its write-ahead log, so a few more events may have fit before it.)
+    assert!(relay.head() as u64 >= relayed && (relay.head() as u64) < pushed);
+    std::fs::remove_file(&filler).unwrap();
+    relay.wait_until(WAIT, "resumed and caught up", || relay.head() == pushed as i64);
+    assert_eq!(relay.get("/xrpc/_health").0, 200);
+    assert_eq!(relay.metric("relay_disk_paused", ""), 0);
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), 0);
+    relay.stop();
+}
+
+/// (free blocks, block size) of the filesystem holding `path`.
+fn nix_statvfs(path: &Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is NUL-terminated; statvfs fills `st` when it returns 0.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) }, 0);
+    // SAFETY: statvfs returned 0.
+    let st = unsafe { st.assume_init() };
+    (st.f_bavail, st.f_frsize)
+}

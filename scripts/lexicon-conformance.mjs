@@ -67,6 +67,21 @@ for (const did of dids) {
   if (latest.status === 200) checkOutput('com.atproto.sync.getLatestCommit', latest);
   else checkError('com.atproto.sync.getLatestCommit', latest);
 }
+// listReposByCollection, paged with an encoded cursor.
+const byCollection = [];
+cursor = undefined;
+for (let page = 0; page < 100; page++) {
+  const params = { collection: 'app.bsky.feed.post', limit: '2', ...(cursor ? { cursor } : {}) };
+  const res = await call('com.atproto.sync.listReposByCollection', params);
+  checkOutput('com.atproto.sync.listReposByCollection', res);
+  byCollection.push(...(res.body?.repos ?? []).map((r) => r.did));
+  cursor = res.body?.cursor;
+  if (!cursor) break;
+}
+if (byCollection.length === 0) fail('listReposByCollection listed no account with posts');
+if (new Set(byCollection).size !== byCollection.length) fail('listReposByCollection repeated an account');
+checkError('com.atproto.sync.listReposByCollection',
+  await call('com.atproto.sync.listReposByCollection', { collection: 'not an nsid' }), 'InvalidRequest');
 checkOutput('com.atproto.sync.listHosts', await call('com.atproto.sync.listHosts'));
 checkOutput('com.atproto.sync.getHostStatus', await call('com.atproto.sync.getHostStatus', { hostname: host }));
 

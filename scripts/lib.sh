@@ -43,6 +43,18 @@ ensure_py() {
   fi
 }
 
+# target/node: the npm clients of scripts/node/package.json (@skyware/jetstream and /firehose, ws,
+# playwright-core), reinstalled when it changes. Scripts that import them are copied there to run.
+ensure_node_clients() {
+  if ! cmp -s "$ROOT/scripts/node/package.json" "$ROOT/target/node/.installed" 2>/dev/null; then
+    log "installing the npm clients (scripts/node/package.json)"
+    mkdir -p "$ROOT/target/node"
+    cp "$ROOT/scripts/node/package.json" "$ROOT/target/node/package.json"
+    (cd "$ROOT/target/node" && npm install --silent --no-audit --no-fund --no-package-lock >/dev/null)
+    cp "$ROOT/scripts/node/package.json" "$ROOT/target/node/.installed"
+  fi
+}
+
 build_relay() {
   (cd "$ROOT" && cargo build --locked -p engine --bin relay)
   RELAY_BIN=$ROOT/target/debug/relay

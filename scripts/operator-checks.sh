@@ -21,11 +21,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-if [ ! -d "$ROOT/target/node/node_modules/playwright-core" ]; then
-  log "installing playwright-core (no browser download: it drives Debian's chromium)"
-  mkdir -p "$ROOT/target/node"
-  (cd "$ROOT/target/node" && npm install --no-save --silent --no-audit --no-fund playwright-core@1.64.1 >/dev/null)
-fi
+# playwright-core among them (no browser download: it drives Debian's chromium).
+ensure_node_clients
 build_relay
 WORK=$(mktemp -d /tmp/relay-operator.XXXXXX)
 log "relay doctor"

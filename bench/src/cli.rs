@@ -50,6 +50,20 @@ pub(crate) enum Mode {
         #[command(flatten)]
         fixed: Fixed,
     },
+    /// Trains the relay's Jetstream zstd dictionary on generated Jetstream messages (v1 and v2),
+    /// writes it, and reports average message sizes on other generated messages: raw, zstd without a
+    /// dictionary, zstd with it.
+    JetstreamDictionary {
+        /// Where to write the dictionary (the relay embeds `shards/src/fanout/jet/zstd_dictionary.bin`).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Generated events to train on (each gives a v1 and a v2 message).
+        #[arg(long, default_value_t = 20_000)]
+        samples: usize,
+        /// Dictionary size in bytes.
+        #[arg(long, default_value_t = 65_536)]
+        size: usize,
+    },
 }
 
 /// Rate and duration of a fixed-rate run.

@@ -9,6 +9,7 @@
 
 pub mod generator;
 pub mod host;
+pub mod jetstream_traffic;
 pub mod plc;
 pub mod probe;
 pub mod report;

@@ -460,8 +460,44 @@ async fn run_ramp(
     write_outputs(&c, &v, &latency)
 }
 
+/// `relay-bench jetstream-dictionary`: trains, writes and measures the dictionary.
+fn jetstream_dictionary(out: &std::path::Path, samples: usize, size: usize) -> anyhow::Result<()> {
+    use bench::jetstream_traffic;
+    let now = now_us();
+    let messages = |seed, n| -> Vec<Vec<u8>> {
+        jetstream_traffic::events(seed, n, now)
+            .iter()
+            .flat_map(|e| [e.v1_json(), Some(e.v2_json())])
+            .flatten()
+            .collect()
+    };
+    let train = messages(1, samples);
+    let dictionary = zstd::dict::from_samples(&train, size)?;
+    std::fs::write(out, &dictionary)?;
+    let test = messages(2, 5_000);
+    let mut with = zstd::bulk::Compressor::with_dictionary(3, &dictionary)?;
+    let (mut raw, mut plain, mut dict) = (0usize, 0usize, 0usize);
+    for m in &test {
+        raw += m.len();
+        plain += zstd::bulk::compress(m, 3)?.len();
+        dict += with.compress(m)?.len();
+    }
+    let n = test.len().max(1);
+    let id = dictionary.get(4..8).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_le_bytes);
+    let v = json!({
+        "dictionary": out.display().to_string(), "dictionary_id": id, "dictionary_bytes": dictionary.len(),
+        "trained_on_messages": train.len(), "measured_on_messages": test.len(),
+        "avg_bytes_raw": raw / n, "avg_bytes_zstd": plain / n, "avg_bytes_zstd_dictionary": dict / n,
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Mode::JetstreamDictionary { out, samples, size } = &cli.mode {
+        return jetstream_dictionary(out, *samples, *size);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.mode {
@@ -470,6 +506,7 @@ fn main() -> anyhow::Result<()> {
             Mode::Ramp { common, start_rate, factor, step_secs, max_p99_ms, max_steps } => {
                 run_ramp(common, start_rate, factor, step_secs, max_p99_ms, max_steps).await
             }
+            Mode::JetstreamDictionary { .. } => Ok(()),
         }
     })
 }

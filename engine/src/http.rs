@@ -182,7 +182,7 @@ async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
             let _ = shards::net::with_timeout(WRITE_TIMEOUT, stream.write_all(&resp.encode())).await;
             let _ = stream.close().await;
         }
-        xrpc::Routed::Upgrade { accept_key, cursor } => {
+        xrpc::Routed::Upgrade { accept_key, stream: what, subprotocol } => {
             let Some(subscriber) = ctx.limits.admit_subscriber() else {
                 let resp = Response::xrpc_error(
                     503,
@@ -192,24 +192,42 @@ async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
                 refuse(stream, &resp).await;
                 return;
             };
+            let protocol = subprotocol.map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n")).unwrap_or_default();
             let resp = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nServer: {SERVER}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+                "HTTP/1.1 101 Switching Protocols\r\nServer: {SERVER}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n{protocol}\r\n"
             );
             if stream.write_all(resp.as_bytes()).await.is_err() {
                 return;
             }
+            let (cursor, endpoint) = match &what {
+                xrpc::Stream::Firehose(cursor) => (cursor.map(|c| c.0), "firehose"),
+                xrpc::Stream::Jetstream(j) => (
+                    match j.start {
+                        shards::fanout::JetStart::Live => None,
+                        shards::fanout::JetStart::Seq(s) | shards::fanout::JetStart::TimeUs(s) => Some(s),
+                    },
+                    match j.format {
+                        shards::fanout::JetFormat::V1 => "jetstream-v1",
+                        shards::fanout::JetFormat::V2 => "jetstream-v2",
+                    },
+                ),
+            };
             let info = shards::fanout::SubscriberInfo {
                 remote: stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
-                cursor: cursor.map(|c| c.0),
+                cursor,
                 user_agent: request.header("user-agent").map(str::to_owned),
                 connected_ms: shards::unix_ms(),
+                endpoint,
             };
-            tracing::info!(remote = %info.remote, cursor = ?info.cursor, "subscriber connected");
+            tracing::info!(remote = %info.remote, cursor = ?info.cursor, endpoint, "subscriber connected");
             let shard = Rc::clone(&ctx.fanout);
             let serve = async move {
                 // Held for as long as the subscriber is served.
                 let _slots = (client, subscriber);
-                shard.serve(stream, cursor, leftover, info).await;
+                match what {
+                    xrpc::Stream::Firehose(cursor) => shard.serve(stream, cursor, leftover, info).await,
+                    xrpc::Stream::Jetstream(j) => shard.serve_jetstream(stream, *j, leftover, info).await,
+                }
             };
             if let Ok(task) = glommio::spawn_local_into(serve, ctx.fanout_tq) {
                 task.detach();
@@ -243,13 +261,21 @@ async fn refuse(mut stream: TcpStream, resp: &Response) {
 /// Reads and parses a request head. `Ok(None)` when the client went away first.
 async fn read_head(stream: &mut TcpStream) -> Result<Option<(Request, Vec<u8>)>, Response> {
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
+    let mut chunk = vec![0u8; 16 * 1024];
     loop {
         let n = match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(n) => n,
         };
+        let old = buf.len();
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        // Parse only once the head's end (a blank line) may have arrived, or the limit is passed:
+        // a long head (Jetstream's wantedDids) is not re-parsed chunk after chunk.
+        let tail = buf.get(old.saturating_sub(3)..).unwrap_or_default();
+        let ended = tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n");
+        if !ended && buf.len() <= wire::http::MAX_HEAD_BYTES {
+            continue;
+        }
         let (head, len) = match parse_request_head(&buf) {
             Ok(Some(parsed)) => parsed,
             Ok(None) => continue,

@@ -34,6 +34,10 @@ const PATHS: &[&str] = &[
     "/xrpc/com.atproto.sync.getRepo",
     "/xrpc/com.atproto.sync.requestCrawl",
     "/xrpc/com.atproto.sync.getBlob",
+    "/xrpc/com.atproto.sync.listReposByCollection",
+    "/xrpc/network.bsky.jetstream.subscribeEvents",
+    "/xrpc/network.bsky.jetstream.getZstdDictionary",
+    "/subscribe",
     "/admin/repo/takeDown",
     "/admin/repo/reverseTakedown",
     "/admin/subs/getUpstreamConns",
@@ -55,8 +59,29 @@ const PATHS: &[&str] = &[
     "/admin/consumers/kill",
 ];
 
-const NAMES: &[&str] =
-    &["did", "cursor", "limit", "hostname", "since", "domain", "enabled", "ban", "accountLimit", "trusted", "id"];
+const NAMES: &[&str] = &[
+    "did",
+    "cursor",
+    "limit",
+    "hostname",
+    "since",
+    "domain",
+    "enabled",
+    "ban",
+    "accountLimit",
+    "trusted",
+    "id",
+    "collection",
+    "wantedCollections",
+    "wantedDids",
+    "maxMessageSizeBytes",
+    "compress",
+    "requireHello",
+    "kinds",
+    "dids",
+    "collections",
+    "zstdDictionary",
+];
 
 #[derive(Arbitrary, Debug)]
 enum Value {

@@ -124,6 +124,12 @@ pub struct Published {
     /// The events in increasing relay `seq`, each as a complete websocket binary frame (encoded once,
     /// shared by every subscriber of every fanout shard).
     pub events: Vec<(RelaySeq, Bytes)>,
+    /// The same events decoded (same order), for the Jetstream subscribers, which convert them to
+    /// JSON once per fanout shard.
+    pub decoded: Vec<Event>,
+    /// The unix second of the batch's `time_index` entry and its first relay seq: every event of the
+    /// batch has that entry's time ([`wire::jetstream::time_us`]).
+    pub second: (u64, RelaySeq),
 }
 
 /// A [`Published`] batch, shared by the fanout shards.

@@ -95,6 +95,19 @@ pub struct Metrics {
     /// `relay_outdated_cursors_total`: `#info OutdatedCursor` frames sent (a cursor, or a fallen-back
     /// subscriber, older than the retention window).
     pub outdated_cursors: Counter,
+    /// `relay_jetstream_subscribers{endpoint}`: Jetstream subscribers connected (`v1`: `/subscribe`,
+    /// `v2`: `network.bsky.jetstream.subscribeEvents`).
+    pub jetstream_subscribers: Family<Label, Gauge>,
+    /// `relay_jetstream_messages_total{endpoint}`: Jetstream messages written (one per record
+    /// operation, identity, account or sync event), live and replayed.
+    pub jetstream_messages: Family<Label, Counter>,
+    /// `relay_jetstream_encoded_total{encoding}`: Jetstream messages encoded by fanout shards
+    /// (`v1`, `v2`, `v1_zstd`, `v2_zstd`): once per event per shard for live delivery, however many
+    /// subscribers get it; per subscriber in replay.
+    pub jetstream_encoded: Family<Label, Counter>,
+    /// `relay_jetstream_unconvertible_records_total`: records sent without `record` because they
+    /// have no atproto JSON form (a float, a missing block).
+    pub jetstream_unconvertible: Counter,
     /// `relay_resyncs_total{result}`: account resyncs after a broken chain (`requested`,
     /// `queue_full`, `fetched`, `failed`).
     pub resyncs: Family<Label, Counter>,
@@ -168,6 +181,10 @@ impl Default for Metrics {
             replay_events: Counter::default(),
             replay_hidden: Counter::default(),
             outdated_cursors: Counter::default(),
+            jetstream_subscribers: Family::default(),
+            jetstream_messages: Family::default(),
+            jetstream_encoded: Family::default(),
+            jetstream_unconvertible: Counter::default(),
             resyncs: Family::default(),
             batch_commits: Counter::default(),
             disk_free_bytes: Gauge::default(),
@@ -340,12 +357,37 @@ impl Metrics {
             self.replay_hidden.clone(),
         );
         registry.register("relay_outdated_cursors", "OutdatedCursor info frames sent", self.outdated_cursors.clone());
+        registry.register(
+            "relay_jetstream_subscribers",
+            "Jetstream subscribers connected, by endpoint",
+            self.jetstream_subscribers.clone(),
+        );
+        registry.register(
+            "relay_jetstream_messages",
+            "Jetstream messages written, by endpoint",
+            self.jetstream_messages.clone(),
+        );
+        registry.register(
+            "relay_jetstream_encoded",
+            "Jetstream messages encoded, by encoding",
+            self.jetstream_encoded.clone(),
+        );
+        registry.register(
+            "relay_jetstream_unconvertible_records",
+            "Records sent without a JSON form",
+            self.jetstream_unconvertible.clone(),
+        );
+        for endpoint in ["v1", "v2"] {
+            let _ = self.jetstream_subscribers.get_or_create(&vec![("endpoint", endpoint)]);
+        }
         // Pre-create every drop reason so a zero is visible, not an absent series.
         for reason in DropReason::ALL {
             let _ = self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]);
         }
         // Every bounded label value up front: a dashboard finds a zero, not an absent series.
-        let families: [(&Family<Label, Counter>, &'static str, &[&'static str]); 14] = [
+        let families: [(&Family<Label, Counter>, &'static str, &[&'static str]); 16] = [
+            (&self.jetstream_messages, "endpoint", &["v1", "v2"]),
+            (&self.jetstream_encoded, "encoding", &["v1", "v2", "v1_zstd", "v2_zstd"]),
             (&self.events_relayed, "type", &["commit", "sync", "identity", "account"]),
             (&self.lexicon_tolerated, "field", &["tooBig", "rebase", "blobs"]),
             (
@@ -375,6 +417,7 @@ impl Metrics {
                     "write_error",
                     "store_error",
                     "shutdown",
+                    "bad_message",
                 ],
             ),
             (&self.resyncs, "result", &["requested", "queue_full", "fetched", "failed"]),

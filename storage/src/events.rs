@@ -114,6 +114,69 @@ impl Store {
         }
     }
 
+    /// The `time_index` entry of the newest indexed second at or before `unix_s`: `(second, first
+    /// relay seq of that second)`. `None` when no indexed second is that old.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn time_entry_at(&self, unix_s: u64) -> Result<Option<(u64, RelaySeq)>, StoreError> {
+        let key = unix_s.to_be_bytes();
+        self.time_entry(IteratorMode::From(&key, Direction::Reverse))
+    }
+
+    /// The `time_index` entry of the oldest indexed second after `unix_s`, if any.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn time_entry_after(&self, unix_s: u64) -> Result<Option<(u64, RelaySeq)>, StoreError> {
+        let key = unix_s.saturating_add(1).to_be_bytes();
+        self.time_entry(IteratorMode::From(&key, Direction::Forward))
+    }
+
+    fn time_entry(&self, mode: IteratorMode<'_>) -> Result<Option<(u64, RelaySeq)>, StoreError> {
+        match self.db.iterator_cf(self.cf(cf::TIME_INDEX), mode).next() {
+            Some(item) => {
+                let (k, v) = item?;
+                let second = be_u64(&k).ok_or_else(|| corrupt(cf::TIME_INDEX, &k))?;
+                Ok(Some((second, RelaySeq(be_u64(&v).ok_or_else(|| corrupt(cf::TIME_INDEX, &k))?))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The `time_index` entries that give the seconds of relay seqs `from..=to`, in order: the entry
+    /// with the greatest first seq at or below `from` (found by a binary search over the indexed
+    /// seconds: about 20 seeks for a 72 h window), then every entry whose first seq is in
+    /// `from + 1..=to`. Empty when nothing is indexed.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn time_entries_covering(&self, from: RelaySeq, to: RelaySeq) -> Result<Vec<(u64, RelaySeq)>, StoreError> {
+        let Some((mut lo, _)) = self.time_entry(IteratorMode::Start)? else { return Ok(Vec::new()) };
+        let Some((mut hi, _)) = self.time_entry(IteratorMode::End)? else { return Ok(Vec::new()) };
+        // The greatest indexed second whose first seq is <= from (or the oldest one).
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            match self.time_entry_at(mid)? {
+                Some((_, first)) if first <= from => lo = mid,
+                _ => hi = mid - 1,
+            }
+        }
+        // `lo` may fall between indexed seconds: start from the entry that covers it.
+        let start = self.time_entry_at(lo)?.map_or(lo, |(s, _)| s).to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::TIME_INDEX), IteratorMode::From(&start, Direction::Forward)) {
+            let (k, v) = item?;
+            let second = be_u64(&k).ok_or_else(|| corrupt(cf::TIME_INDEX, &k))?;
+            let first = RelaySeq(be_u64(&v).ok_or_else(|| corrupt(cf::TIME_INDEX, &k))?);
+            if !out.is_empty() && first > to {
+                break;
+            }
+            out.push((second, first));
+        }
+        Ok(out)
+    }
+
     /// Deletes every event with `seq < before` (a range delete), the `time_index` entries and
     /// tombstones it makes useless, and records `before` as `meta.retained_from`, in one synced
     /// batch; then drops the SST files wholly inside the range and compacts it, so the space comes
@@ -246,6 +309,14 @@ mod tests {
         assert_eq!(store.seq_at(99).unwrap(), None);
         assert_eq!(store.seq_at(101).unwrap(), Some(RelaySeq(5)));
         assert_eq!(store.seq_at(104).unwrap(), Some(RelaySeq(5)));
+        assert_eq!(store.time_entry_at(104).unwrap(), Some((101, RelaySeq(5))));
+        assert_eq!(store.time_entry_after(101).unwrap(), Some((105, RelaySeq(9))));
+        assert_eq!(store.time_entry_after(105).unwrap(), None);
+        let covering = |from, to| store.time_entries_covering(RelaySeq(from), RelaySeq(to)).unwrap();
+        assert_eq!(covering(1, 1), [(100, RelaySeq(1))]);
+        assert_eq!(covering(3, 9), [(100, RelaySeq(1)), (101, RelaySeq(5)), (105, RelaySeq(9))]);
+        assert_eq!(covering(6, 8), [(101, RelaySeq(5))]);
+        assert_eq!(covering(10, 10), [(105, RelaySeq(9))]);
 
         // A tombstone for `a` at seq 8: its events 2, 4, 6 leave replay; 8 (the event) and later stay.
         store

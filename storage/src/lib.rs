@@ -89,6 +89,15 @@
 //! | key   | 0      | n     | DID (UTF-8) |
 //! | value | 0      | 8     | relay `seq` of the `#account` event that took the account down or deleted it (u64); the account's events with a lower seq are not replayed |
 //!
+//! ## `collections`: collection → accounts holding records of it (`listReposByCollection`)
+//!
+//! | part  | offset | bytes | field |
+//! |-------|--------|-------|-------|
+//! | key   | 0      | n     | collection NSID (UTF-8) |
+//! |       | n      | 1     | 0x00 |
+//! |       | n+1    | m     | DID (UTF-8) |
+//! | value | 0      | 8     | relay `seq` of a relayed commit that created or updated a record of that collection in that account, when the relay noted the pair (u64) |
+//!
 //! ## `meta`
 //!
 //! | key              | value |
@@ -140,7 +149,20 @@ pub mod cf {
     pub const TIME_INDEX: &str = "time_index";
     /// DID → relay seq from which on the account's earlier events are not replayed.
     pub const TOMBSTONES: &str = "tombstones";
+    /// Collection ‖ 0 ‖ DID → first relay seq seen (`listReposByCollection`).
+    pub const COLLECTIONS: &str = "collections";
     /// All of them, in creation order.
-    pub const ALL: [&str; 10] =
-        [EVENTS, REPOS, HOSTS, IDENTITIES, META, HOST_INFO, HOST_CONFIG, DOMAIN_BANS, TIME_INDEX, TOMBSTONES];
+    pub const ALL: [&str; 11] = [
+        EVENTS,
+        REPOS,
+        HOSTS,
+        IDENTITIES,
+        META,
+        HOST_INFO,
+        HOST_CONFIG,
+        DOMAIN_BANS,
+        TIME_INDEX,
+        TOMBSTONES,
+        COLLECTIONS,
+    ];
 }

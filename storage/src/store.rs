@@ -62,6 +62,11 @@ pub struct CommitBatch {
     /// Tombstones: accounts whose earlier events leave replay, with the seq of the `#account` event
     /// that took them down or deleted them (that event itself stays).
     pub tombstones: Vec<(Did, RelaySeq)>,
+    /// `(collection, account, seq)`: an account relayed a record of a collection (the `collections`
+    /// column family). Writing a pair again only rewrites its seq; the sequencer skips the pairs it
+    /// noted recently (a bounded memory), so a busy account costs one write per collection, not one
+    /// per record.
+    pub collections: Vec<(String, Did, RelaySeq)>,
 }
 
 impl CommitBatch {
@@ -235,6 +240,10 @@ impl Store {
         let tombstones = self.cf(cf::TOMBSTONES);
         for (did, seq) in &batch.tombstones {
             wb.put_cf(tombstones, did.as_str(), seq.0.to_be_bytes());
+        }
+        let collections = self.cf(cf::COLLECTIONS);
+        for (collection, did, seq) in &batch.collections {
+            wb.put_cf(collections, crate::accounts::collection_key(collection, did.as_str()), seq.0.to_be_bytes());
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes);

@@ -1,8 +1,10 @@
 //! HTTP/1.1 request heads (parsed with httparse) and the websocket upgrade handshake (RFC 6455 §4.2),
 //! for the relay's API listener. Pure functions over bytes, fuzzed like the other decoders.
 
-/// Largest request head accepted, in bytes.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest request head accepted, in bytes: 512 KiB, room for a Jetstream `/subscribe` URL with
+/// its 10,000 `wantedDids` (about 45 bytes each for `did:plc`), as Go's servers allow (1 MiB). The
+/// head must arrive within the listener's head timeout.
+pub const MAX_HEAD_BYTES: usize = 512 * 1024;
 /// Most headers accepted in one request.
 pub const MAX_HEADERS: usize = 64;
 

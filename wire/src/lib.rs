@@ -20,9 +20,10 @@ pub mod did_doc;
 pub mod frame;
 pub mod host;
 pub mod http;
+pub mod jetstream;
 pub mod mst;
 pub mod syntax;
-#[cfg(feature = "testkit")]
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod validate;
 pub mod ws;

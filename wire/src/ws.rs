@@ -8,8 +8,10 @@ use sha1::{Digest, Sha1};
 /// The GUID appended to `Sec-WebSocket-Key` (RFC 6455 §1.3).
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-/// Largest control or data frame payload accepted from a subscriber, in bytes. Subscribers only send
-/// control frames (at most 125 bytes); anything larger is a protocol error.
+/// Largest control or data frame payload accepted from a firehose subscriber, in bytes. Firehose
+/// subscribers only send control frames (at most 125 bytes); anything larger is a protocol error.
+/// Endpoints that take messages (Jetstream's `options_update`) pass their own limit to
+/// [`decode_client_frame_limited`].
 pub const MAX_CLIENT_PAYLOAD: usize = 4096;
 
 /// Frame opcodes (RFC 6455 §5.2).
@@ -127,6 +129,14 @@ pub struct ClientFrame {
 /// # Errors
 /// [`WsError`] on a protocol violation; the connection should then be closed with code 1002.
 pub fn decode_client_frame(buf: &[u8]) -> Result<Option<(ClientFrame, usize)>, WsError> {
+    decode_client_frame_limited(buf, MAX_CLIENT_PAYLOAD)
+}
+
+/// [`decode_client_frame`] with payloads up to `max_payload` bytes.
+///
+/// # Errors
+/// [`WsError`] on a protocol violation, [`WsError::TooLarge`] past `max_payload`.
+pub fn decode_client_frame_limited(buf: &[u8], max_payload: usize) -> Result<Option<(ClientFrame, usize)>, WsError> {
     let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
         return Ok(None);
     };
@@ -153,7 +163,7 @@ pub fn decode_client_frame(buf: &[u8]) -> Result<Option<(ClientFrame, usize)>, W
     if is_control && (!fin || len > 125) {
         return Err(WsError::Protocol);
     }
-    if len > MAX_CLIENT_PAYLOAD as u64 {
+    if len > max_payload as u64 {
         return Err(WsError::TooLarge);
     }
     let len = len as usize;

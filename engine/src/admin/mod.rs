@@ -26,7 +26,7 @@
 //! | `POST /admin/pds/block` | `{"hostname"}` | ban the host (persisted) and close its connection. The host |
 //! | `POST /admin/pds/unblock` | `{"hostname"}` | lift the ban and reconnect it. The host |
 //! | `POST /admin/pds/resetCursor` | `{"hostname", "cursor"?: n}` | set the host's upstream cursor (default 0: from the start of what it still has) and reconnect: how a host that reset its sequence (`FutureCursor`) is recovered without deleting data. The host |
-//! | `GET /admin/consumers/list` | | connected subscribers: `{"subscribers": [{"id", "remoteAddr", "userAgent"?, "cursor"?, "connectedAt", "position", "replaying", "lagMs"}]}` (`position`: the last seq written to it; `lagMs`: how long the oldest frame in its live queue has waited) |
+//! | `GET /admin/consumers/list` | | connected subscribers: `{"subscribers": [{"id", "remoteAddr", "userAgent"?, "cursor"?, "connectedAt", "position", "replaying", "lagMs", "endpoint"}]}` (`endpoint`: `firehose`, `jetstream-v1` or `jetstream-v2`; `position`: the last relay seq written to it; `lagMs`: how long the oldest frame in its live queue has waited) |
 //! | `POST /admin/consumers/kill` | `{"id"}` | close that subscriber (within a second, with a close frame). `{"id", "killed"}` |
 //!
 //! Errors (XRPC JSON): `401 AuthenticationRequired` without valid credentials; `404 NotFound` for an unknown
@@ -241,6 +241,7 @@ impl Admin {
                             "id": s.id, "remoteAddr": s.info.remote, "userAgent": s.info.user_agent,
                             "cursor": s.info.cursor, "connectedAt": datetime_ms(s.info.connected_ms),
                             "position": s.position, "replaying": s.replaying, "lagMs": s.lag_ms,
+                            "endpoint": s.info.endpoint,
                         })
                     })
                     .collect();

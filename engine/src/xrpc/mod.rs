@@ -6,8 +6,10 @@ mod get_latest_commit;
 mod get_repo;
 mod get_repo_status;
 mod health;
+pub mod jetstream;
 pub mod list_hosts;
 mod list_repos;
+mod list_repos_by_collection;
 pub mod request_crawl;
 mod subscribe_repos;
 
@@ -54,16 +56,26 @@ pub struct Ctx {
     pub engine_metrics: crate::metrics::EngineMetrics,
 }
 
+/// What an upgraded connection is served.
+pub enum Stream {
+    /// `subscribeRepos` from the cursor (`None`: the live tail).
+    Firehose(Option<RelaySeq>),
+    /// A Jetstream subscription (v1 or v2).
+    Jetstream(Box<shards::fanout::JetRequest>),
+}
+
 /// The outcome of routing a request.
 pub enum Routed {
     /// Answer with this response and close.
     Respond(Response),
-    /// Upgrade to a websocket and serve the firehose from `cursor`.
+    /// Upgrade to a websocket and serve `stream`.
     Upgrade {
         /// `Sec-WebSocket-Accept` value.
         accept_key: String,
-        /// The requested cursor.
-        cursor: Option<RelaySeq>,
+        /// What to serve.
+        stream: Stream,
+        /// The `Sec-WebSocket-Protocol` chosen, if any.
+        subprotocol: Option<&'static str>,
     },
 }
 
@@ -86,6 +98,9 @@ pub async fn route(req: &Request, ctx: &Ctx) -> Routed {
         let mut resp = Response::json(302, &serde_json::json!({}));
         resp.headers.push(("Location", "/admin/".into()));
         return Routed::Respond(resp);
+    }
+    if path == jetstream::V1_PATH {
+        return only_get(req).map_or_else(|| jetstream::subscribe_v1(req, ctx), Routed::Respond);
     }
     if let Some(rest) = path.strip_prefix("/admin/") {
         return Routed::Respond(match &ctx.admin {
@@ -114,6 +129,11 @@ pub async fn route(req: &Request, ctx: &Ctx) -> Routed {
             Some(resp) => Routed::Respond(resp),
             None => subscribe_repos::handle(req, ctx),
         },
+        list_repos_by_collection::NSID => {
+            Routed::Respond(only_get(req).unwrap_or_else(|| list_repos_by_collection::handle(req, ctx)))
+        }
+        jetstream::V2_NSID => only_get(req).map_or_else(|| jetstream::subscribe_v2(req, ctx), Routed::Respond),
+        jetstream::DICTIONARY_NSID => Routed::Respond(only_get(req).unwrap_or_else(|| jetstream::get_dictionary(req))),
         _ => Routed::Respond(Response::xrpc_error(
             501,
             "MethodNotImplemented",

@@ -38,7 +38,7 @@ pub fn handle(req: &Request, _ctx: &Ctx) -> Routed {
         return Routed::Respond(resp);
     }
     match req.websocket_accept() {
-        Ok(accept_key) => Routed::Upgrade { accept_key, cursor },
+        Ok(accept_key) => Routed::Upgrade { accept_key, stream: super::Stream::Firehose(cursor), subprotocol: None },
         Err(reason) => Routed::Respond(Response::xrpc_error(400, "InvalidRequest", reason)),
     }
 }

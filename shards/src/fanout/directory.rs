@@ -98,7 +98,13 @@ mod tests {
     #[test]
     fn entries_live_as_long_as_their_guard_and_can_be_killed() {
         let d = SubscriberDirectory::default();
-        let info = SubscriberInfo { remote: "r".into(), cursor: None, user_agent: None, connected_ms: 1 };
+        let info = SubscriberInfo {
+            remote: "r".into(),
+            cursor: None,
+            user_agent: None,
+            connected_ms: 1,
+            endpoint: "firehose",
+        };
         let a = d.add(info.clone());
         let b = d.add(info);
         a.progress.position.store(7, Ordering::Relaxed);

@@ -4,6 +4,7 @@
 //! subscriber lives by are in [`subscriber`].
 
 mod directory;
+pub mod jet;
 mod queue;
 mod replay;
 mod subscriber;
@@ -24,6 +25,7 @@ use crate::messages::PublishedBatch;
 use crate::metrics::Metrics;
 
 pub use directory::{Listed, SubscriberDirectory, SubscriberProgress, SubscriberView};
+pub use jet::{JetFormat, JetRequest, JetStart};
 pub use queue::Outgoing;
 pub use subscriber::SubscriberInfo;
 
@@ -78,6 +80,11 @@ pub struct FanoutShard {
     /// The last durable relay seq, set by the sequencer (may be ahead of `head`).
     committed: Arc<AtomicU64>,
     live: RefCell<BTreeMap<u64, Registered>>,
+    /// Live Jetstream subscribers ([`jet`]).
+    jet_live: RefCell<BTreeMap<u64, jet::JetRegistered>>,
+    /// This shard's Jetstream compressor; `None` if zstd could not start (compressed subscriptions
+    /// are then refused).
+    codec: Option<jet::codec::Codec>,
     next_id: Cell<u64>,
     directory: Arc<SubscriberDirectory>,
     /// The task queue replays run in (fewer shares than live delivery); `None`: the caller's.
@@ -111,6 +118,10 @@ impl FanoutShard {
             head: Cell::new(head),
             committed,
             live: RefCell::new(BTreeMap::new()),
+            jet_live: RefCell::new(BTreeMap::new()),
+            codec: jet::codec::Codec::new()
+                .inspect_err(|e| tracing::error!(error = %e, "zstd unavailable: compressed Jetstream refused"))
+                .ok(),
             next_id: Cell::new(1),
             directory,
             replay_tq: Cell::new(None),
@@ -127,6 +138,14 @@ impl FanoutShard {
         for sub in self.live.borrow().values() {
             sub.queue.close();
         }
+        for sub in self.jet_live.borrow().values() {
+            sub.queue.close();
+        }
+    }
+
+    /// Whether compressed Jetstream messages can be served.
+    pub fn can_compress(&self) -> bool {
+        self.codec.is_some()
     }
 
     /// Subscribers this shard still serves.
@@ -216,6 +235,7 @@ impl FanoutShard {
             return;
         };
         self.head.set(last.0);
+        self.publish_jetstream(batch);
         let mut live = self.live.borrow_mut();
         live.retain(|_, sub| {
             for (seq, frame) in &batch.events {

@@ -11,8 +11,9 @@ use wire::RelaySeq;
 /// Something to write to a subscriber.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
-    /// An event frame (complete websocket frame) with its relay seq and when its batch became
-    /// durable.
+    /// An event frame (complete websocket frame) with its position in the subscriber's stream (the
+    /// relay seq for the firehose; the Jetstream seq, relay seq × 256 + op index, for Jetstream) and
+    /// when its batch became durable.
     Event(RelaySeq, Bytes, std::time::Instant),
     /// A control frame (pong), written in order with events.
     Control(Bytes),

@@ -30,7 +30,7 @@ use super::{FanoutShard, SubscriberProgress};
 use crate::metrics::Metrics;
 
 /// Bytes gathered into one socket write at most (several frames per syscall under load).
-const MAX_WRITE_BATCH_BYTES: usize = 256 * 1024;
+pub(super) const MAX_WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// What the admin and logs know of a subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +43,8 @@ pub struct SubscriberInfo {
     pub user_agent: Option<String>,
     /// When it connected, ms since the UNIX epoch.
     pub connected_ms: u64,
+    /// What it subscribed to: `firehose`, `jetstream-v1` or `jetstream-v2`.
+    pub endpoint: &'static str,
 }
 
 fn error_frame(error: &str, message: &str) -> Vec<u8> {
@@ -64,10 +66,12 @@ pub(super) enum End {
     Shutdown,
     WriteError,
     StoreError,
+    /// A Jetstream subscriber sent an invalid message (`options_update`).
+    BadMessage,
 }
 
 impl End {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             End::Stalled => "consumer_too_slow",
             End::FutureCursor => "future_cursor",
@@ -76,6 +80,7 @@ impl End {
             End::Shutdown => "shutdown",
             End::WriteError => "write_error",
             End::StoreError => "store_error",
+            End::BadMessage => "bad_message",
         }
     }
 }
@@ -144,7 +149,7 @@ impl FanoutShard {
             End::ClientClosed => Some(ws::encode_close(1000, "")),
             End::Killed => Some(ws::encode_close(1008, "closed by the relay's operator")),
             End::Shutdown => Some(ws::encode_close(1001, "relay shutting down")),
-            End::WriteError => None,
+            End::WriteError | End::BadMessage => None,
         };
         if let Some(mut wr) = wr {
             if let Some(bye) = bye {

@@ -25,9 +25,16 @@ pub(super) struct State {
     pub(super) hosts: HashMap<String, HostState>,
     /// When each account's last resync was asked for: at most one a minute per account.
     pub(super) resync_asked: HashMap<Did, Instant>,
-    /// The newest second with a `time_index` entry.
-    pub(super) last_indexed_second: u64,
+    /// The newest `time_index` entry: (unix second, its first relay seq).
+    pub(super) last_indexed: (u64, RelaySeq),
+    /// `(collection, account)` pairs noted in the `collections` column family recently; cleared
+    /// when it holds [`MAX_NOTED_COLLECTIONS`].
+    pub(super) noted_collections: HashSet<(String, Did)>,
 }
+
+/// Most `(collection, account)` pairs the sequencer remembers having written (about 100 MB at
+/// most); past it the memory starts over, and a pair seen again is written again (idempotent).
+const MAX_NOTED_COLLECTIONS: usize = 1_000_000;
 
 /// A group commit being assembled.
 pub(super) struct Batch<'a> {
@@ -41,6 +48,8 @@ pub(super) struct Batch<'a> {
     repos: HashMap<Did, RepoState>,
     /// The events as complete websocket frames, for the fanout shards.
     pub(super) published: Vec<(RelaySeq, Bytes)>,
+    /// The same events decoded, for the fanout shards' Jetstream subscribers.
+    pub(super) decoded: Vec<Event>,
     /// Host commands to forward to ingest shards once the batch is built.
     pub(super) host_commands: Vec<crate::messages::HostCommand>,
     relayed: Relayed,
@@ -105,6 +114,7 @@ impl<'a> Batch<'a> {
             touched_hosts: HashSet::new(),
             repos: HashMap::new(),
             published: Vec::new(),
+            decoded: Vec::new(),
             host_commands: Vec::new(),
             relayed: Relayed {
                 by_type: [("commit", 0), ("sync", 0), ("identity", 0), ("account", 0)],
@@ -147,9 +157,32 @@ impl<'a> Batch<'a> {
         if is_tombstone(&event) {
             self.commit.tombstones.push((did.clone(), RelaySeq(seq)));
         }
+        if let Event::Commit(c) = &event {
+            self.note_collections(did, c, RelaySeq(seq));
+        }
         self.published.push((RelaySeq(seq), Bytes::from(ws::encode_frame(ws::Opcode::Binary, &frame))));
         self.commit.events.push((RelaySeq(seq), Bytes::from(frame)));
+        self.decoded.push(event);
         Ok(())
+    }
+
+    /// Notes the collections the commit creates or updates records in (`listReposByCollection`).
+    fn note_collections(&mut self, did: &Did, commit: &wire::frame::CommitEvent, seq: RelaySeq) {
+        for op in &commit.ops {
+            if op.action == "delete" {
+                continue;
+            }
+            let Some((collection, _)) = op.path.split_once('/') else { continue };
+            let noted = &mut self.state.noted_collections;
+            if noted.contains(&(collection.to_owned(), did.clone())) {
+                continue;
+            }
+            if noted.len() >= MAX_NOTED_COLLECTIONS {
+                noted.clear();
+            }
+            noted.insert((collection.to_owned(), did.clone()));
+            self.commit.collections.push((collection.to_owned(), did.clone(), seq));
+        }
     }
 
     /// Applies one message.
@@ -270,16 +303,23 @@ impl<'a> Batch<'a> {
     pub(super) fn finish(
         mut self,
         now_s: u64,
-    ) -> (CommitBatch, Vec<(RelaySeq, Bytes)>, Vec<crate::messages::HostCommand>, Relayed) {
+    ) -> (CommitBatch, crate::messages::Published, Vec<crate::messages::HostCommand>, Relayed) {
         self.commit.repos = self.repos.into_iter().collect();
         let hosts = &self.state.hosts;
         self.commit.hosts = self.touched_hosts.into_iter().filter_map(|h| hosts.get(&h).map(|s| (h, *s))).collect();
         if let Some((first, _)) = self.commit.events.first()
-            && now_s > self.state.last_indexed_second
+            && now_s > self.state.last_indexed.0
         {
             self.commit.time_index = Some((now_s, *first));
-            self.state.last_indexed_second = now_s;
+            self.state.last_indexed = (now_s, *first);
         }
-        (self.commit, self.published, self.host_commands, self.relayed)
+        let published = crate::messages::Published {
+            // Set again when the batch is durable.
+            committed_at: Instant::now(),
+            events: self.published,
+            decoded: self.decoded,
+            second: self.state.last_indexed,
+        };
+        (self.commit, published, self.host_commands, self.relayed)
     }
 }

@@ -24,7 +24,7 @@ use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use storage::{Store, StoreError};
 
 use crate::health::Health;
-use crate::messages::{IngestMsg, Published, PublishedBatch, ShardCommand};
+use crate::messages::{IngestMsg, PublishedBatch, ShardCommand};
 use crate::metrics::Metrics;
 
 /// Sequencer settings.
@@ -146,7 +146,8 @@ pub async fn run(
         last_seq: store.last_seq()?.map_or(0, |s| s.0),
         hosts: Default::default(),
         resync_asked: Default::default(),
-        last_indexed_second: store.last_indexed_second()?.unwrap_or(0),
+        last_indexed: store.time_entry_at(u64::MAX)?.unwrap_or((0, wire::RelaySeq(0))),
+        noted_collections: std::collections::HashSet::new(),
     };
     metrics.last_seq.set(state.last_seq as i64);
     tracing::info!(seq = state.last_seq, "sequencer starting after the last stored seq");
@@ -178,7 +179,7 @@ pub async fn run(
         for msg in msgs {
             batch.apply(msg)?;
         }
-        let (commit, published, host_commands, relayed) = batch.finish(crate::unix_ms() / 1000);
+        let (commit, mut published, host_commands, relayed) = batch.finish(crate::unix_ms() / 1000);
         for cmd in host_commands {
             let shard = crate::ingest::shard_for_host(cmd.host(), resync_to.len());
             if let Some(tx) = resync_to.get(shard) {
@@ -210,10 +211,11 @@ pub async fn run(
         }
         metrics.last_seq.set(state.last_seq as i64);
         committed.store(state.last_seq, Ordering::Release);
-        if published.is_empty() {
+        if published.events.is_empty() {
             continue;
         }
-        let published: PublishedBatch = Arc::new(Published { committed_at, events: published });
+        published.committed_at = committed_at;
+        let published: PublishedBatch = Arc::new(published);
         for tx in &fanout {
             // A fanout shard that is gone has no subscribers to serve; keep sequencing for the rest.
             if tx.send(Arc::clone(&published)).await.is_ok() {

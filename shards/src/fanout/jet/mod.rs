@@ -1,0 +1,401 @@
+//! Jetstream subscribers: the firehose as filtered JSON, served by the fanout shard from the same
+//! batches and the same store as `subscribeRepos` (wire formats: `wire::jetstream`).
+//!
+//! - **Live**: the publisher converts each event of a batch once (records decoded from the commit's
+//!   CAR slice to JSON), then hands each subscriber the events its [`Filter`] wants. A message is
+//!   encoded once per format (and compressed once per format) per shard, on first use, and the same
+//!   bytes go to every subscriber of that format ([`codec`]).
+//! - **Replay** (a cursor, or a queue that overflowed): from the store at the subscriber's pace, as
+//!   for the firehose, converting and filtering each stored event; then live, with no gap and no
+//!   duplicate. A subscriber's position is a Jetstream seq (relay seq × 256 + op index), so a
+//!   commit cut by an overflow resumes at its next op.
+//! - **Times**: an event's `time_us` comes from the `time_index` entry of the second it was
+//!   committed in ([`wire::jetstream::time_us`]): the same live and in replay, and a v1 time cursor
+//!   finds its event exactly.
+//! - v1 subscribers may change their filter with `options_update`; an invalid one closes the
+//!   connection (as Jetstream does). `requireHello=true` holds the stream until the first one.
+
+pub mod codec;
+mod reader;
+mod replay;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_lite::AsyncWriteExt;
+use futures_lite::io::WriteHalf;
+use glommio::net::TcpStream;
+use wire::jetstream::{self, Filter};
+use wire::ws;
+
+use super::queue::{Outgoing, Queue};
+use super::subscriber::{End, SubscriberInfo, write};
+use super::{FanoutShard, SubscriberProgress};
+use crate::messages::Published;
+use crate::metrics::Metrics;
+
+/// Which Jetstream wire a subscriber speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JetFormat {
+    /// `GET /subscribe`: bare JSON events with `time_us`; no `#sync`.
+    V1,
+    /// `network.bsky.jetstream.subscribeEvents` (`xrpc.v1.json` frames with a `seq`).
+    V2,
+}
+
+impl JetFormat {
+    fn label(self) -> &'static str {
+        match self {
+            JetFormat::V1 => "v1",
+            JetFormat::V2 => "v2",
+        }
+    }
+}
+
+/// Where a Jetstream subscriber starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JetStart {
+    /// The live tail.
+    Live,
+    /// The first event with a Jetstream seq at or above this (v2 seq cursors).
+    Seq(u64),
+    /// The first event whose `time_us` is at or after this (v1 cursors, v2 timestamp cursors).
+    TimeUs(u64),
+}
+
+/// A Jetstream subscription, as the engine parsed it from the request.
+#[derive(Debug, Clone)]
+pub struct JetRequest {
+    /// The wire.
+    pub format: JetFormat,
+    /// What it wants.
+    pub filter: Filter,
+    /// Where it starts.
+    pub start: JetStart,
+    /// zstd-compressed binary messages with [`codec::DICTIONARY`].
+    pub compress: bool,
+    /// v1 `requireHello=true`: nothing is sent before the first `options_update`.
+    pub require_hello: bool,
+}
+
+/// A subscriber's settings, shared by its writer and its reader (which applies `options_update`).
+pub(crate) struct JetSub {
+    format: JetFormat,
+    compress: bool,
+    filter: RefCell<Filter>,
+    /// An `options_update` arrived (for `requireHello`).
+    hello: Cell<bool>,
+}
+
+impl JetSub {
+    /// This subscriber's frame for `p` (`None`: filtered out, too large, or no form in its format).
+    fn frame(&self, p: &codec::Prepared, shard: &FanoutShard) -> Option<bytes::Bytes> {
+        let e = &p.event;
+        if !self.filter.borrow().wants(e.did.as_str(), e.kind(), e.collection()) {
+            return None;
+        }
+        let codec = if self.compress { Some(shard.codec.as_ref()?) } else { None };
+        let (frame, len) = p.frame(self.format, codec, &shard.metrics)?;
+        self.filter.borrow().fits(len).then_some(frame)
+    }
+}
+
+/// A live Jetstream subscriber, as the publisher sees it.
+pub(crate) struct JetRegistered {
+    pub(super) queue: Rc<Queue>,
+    sub: Rc<JetSub>,
+}
+
+/// The Jetstream events of a published batch (converted once per shard).
+pub(crate) fn prepare(batch: &Published, metrics: &Metrics) -> Vec<codec::Prepared> {
+    let (second, first) = batch.second;
+    let mut out = Vec::new();
+    for ((seq, _), event) in batch.events.iter().zip(&batch.decoded) {
+        let time_us = jetstream::time_us(second, first.0, seq.0);
+        let converted = jetstream::convert(event, time_us);
+        metrics.jetstream_unconvertible.inc_by(converted.unconvertible as u64);
+        out.extend(converted.events.into_iter().map(codec::Prepared::new));
+    }
+    out
+}
+
+/// The Jetstream seq just below the first op of relay seq `seq`.
+fn before_relay_seq(seq: u64) -> u64 {
+    (seq << 8).saturating_sub(1)
+}
+
+/// The Jetstream seq of the last op any event at relay seq `seq` can have.
+fn end_of_relay_seq(seq: u64) -> u64 {
+    seq << 8 | 0xff
+}
+
+impl FanoutShard {
+    /// Hands a published batch to the live Jetstream subscribers.
+    pub(super) fn publish_jetstream(&self, batch: &Published) {
+        if self.jet_live.borrow().is_empty() {
+            return;
+        }
+        let prepared = prepare(batch, &self.metrics);
+        let mut live = self.jet_live.borrow_mut();
+        live.retain(|_, reg| {
+            for p in &prepared {
+                let Some(frame) = reg.sub.frame(p, self) else { continue };
+                if reg.queue.push(Outgoing::Event(wire::RelaySeq(p.event.seq()), frame, batch.committed_at)).is_err() {
+                    reg.queue.mark_behind();
+                    return false;
+                }
+            }
+            true
+        });
+    }
+
+    fn register_jet(&self, queue: Rc<Queue>, sub: &Rc<JetSub>, progress: &Arc<SubscriberProgress>) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        progress.replaying.store(false, Ordering::Relaxed);
+        self.jet_live.borrow_mut().insert(id, JetRegistered { queue, sub: Rc::clone(sub) });
+        id
+    }
+
+    /// Serves one Jetstream subscriber whose websocket handshake has been answered, until it closes,
+    /// stalls, sends an invalid `options_update`, or a write fails. `leftover` holds bytes read past
+    /// the HTTP head.
+    pub async fn serve_jetstream(
+        self: Rc<Self>,
+        stream: TcpStream,
+        request: JetRequest,
+        leftover: Vec<u8>,
+        info: SubscriberInfo,
+    ) {
+        let endpoint = request.format.label();
+        let gauge = self.metrics.jetstream_subscribers.get_or_create(&vec![("endpoint", endpoint)]).clone();
+        gauge.inc();
+        self.serving.set(self.serving.get() + 1);
+        let listed = self.directory.add(info.clone());
+        let _ = stream.set_write_timeout(Some(self.config.stall_timeout));
+        let (rd, wr) = futures_lite::io::split(stream);
+        let queue = Rc::new(Queue::new(self.config.subscriber_queue));
+        let sub = Rc::new(JetSub {
+            format: request.format,
+            compress: request.compress,
+            filter: RefCell::new(request.filter.clone()),
+            hello: Cell::new(!request.require_hello),
+        });
+        let bad_message = Rc::new(Cell::new(false));
+        let reader = glommio::spawn_local(reader::read_client(
+            rd,
+            Rc::clone(&queue),
+            Rc::clone(&sub),
+            leftover,
+            Rc::clone(&bad_message),
+        ));
+        let progress = Arc::clone(&listed.progress);
+        let (wr, end) = Rc::clone(&self).stream_jet(wr, &queue, &sub, request.start, progress).await;
+        let end = if bad_message.get() { End::BadMessage } else { end };
+        let bye = match (end, request.format) {
+            (End::Stalled, JetFormat::V2) => {
+                let mut bye = ws::encode_frame(
+                    ws::Opcode::Text,
+                    &jetstream::v2_error("ConsumerTooSlow", "subscriber stopped reading"),
+                );
+                bye.extend(ws::encode_close(1008, "ConsumerTooSlow"));
+                Some(bye)
+            }
+            (End::Stalled, JetFormat::V1) => Some(ws::encode_close(1008, "ConsumerTooSlow")),
+            (End::BadMessage, _) => Some(ws::encode_close(1008, "invalid subscriber message")),
+            (End::StoreError, _) => Some(ws::encode_close(1011, "internal error")),
+            (End::ClientClosed, _) => Some(ws::encode_close(1000, "")),
+            (End::Killed, _) => Some(ws::encode_close(1008, "closed by the relay's operator")),
+            (End::Shutdown, _) => Some(ws::encode_close(1001, "relay shutting down")),
+            (End::FutureCursor | End::WriteError, _) => None,
+        };
+        if let Some(mut wr) = wr {
+            if let Some(bye) = bye {
+                let _ = crate::net::with_timeout(Duration::from_secs(1), wr.write_all(&bye)).await;
+            }
+            let _ = wr.close().await;
+        }
+        drop(reader);
+        Metrics::inc(&self.metrics.subscribers_closed, "reason", end.as_str());
+        gauge.dec();
+        self.serving.set(self.serving.get().saturating_sub(1));
+        drop(listed);
+    }
+
+    /// Where a subscriber starts: its position (the Jetstream seq before its first event), and the
+    /// `#info` frame a v2 subscriber gets first, if any.
+    fn jet_position(&self, start: JetStart, format: JetFormat) -> Result<(u64, Option<Vec<u8>>), End> {
+        let store_error = |e: storage::StoreError| {
+            tracing::error!(error = %e, "jetstream cursor lookup failed");
+            End::StoreError
+        };
+        let head = self.head.get();
+        let live = end_of_relay_seq(head);
+        // The lowest relay seq still stored (relay seqs start at 1; 0: nothing deleted).
+        let retained = self.store.retained_from().map_err(store_error)?.0.max(1);
+        let info = |name: &str, message: String| {
+            (format == JetFormat::V2).then(|| ws::encode_frame(ws::Opcode::Text, &jetstream::v2_info(name, &message)))
+        };
+        let outdated = |from: u64| {
+            self.metrics.outdated_cursors.inc();
+            info(
+                "OutdatedCursor",
+                format!("the cursor is older than the relay's retention window; resuming from seq {}", from << 8),
+            )
+        };
+        match start {
+            JetStart::Live => Ok((live, None)),
+            JetStart::Seq(s) if s >> 8 > self.committed().0 => Ok((
+                live,
+                info(
+                    "FutureCursor",
+                    format!("the cursor is ahead of the relay; starting at the live tail, seq {}", live + 1),
+                ),
+            )),
+            JetStart::Seq(s) if (s >> 8).max(1) < retained => Ok((before_relay_seq(retained), outdated(retained))),
+            JetStart::Seq(s) => Ok((s.saturating_sub(1), None)),
+            JetStart::TimeUs(us) => {
+                let second = us / 1_000_000;
+                let entry = self.store.time_entry_at(second).map_err(store_error)?.map(|(s, f)| (s, f.0));
+                let next = self.store.time_entry_after(second).map_err(store_error)?.map(|(_, f)| f.0);
+                match jetstream::seq_for_time_us(us, entry, next) {
+                    // Nothing committed at or after that time: the live tail.
+                    None => Ok((live, None)),
+                    Some(seq) if seq > head => Ok((live, None)),
+                    Some(seq) if seq.max(1) < retained => Ok((before_relay_seq(retained), outdated(retained))),
+                    Some(seq) => Ok((before_relay_seq(seq), None)),
+                }
+            }
+        }
+    }
+
+    /// Replay and live, in turn, until the subscriber is done.
+    async fn stream_jet(
+        self: Rc<Self>,
+        mut wr: WriteHalf<TcpStream>,
+        queue: &Rc<Queue>,
+        sub: &Rc<JetSub>,
+        start: JetStart,
+        progress: Arc<SubscriberProgress>,
+    ) -> (Option<WriteHalf<TcpStream>>, End) {
+        // requireHello: nothing until the first options_update (pongs still go out).
+        while !sub.hello.get() {
+            if queue.is_closed() {
+                return (Some(wr), End::ClientClosed);
+            }
+            let mut pongs = Vec::new();
+            queue.take_controls(&mut pongs);
+            if let Err(end) = write(&mut wr, &pongs, queue, &self.metrics).await {
+                return (Some(wr), end);
+            }
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        let (mut position, first) = match self.jet_position(start, sub.format) {
+            Ok(p) => p,
+            Err(end) => return (Some(wr), end),
+        };
+        if let Some(frame) = first
+            && let Err(end) = write(&mut wr, &frame, queue, &self.metrics).await
+        {
+            return (Some(wr), end);
+        }
+        let mut replaying = position < end_of_relay_seq(self.head.get());
+        let mut buf = Vec::with_capacity(64 * 1024);
+        loop {
+            let id = if replaying {
+                progress.replaying.store(true, Ordering::Relaxed);
+                let run = replay::run(
+                    Rc::clone(&self),
+                    wr,
+                    Rc::clone(queue),
+                    Rc::clone(sub),
+                    position,
+                    Arc::clone(&progress),
+                );
+                let (back, outcome) = match self.replay_tq.get() {
+                    Some(tq) => match glommio::spawn_local_into(run, tq) {
+                        Ok(task) => task.await,
+                        Err(_) => return (None, End::StoreError),
+                    },
+                    None => run.await,
+                };
+                wr = back;
+                match outcome {
+                    Ok((p, id)) => {
+                        position = p;
+                        id
+                    }
+                    Err(end) => return (Some(wr), end),
+                }
+            } else {
+                self.register_jet(Rc::clone(queue), sub, &progress)
+            };
+            let live = self.stream_live_jet(&mut wr, queue, sub, &mut buf, &mut position, &progress).await;
+            self.jet_live.borrow_mut().remove(&id);
+            match live {
+                Err(end) => return (Some(wr), end),
+                Ok(()) if progress.kill.load(Ordering::Acquire) => return (Some(wr), End::Killed),
+                Ok(()) => {
+                    queue.reset_events();
+                    self.metrics.subscriber_fallbacks.inc();
+                    replaying = true;
+                }
+            }
+        }
+    }
+
+    /// Writes live messages until the queue overflows (`Ok`: back to the store) or the subscriber is
+    /// done (`Err`).
+    async fn stream_live_jet(
+        &self,
+        wr: &mut WriteHalf<TcpStream>,
+        queue: &Queue,
+        sub: &JetSub,
+        buf: &mut Vec<u8>,
+        position: &mut u64,
+        progress: &SubscriberProgress,
+    ) -> Result<(), End> {
+        let mut items = Vec::new();
+        let endpoint = sub.format.label();
+        loop {
+            glommio::yield_if_needed().await;
+            items.clear();
+            if queue.next_batch(&mut items, super::subscriber::MAX_WRITE_BATCH_BYTES).await.is_none() {
+                if self.closing.get() {
+                    return Err(End::Shutdown);
+                }
+                return match (queue.is_behind(), progress.kill.load(Ordering::Acquire)) {
+                    (_, true) => Err(End::Killed),
+                    (true, false) => Ok(()),
+                    (false, false) => Err(End::ClientClosed),
+                };
+            }
+            buf.clear();
+            let mut last = *position;
+            let mut sent = 0;
+            let mut committed_at = None;
+            for item in items.drain(..) {
+                match item {
+                    Outgoing::Event(seq, frame, at) if seq.0 > last => {
+                        buf.extend_from_slice(&frame);
+                        last = seq.0;
+                        sent += 1;
+                        committed_at = Some(at);
+                    }
+                    Outgoing::Event(..) => {}
+                    Outgoing::Control(frame) => buf.extend_from_slice(&frame),
+                }
+            }
+            write(wr, buf, queue, &self.metrics).await?;
+            if let Some(at) = committed_at {
+                self.metrics.fanout_delay_seconds.observe(at.elapsed().as_secs_f64());
+            }
+            Metrics::inc_by(&self.metrics.jetstream_messages, "endpoint", endpoint, sent);
+            *position = last;
+            progress.position.store(last >> 8, Ordering::Relaxed);
+        }
+    }
+}

@@ -16,7 +16,7 @@ command -v cargo-fuzz >/dev/null || { log "installing cargo-fuzz"; cargo install
 raise_memlock   # http_request runs glommio executors (io_uring)
 cd "$ROOT"
 [ ${#TARGETS[@]} -gt 0 ] || mapfile -t TARGETS < <(cargo fuzz list)
-for t in frame_decode commit_verify; do
+for t in frame_decode commit_verify jetstream_convert; do
   mkdir -p "fuzz/corpus/$t"
   cp -n "$SHARED"/fixtures/recorded-pds-0.5.35/*.cbor "fuzz/corpus/$t/" 2>/dev/null || true
 done

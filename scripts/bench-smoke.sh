@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A few seconds of relay-bench against our relay (small fleet): the tool works end to end, events are
-# delivered, nothing is lost or repeated, and the JSON line parses. No speed threshold.
+# A few seconds of relay-bench against our relay (small fleet, lean subscribers, Jetstream subscribers,
+# a prefilled store): the tool works end to end, events are delivered, nothing is lost or repeated,
+# and the JSON line parses. No speed threshold.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 raise_memlock
@@ -10,6 +11,7 @@ out=$(mktemp /tmp/relay-bench-smoke.XXXXXX.json)
 trap 'rm -f "$out"' EXIT
 target/debug/relay-bench run --spawn target/debug/relay --relay-arg=--fsync=never \
   --hosts 4 --accounts-per-host 5 --subscribers 4 --rate 200 --duration 4 --cursor-subscribers 1 \
+  --jetstream-subscribers 4 --prefill-events 2000 \
   --label smoke --json-out "$out" >/dev/null
 python3 - "$out" <<'PY'
 import json, sys
@@ -22,6 +24,11 @@ for k in ("lost_by_seq", "repeated_by_seq", "lost_by_repo_rev", "repeated_by_rep
     if r[k] != 0: problems.append(f"{k} = {r[k]}")
 if r["latency_us"]["count"] <= 0: problems.append("no latency samples")
 if not r.get("replay_events_per_s"): problems.append("no replay measurement")
+j = r.get("jetstream") or {}
+if not j.get("messages"): problems.append("no Jetstream message")
+if j.get("time_regressions") or j.get("cut_off"): problems.append(f"Jetstream: {j}")
+if not j.get("bytes_per_message_wire_compressed"): problems.append("no compressed Jetstream message")
+if r.get("fleet_cpu_us_per_frame") is None: problems.append("no fleet CPU figure")
 for k in ("commit", "kernel", "cpu_model", "layout"):
     if not r.get(k): problems.append(f"missing {k}")
 print(f"bench smoke: offered {r['offered']}, delivered {r['deliveries_per_s']:.0f}/s, p99 {r['latency_us']['p99']} us")

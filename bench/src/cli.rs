@@ -88,6 +88,14 @@ pub(crate) struct Common {
     /// Subscribers (including --stalled and --slow ones).
     #[arg(long, default_value_t = 1)]
     pub(crate) subscribers: usize,
+    /// Threads of the lean subscriber fleet that reads the healthy subscribers' connections
+    /// (bench/src/fleet.rs: mio, minimal frame parsing).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) fleet_threads: usize,
+    /// Read the healthy subscribers with tokio-tungstenite clients instead of the lean fleet (the
+    /// fleet before it existed; for comparison).
+    #[arg(long)]
+    pub(crate) tungstenite_subscribers: bool,
     /// Subscribers that never read.
     #[arg(long, default_value_t = 0)]
     pub(crate) stalled: usize,
@@ -97,6 +105,13 @@ pub(crate) struct Common {
     /// Delay per frame of slow subscribers, ms.
     #[arg(long, default_value_t = 20)]
     pub(crate) slow_delay_ms: u64,
+    /// Jetstream v1 subscribers of our relay (`/subscribe`), spread over four filter classes (all,
+    /// posts, `app.bsky.feed.*`, follows and reposts).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) jetstream_subscribers: usize,
+    /// Share of the Jetstream subscribers that ask for zstd compression (0.0-1.0).
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) jetstream_compressed_share: f64,
     /// Subscribers that connect with cursor=0 halfway through, to measure replay catch-up.
     #[arg(long, default_value_t = 0)]
     pub(crate) cursor_subscribers: usize,
@@ -142,6 +157,26 @@ pub(crate) struct Common {
     /// Write an SVG latency-percentile chart here.
     #[arg(long)]
     pub(crate) svg: Option<PathBuf>,
+    /// Before starting our relay, write this many events into its data directory (relay seqs from 1,
+    /// real `#commit` frames): a store to replay, or to delete (see bench/README.md).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) prefill_events: u64,
+    /// The prefilled events' `time_index` rate, events per second.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) prefill_rate: u64,
+    /// Seconds before now of the last prefilled second (older than `--retention`: all deleted at start).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) prefill_age: u64,
+    /// Record size of the prefilled commits, bytes.
+    #[arg(long, default_value_t = 600)]
+    pub(crate) prefill_record_bytes: usize,
+    /// CPUs relay-bench itself (generator, hosts, subscribers) runs on, e.g. `0-3` or `0,2`; default:
+    /// all. With `--relay-cpus`, gives bench and relay separate CPUs on machines with enough of them.
+    #[arg(long)]
+    pub(crate) bench_cpus: Option<String>,
+    /// CPUs the spawned relay may use (its core layout is chosen among them); default: all.
+    #[arg(long)]
+    pub(crate) relay_cpus: Option<String>,
     /// A label for the run (scenario name) in the JSON line.
     #[arg(long, default_value = "")]
     pub(crate) label: String,

@@ -2,6 +2,8 @@
 //! a chosen core layout, or any relay already running) with simulated PDS hosts, and measures fanout
 //! latency, throughput, loss and the relay's resource use. See `bench/README.md`.
 
+#![recursion_limit = "256"]
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use bench::generator::{self, GenStats};
 use bench::probe::{self, ProcSample};
 use bench::subscriber::{self, Behavior, SubStats, histogram};
-use bench::{now_us, report};
+use bench::{jetstream_sub, now_us, report};
 
 use crate::cli::{Cli, Common, Mode};
 use crate::setup::{Setup, setup};
@@ -22,6 +24,8 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 struct Fleetwide {
+    /// Jetstream subscribers (`--jetstream-subscribers`).
+    jet: Vec<Arc<jetstream_sub::JetStats>>,
     healthy: Vec<Arc<SubStats>>,
     slow: Vec<Arc<SubStats>>,
     stalled: Vec<Arc<SubStats>>,
@@ -38,15 +42,50 @@ fn subscribe_urls(s: &Setup, c: &Common, cursor: Option<u64>) -> Vec<String> {
     }
 }
 
-fn start_subscribers(s: &Setup, c: &Common) -> Fleetwide {
+/// The relay's Jetstream dictionary (`getZstdDictionary`), over plain HTTP/1.1.
+async fn fetch_dictionary(addr: &str) -> anyhow::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!(
+        "GET /xrpc/network.bsky.jetstream.getZstdDictionary HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP head"))?;
+    Ok(buf.split_off(end + 4))
+}
+
+async fn start_subscribers(s: &Setup, c: &Common) -> anyhow::Result<Fleetwide> {
     let stop = Arc::new(AtomicBool::new(false));
+    let mut jet = Vec::new();
+    if let (Some(addr), true) = (&s.relay_addr, c.jetstream_subscribers > 0) {
+        let dictionary = Arc::new(fetch_dictionary(addr).await?);
+        let compressed = (c.jetstream_subscribers as f64 * c.jetstream_compressed_share).round() as usize;
+        for i in 0..c.jetstream_subscribers {
+            let dict = (i < compressed).then(|| Arc::clone(&dictionary));
+            let class = i % jetstream_sub::CLASSES.len();
+            let relay = format!("ws://{addr}");
+            jet.push(jetstream_sub::spawn(&relay, class, dict, Arc::clone(&stop), Arc::clone(&s.host_stats)));
+        }
+    }
     let urls = subscribe_urls(s, c, None);
     let n_healthy = c.subscribers.saturating_sub(c.stalled + c.slow).max(1);
-    let healthy = (0..n_healthy)
-        .map(|i| {
-            subscriber::spawn(urls.clone(), Behavior::Healthy, i < 2, Arc::clone(&stop), Arc::clone(&s.host_stats))
-        })
-        .collect();
+    let healthy: Vec<Arc<SubStats>> = if c.tungstenite_subscribers {
+        (0..n_healthy)
+            .map(|i| {
+                subscriber::spawn(urls.clone(), Behavior::Healthy, i < 2, Arc::clone(&stop), Arc::clone(&s.host_stats))
+            })
+            .collect()
+    } else {
+        let stats: Vec<Arc<SubStats>> = (0..n_healthy).map(|i| Arc::new(SubStats::new(i < 2))).collect();
+        let conns = stats
+            .iter()
+            .flat_map(|st| urls.iter().map(|u| bench::fleet::Conn { url: u.clone(), stats: Arc::clone(st) }))
+            .collect();
+        bench::fleet::run(conns, c.fleet_threads, Arc::clone(&stop), Arc::clone(&s.host_stats));
+        stats
+    };
     let slow = (0..c.slow)
         .map(|_| {
             let slow = Behavior::Slow(Duration::from_millis(c.slow_delay_ms));
@@ -58,7 +97,54 @@ fn start_subscribers(s: &Setup, c: &Common) -> Fleetwide {
             subscriber::spawn(urls.clone(), Behavior::Stalled, false, Arc::clone(&stop), Arc::clone(&s.host_stats))
         })
         .collect();
-    Fleetwide { healthy, slow, stalled, stop }
+    Ok(Fleetwide { jet, healthy, slow, stalled, stop })
+}
+
+/// The Jetstream subscribers' figures: per filter class, latency, bytes per message with and
+/// without compression, time order.
+fn jetstream_result(subs: &Fleetwide, secs: f64) -> Value {
+    if subs.jet.is_empty() {
+        return Value::Null;
+    }
+    let mut latency = histogram();
+    for j in &subs.jet {
+        if let Ok(h) = j.latency.lock() {
+            let _ = latency.add(&*h);
+        }
+    }
+    let sum = |f: &dyn Fn(&jetstream_sub::JetStats) -> u64, pick: &dyn Fn(&jetstream_sub::JetStats) -> bool| -> u64 {
+        subs.jet.iter().filter(|j| pick(j)).map(|j| f(j)).sum()
+    };
+    let messages = |j: &jetstream_sub::JetStats| j.messages.load(Ordering::Relaxed);
+    let wire = |j: &jetstream_sub::JetStats| j.wire_bytes.load(Ordering::Relaxed);
+    let json_b = |j: &jetstream_sub::JetStats| j.json_bytes.load(Ordering::Relaxed);
+    let zm = sum(&messages, &|j| j.compressed).max(1) as f64;
+    let pm = sum(&messages, &|j| !j.compressed).max(1) as f64;
+    let classes: Vec<Value> = jetstream_sub::CLASSES
+        .iter()
+        .enumerate()
+        .map(|(i, (query, name))| {
+            let n = subs.jet.iter().filter(|j| j.class == i).count().max(1) as f64;
+            json!({
+                "class": name, "query": query,
+                "messages_per_sub_per_s": sum(&messages, &|j| j.class == i) as f64 / n / secs,
+            })
+        })
+        .collect();
+    let total = sum(&messages, &|_| true);
+    json!({
+        "subscribers": subs.jet.len(),
+        "compressed_subscribers": subs.jet.iter().filter(|j| j.compressed).count(),
+        "messages": total,
+        "messages_per_s": total as f64 / secs,
+        "classes": classes,
+        "latency_us": report::percentiles(&latency),
+        "bytes_per_message_json": sum(&json_b, &|_| true) as f64 / total.max(1) as f64,
+        "bytes_per_message_wire_uncompressed": sum(&wire, &|j| !j.compressed) as f64 / pm,
+        "bytes_per_message_wire_compressed": sum(&wire, &|j| j.compressed) as f64 / zm,
+        "time_regressions": sum(&|j| j.time_regressions.load(Ordering::Relaxed), &|_| true),
+        "cut_off": subs.jet.iter().filter(|j| j.error.lock().map(|e| e.is_some()).unwrap_or(false)).count(),
+    })
 }
 
 /// Moves every healthy subscriber's window histogram into `window`.
@@ -80,6 +166,8 @@ struct Probes {
     proc_samples: Arc<Mutex<Vec<ProcSample>>>,
     health: Arc<Mutex<Histogram<u64>>>,
     health_failures: Arc<AtomicU64>,
+    /// `[secs, relay_events_disk_bytes, relay_events_oldest_seq, relay_last_seq]` every 10 s.
+    storage: Arc<Mutex<Vec<[u64; 4]>>>,
 }
 
 fn start_probes(s: &Setup) -> Probes {
@@ -88,6 +176,7 @@ fn start_probes(s: &Setup) -> Probes {
         proc_samples: Arc::default(),
         health: probe::health_histogram(),
         health_failures: Arc::default(),
+        storage: Arc::default(),
     };
     if let Some(pid) = s.relay_pid {
         tokio::spawn(probe::sample_process(
@@ -98,6 +187,12 @@ fn start_probes(s: &Setup) -> Probes {
         ));
     }
     if let Some(addr) = &s.relay_addr {
+        tokio::spawn(probe::sample_storage(
+            addr.clone(),
+            Duration::from_secs(10),
+            Arc::clone(&p.stop),
+            Arc::clone(&p.storage),
+        ));
         tokio::spawn(probe::sample_health(
             addr.clone(),
             Duration::from_millis(100),
@@ -270,6 +365,8 @@ fn result(
         "p256_share": c.p256_share,
         "legacy_did_docs": c.legacy_did_docs,
         "rate_target": rate,
+        "bench_cpus": c.bench_cpus,
+        "relay_cpus": c.relay_cpus,
         "duration_s": secs,
         "hosts_connected_s": s.connect_all_s,
         "connect_health_latency_us": s.connect_health.as_ref().map(|(h, _)| report::percentiles(h)),
@@ -301,6 +398,7 @@ fn result(
         "slow_cut_off": subs.slow.iter().filter(|x| x.error.lock().map(|e| e.is_some()).unwrap_or(false)).count(),
     });
     v["host_replay_gaps"] = json!(s.host_stats.replay_gaps.load(Ordering::Relaxed));
+    v["storage_series"] = json!(probes.storage.lock().map(|x| x.clone()).unwrap_or_default());
     if let (Some(obj), Value::Object(env)) = (v.as_object_mut(), report::environment()) {
         obj.extend(env);
     }
@@ -349,11 +447,12 @@ async fn replay_catch_up(s: &Setup, c: &Common, subs: &Fleetwide) -> Option<f64>
 async fn run_fixed(c: Common, rate: u64, duration: u64, direct: bool) -> anyhow::Result<()> {
     let mode = if direct { "direct" } else { "run" };
     let mut s = setup(&c, direct).await?;
-    let subs = start_subscribers(&s, &c);
+    let subs = start_subscribers(&s, &c).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let probes = start_probes(&s);
     let sent0 = s.host_stats.sent.load(Ordering::Relaxed) as u64;
     let acc0 = accepted_now(&s, &subs).await;
+    let fleet_cpu0 = probe::own_threads_cpu_secs("fleet-");
     let mut generator = start_generator(&mut s, rate);
     tokio::time::sleep_until(generator.start.into()).await;
     let t0 = generator.start;
@@ -373,6 +472,8 @@ async fn run_fixed(c: Common, rate: u64, duration: u64, direct: bool) -> anyhow:
     let secs = t0.elapsed().as_secs_f64();
     drain(&subs, Duration::from_secs(30)).await;
     let delivery_secs = t0.elapsed().as_secs_f64();
+    // Before the fleet stops: its threads' CPU time leaves /proc with them.
+    let fleet_cpu = probe::own_threads_cpu_secs("fleet-") - fleet_cpu0;
     let mut tail = histogram();
     drain_latency(&subs.healthy, &mut tail);
     let _ = latency.add(&tail);
@@ -389,6 +490,28 @@ async fn run_fixed(c: Common, rate: u64, duration: u64, direct: bool) -> anyhow:
     v["delivery_window_s"] = json!(delivery_secs);
     v["delivered_per_sub_per_s"] = json!(delivered / subs.healthy.len().max(1) as f64 / delivery_secs);
     v["deliveries_per_s"] = json!(delivered / delivery_secs);
+    if !c.tungstenite_subscribers {
+        v["fleet_cpu_us_per_frame"] = json!(fleet_cpu * 1e6 / delivered.max(1.0));
+        v["fleet_cpu_pct_avg"] = json!(fleet_cpu * 100.0 / delivery_secs);
+        // The fleet's threads busy most of the time: the subscribers, not the relay, set the pace.
+        v["subscriber_bound"] = json!(fleet_cpu / delivery_secs > 0.9 * c.fleet_threads as f64);
+    }
+    if let Some(addr) = &s.relay_addr {
+        for (key, name) in [
+            ("relay_ingest_to_durable_p99_s", "relay_ingest_to_durable_seconds"),
+            ("relay_commit_p99_s", "relay_commit_seconds"),
+            ("relay_fanout_delay_p99_s", "relay_fanout_delay_seconds"),
+        ] {
+            v[key] = json!(probe::relay_histogram_quantile(addr, name, 0.99).await);
+        }
+    }
+    let jet = jetstream_result(&subs, delivery_secs);
+    if let Some(cpu) = v["relay_cpu_pct_avg"].as_f64() {
+        // Relay CPU per delivery (firehose frames and Jetstream messages alike), µs.
+        let per_s = delivered / delivery_secs + jet["messages_per_s"].as_f64().unwrap_or(0.0);
+        v["relay_cpu_us_per_delivery"] = json!(cpu / 100.0 * 1e6 / per_s.max(1.0));
+    }
+    v["jetstream"] = jet;
     write_outputs(&c, &v, &latency)
 }
 
@@ -402,7 +525,7 @@ async fn run_ramp(
     max_steps: u32,
 ) -> anyhow::Result<()> {
     let mut s = setup(&c, false).await?;
-    let subs = start_subscribers(&s, &c);
+    let subs = start_subscribers(&s, &c).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let probes = start_probes(&s);
     let mut rate = start;
@@ -495,6 +618,13 @@ fn jetstream_dictionary(out: &std::path::Path, samples: usize, size: usize) -> a
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let common = match &cli.mode {
+        Mode::Run { common, .. } | Mode::Direct { common, .. } | Mode::Ramp { common, .. } => Some(common),
+        Mode::JetstreamDictionary { .. } => None,
+    };
+    if let Some(list) = common.and_then(|c| c.bench_cpus.as_deref()) {
+        bench::pin_to(&bench::parse_cpu_list(list).map_err(anyhow::Error::msg)?)?;
+    }
     if let Mode::JetstreamDictionary { out, samples, size } = &cli.mode {
         return jetstream_dictionary(out, *samples, *size);
     }

@@ -37,8 +37,7 @@ fn read_proc(pid: u32) -> Option<(u64, u64, u64)> {
 
 /// Samples `pid` every `every` until `stop`; returns every sample.
 pub async fn sample_process(pid: u32, every: Duration, stop: Arc<AtomicBool>, out: Arc<Mutex<Vec<ProcSample>>>) {
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = clock_ticks();
     let mut prev = read_proc(pid);
     let mut prev_at = Instant::now();
     while !stop.load(Ordering::Acquire) {
@@ -107,6 +106,75 @@ pub async fn relay_metric(addr: &str, name: &str) -> Option<u64> {
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect();
     (!values.is_empty()).then(|| values.iter().sum::<f64>() as u64)
+}
+
+/// The `q` quantile (0-1) of the relay's Prometheus histogram `name` (summed over its labels), in
+/// the histogram's unit, from its cumulative buckets: the upper bound of the first bucket holding
+/// the quantile. `None` when the relay does not export it or it is empty.
+pub async fn relay_histogram_quantile(addr: &str, name: &str, q: f64) -> Option<f64> {
+    let (status, body) = http_get(addr, "/metrics", Duration::from_secs(5)).await?;
+    if status != 200 {
+        return None;
+    }
+    let bucket = format!("{name}_bucket{{");
+    let mut buckets: std::collections::BTreeMap<u64, (f64, f64)> = std::collections::BTreeMap::new();
+    for line in body.lines().filter(|l| l.starts_with(&bucket)) {
+        let le = line.split("le=\"").nth(1)?.split('"').next()?;
+        let bound: f64 = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+        let count: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        let e = buckets.entry(bound.to_bits()).or_insert((bound, 0.0));
+        e.1 += count;
+    }
+    let mut sorted: Vec<(f64, f64)> = buckets.into_values().collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = sorted.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    sorted.into_iter().find(|(_, c)| *c >= q * total).map(|(b, _)| b)
+}
+
+/// Every `every`: the relay's stored-events size, oldest and newest seq, as `[secs since start,
+/// relay_events_disk_bytes, relay_events_oldest_seq, relay_last_seq]`, until `stop`.
+pub async fn sample_storage(addr: String, every: Duration, stop: Arc<AtomicBool>, out: Arc<Mutex<Vec<[u64; 4]>>>) {
+    let t0 = std::time::Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        let bytes = relay_metric(&addr, "relay_events_disk_bytes").await.unwrap_or(0);
+        let oldest = relay_metric(&addr, "relay_events_oldest_seq").await.unwrap_or(0);
+        let head = relay_metric(&addr, "relay_last_seq").await.unwrap_or(0);
+        if let Ok(mut o) = out.lock() {
+            o.push([t0.elapsed().as_secs(), bytes, oldest, head]);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// CPU seconds (user + system) used so far by this process's threads whose name starts with
+/// `prefix` (e.g. `fleet-`), from `/proc/self/task/*/stat`.
+pub fn own_threads_cpu_secs(prefix: &str) -> f64 {
+    let tick = clock_ticks();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let mut ticks = 0u64;
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the ")" of the command: state is field 3; utime 14, stime 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks += get(11) + get(12);
+    }
+    ticks as f64 / tick
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
 }
 
 /// An empty health histogram.

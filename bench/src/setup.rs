@@ -74,6 +74,11 @@ pub(crate) fn spawn_relay(c: &Common, hosts: &[String], plc: &str) -> anyhow::Re
     let port = free_port()?;
     let data = std::env::temp_dir().join(format!("relay-bench-{}-{port}", std::process::id()));
     let log = std::fs::File::create(data.with_extension("log"))?;
+    if c.prefill_events > 0 {
+        let p =
+            bench::prefill::prefill(&data, c.prefill_events, c.prefill_rate, c.prefill_age, c.prefill_record_bytes)?;
+        eprintln!("relay-bench: prefilled {} events ({} MB of frames) in {:.1} s", p.events, p.bytes >> 20, p.secs);
+    }
     let mut cmd = Command::new(&bin);
     cmd.args(["serve", "--plc-url", plc, "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
@@ -88,6 +93,19 @@ pub(crate) fn spawn_relay(c: &Common, hosts: &[String], plc: &str) -> anyhow::Re
     }
     for h in hosts {
         cmd.args(["--host", h]);
+    }
+    // The relay's CPUs: --relay-cpus, else every CPU (not relay-bench's own --bench-cpus mask, which
+    // a child would inherit).
+    let relay_cpus = match &c.relay_cpus {
+        Some(list) => bench::parse_cpu_list(list).map_err(anyhow::Error::msg)?,
+        // SAFETY: sysconf only reads a system constant.
+        None => (0..unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize).collect(),
+    };
+    // SAFETY: the closure runs in the child between fork and exec and only calls sched_setaffinity,
+    // which is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || bench::pin_to(&relay_cpus));
     }
     let child = cmd.stdout(Stdio::null()).stderr(log).spawn().with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id();

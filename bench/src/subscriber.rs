@@ -56,7 +56,8 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 impl SubStats {
-    fn new(track_keys: bool) -> Self {
+    /// Empty stats; `track_keys`: record which `(repo, rev)` arrived (the loss sample).
+    pub fn new(track_keys: bool) -> Self {
         Self {
             received: AtomicU64::new(0),
             gaps: AtomicU64::new(0),

@@ -1,0 +1,60 @@
+//! A data directory filled before the relay starts (`--prefill-events`): real `#commit` frames (one
+//! signed commit of a simulated account, its `seq` rewritten per event) written straight to the
+//! store with `time_index` entries as if the relay had committed them `--prefill-rate` per second,
+//! ending `--prefill-age` seconds ago. With `--relay-arg=--retention=…` shorter than that age, the
+//! relay's retention deletes them all while the run's traffic arrives (the deletion-under-ingest
+//! measurement); without, they are a store to replay (the replay-under-live measurement).
+
+use std::path::Path;
+use std::time::Instant;
+
+use bytes::Bytes;
+use storage::{CommitBatch, Store, StoreOptions};
+use wire::RelaySeq;
+use wire::frame::Event;
+use wire::testkit::{Op, Signer, SigningKey, SimAccount};
+
+/// What a prefill wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Prefilled {
+    /// Events written (relay seqs 1..=events).
+    pub events: u64,
+    /// Bytes of frames written.
+    pub bytes: u64,
+    /// Seconds it took.
+    pub secs: f64,
+}
+
+/// Writes `events` frames of about `record_bytes` each into a new store at `dir`, `rate` per second
+/// of `time_index`, the last second `age_s` before now.
+///
+/// # Errors
+/// When the store cannot be opened or written.
+pub fn prefill(dir: &Path, events: u64, rate: u64, age_s: u64, record_bytes: usize) -> anyhow::Result<Prefilled> {
+    let t0 = Instant::now();
+    let store = Store::open(dir, &StoreOptions { sync_writes: false, ..StoreOptions::default() })?;
+    let did = wire::Did::new("did:plc:prefill000000000000000000")?;
+    let mut acct = SimAccount::new(did, SigningKey::k256(7), crate::now_us().saturating_sub(age_s * 1_000_000));
+    let path = format!("app.bsky.feed.post/{}", acct.next_rkey());
+    let mut event = Event::Commit(acct.commit(1, &[Op::Create { path, bytes: record_bytes }], &Signer::Own));
+    let rate = rate.max(1);
+    let seconds = events.div_ceil(rate);
+    let first_second = (crate::now_us() / 1_000_000).saturating_sub(age_s + seconds);
+    let mut written = 0u64;
+    let mut bytes = 0u64;
+    for second in 0..seconds {
+        let first = second * rate + 1;
+        let last = ((second + 1) * rate).min(events);
+        let mut batch =
+            CommitBatch { time_index: Some((first_second + second, RelaySeq(first))), ..Default::default() };
+        for seq in first..=last {
+            event.set_seq(seq as i64);
+            let frame = event.encode()?;
+            bytes += frame.len() as u64;
+            batch.events.push((RelaySeq(seq), Bytes::from(frame)));
+        }
+        written += batch.events.len() as u64;
+        store.commit(&batch)?;
+    }
+    Ok(Prefilled { events: written, bytes, secs: t0.elapsed().as_secs_f64() })
+}

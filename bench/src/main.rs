@@ -430,11 +430,23 @@ async fn replay_catch_up(s: &Setup, c: &Common, subs: &Fleetwide) -> Option<f64>
     let head = subs.healthy.iter().map(|x| x.last_seq.load(Ordering::Relaxed)).max().unwrap_or(0);
     let urls = subscribe_urls(s, c, Some(0));
     let t0 = Instant::now();
-    let replayers: Vec<_> = (0..c.cursor_subscribers)
-        .map(|_| {
-            subscriber::spawn(urls.clone(), Behavior::Healthy, false, Arc::clone(&subs.stop), Arc::clone(&s.host_stats))
-        })
-        .collect();
+    let replayers: Vec<Arc<SubStats>> = if c.tungstenite_subscribers {
+        (0..c.cursor_subscribers)
+            .map(|_| {
+                let stop = Arc::clone(&subs.stop);
+                subscriber::spawn(urls.clone(), Behavior::Healthy, false, stop, Arc::clone(&s.host_stats))
+            })
+            .collect()
+    } else {
+        // Lean readers on their own fleet thread(s), so catch-up is not paced by the live fleet.
+        let stats: Vec<Arc<SubStats>> = (0..c.cursor_subscribers).map(|_| Arc::new(SubStats::new(false))).collect();
+        let conns = stats
+            .iter()
+            .flat_map(|st| urls.iter().map(|u| bench::fleet::Conn { url: u.clone(), stats: Arc::clone(st) }))
+            .collect();
+        bench::fleet::run(conns, c.cursor_subscribers, Arc::clone(&subs.stop), Arc::clone(&s.host_stats));
+        stats
+    };
     while replayers.iter().any(|r| r.last_seq.load(Ordering::Relaxed) < head && !r.ended.load(Ordering::Relaxed)) {
         if t0.elapsed() > Duration::from_secs(120) {
             return None;

@@ -39,22 +39,25 @@ pub fn prefill(dir: &Path, events: u64, rate: u64, age_s: u64, record_bytes: usi
     let mut event = Event::Commit(acct.commit(1, &[Op::Create { path, bytes: record_bytes }], &Signer::Own));
     let rate = rate.max(1);
     let seconds = events.div_ceil(rate);
-    let first_second = (crate::now_us() / 1_000_000).saturating_sub(age_s + seconds);
     let mut written = 0u64;
     let mut bytes = 0u64;
-    for second in 0..seconds {
-        let first = second * rate + 1;
-        let last = ((second + 1) * rate).min(events);
-        let mut batch =
-            CommitBatch { time_index: Some((first_second + second, RelaySeq(first))), ..Default::default() };
-        for seq in first..=last {
-            event.set_seq(seq as i64);
-            let frame = event.encode()?;
-            bytes += frame.len() as u64;
-            batch.events.push((RelaySeq(seq), Bytes::from(frame)));
+    let mut batch = CommitBatch::default();
+    for seq in 1..=events {
+        event.set_seq(seq as i64);
+        let frame = event.encode()?;
+        bytes += frame.len() as u64;
+        batch.events.push((RelaySeq(seq), Bytes::from(frame)));
+        if batch.events.len() == 10_000 || seq == events {
+            written += batch.events.len() as u64;
+            store.commit(&std::mem::take(&mut batch))?;
         }
-        written += batch.events.len() as u64;
-        store.commit(&batch)?;
+    }
+    // The time index last, dated from now: the age counts from the end of the prefill, however long
+    // writing took.
+    let first_second = (crate::now_us() / 1_000_000).saturating_sub(age_s + seconds.saturating_sub(1));
+    for second in 0..seconds {
+        let entry = Some((first_second + second, RelaySeq(second * rate + 1)));
+        store.commit(&CommitBatch { time_index: entry, ..Default::default() })?;
     }
     Ok(Prefilled { events: written, bytes, secs: t0.elapsed().as_secs_f64() })
 }

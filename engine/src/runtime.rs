@@ -185,6 +185,11 @@ fn start_retention(
             if let Err(e) = layout::pin_current_thread(cpu) {
                 tracing::warn!(cpu, error = %e, "cannot pin the retention thread");
             }
+            // Nice 10: deleting and compacting old events waits for the executors sharing the core.
+            // SAFETY: setpriority on this thread's id (gettid) changes only this thread's nice value.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) } != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the retention thread's priority");
+            }
             let mut next = std::time::Instant::now();
             while !control.stop.load(Ordering::Acquire) {
                 if std::time::Instant::now() < next {

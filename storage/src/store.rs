@@ -129,6 +129,10 @@ impl Store {
         let mut env = rocksdb::Env::new()?;
         env.set_background_threads(options.background_threads.clamp(1, 64));
         env.set_high_priority_background_threads(1);
+        // Compactions (the low-priority pool) yield the CPU and disk to the executors sharing their
+        // core: they catch up in idle time; flushes (the high-priority pool, on the write path) do not.
+        env.lower_thread_pool_cpu_priority();
+        env.lower_thread_pool_io_priority();
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);

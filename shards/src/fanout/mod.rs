@@ -7,6 +7,7 @@ mod directory;
 pub mod jet;
 mod queue;
 mod replay;
+mod send;
 mod subscriber;
 
 use std::cell::{Cell, RefCell};

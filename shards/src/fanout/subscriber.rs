@@ -128,11 +128,12 @@ impl FanoutShard {
         self.serving.set(self.serving.get() + 1);
         let listed = self.directory.add(info.clone());
         let _ = stream.set_write_timeout(Some(self.config.stall_timeout));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let (rd, wr) = futures_lite::io::split(stream);
         let queue = Rc::new(Queue::new(self.config.subscriber_queue));
         let reader = glommio::spawn_local(read_client(rd, Rc::clone(&queue), leftover));
         let progress = Arc::clone(&listed.progress);
-        let (wr, end) = Rc::clone(&self).stream_events(wr, Rc::clone(&queue), cursor, progress).await;
+        let (wr, end) = Rc::clone(&self).stream_events(wr, fd, Rc::clone(&queue), cursor, progress).await;
         let bye = match end {
             End::Stalled => {
                 tracing::info!(remote = %info.remote, "subscriber stalled; closing");
@@ -169,6 +170,7 @@ impl FanoutShard {
     async fn stream_events(
         self: Rc<Self>,
         mut wr: WriteHalf<TcpStream>,
+        fd: std::os::fd::RawFd,
         queue: Rc<Queue>,
         cursor: Option<RelaySeq>,
         progress: Arc<SubscriberProgress>,
@@ -180,7 +182,7 @@ impl FanoutShard {
             None => self.head.get(),
         };
         let mut replaying = cursor.is_some();
-        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut parts = Vec::with_capacity(256);
         loop {
             let id = if replaying {
                 progress.replaying.store(true, Ordering::Relaxed);
@@ -207,7 +209,7 @@ impl FanoutShard {
             } else {
                 self.register(Rc::clone(&queue), &progress)
             };
-            let live = self.stream_live(&mut wr, &queue, &mut buf, &mut position, &progress).await;
+            let live = self.stream_live(&mut wr, fd, &queue, &mut parts, &mut position, &progress).await;
             self.unregister(id);
             match live {
                 Live::Behind if progress.kill.load(Ordering::Acquire) => return (Some(wr), End::Killed),
@@ -224,8 +226,9 @@ impl FanoutShard {
     async fn stream_live(
         &self,
         wr: &mut WriteHalf<TcpStream>,
+        fd: std::os::fd::RawFd,
         queue: &Queue,
-        buf: &mut Vec<u8>,
+        parts: &mut Vec<bytes::Bytes>,
         position: &mut u64,
         progress: &SubscriberProgress,
     ) -> Live {
@@ -244,22 +247,22 @@ impl FanoutShard {
                     (false, false) => Live::Ended(End::ClientClosed),
                 };
             }
-            buf.clear();
+            parts.clear();
             let mut last = *position;
             let mut committed_at = None;
             for item in items.drain(..) {
                 match item {
                     Outgoing::Event(seq, frame, at) => {
                         if seq.0 > last {
-                            buf.extend_from_slice(&frame);
+                            parts.push(frame);
                             last = seq.0;
                             committed_at = Some(at);
                         }
                     }
-                    Outgoing::Control(frame) => buf.extend_from_slice(&frame),
+                    Outgoing::Control(frame) => parts.push(frame),
                 }
             }
-            if let Err(end) = write(wr, buf, queue, &self.metrics).await {
+            if let Err(end) = super::send::write_parts(wr, fd, parts, queue, &self.metrics).await {
                 return Live::Ended(end);
             }
             if let Some(at) = committed_at {

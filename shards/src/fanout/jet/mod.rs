@@ -176,6 +176,7 @@ impl FanoutShard {
         self.serving.set(self.serving.get() + 1);
         let listed = self.directory.add(info.clone());
         let _ = stream.set_write_timeout(Some(self.config.stall_timeout));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let (rd, wr) = futures_lite::io::split(stream);
         let queue = Rc::new(Queue::new(self.config.subscriber_queue));
         let sub = Rc::new(JetSub {
@@ -193,7 +194,7 @@ impl FanoutShard {
             Rc::clone(&bad_message),
         ));
         let progress = Arc::clone(&listed.progress);
-        let (wr, end) = Rc::clone(&self).stream_jet(wr, &queue, &sub, request.start, progress).await;
+        let (wr, end) = Rc::clone(&self).stream_jet(wr, fd, &queue, &sub, request.start, progress).await;
         let end = if bad_message.get() { End::BadMessage } else { end };
         let bye = match (end, request.format) {
             (End::Stalled, JetFormat::V2) => {
@@ -276,6 +277,7 @@ impl FanoutShard {
     async fn stream_jet(
         self: Rc<Self>,
         mut wr: WriteHalf<TcpStream>,
+        fd: std::os::fd::RawFd,
         queue: &Rc<Queue>,
         sub: &Rc<JetSub>,
         start: JetStart,
@@ -303,7 +305,7 @@ impl FanoutShard {
             return (Some(wr), end);
         }
         let mut replaying = position < end_of_relay_seq(self.head.get());
-        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut parts = Vec::with_capacity(256);
         loop {
             let id = if replaying {
                 progress.replaying.store(true, Ordering::Relaxed);
@@ -333,7 +335,7 @@ impl FanoutShard {
             } else {
                 self.register_jet(Rc::clone(queue), sub, &progress)
             };
-            let live = self.stream_live_jet(&mut wr, queue, sub, &mut buf, &mut position, &progress).await;
+            let live = self.stream_live_jet(&mut wr, fd, queue, sub, &mut parts, &mut position, &progress).await;
             self.jet_live.borrow_mut().remove(&id);
             match live {
                 Err(end) => return (Some(wr), end),
@@ -349,12 +351,14 @@ impl FanoutShard {
 
     /// Writes live messages until the queue overflows (`Ok`: back to the store) or the subscriber is
     /// done (`Err`).
+    #[allow(clippy::too_many_arguments)]
     async fn stream_live_jet(
         &self,
         wr: &mut WriteHalf<TcpStream>,
+        fd: std::os::fd::RawFd,
         queue: &Queue,
         sub: &JetSub,
-        buf: &mut Vec<u8>,
+        parts: &mut Vec<bytes::Bytes>,
         position: &mut u64,
         progress: &SubscriberProgress,
     ) -> Result<(), End> {
@@ -373,23 +377,23 @@ impl FanoutShard {
                     (false, false) => Err(End::ClientClosed),
                 };
             }
-            buf.clear();
+            parts.clear();
             let mut last = *position;
             let mut sent = 0;
             let mut committed_at = None;
             for item in items.drain(..) {
                 match item {
                     Outgoing::Event(seq, frame, at) if seq.0 > last => {
-                        buf.extend_from_slice(&frame);
+                        parts.push(frame);
                         last = seq.0;
                         sent += 1;
                         committed_at = Some(at);
                     }
                     Outgoing::Event(..) => {}
-                    Outgoing::Control(frame) => buf.extend_from_slice(&frame),
+                    Outgoing::Control(frame) => parts.push(frame),
                 }
             }
-            write(wr, buf, queue, &self.metrics).await?;
+            super::send::write_parts(wr, fd, parts, queue, &self.metrics).await?;
             if let Some(at) = committed_at {
                 self.metrics.fanout_delay_seconds.observe(at.elapsed().as_secs_f64());
             }

@@ -170,6 +170,16 @@ pub(crate) struct Common {
     /// Record size of the prefilled commits, bytes.
     #[arg(long, default_value_t = 600)]
     pub(crate) prefill_record_bytes: usize,
+    /// Make this many events ahead, on every CPU, and send those instead of making events live:
+    /// the generator then only stamps each event's `time` with its due time. Cached under
+    /// `--corpus-dir`, in a file named by every parameter that shapes the events (seed, hosts,
+    /// accounts, p256 share, skew, count); 0 = make events live. A run that needs more events than
+    /// the corpus holds stops offering when it runs out (`corpus_exhausted` in the JSON line).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) corpus_events: usize,
+    /// Where corpora are cached.
+    #[arg(long, default_value = "target/relay-bench-corpus")]
+    pub(crate) corpus_dir: PathBuf,
     /// CPUs relay-bench itself (generator, hosts, subscribers) runs on, e.g. `0-3` or `0,2`; default:
     /// all. With `--relay-cpus`, gives bench and relay separate CPUs on machines with enough of them.
     #[arg(long)]

@@ -45,9 +45,12 @@ pub struct GenStats {
     pub generated: AtomicU64,
     /// Events made after their due time (the generator could not keep up).
     pub late: AtomicU64,
+    /// A corpus ran out before the run ended.
+    pub exhausted: AtomicBool,
 }
 
-struct Account {
+/// A simulated account and the record paths it holds.
+pub(crate) struct Account {
     sim: SimAccount,
     paths: Vec<String>,
 }
@@ -123,66 +126,123 @@ impl Fleet {
         }
     }
 
-    /// Makes the next event, due at `at_us`, on a weighted-random host; returns the host, the frame
-    /// and the event's (repo, rev/time) key.
-    pub fn next_event(&mut self, at_us: u64) -> (usize, Due, u64) {
+    /// Draws what the next event will be (host, account, kind, ops) from the fleet's RNG and gives
+    /// it the host's next seq; [`make`] then makes it from the account's state.
+    pub fn plan(&mut self) -> Plan {
         let host = self.pick_host();
         let n = self.accounts[host].len();
-        let i = self.rng.usize(0..n.max(1));
+        let account = self.rng.usize(0..n.max(1));
         self.host_seq[host] += 1;
         let seq = self.host_seq[host];
         let kind = self.rng.f64();
         let n_ops = if self.rng.u8(0..10) == 0 { self.rng.usize(2..=4) } else { 1 };
-        let mut ops = Vec::with_capacity(n_ops);
         let sizes: Vec<usize> = (0..n_ops).map(|_| self.record_size()).collect();
         let choices: Vec<f64> = (0..n_ops).map(|_| self.rng.f64()).collect();
         let picks: Vec<usize> = (0..n_ops).map(|_| self.rng.usize(0..usize::MAX)).collect();
-        let collections = ["app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.graph.follow", "app.bsky.feed.repost"];
-        let coll: Vec<&str> = (0..n_ops).map(|_| collections[self.rng.usize(0..collections.len())]).collect();
-        let acct = &mut self.accounts[host][i];
-        acct.sim.set_clock(at_us.saturating_sub(1));
-        let (event, key) = if kind < 0.03 && acct.sim.rev().is_some() {
-            let mut e = acct.sim.identity(seq as i64);
-            e.time = crate::scan::datetime(at_us);
-            let key = event_key(e.did.as_str(), &e.time);
-            (Event::Identity(e), key)
-        } else if kind < 0.05 && acct.sim.rev().is_some() {
-            let mut e = acct.sim.account(seq as i64, true, None);
-            e.time = crate::scan::datetime(at_us);
-            let key = event_key(e.did.as_str(), &e.time);
-            (Event::Account(e), key)
-        } else if kind < 0.07 && acct.sim.rev().is_some() {
-            let e = acct.sim.sync(seq as i64);
-            let key = event_key(e.did.as_str(), e.rev.as_str());
-            (Event::Sync(e), key)
-        } else {
-            let mut used = HashSet::new();
-            for j in 0..n_ops {
-                let existing: Vec<usize> = (0..acct.paths.len()).filter(|p| !used.contains(p)).collect();
-                if existing.is_empty() || choices[j] < 0.75 {
-                    let path = format!("{}/{}", coll[j], acct.sim.next_rkey());
-                    acct.paths.push(path.clone());
-                    used.insert(acct.paths.len() - 1);
-                    ops.push(Op::Create { path, bytes: sizes[j] });
+        let collections: Vec<&'static str> =
+            (0..n_ops).map(|_| COLLECTIONS[self.rng.usize(0..COLLECTIONS.len())]).collect();
+        Plan { host, account, seq, kind, sizes, choices, picks, collections }
+    }
+
+    /// Makes the next event, due at `at_us`, on a weighted-random host; returns the host, the frame
+    /// and the event's (repo, rev/time) key.
+    pub fn next_event(&mut self, at_us: u64) -> (usize, Due, u64) {
+        let plan = self.plan();
+        let (event, key) = make(&mut self.accounts[plan.host][plan.account], &plan, at_us);
+        let frame = Bytes::from(event.encode().unwrap_or_default());
+        (plan.host, Due { at_us, seq: plan.seq, frame }, key)
+    }
+
+    /// The accounts, each with its host index, for makers that split them between threads.
+    pub(crate) fn accounts_mut(&mut self) -> impl Iterator<Item = (usize, usize, &mut Account)> {
+        self.accounts.iter_mut().enumerate().flat_map(|(h, a)| a.iter_mut().enumerate().map(move |(i, a)| (h, i, a)))
+    }
+}
+
+/// The collections records are written to.
+const COLLECTIONS: [&str; 4] = ["app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.graph.follow", "app.bsky.feed.repost"];
+
+/// One event's random choices, drawn by [`Fleet::plan`] in a fixed order so a seed gives the same
+/// traffic whether events are made live or ahead into a corpus.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Host index.
+    pub host: usize,
+    /// Account index within the host.
+    pub account: usize,
+    /// The host's seq for the event.
+    pub seq: u64,
+    kind: f64,
+    sizes: Vec<usize>,
+    choices: Vec<f64>,
+    picks: Vec<usize>,
+    collections: Vec<&'static str>,
+}
+
+/// Makes the event `plan` describes from `acct`'s state, due at `at_us` (its `rev` clock is moved
+/// there; every event's `time` is `at_us`, with microseconds). Returns the event and its
+/// (repo, rev) key, or (did, time) for `#identity` and `#account`.
+pub(crate) fn make(acct: &mut Account, plan: &Plan, at_us: u64) -> (Event, u64) {
+    let seq = plan.seq;
+    let time = crate::scan::datetime(at_us);
+    acct.sim.set_clock(at_us.saturating_sub(1));
+    if plan.kind < 0.03 && acct.sim.rev().is_some() {
+        let mut e = acct.sim.identity(seq as i64);
+        e.time = time;
+        let key = event_key(e.did.as_str(), &e.time);
+        (Event::Identity(e), key)
+    } else if plan.kind < 0.05 && acct.sim.rev().is_some() {
+        let mut e = acct.sim.account(seq as i64, true, None);
+        e.time = time;
+        let key = event_key(e.did.as_str(), &e.time);
+        (Event::Account(e), key)
+    } else if plan.kind < 0.07 && acct.sim.rev().is_some() {
+        let mut e = acct.sim.sync(seq as i64);
+        e.time = time;
+        let key = event_key(e.did.as_str(), e.rev.as_str());
+        (Event::Sync(e), key)
+    } else {
+        // Indices of `acct.paths` this commit touches; picking the k-th path not yet touched and
+        // removing deleted ones by index keeps a commit's cost independent of the repo's size (a
+        // scan of every path per op made a 16-minute run generator-bound).
+        let mut used: Vec<usize> = Vec::with_capacity(plan.sizes.len());
+        let mut deleted: Vec<usize> = Vec::new();
+        let mut ops = Vec::with_capacity(plan.sizes.len());
+        for j in 0..plan.sizes.len() {
+            let available = acct.paths.len() - used.len();
+            if available == 0 || plan.choices[j] < 0.75 {
+                let path = format!("{}/{}", plan.collections[j], acct.sim.next_rkey());
+                acct.paths.push(path.clone());
+                used.push(acct.paths.len() - 1);
+                ops.push(Op::Create { path, bytes: plan.sizes[j] });
+            } else {
+                let mut p = plan.picks[j] % available;
+                let mut taken = used.clone();
+                taken.sort_unstable();
+                for t in taken {
+                    if t <= p {
+                        p += 1;
+                    }
+                }
+                used.push(p);
+                let path = acct.paths[p].clone();
+                if plan.choices[j] < 0.87 {
+                    ops.push(Op::Update { path });
                 } else {
-                    let p = existing[picks[j] % existing.len()];
-                    used.insert(p);
-                    let path = acct.paths[p].clone();
-                    ops.push(if choices[j] < 0.87 { Op::Update { path } } else { Op::Delete { path } });
+                    deleted.push(p);
+                    ops.push(Op::Delete { path });
                 }
             }
-            // Forget deleted paths (indices shift, so after the commit is made).
-            let deleted: HashSet<String> = ops
-                .iter()
-                .filter_map(|o| if let Op::Delete { path } = o { Some(path.clone()) } else { None })
-                .collect();
-            let e = acct.sim.commit(seq as i64, &ops, &Signer::Own);
-            acct.paths.retain(|p| !deleted.contains(p));
-            let key = event_key(e.repo.as_str(), e.rev.as_str());
-            (Event::Commit(e), key)
-        };
-        let frame = Bytes::from(event.encode().unwrap_or_default());
-        (host, Due { at_us, seq, frame }, key)
+        }
+        let mut e = acct.sim.commit(seq as i64, &ops, &Signer::Own);
+        e.time = time;
+        // Forget deleted paths, highest index first so the others stay put.
+        deleted.sort_unstable_by(|a, b| b.cmp(a));
+        for p in deleted {
+            acct.paths.swap_remove(p);
+        }
+        let key = event_key(e.repo.as_str(), e.rev.as_str());
+        (Event::Commit(e), key)
     }
 }
 
@@ -226,6 +286,56 @@ pub fn run(
             k.insert(key);
         }
         if hosts[host].send(item).is_err() {
+            return;
+        }
+    }
+}
+
+/// Like [`run`], from a pre-made corpus: each event's `time` is stamped with its due time and the
+/// frame handed to its host. Stops at `stop` or when the corpus runs out (`stats.exhausted`).
+#[allow(clippy::too_many_arguments)]
+pub fn run_corpus(
+    corpus: Arc<crate::corpus::Corpus>,
+    hosts: Vec<UnboundedSender<Due>>,
+    rate: Arc<AtomicU64>,
+    start_us: u64,
+    lead: Duration,
+    stop: Arc<AtomicBool>,
+    stats: Arc<GenStats>,
+    keys: Option<Arc<Mutex<HashSet<u64>>>>,
+) {
+    let mut at = start_us as f64;
+    let mut next = corpus.entries.iter();
+    while !stop.load(Ordering::Acquire) {
+        let Some(entry) = next.next() else {
+            stats.exhausted.store(true, Ordering::Release);
+            return;
+        };
+        let r = rate.load(Ordering::Acquire).max(1) as f64;
+        at += 1_000_000.0 / r;
+        let due = at as u64;
+        let now = now_us();
+        let lead_us = lead.as_micros() as u64;
+        if due > now + lead_us {
+            std::thread::sleep(Duration::from_micros(due - now - lead_us));
+        }
+        let frame = crate::corpus::Corpus::stamped(entry, due);
+        let key = if entry.key != 0 {
+            entry.key
+        } else {
+            crate::scan::scan(&frame).and_then(|s| Some(event_key(s.repo?, s.time?))).unwrap_or(0)
+        };
+        if now_us() > due {
+            stats.late.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.generated.fetch_add(1, Ordering::Relaxed);
+        if let Some(keys) = &keys
+            && let Ok(mut k) = keys.lock()
+        {
+            k.insert(key);
+        }
+        let Some(host) = hosts.get(entry.host as usize) else { return };
+        if host.send(Due { at_us: due, seq: entry.seq, frame }).is_err() {
             return;
         }
     }

@@ -7,6 +7,7 @@
 //! receipt), loss and duplication; [`probe`] samples the relay process and its health endpoint;
 //! [`report`] prints and records the results. Nothing here is needed by the relay's crates.
 
+pub mod corpus;
 pub mod fleet;
 pub mod generator;
 pub mod host;

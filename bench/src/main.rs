@@ -15,7 +15,7 @@ use bench::subscriber::{self, Behavior, SubStats, histogram};
 use bench::{jetstream_sub, now_us, report};
 
 use crate::cli::{Cli, Common, Mode};
-use crate::setup::{Setup, setup};
+use crate::setup::{Setup, Source, setup};
 
 mod cli;
 mod setup;
@@ -233,13 +233,17 @@ fn start_generator(s: &mut Setup, rate: u64) -> Gen {
         keys: Arc::default(),
         thread: None,
     };
-    let fleet = s.fleet.take().unwrap_or_else(|| unreachable!("one generator per run"));
+    let source = s.source.take().unwrap_or_else(|| unreachable!("one generator per run"));
     let (hosts, r, stop, stats, keys) =
         (s.host_tx.clone(), Arc::clone(&g.rate), Arc::clone(&g.stop), Arc::clone(&g.stats), Arc::clone(&g.keys));
     let start = now_us() + 500_000;
+    let lead = Duration::from_millis(300);
     let thread = std::thread::Builder::new()
         .name("generator".into())
-        .spawn(move || generator::run(fleet, hosts, r, start, Duration::from_millis(300), stop, stats, Some(keys)))
+        .spawn(move || match source {
+            Source::Live(fleet) => generator::run(fleet, hosts, r, start, lead, stop, stats, Some(keys)),
+            Source::Corpus(corpus) => generator::run_corpus(corpus, hosts, r, start, lead, stop, stats, Some(keys)),
+        })
         .ok();
     Gen { thread, ..g }
 }
@@ -398,6 +402,8 @@ fn result(
         "slow_cut_off": subs.slow.iter().filter(|x| x.error.lock().map(|e| e.is_some()).unwrap_or(false)).count(),
     });
     v["host_replay_gaps"] = json!(s.host_stats.replay_gaps.load(Ordering::Relaxed));
+    v["corpus"] = json!(s.corpus);
+    v["corpus_exhausted"] = json!(gen_stats.exhausted.load(Ordering::Relaxed));
     v["storage_series"] = json!(probes.storage.lock().map(|x| x.clone()).unwrap_or_default());
     if let (Some(obj), Value::Object(env)) = (v.as_object_mut(), report::environment()) {
         obj.extend(env);
@@ -552,6 +558,7 @@ async fn run_ramp(
         let lost0: u64 = subs.healthy.iter().map(|x| x.gaps.load(Ordering::Relaxed)).sum();
         let late0 = generator.stats.late.load(Ordering::Relaxed);
         let recv0 = received(&subs.healthy);
+        let samples0 = probes.proc_samples.lock().map(|p| p.len()).unwrap_or(0);
         let t0 = Instant::now();
         let h = progress(&s, &subs, step_secs, &format!("ramp[{step}] {rate}/s"), &probes).await;
         let secs = t0.elapsed().as_secs_f64();
@@ -566,10 +573,19 @@ async fn run_ramp(
             && delivered as f64 >= 0.98 * accepted as f64 * subs.healthy.len() as f64
             && !cut_off;
         let generator_bound = late * 100 > offered.max(1);
-        let pass = lost == 0 && p99_ms <= max_p99_ms && kept_up && !generator_bound;
-        steps.push(json!({"rate": rate, "offered_per_s": offered as f64 / secs, "accepted_per_s": accepted as f64 / secs, "p99_ms": p99_ms, "lost": lost, "generator_bound": generator_bound, "pass": pass}));
+        let exhausted = generator.stats.exhausted.load(Ordering::Relaxed);
+        let pass = lost == 0 && p99_ms <= max_p99_ms && kept_up && !generator_bound && !exhausted;
+        // The relay's CPU over the step (samples every second), and per accepted event.
+        let cpu_pct = probes.proc_samples.lock().ok().and_then(|p| {
+            let step: Vec<f64> = p.get(samples0..)?.iter().map(|x| x.cpu_pct).collect();
+            (!step.is_empty()).then(|| step.iter().sum::<f64>() / step.len() as f64)
+        });
+        let accepted_per_s = accepted as f64 / secs;
+        let cpu_us_per_event = cpu_pct.map(|c| c / 100.0 * 1e6 / accepted_per_s.max(1.0));
+        steps.push(json!({"rate": rate, "offered_per_s": offered as f64 / secs, "accepted_per_s": accepted_per_s, "p99_ms": p99_ms, "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0, "lost": lost, "kept_up": kept_up, "generator_bound": generator_bound, "corpus_exhausted": exhausted, "relay_cpu_pct_avg": cpu_pct, "relay_cpu_us_per_event": cpu_us_per_event, "pass": pass}));
         eprintln!(
-            "ramp step {step}: {rate}/s p99={p99_ms:.1}ms lost={lost} kept_up={kept_up} generator_bound={generator_bound} -> {}",
+            "ramp step {step}: {rate}/s p99={p99_ms:.1}ms lost={lost} kept_up={kept_up} generator_bound={generator_bound} corpus_exhausted={exhausted} cpu={:.0}% -> {}",
+            cpu_pct.unwrap_or(0.0),
             if pass { "pass" } else { "stop" }
         );
         if !pass {
@@ -584,11 +600,13 @@ async fn run_ramp(
     }
     subs.stop.store(true, Ordering::Release);
     probes.stop.store(true, Ordering::Release);
+    let best_step = steps.iter().rev().find(|x| x["pass"] == json!(true)).cloned();
     let (rate, latency, offered, accepted, secs) = best.unwrap_or_else(|| (0, histogram(), 0, 0, 1.0));
     let keys = HashSet::new();
     let mut v =
         result("ramp", &c, &s, &subs, &generator.stats, &keys, &latency, &probes, offered, accepted, secs, rate, None);
     v["sustained_rate"] = json!(rate);
+    v["relay_cpu_us_per_event"] = best_step.map_or(Value::Null, |b| b["relay_cpu_us_per_event"].clone());
     v["max_p99_ms"] = json!(max_p99_ms);
     v["steps"] = json!(steps);
     v["lost_by_repo_rev"] = Value::Null;

@@ -93,6 +93,17 @@ pub fn scan(frame: &[u8]) -> Option<Scanned<'_>> {
 
 pub use wire::syntax::{datetime_from_unix_us as datetime, unix_us_from_datetime as datetime_us};
 
+/// When the event was due to leave its host (µs since the epoch): its `time`, which the generator
+/// sets to the due time with microseconds (and a corpus host stamps at send time); for events
+/// without one, the timestamp of its `rev`.
+pub fn due_us(s: &Scanned<'_>) -> Option<u64> {
+    match (s.time, s.rev) {
+        (Some(time), _) => datetime_us(time),
+        (None, Some(rev)) => wire::Tid::new(rev).ok().map(|t| t.timestamp_us()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

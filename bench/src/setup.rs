@@ -112,12 +112,23 @@ pub(crate) fn spawn_relay(c: &Common, hosts: &[String], plc: &str) -> anyhow::Re
     Ok((Spawned { child, _data: tempdir::Dir(data) }, format!("127.0.0.1:{port}"), pid, layout))
 }
 
+/// Where a run's events come from.
+pub(crate) enum Source {
+    /// Made live by the generator thread.
+    Live(Fleet),
+    /// Made ahead ([`bench::corpus`]).
+    Corpus(Arc<bench::corpus::Corpus>),
+}
+
 /// Everything a run has started.
 pub(crate) struct Setup {
     pub(crate) host_stats: Arc<HostStats>,
     pub(crate) host_tx: Vec<tokio::sync::mpsc::UnboundedSender<host::Due>>,
     pub(crate) host_names: Vec<String>,
-    pub(crate) fleet: Option<Fleet>,
+    /// Where events come from; taken by the generator.
+    pub(crate) source: Option<Source>,
+    /// The corpus's summary for the JSON line, when one is used.
+    pub(crate) corpus: Option<serde_json::Value>,
     pub(crate) accounts: usize,
     pub(crate) relay_addr: Option<String>,
     pub(crate) relay_pid: Option<u32>,
@@ -138,11 +149,24 @@ pub(crate) async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
         seed: c.seed,
     };
     eprintln!("relay-bench: making {} accounts on {} hosts", c.hosts * c.accounts_per_host, c.hosts);
-    let fleet = Fleet::new(&config);
+    let (source, identities, corpus) = if c.corpus_events > 0 {
+        if c.jetstream_subscribers > 0 {
+            bail!("--corpus-events with --jetstream-subscribers: Jetstream messages carry the relay's time, not the host's, so their latency is measured from the rev, which a corpus made earlier does not carry");
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let corpus = bench::corpus::load_or_build(&c.corpus_dir, &config, c.corpus_events, threads)?;
+        let identities = corpus.identities.clone();
+        let summary = corpus.summary();
+        (Source::Corpus(Arc::new(corpus)), identities, Some(summary))
+    } else {
+        let fleet = Fleet::new(&config);
+        let identities = fleet.identities();
+        (Source::Live(fleet), identities, None)
+    };
     let plc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let plc_url = format!("http://127.0.0.1:{}", plc_listener.local_addr()?.port());
     let mut docs = std::collections::HashMap::new();
-    for (did, h, key) in fleet.identities() {
+    for (did, h, key) in identities {
         let pds = format!("http://localhost:{}", c.host_base_port as usize + h);
         docs.insert(did.to_string(), plc::did_doc(did.as_str(), &key, &pds, c.legacy_did_docs).to_string());
     }
@@ -163,7 +187,8 @@ pub(crate) async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
         host_tx,
         host_names,
         accounts: c.hosts * c.accounts_per_host,
-        fleet: Some(fleet),
+        source: Some(source),
+        corpus,
         relay_addr: None,
         relay_pid: c.relay_pid,
         layout: c.relay_layout.clone().unwrap_or_default(),

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::generator::event_key;
 use crate::now_us;
-use crate::scan::{datetime_us, scan};
+use crate::scan::scan;
 
 /// How a subscriber reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,11 +153,7 @@ async fn connection(
         last = Some(last.map_or(seq, |l| l.max(seq)));
         stats.last_seq.fetch_max(seq as u64, Ordering::Relaxed);
         stats.received.fetch_add(1, Ordering::Relaxed);
-        let due_us = match (s.rev, s.time) {
-            (Some(rev), _) => wire::Tid::new(rev).ok().map(|t| t.timestamp_us()),
-            (None, Some(time)) => datetime_us(time),
-            _ => None,
-        };
+        let due_us = crate::scan::due_us(&s);
         if let Some(due) = due_us
             && let Ok(mut h) = stats.latency.lock()
         {

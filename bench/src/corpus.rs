@@ -126,7 +126,12 @@ pub fn load_or_build(dir: &Path, config: &GenConfig, events: usize, threads: usi
         match load(&path, config, events) {
             Ok(mut c) => {
                 c.ready_s = t0.elapsed().as_secs_f64();
-                eprintln!("relay-bench: loaded {} events from {} in {:.1} s", c.entries.len(), path.display(), c.ready_s);
+                eprintln!(
+                    "relay-bench: loaded {} events from {} in {:.1} s",
+                    c.entries.len(),
+                    path.display(),
+                    c.ready_s
+                );
                 return Ok(c);
             }
             Err(e) => eprintln!("relay-bench: rebuilding {} ({e:#})", path.display()),
@@ -175,7 +180,8 @@ pub fn build(config: &GenConfig, events: usize, threads: usize) -> anyhow::Resul
                         let Some(acct) = part.get_mut(&(plan.host, plan.account)) else { continue };
                         let at_us = base_us + idx as u64;
                         let (event, key) = make(acct, plan, at_us);
-                        let keyed_by_time = matches!(event, wire::frame::Event::Identity(_) | wire::frame::Event::Account(_));
+                        let keyed_by_time =
+                            matches!(event, wire::frame::Event::Identity(_) | wire::frame::Event::Account(_));
                         let frame = event.encode().context("encoding a generated event")?;
                         let placeholder = crate::scan::datetime(at_us);
                         let mut needle = vec![0x78, TIME_LEN as u8];
@@ -198,7 +204,10 @@ pub fn build(config: &GenConfig, events: usize, threads: usize) -> anyhow::Resul
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a corpus thread panicked")))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a corpus thread panicked"))))
+            .collect()
     });
     let mut slots: Vec<Option<Entry>> = vec![None; events];
     for part in made {
@@ -304,7 +313,7 @@ mod tests {
         assert!(loaded.built_s.is_none());
         assert_eq!(loaded.entries.len(), 400);
         assert_eq!(loaded.identities.len(), 12);
-        let mut host_seq = vec![0u64; 3];
+        let mut host_seq = [0u64; 3];
         let mut revs: HashMap<String, String> = HashMap::new();
         for (a, b) in built.entries.iter().zip(&loaded.entries) {
             assert_eq!((a.host, a.seq, a.time_at, a.key, &a.frame), (b.host, b.seq, b.time_at, b.key, &b.frame));

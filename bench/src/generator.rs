@@ -160,7 +160,8 @@ impl Fleet {
 }
 
 /// The collections records are written to.
-const COLLECTIONS: [&str; 4] = ["app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.graph.follow", "app.bsky.feed.repost"];
+const COLLECTIONS: [&str; 4] =
+    ["app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.graph.follow", "app.bsky.feed.repost"];
 
 /// One event's random choices, drawn by [`Fleet::plan`] in a fixed order so a seed gives the same
 /// traffic whether events are made live or ahead into a corpus.

@@ -151,7 +151,9 @@ pub(crate) async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
     eprintln!("relay-bench: making {} accounts on {} hosts", c.hosts * c.accounts_per_host, c.hosts);
     let (source, identities, corpus) = if c.corpus_events > 0 {
         if c.jetstream_subscribers > 0 {
-            bail!("--corpus-events with --jetstream-subscribers: Jetstream messages carry the relay's time, not the host's, so their latency is measured from the rev, which a corpus made earlier does not carry");
+            bail!(
+                "--corpus-events with --jetstream-subscribers: Jetstream messages carry the relay's time, not the host's, so their latency is measured from the rev, which a corpus made earlier does not carry"
+            );
         }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let corpus = bench::corpus::load_or_build(&c.corpus_dir, &config, c.corpus_events, threads)?;

@@ -486,6 +486,7 @@ async fn start_fanout(
     let config = FanoutConfig {
         subscriber_queue: usize::try_from(ctx.args.subscriber_queue).unwrap_or(usize::MAX),
         stall_timeout: ctx.args.subscriber_stall_timeout,
+        coalesce: ctx.args.fanout_coalesce.0,
         replay_memory_bytes: ctx.args.replay_memory / ctx.fanout_shards.max(1) as u64,
         shard: fanout_index,
         ..FanoutConfig::default()

@@ -343,23 +343,22 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let retention =
         start_retention(Arc::clone(&store), policy, layout.compaction, Arc::clone(&control), metrics.clone())?;
+    // The main thread watches for SIGINT/SIGTERM (and for a fatal error an executor reports) instead
+    // of a thread of its own: one thread fewer, shutdown noticed within 50 ms.
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .context("installing signal handlers")?;
-    let sig_handle = signals.handle();
-    let watcher_control = Arc::clone(&control);
-    let signal_thread = std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+    while !control.stop.load(Ordering::Acquire) {
+        if let Some(sig) = signals.pending().next() {
             tracing::info!(signal = sig, "shutting down");
-            watcher_control.stop.store(true, Ordering::Release);
+            control.stop.store(true, Ordering::Release);
+            break;
         }
-    });
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for h in handles {
         let _ = h.join();
     }
-    control.stop.store(true, Ordering::Release);
     let _ = retention.join();
-    sig_handle.close();
-    let _ = signal_thread.join();
     let fatal = control.fatal.lock().map(|f| f.clone()).unwrap_or_default();
     // Dropping the last Arc<Store> closes RocksDB; every acknowledged batch is already in its WAL.
     drop(store);

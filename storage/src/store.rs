@@ -139,6 +139,10 @@ impl Store {
         db_opts.set_env(&env);
         db_opts.set_max_background_jobs(options.background_threads.clamp(1, 64) + 1);
         db_opts.enable_statistics();
+        // No periodic stats dump to the LOG or stats persistence: RocksDB would keep a timer thread
+        // for them; the relay reads its statistics and properties when /metrics is scraped.
+        db_opts.set_stats_dump_period_sec(0);
+        db_opts.set_stats_persist_period_sec(0);
         let cfs = cf::ALL.iter().map(|name| {
             let mut o = Options::default();
             o.set_write_buffer_size(options.write_buffer_bytes);

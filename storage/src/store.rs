@@ -139,8 +139,8 @@ impl Store {
         db_opts.set_env(&env);
         db_opts.set_max_background_jobs(options.background_threads.clamp(1, 64) + 1);
         db_opts.enable_statistics();
-        // No periodic stats dump to the LOG or stats persistence: RocksDB would keep a timer thread
-        // for them; the relay reads its statistics and properties when /metrics is scraped.
+        // No periodic stats dump into RocksDB's LOG (every 10 minutes by default) and no stats
+        // persistence: the relay reads its statistics and properties when /metrics is scraped.
         db_opts.set_stats_dump_period_sec(0);
         db_opts.set_stats_persist_period_sec(0);
         let cfs = cf::ALL.iter().map(|name| {

@@ -1,22 +1,39 @@
 #!/usr/bin/env bash
-# A few seconds of relay-bench against our relay (small fleet, lean subscribers, Jetstream subscribers,
-# a prefilled store): the tool works end to end, events are delivered, nothing is lost or repeated,
-# and the JSON line parses. No speed threshold.
+# A few seconds of relay-bench against our relay, twice: small fleet, lean subscribers, Jetstream
+# subscribers and a prefilled store with events made live; then the same traffic from a pre-generated
+# corpus (built, cached, loaded). The tool works end to end, events are delivered, nothing is lost or
+# repeated, and the JSON lines parse. No speed threshold.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 raise_memlock
 cd "$ROOT"
 cargo build --locked -p engine -p bench
 out=$(mktemp /tmp/relay-bench-smoke.XXXXXX.json)
-trap 'rm -f "$out"' EXIT
+corpus=$(mktemp -d /tmp/relay-bench-corpus.XXXXXX)
+trap 'rm -rf "$out" "$corpus"' EXIT
 target/debug/relay-bench run --spawn target/debug/relay --relay-arg=--fsync=never \
   --hosts 4 --accounts-per-host 5 --subscribers 4 --rate 200 --duration 4 --cursor-subscribers 1 \
   --jetstream-subscribers 4 --prefill-events 2000 \
   --label smoke --json-out "$out" >/dev/null
+# The corpus run twice: the first builds and caches it, the second loads it.
+for label in smoke-corpus-built smoke-corpus-loaded; do
+  target/debug/relay-bench run --spawn target/debug/relay --relay-arg=--fsync=never \
+    --hosts 4 --accounts-per-host 5 --subscribers 2 --rate 200 --duration 3 \
+    --corpus-events 1200 --corpus-dir "$corpus" --label "$label" --json-out "$out" >/dev/null
+done
 python3 - "$out" <<'PY'
 import json, sys
-r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+lines = [json.loads(l) for l in open(sys.argv[1]).read().strip().splitlines()]
+r = lines[0]
 problems = []
+for c in lines[1:]:
+    for k in ("lost_by_seq", "repeated_by_seq", "lost_by_repo_rev", "repeated_by_repo_rev"):
+        if c[k] != 0: problems.append(f"{c['label']}: {k} = {c[k]}")
+    if c["offered"] <= 0 or c["accepted"] != c["offered"]: problems.append(f"{c['label']}: accepted {c['accepted']} of {c['offered']}")
+    if c["latency_us"]["count"] <= 0: problems.append(f"{c['label']}: no latency samples")
+    if c.get("corpus_exhausted") or not (c.get("corpus") or {}).get("events"): problems.append(f"{c['label']}: corpus {c.get('corpus')}")
+if len(lines) == 3 and (lines[1]["corpus"]["built_s"] is None or lines[2]["corpus"]["built_s"] is not None):
+    problems.append("the corpus was not built once and then loaded")
 if r["offered"] <= 0: problems.append("nothing offered")
 if r["accepted"] != r["offered"]: problems.append(f"accepted {r['accepted']} of {r['offered']}")
 if r["deliveries_per_s"] <= 0: problems.append("nothing delivered")

@@ -314,6 +314,10 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert_eq!(parse_duration_or_off("off"), Ok(DurationOrOff(None)));
         assert_eq!(parse_duration_or_off("90m"), Ok(DurationOrOff(Some(Duration::from_secs(5400)))));
+        assert_eq!(parse_coalesce("auto"), Ok(Coalesce(None)));
+        assert_eq!(parse_coalesce("0s"), Ok(Coalesce(Some(Duration::ZERO))));
+        assert_eq!(parse_coalesce("5ms"), Ok(Coalesce(Some(Duration::from_millis(5)))));
+        assert!(parse_coalesce("sometimes").is_err());
         assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
         assert_eq!(parse_bytes("200GB"), Ok(200_000_000_000));
         assert_eq!(parse_bytes("1024"), Ok(1024));

@@ -291,3 +291,17 @@ impl FanoutShard {
         self.live.borrow_mut().remove(&id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn automatic_coalescing_grows_with_subscribers_up_to_20_ms() {
+        assert_eq!(auto_coalesce(0), Duration::ZERO);
+        assert_eq!(auto_coalesce(1), Duration::from_micros(50));
+        assert_eq!(auto_coalesce(200), Duration::from_millis(10));
+        assert_eq!(auto_coalesce(400), Duration::from_millis(20));
+        assert_eq!(auto_coalesce(100_000), Duration::from_millis(20));
+    }
+}

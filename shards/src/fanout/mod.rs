@@ -39,10 +39,11 @@ pub struct FanoutConfig {
     /// subscriber that keeps up back to the store. Queued frames are shared, so a slot costs a
     /// pointer, not a frame.
     pub subscriber_queue: usize,
-    /// Most events read from the store per replay chunk. Default 2,000; 1 and up.
+    /// Most events read from the store per replay chunk. Default 8,000; 1 and up.
     pub replay_chunk_events: usize,
     /// Bytes of events read per replay chunk (a chunk holds at least one event, whatever its size).
-    /// Default 1 MiB; 1 and up.
+    /// Default 4 MiB; 1 and up. Measured (bench/README.md): replay of a 1M-event store beside live
+    /// load at 221,581 events/s with 4 MiB and 8,000 events, 188,314 with 1 MiB and 2,000.
     pub replay_chunk_bytes: usize,
     /// Bytes of replay chunks this shard holds at once, across its subscribers; more replays wait.
     /// Default 256 MiB.
@@ -62,8 +63,8 @@ impl Default for FanoutConfig {
     fn default() -> Self {
         Self {
             subscriber_queue: 10_000,
-            replay_chunk_events: 2_000,
-            replay_chunk_bytes: 1 << 20,
+            replay_chunk_events: 8_000,
+            replay_chunk_bytes: 4 << 20,
             replay_memory_bytes: 256 << 20,
             stall_timeout: Duration::from_secs(30),
             coalesce: None,

@@ -233,8 +233,8 @@ pub struct ServeArgs {
     /// Shortest time between two publishes of a fanout shard: batches the sequencer commits within
     /// it reach each subscriber in one write instead of one write per batch. A batch after a quiet
     /// spell goes out at once; under steady load this adds at most this much latency. `auto`
-    /// (default): 50 µs per subscriber of the shard, at most 20 ms (1 subscriber: 50 µs; 400 and
-    /// more: 20 ms). `0s` publishes every batch as it comes.
+    /// (default): 100 µs per subscriber of the shard, at most 20 ms (1 subscriber: 100 µs; 200
+    /// and more: 20 ms). `0s` publishes every batch as it comes.
     #[arg(long, default_value = "auto", value_name = "auto|DURATION", value_parser = parse_coalesce,
           env = "RELAY_FANOUT_COALESCE")]
     pub fanout_coalesce: Coalesce,

@@ -73,13 +73,13 @@ impl Default for FanoutConfig {
     }
 }
 
-/// The automatic coalescing interval for `subscribers` subscribers of a shard: 50 µs each, at most
+/// The automatic coalescing interval for `subscribers` subscribers of a shard: 100 µs each, at most
 /// 20 ms. What a publish costs grows with the subscribers (a wake-up and a write each), and so does
 /// what coalescing saves; a relay with few subscribers keeps its latency. Measured in
 /// bench/README.md (performance): 200 subscribers × 500 events/s took 87% of a core with every batch
 /// published, 36% with 20 ms.
 pub fn auto_coalesce(subscribers: usize) -> Duration {
-    Duration::from_micros(50 * subscribers as u64).min(Duration::from_millis(20))
+    Duration::from_micros(100 * subscribers as u64).min(Duration::from_millis(20))
 }
 
 struct Registered {
@@ -300,9 +300,9 @@ mod tests {
     #[test]
     fn automatic_coalescing_grows_with_subscribers_up_to_20_ms() {
         assert_eq!(auto_coalesce(0), Duration::ZERO);
-        assert_eq!(auto_coalesce(1), Duration::from_micros(50));
-        assert_eq!(auto_coalesce(200), Duration::from_millis(10));
-        assert_eq!(auto_coalesce(400), Duration::from_millis(20));
+        assert_eq!(auto_coalesce(1), Duration::from_micros(100));
+        assert_eq!(auto_coalesce(100), Duration::from_millis(10));
+        assert_eq!(auto_coalesce(200), Duration::from_millis(20));
         assert_eq!(auto_coalesce(100_000), Duration::from_millis(20));
     }
 }

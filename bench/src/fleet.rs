@@ -18,9 +18,6 @@ use std::time::Duration;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::generator::event_key;
-use crate::now_us;
-use crate::scan::scan;
 use crate::subscriber::SubStats;
 
 /// One subscriber connection: `url` is `ws://host:port/path?query`.
@@ -82,47 +79,6 @@ fn frame(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
     (buf.len() >= end).then_some((b0 & 0x0f, pos..end, end))
 }
 
-fn on_frame(
-    last: &mut Option<i64>,
-    stats: &SubStats,
-    payload: &[u8],
-    sent: &crate::host::HostStats,
-) -> Result<(), String> {
-    let received_us = now_us();
-    let Some(s) = scan(payload) else { return Ok(()) };
-    if s.op == -1 {
-        return Err(s.error.unwrap_or("error").to_owned());
-    }
-    let Some(seq) = s.seq else { return Ok(()) };
-    match *last {
-        Some(l) if seq <= l => {
-            stats.repeats.fetch_add(1, Ordering::Relaxed);
-        }
-        Some(l) => {
-            stats.gaps.fetch_add((seq - l - 1) as u64, Ordering::Relaxed);
-        }
-        None => {}
-    }
-    *last = Some(last.map_or(seq, |l| l.max(seq)));
-    stats.last_seq.fetch_max(seq as u64, Ordering::Relaxed);
-    stats.received.fetch_add(1, Ordering::Relaxed);
-    let due_us = crate::scan::due_us(&s);
-    if let Some(due) = due_us
-        && let Ok(mut h) = stats.latency.lock()
-    {
-        let sent_us = sent.send_times.get(due).unwrap_or(due);
-        let _ = h.record(received_us.saturating_sub(sent_us).max(1));
-    }
-    if let (Some(keys), Some(repo)) = (&stats.keys, s.repo)
-        && let Some(id) = s.rev.or(s.time)
-        && let Ok(mut k) = keys.lock()
-        && !k.insert(event_key(repo, id))
-    {
-        stats.key_repeats.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(())
-}
-
 fn end(c: &Live, error: Option<String>) {
     if let Some(e) = error
         && let Ok(mut err) = c.stats.error.lock()
@@ -158,7 +114,8 @@ fn read_ready(c: &mut Live, sent: &crate::host::HostStats) -> bool {
             at += used;
             match op {
                 0x2 => {
-                    let result = on_frame(&mut c.last, &c.stats, &c.buf[payload], sent);
+                    let result =
+                        crate::subscriber::record_frame(&mut c.last, &c.stats, &c.buf[payload], sent).map(|_| ());
                     if let Err(e) = result {
                         end(c, Some(e));
                         return false;

@@ -252,92 +252,78 @@ pub fn did_for(h: usize, i: usize) -> Did {
     Did::new(format!("did:plc:bench{h:05}x{i:05}")).unwrap_or_else(|_| unreachable!())
 }
 
-#[allow(clippy::too_many_arguments)]
-/// Runs the generator on the calling thread until `stop`: events at `rate` (events/s, read before
-/// each event so a ramp can change it) from `start_us`, sent to `hosts`. `keys` collects the key of
-/// every event when given.
-pub fn run(
-    mut fleet: Fleet,
-    hosts: Vec<UnboundedSender<Due>>,
-    rate: Arc<AtomicU64>,
-    start_us: u64,
-    lead: Duration,
-    stop: Arc<AtomicBool>,
-    stats: Arc<GenStats>,
-    keys: Option<Arc<Mutex<HashSet<u64>>>>,
-) {
-    let mut at = start_us as f64;
-    while !stop.load(Ordering::Acquire) {
-        let r = rate.load(Ordering::Acquire).max(1) as f64;
-        at += 1_000_000.0 / r;
-        let due = at as u64;
-        let now = now_us();
-        let lead_us = lead.as_micros() as u64;
-        if due > now + lead_us {
-            std::thread::sleep(Duration::from_micros(due - now - lead_us));
-        }
-        let (host, item, key) = fleet.next_event(due);
-        if now_us() > due {
-            stats.late.fetch_add(1, Ordering::Relaxed);
-        }
-        stats.generated.fetch_add(1, Ordering::Relaxed);
-        if let Some(keys) = &keys
-            && let Ok(mut k) = keys.lock()
-        {
-            k.insert(key);
-        }
-        if hosts[host].send(item).is_err() {
-            return;
+/// How a generator thread paces its events: the hosts they go to, the rate (events/s, read before
+/// each event so a ramp can change it), the first due time, how far ahead of its due time an event
+/// is made, when to stop, what it counts, and (when given) the key of every event it sends.
+pub struct Pacing {
+    /// One sender per host, by host index.
+    pub hosts: Vec<UnboundedSender<Due>>,
+    /// Events per second.
+    pub rate: Arc<AtomicU64>,
+    /// Due time of the first event, µs since the epoch.
+    pub start_us: u64,
+    /// How far ahead of its due time an event is made.
+    pub lead: Duration,
+    /// Set to stop the thread.
+    pub stop: Arc<AtomicBool>,
+    /// Counters.
+    pub stats: Arc<GenStats>,
+    /// Collects the key of every event sent, when given.
+    pub keys: Option<Arc<Mutex<HashSet<u64>>>>,
+}
+
+impl Pacing {
+    /// Calls `next(due)` for each due time until `stop`, and hands what it makes (host, frame, key)
+    /// to that host; `None` means the source ran out (`stats.exhausted`).
+    fn drive(self, mut next: impl FnMut(u64) -> Option<(usize, Due, u64)>) {
+        let mut at = self.start_us as f64;
+        let lead_us = self.lead.as_micros() as u64;
+        while !self.stop.load(Ordering::Acquire) {
+            let r = self.rate.load(Ordering::Acquire).max(1) as f64;
+            at += 1_000_000.0 / r;
+            let due = at as u64;
+            let now = now_us();
+            if due > now + lead_us {
+                std::thread::sleep(Duration::from_micros(due - now - lead_us));
+            }
+            let Some((host, item, key)) = next(due) else {
+                self.stats.exhausted.store(true, Ordering::Release);
+                return;
+            };
+            if now_us() > due {
+                self.stats.late.fetch_add(1, Ordering::Relaxed);
+            }
+            self.stats.generated.fetch_add(1, Ordering::Relaxed);
+            if let Some(keys) = &self.keys
+                && let Ok(mut k) = keys.lock()
+            {
+                k.insert(key);
+            }
+            let Some(host) = self.hosts.get(host) else { return };
+            if host.send(item).is_err() {
+                return;
+            }
         }
     }
 }
 
+/// Runs the generator on the calling thread until `pacing.stop`, making each event live.
+pub fn run(mut fleet: Fleet, pacing: Pacing) {
+    pacing.drive(|due| Some(fleet.next_event(due)));
+}
+
 /// Like [`run`], from a pre-made corpus: each event's `time` is stamped with its due time and the
 /// frame handed to its host. Stops at `stop` or when the corpus runs out (`stats.exhausted`).
-#[allow(clippy::too_many_arguments)]
-pub fn run_corpus(
-    corpus: Arc<crate::corpus::Corpus>,
-    hosts: Vec<UnboundedSender<Due>>,
-    rate: Arc<AtomicU64>,
-    start_us: u64,
-    lead: Duration,
-    stop: Arc<AtomicBool>,
-    stats: Arc<GenStats>,
-    keys: Option<Arc<Mutex<HashSet<u64>>>>,
-) {
-    let mut at = start_us as f64;
-    let mut next = corpus.entries.iter();
-    while !stop.load(Ordering::Acquire) {
-        let Some(entry) = next.next() else {
-            stats.exhausted.store(true, Ordering::Release);
-            return;
-        };
-        let r = rate.load(Ordering::Acquire).max(1) as f64;
-        at += 1_000_000.0 / r;
-        let due = at as u64;
-        let now = now_us();
-        let lead_us = lead.as_micros() as u64;
-        if due > now + lead_us {
-            std::thread::sleep(Duration::from_micros(due - now - lead_us));
-        }
+pub fn run_corpus(corpus: Arc<crate::corpus::Corpus>, pacing: Pacing) {
+    let mut entries = corpus.entries.iter();
+    pacing.drive(|due| {
+        let entry = entries.next()?;
         let frame = crate::corpus::Corpus::stamped(entry, due);
         let key = if entry.key != 0 {
             entry.key
         } else {
             crate::scan::scan(&frame).and_then(|s| Some(event_key(s.repo?, s.time?))).unwrap_or(0)
         };
-        if now_us() > due {
-            stats.late.fetch_add(1, Ordering::Relaxed);
-        }
-        stats.generated.fetch_add(1, Ordering::Relaxed);
-        if let Some(keys) = &keys
-            && let Ok(mut k) = keys.lock()
-        {
-            k.insert(key);
-        }
-        let Some(host) = hosts.get(entry.host as usize) else { return };
-        if host.send(Due { at_us: due, seq: entry.seq, frame }).is_err() {
-            return;
-        }
-    }
+        Some((entry.host as usize, Due { at_us: due, seq: entry.seq, frame }, key))
+    });
 }

@@ -6,9 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
-use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -99,12 +97,7 @@ async fn run(
     };
     let mut last_time = 0u64;
     while !stop.load(Ordering::Acquire) {
-        let msg = match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
-            Err(_) => continue,
-            Ok(None) => return Err("closed".into()),
-            Ok(Some(Err(e))) => return Err(e.to_string()),
-            Ok(Some(Ok(m))) => m,
-        };
+        let Some(msg) = crate::subscriber::next_message(&mut ws).await? else { continue };
         let received_us = now_us();
         let (wire, json) = match (msg, decompressor.as_mut()) {
             (Message::Text(t), _) => (t.len(), t.as_str().to_owned()),

@@ -128,48 +128,78 @@ async fn connection(
     }
     let mut last: Option<i64> = None;
     while !stop.load(Ordering::Acquire) {
-        let msg = match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
-            Err(_) => continue,
-            Ok(None) => return Err("closed".into()),
-            Ok(Some(Err(e))) => return Err(e.to_string()),
-            Ok(Some(Ok(m))) => m,
-        };
+        let Some(msg) = crate::subscriber::next_message(&mut ws).await? else { continue };
         let Message::Binary(bytes) = msg else { continue };
-        let received_us = now_us();
-        let Some(s) = scan(&bytes) else { continue };
-        if s.op == -1 {
-            return Err(s.error.unwrap_or("error").to_owned());
-        }
-        let Some(seq) = s.seq else { continue };
-        match last {
-            Some(l) if seq <= l => {
-                stats.repeats.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(l) => {
-                stats.gaps.fetch_add((seq - l - 1) as u64, Ordering::Relaxed);
-            }
-            None => {}
-        }
-        last = Some(last.map_or(seq, |l| l.max(seq)));
-        stats.last_seq.fetch_max(seq as u64, Ordering::Relaxed);
-        stats.received.fetch_add(1, Ordering::Relaxed);
-        let due_us = crate::scan::due_us(&s);
-        if let Some(due) = due_us
-            && let Ok(mut h) = stats.latency.lock()
-        {
-            let sent_us = sent.send_times.get(due).unwrap_or(due);
-            let _ = h.record(received_us.saturating_sub(sent_us).max(1));
-        }
-        if let (Some(keys), Some(repo)) = (&stats.keys, s.repo)
-            && let Some(id) = s.rev.or(s.time)
-            && let Ok(mut k) = keys.lock()
-            && !k.insert(event_key(repo, id))
-        {
-            stats.key_repeats.fetch_add(1, Ordering::Relaxed);
+        if !record_frame(&mut last, stats, &bytes, sent)? {
+            continue;
         }
         if let Behavior::Slow(d) = behavior {
             tokio::time::sleep(d).await;
         }
     }
     Ok(())
+}
+
+/// Records one frame a subscriber received: seq order (repeats, gaps), latency from its host's
+/// send time, and (when the subscriber tracks them) its (repo, rev/time) key. Returns whether the
+/// frame carried a seq; an error frame ends the subscriber with its error name.
+///
+/// # Errors
+/// The error name of an error frame (`op` -1).
+pub(crate) fn record_frame(
+    last: &mut Option<i64>,
+    stats: &SubStats,
+    payload: &[u8],
+    sent: &crate::host::HostStats,
+) -> Result<bool, String> {
+    let received_us = now_us();
+    let Some(s) = scan(payload) else { return Ok(false) };
+    if s.op == -1 {
+        return Err(s.error.unwrap_or("error").to_owned());
+    }
+    let Some(seq) = s.seq else { return Ok(false) };
+    match *last {
+        Some(l) if seq <= l => {
+            stats.repeats.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(l) => {
+            stats.gaps.fetch_add((seq - l - 1) as u64, Ordering::Relaxed);
+        }
+        None => {}
+    }
+    *last = Some(last.map_or(seq, |l| l.max(seq)));
+    stats.last_seq.fetch_max(seq as u64, Ordering::Relaxed);
+    stats.received.fetch_add(1, Ordering::Relaxed);
+    let due_us = crate::scan::due_us(&s);
+    if let Some(due) = due_us
+        && let Ok(mut h) = stats.latency.lock()
+    {
+        let sent_us = sent.send_times.get(due).unwrap_or(due);
+        let _ = h.record(received_us.saturating_sub(sent_us).max(1));
+    }
+    if let (Some(keys), Some(repo)) = (&stats.keys, s.repo)
+        && let Some(id) = s.rev.or(s.time)
+        && let Ok(mut k) = keys.lock()
+        && !k.insert(event_key(repo, id))
+    {
+        stats.key_repeats.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(true)
+}
+
+/// The next message of a subscriber's websocket, waiting at most 200 ms (`Ok(None)`: nothing yet,
+/// so the caller can look at its stop flag).
+///
+/// # Errors
+/// `closed` when the relay closed the connection, or the websocket error.
+pub(crate) async fn next_message<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Result<Option<Message>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+        Err(_) => Ok(None),
+        Ok(None) => Err("closed".into()),
+        Ok(Some(Err(e))) => Err(e.to_string()),
+        Ok(Some(Ok(m))) => Ok(Some(m)),
+    }
 }

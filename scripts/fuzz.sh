@@ -28,6 +28,15 @@ for i, f in enumerate(json.load(open(f"{fx}/interop/data-model/data-model-fixtur
     data = base64.b64decode(f["cbor_base64"] + "==")
     open(f"fuzz/corpus/dagcbor_decode/fixture-{i}", "wb").write(data)
 PY
+# RocksDB is not what is fuzzed and is not instrumented either way: link the archive the workspace's
+# build (cargo test, same librocksdb-sys version, same compiler) already made instead of compiling
+# RocksDB's C++ a second time (librocksdb-sys's ROCKSDB_LIB_DIR/ROCKSDB_STATIC). Without that build,
+# cargo fuzz compiles it as usual.
+rocksdb_a=$(ls -t "$ROOT"/target/debug/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null | head -n 1 || true)
+if [ -n "$rocksdb_a" ]; then
+  export ROCKSDB_LIB_DIR=$(dirname "$rocksdb_a") ROCKSDB_STATIC=1
+  log "linking the workspace's RocksDB build: $ROCKSDB_LIB_DIR"
+fi
 cargo fuzz build --sanitizer none 2>&1 | tail -n 1
 for t in "${TARGETS[@]}"; do
   log "fuzzing $t for ${SECS}s"

@@ -94,6 +94,16 @@ fn steps(c: &mut Criterion) {
             p256[j].verify(&public).is_ok()
         })
     });
+    // The recorded repositories hold a handful of records; an account of a few thousand records
+    // (deeper tree, more nodes to load, re-encode and hash per proof) is closer to the field.
+    let grown = grown_repo_commits(4_000, 64);
+    let mut k = 0;
+    g.bench_function("check_car_cids_commit_and_sync11_proof_4000_records", |b| {
+        b.iter(|| {
+            k = (k + 1) % grown.len();
+            check_commit(&grown[k], &limits, now).is_ok_and(|c| c.proof.is_ok())
+        })
+    });
     g.bench_function("reencode_with_seq_as_ws_frame", |b| {
         b.iter(|| {
             let mut e = Event::Commit(decoded[next()].clone());
@@ -115,6 +125,40 @@ fn steps(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// `samples` one-op commits (creates, updates and deletes in turn) of an account first grown to
+/// `records` records.
+fn grown_repo_commits(records: usize, samples: usize) -> Vec<CommitEvent> {
+    let mut acct = SimAccount::new(Did::new("did:plc:benchgrown").unwrap(), SigningKey::k256(7), 1_700_000_000_000_000);
+    let mut paths = Vec::new();
+    let mut seq = 0;
+    while paths.len() < records {
+        let ops: Vec<Op> = (0..50)
+            .map(|_| {
+                let path = format!("app.bsky.feed.like/{}", acct.next_rkey());
+                paths.push(path.clone());
+                Op::Create { path, bytes: 200 }
+            })
+            .collect();
+        seq += 1;
+        acct.commit(seq, &ops, &Signer::Own);
+    }
+    (0..samples)
+        .map(|i| {
+            seq += 1;
+            let op = match i % 3 {
+                0 => {
+                    let path = format!("app.bsky.feed.post/{}", acct.next_rkey());
+                    paths.push(path.clone());
+                    Op::Create { path, bytes: 400 }
+                }
+                1 => Op::Update { path: paths[(i * 7919) % paths.len()].clone() },
+                _ => Op::Delete { path: paths.swap_remove((i * 104_729) % paths.len()) },
+            };
+            acct.commit(seq, &[op], &Signer::Own)
+        })
+        .collect()
 }
 
 criterion_group!(benches, steps);

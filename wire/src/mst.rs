@@ -142,10 +142,10 @@ impl Node {
         }
     }
 
-    fn gap(&self, i: usize) -> Option<&Tree> {
-        match i.checked_sub(1).and_then(|j| self.entries.get(j)) {
-            Some(prev) => prev.right.as_ref(),
-            None => self.left.as_ref(),
+    fn gap_mut(&mut self, i: usize) -> &mut Option<Tree> {
+        match i.checked_sub(1) {
+            Some(j) if j < self.entries.len() => &mut self.entries[j].right,
+            _ => &mut self.left,
         }
     }
 
@@ -193,6 +193,19 @@ fn expand(t: Tree, layer: u32, blocks: &dyn Blocks) -> Result<Box<Node>, MstErro
             let bytes = blocks.block(&cid).ok_or(MstError::MissingBlock(cid))?;
             decode_node(&cid, bytes, Some(layer))
         }
+    }
+}
+
+/// The node `t` stands for at `layer`, decoded in place if it was a stub.
+fn load_in_place<'t>(t: &'t mut Tree, layer: u32, blocks: &dyn Blocks) -> Result<&'t mut Node, MstError> {
+    if let Tree::Stub(cid) = t {
+        let bytes = blocks.block(cid).ok_or(MstError::MissingBlock(*cid))?;
+        *t = Tree::Node(decode_node(cid, bytes, Some(layer))?);
+    }
+    match t {
+        Tree::Node(n) => Ok(n),
+        // Replaced just above.
+        Tree::Stub(cid) => Err(MstError::MissingBlock(*cid)),
     }
 }
 
@@ -320,30 +333,24 @@ impl Mst {
     /// does not decode.
     pub fn load(root: Cid, blocks: &dyn Blocks) -> Result<Self, MstError> {
         let bytes = blocks.block(&root).ok_or(MstError::MissingBlock(root))?;
-        let empty = matches!(cbor::from_slice::<NodeData>(bytes), Ok(d) if d.e.is_empty() && d.l.is_none());
-        if empty {
+        if bytes == EMPTY_NODE {
             return Ok(Self::new());
         }
         let node = decode_node(&root, bytes, None)?;
         Ok(Self { layer: node.layer, root: Some(Tree::Node(node)) })
     }
 
-    /// The value stored at `key`, `None` when absent.
+    /// The value stored at `key`, `None` when absent. The nodes on the way are loaded into the tree
+    /// (decoded once: a later [`Mst::insert`] or [`Mst::remove`] on the same path reuses them).
     ///
     /// # Errors
     /// [`MstError::MissingBlock`] when the path to where `key` would be is not available.
-    pub fn get(&self, key: &[u8], blocks: &dyn Blocks) -> Result<Option<Cid>, MstError> {
+    pub fn get(&mut self, key: &[u8], blocks: &dyn Blocks) -> Result<Option<Cid>, MstError> {
         let mut layer = self.layer;
-        let mut owned: Box<Node>;
-        let mut node: &Node = match &self.root {
-            None => return Ok(None),
-            Some(Tree::Node(n)) => n,
-            Some(Tree::Stub(cid)) => {
-                owned = expand(Tree::Stub(*cid), layer, blocks)?;
-                &owned
-            }
-        };
+        let mut slot = &mut self.root;
         loop {
+            let Some(tree) = slot else { return Ok(None) };
+            let node = load_in_place(tree, layer, blocks)?;
             let i = node.position(key);
             if let Some(e) = node.entries.get(i).filter(|e| e.key == key) {
                 return Ok(Some(e.value));
@@ -351,14 +358,7 @@ impl Mst {
             let Some(below) = layer.checked_sub(1) else {
                 return Ok(None);
             };
-            match node.gap(i) {
-                None => return Ok(None),
-                Some(Tree::Node(n)) => node = n,
-                Some(Tree::Stub(cid)) => {
-                    owned = expand(Tree::Stub(*cid), below, blocks)?;
-                    node = &owned;
-                }
-            }
+            slot = node.gap_mut(i);
             layer = below;
         }
     }
@@ -427,48 +427,98 @@ impl Mst {
     }
 
     /// The root CID; `out`, when given, receives every node block that was loaded or changed.
-    ///
-    /// # Errors
-    /// [`MstError`] only if a node cannot be encoded (not reachable for keys within limits).
-    pub fn root_cid(&self, mut out: Option<&mut Vec<(Cid, Vec<u8>)>>) -> Result<Cid, MstError> {
+    pub fn root_cid(&self, mut out: Option<&mut Vec<(Cid, Vec<u8>)>>) -> Cid {
         match &self.root {
             None => {
-                let bytes = cbor::to_vec(&NodeData { l: None, e: Vec::new() }).map_err(|_| MstError::InvalidKey)?;
-                let cid = car::cid_for(CODEC_DAG_CBOR, &bytes);
+                let cid = car::cid_for(CODEC_DAG_CBOR, EMPTY_NODE);
                 if let Some(out) = out.as_deref_mut() {
-                    out.push((cid, bytes));
+                    out.push((cid, EMPTY_NODE.to_vec()));
                 }
-                Ok(cid)
+                cid
             }
             Some(t) => encode(t, &mut out),
         }
     }
 }
 
-fn encode(t: &Tree, out: &mut Option<&mut Vec<(Cid, Vec<u8>)>>) -> Result<Cid, MstError> {
+/// The block of the empty tree's root: `{"e": [], "l": null}`.
+const EMPTY_NODE: &[u8] = &[0xa2, 0x61, b'e', 0x80, 0x61, b'l', 0xf6];
+
+fn encode(t: &Tree, out: &mut Option<&mut Vec<(Cid, Vec<u8>)>>) -> Cid {
     let node = match t {
-        Tree::Stub(cid) => return Ok(*cid),
+        Tree::Stub(cid) => return *cid,
         Tree::Node(n) => n,
     };
-    let left = node.left.as_ref().map(|l| encode(l, out)).transpose()?;
-    let mut entries = Vec::with_capacity(node.entries.len());
-    let mut prev: &[u8] = &[];
-    for e in &node.entries {
-        let p = prev.iter().zip(&e.key).take_while(|(a, c)| a == c).count();
-        entries.push(EntryData {
-            p: p as u64,
-            k: e.key.get(p..).unwrap_or_default().to_vec(),
-            v: e.value,
-            t: e.right.as_ref().map(|r| encode(r, out)).transpose()?,
-        });
-        prev = &e.key;
-    }
-    let bytes = cbor::to_vec(&NodeData { l: left, e: entries }).map_err(|_| MstError::InvalidKey)?;
+    let left = node.left.as_ref().map(|l| encode(l, out));
+    let rights: Vec<Option<Cid>> = node.entries.iter().map(|e| e.right.as_ref().map(|r| encode(r, out))).collect();
+    let bytes = encode_node(node, left.as_ref(), &rights);
     let cid = car::cid_for(CODEC_DAG_CBOR, &bytes);
     if let Some(out) = out.as_deref_mut() {
         out.push((cid, bytes));
     }
-    Ok(cid)
+    cid
+}
+
+/// A node's block in canonical DAG-CBOR, written directly: `{"e": [{"k", "p", "t", "v"}…], "l"}`
+/// (map keys in DAG-CBOR order: shorter first, then bytewise), CIDs as tag 42 over a 0x00-prefixed
+/// byte string, absent subtrees as `null`. The same bytes serde's DAG-CBOR encoder gives for
+/// [`NodeData`] (checked in the tests), without its per-map buffering and key sorting.
+fn encode_node(node: &Node, left: Option<&Cid>, rights: &[Option<Cid>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + node.entries.iter().map(|e| e.key.len() + 90).sum::<usize>());
+    out.extend_from_slice(&[0xa2, 0x61, b'e']);
+    cbor_head(&mut out, 4, node.entries.len() as u64);
+    let mut prev: &[u8] = &[];
+    for (e, right) in node.entries.iter().zip(rights) {
+        let p = common_prefix_len(prev, &e.key);
+        let suffix = e.key.get(p..).unwrap_or_default();
+        out.extend_from_slice(&[0xa4, 0x61, b'k']);
+        cbor_head(&mut out, 2, suffix.len() as u64);
+        out.extend_from_slice(suffix);
+        out.extend_from_slice(&[0x61, b'p']);
+        cbor_head(&mut out, 0, p as u64);
+        out.extend_from_slice(&[0x61, b't']);
+        cbor_cid(&mut out, right.as_ref());
+        out.extend_from_slice(&[0x61, b'v']);
+        cbor_cid(&mut out, Some(&e.value));
+        prev = &e.key;
+    }
+    out.extend_from_slice(&[0x61, b'l']);
+    cbor_cid(&mut out, left);
+    out
+}
+
+/// A CBOR head: major type `major`, argument `n`, in the shortest form (as DAG-CBOR requires).
+fn cbor_head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+/// A DAG-CBOR link (tag 42, byte string of 0x00 then the binary CID) or `null`.
+fn cbor_cid(out: &mut Vec<u8>, cid: Option<&Cid>) {
+    let Some(cid) = cid else {
+        out.push(0xf6);
+        return;
+    };
+    out.extend_from_slice(&[0xd8, 42]);
+    cbor_head(out, 2, cid.encoded_len() as u64 + 1);
+    out.push(0);
+    // Writing into a Vec cannot fail.
+    let _ = cid.write_bytes(&mut *out);
 }
 
 /// The CIDs of every node reachable from `root` whose block is available (absent subtrees are

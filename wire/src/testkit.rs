@@ -231,7 +231,7 @@ impl SimAccount {
     pub fn new(did: Did, key: SigningKey, start_us: u64) -> Self {
         let mst = Mst::new();
         let mut out = Vec::new();
-        let root = mst.root_cid(Some(&mut out)).unwrap_or_default();
+        let root = mst.root_cid(Some(&mut out));
         Self {
             did,
             key,
@@ -367,7 +367,7 @@ impl SimAccount {
             });
         }
         let mut nodes = Vec::new();
-        let root = self.mst.root_cid(Some(&mut nodes)).unwrap_or_default();
+        let root = self.mst.root_cid(Some(&mut nodes));
         for (cid, block) in &nodes {
             self.blocks.insert(*cid, block.clone());
         }
@@ -429,7 +429,7 @@ impl SimAccount {
         }
     }
 
-    fn mst_get(&self, path: &str) -> Option<Cid> {
+    fn mst_get(&mut self, path: &str) -> Option<Cid> {
         self.mst.get(path.as_bytes(), &self.blocks).ok().flatten()
     }
 

@@ -323,7 +323,7 @@ fn check_proof(ev: &CommitEvent, car: &car::Car<'_>, data: Cid, prev_data: Cid) 
         };
         undone.map_err(mst_reason)?;
     }
-    if mst.root_cid(None).map_err(mst_reason)? != prev_data {
+    if mst.root_cid(None) != prev_data {
         return Err(DropReason::InversionMismatch);
     }
     Ok(())

@@ -187,6 +187,11 @@ pub(crate) struct Common {
     /// CPUs the spawned relay may use (its core layout is chosen among them); default: all.
     #[arg(long)]
     pub(crate) relay_cpus: Option<String>,
+    /// How long the bench's PLC directory takes to answer each request, milliseconds: a directory
+    /// across the internet (plc.directory answers in tens to hundreds of ms) rather than on
+    /// loopback. Every account's first event waits for one lookup, so this shapes a cold start.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) plc_delay_ms: u64,
     /// A label for the run (scenario name) in the JSON line.
     #[arg(long, default_value = "")]
     pub(crate) label: String,

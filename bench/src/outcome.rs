@@ -133,6 +133,7 @@ pub(crate) fn result(
         "slow": c.slow,
         "p256_share": c.p256_share,
         "legacy_did_docs": c.legacy_did_docs,
+        "plc_delay_ms": c.plc_delay_ms,
         "rate_target": rate,
         "bench_cpus": c.bench_cpus,
         "relay_cpus": c.relay_cpus,

@@ -51,8 +51,8 @@ fn bs58(bytes: &[u8]) -> String {
     std::iter::repeat_n('1', zeros).chain(digits.iter().rev().map(|d| char::from(ALPHABET[usize::from(*d)]))).collect()
 }
 
-/// Serves `docs` on `listener` until the runtime stops.
-pub async fn serve(listener: TcpListener, docs: Documents) {
+/// Serves `docs` on `listener` until the runtime stops, each answer `delay` after its request.
+pub async fn serve(listener: TcpListener, docs: Documents, delay: std::time::Duration) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
         let docs = Arc::clone(&docs);
@@ -67,6 +67,9 @@ pub async fn serve(listener: TcpListener, docs: Documents) {
             }
             let head = String::from_utf8_lossy(&buf[..n]);
             let path = head.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/');
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let resp = match docs.get(path) {
                 Some(body) => format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -172,7 +172,7 @@ pub(crate) async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
         let pds = format!("http://localhost:{}", c.host_base_port as usize + h);
         docs.insert(did.to_string(), plc::did_doc(did.as_str(), &key, &pds, c.legacy_did_docs).to_string());
     }
-    tokio::spawn(plc::serve(plc_listener, Arc::new(docs)));
+    tokio::spawn(plc::serve(plc_listener, Arc::new(docs), Duration::from_millis(c.plc_delay_ms)));
     let host_stats = Arc::new(HostStats::default());
     let mut host_tx = Vec::new();
     let mut host_names = Vec::new();

@@ -136,11 +136,11 @@ fn validates_sequences_replays_and_survives_restart() {
     host.push(15, f);
     let seen = read_until_idle(&mut live, Duration::from_millis(700));
     assert_eq!(seen.iter().filter_map(Seen::seq).collect::<Vec<_>>(), vec![8], "signed with the rotated key");
-    assert_eq!(
-        relay.metric("relay_identity_lookups_total", "result=\"resolved\""),
-        4,
-        "alice: first use, the bad signature, the rotation; bob: first use"
-    );
+    // Fetches: alice's first use, the rotation, bob's first use, and the badly signed frame's re-fetch
+    // unless it was decided together with alice's first frames (frames of a host are decided at
+    // once) and so shared their fresh fetch (`joined`).
+    let resolved = relay.metric("relay_identity_lookups_total", "result=\"resolved\"");
+    assert!((3..=4).contains(&resolved), "{resolved} identity fetches");
 
     // Restart: the host is resumed after its last processed seq, the relay seq continues.
     relay.stop();

@@ -200,10 +200,12 @@ impl Resolver {
             self.count("failed");
             return Err(ResolveError::RecentlyFailed);
         }
-        let shared = {
+        // Frames of one DID decided at once share one fetch: the first caller owns it (stores and
+        // counts the answer), the others wait for it and count as `joined`.
+        let (shared, owner) = {
             let mut pending = self.pending.borrow_mut();
             match pending.get(did) {
-                Some(p) => p.clone(),
+                Some(p) => (p.clone(), false),
                 None => {
                     let histogram = self.metrics.identity_fetch_seconds.clone();
                     let fetching = fetch(Rc::clone(&self.config), did.clone(), now_ms);
@@ -216,17 +218,25 @@ impl Resolver {
                     .boxed_local()
                     .shared();
                     pending.insert(did.clone(), p.clone());
-                    p
+                    (p, true)
                 }
             }
         };
         let result = shared.clone().await;
         {
-            // Only this fetch's entry: a newer fetch for the same DID may have replaced it.
+            // Only this fetch's entry: a newer fetch for the same DID may have replaced it. Every
+            // waiter removes it, in case the owner was cancelled.
             let mut pending = self.pending.borrow_mut();
             if pending.get(did).is_some_and(|p| Shared::ptr_eq(p, &shared)) {
                 pending.remove(did);
             }
+        }
+        if !owner {
+            self.count("joined");
+            return match result {
+                Ok(rec) => Ok(self.cached(did).filter(|c| **c == rec).unwrap_or_else(|| Rc::new(rec))),
+                Err(e) => Err(e),
+            };
         }
         match result {
             Ok(rec) => {

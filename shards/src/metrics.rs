@@ -69,8 +69,9 @@ pub struct Metrics {
     pub upstream_connects: Family<Label, Counter>,
     /// `relay_upstream_connected`: hosts with an open firehose connection.
     pub upstream_connected: Gauge,
-    /// `relay_identity_lookups_total{result}`: identity lookups (`cache`, `store`, `resolved`,
-    /// `stale` (an expired entry used because the directory could not be reached), `failed`).
+    /// `relay_identity_lookups_total{result}`: identity lookups (`cache`, `resolved`, `stale` (an
+    /// expired entry used because the directory could not be reached), `failed`, `unreachable`,
+    /// `joined` (waited for a fetch of the same DID already under way, counted once by its owner)).
     pub identity_lookups: Family<Label, Counter>,
     /// `relay_subscribers`: connected subscribers.
     pub subscribers: Gauge,
@@ -404,7 +405,7 @@ impl Metrics {
             ),
             (&self.upstream_frames, "type", &["commit", "sync", "identity", "account", "info", "error", "other"]),
             (&self.upstream_connects, "result", &["ok", "error"]),
-            (&self.identity_lookups, "result", &["cache", "resolved", "stale", "failed", "unreachable"]),
+            (&self.identity_lookups, "result", &["cache", "resolved", "stale", "failed", "unreachable", "joined"]),
             (&self.accept_errors, "kind", &["out_of_fds", "out_of_memory", "other"]),
             (
                 &self.subscribers_closed,

@@ -143,9 +143,10 @@ impl Node {
     }
 
     fn gap_mut(&mut self, i: usize) -> &mut Option<Tree> {
-        match i.checked_sub(1) {
-            Some(j) if j < self.entries.len() => &mut self.entries[j].right,
-            _ => &mut self.left,
+        let Node { left, entries, .. } = self;
+        match i.checked_sub(1).and_then(|j| entries.get_mut(j)) {
+            Some(prev) => &mut prev.right,
+            None => left,
         }
     }
 

@@ -10,6 +10,7 @@ use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::http::HeaderValue;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use wire::HostSeq;
 use wire::Hostname;
 use wire::frame::{Event, Frame};
@@ -180,6 +181,20 @@ async fn take_token(
     }
 }
 
+/// Most frames of one host being decided at once: their identity lookups (a cold cache, a slow
+/// `did:web` server) overlap instead of queueing behind each other, and they are still handed to the
+/// sequencer, and the host's cursor moved, in the host's order.
+const DECIDE_WINDOW: usize = 32;
+/// Most bytes of one host's frames being decided at once (a few large frames fill the window early).
+const DECIDE_WINDOW_BYTES: usize = 8 * 1024 * 1024;
+
+/// One turn of the read loop: a decided frame (with its size) or the next websocket message
+/// (`None`: the stream ended; `Some(None)`: the idle timeout passed).
+enum Step<D> {
+    Decided(D),
+    Read(Option<Option<Result<Message, async_tungstenite::tungstenite::Error>>>),
+}
+
 pub(super) async fn read_frames(
     shard: &Shard,
     host: &Hostname,
@@ -195,16 +210,58 @@ pub(super) async fn read_frames(
     // When an event last had to wait for the rate limit (the host is `throttled` meanwhile).
     let mut last_wait: Option<Instant> = None;
     let mut reason = "host_closed";
+    // Frames read and being decided, in the host's order: up to DECIDE_WINDOW at once, so one
+    // frame's identity lookup does not hold the validation of the frames behind it.
+    let mut deciding = FuturesOrdered::new();
+    let mut deciding_bytes = 0usize;
+    let mut reading = true;
     loop {
         glommio::yield_if_needed().await;
-        let msg = match net::with_timeout(shard.config.idle_timeout, ws.next()).await {
-            Some(Some(msg)) => msg,
-            Some(None) => break,
-            None => {
+        let room = reading && deciding.len() < DECIDE_WINDOW && deciding_bytes < DECIDE_WINDOW_BYTES;
+        let step = if room {
+            futures_lite::future::or(
+                async {
+                    match deciding.next().await {
+                        Some(d) => Step::Decided(d),
+                        None => std::future::pending().await,
+                    }
+                },
+                async { Step::Read(net::with_timeout(shard.config.idle_timeout, ws.next()).await) },
+            )
+            .await
+        } else {
+            match deciding.next().await {
+                Some(d) => Step::Decided(d),
+                // Not reading and nothing left to decide.
+                None => break,
+            }
+        };
+        let msg = match step {
+            Step::Decided((verdict, len)) => {
+                deciding_bytes -= len;
+                match hand_over(shard, host, label, verdict, &mut last_seq).await {
+                    HandOver::Sent => {
+                        progressed = true;
+                        // Only once the sequencer has it: a task aborted while waiting to send
+                        // resumes before it.
+                        handle.cursor.set(last_seq);
+                    }
+                    HandOver::Skipped => {}
+                    HandOver::Stop(outcome) => return outcome,
+                }
+                continue;
+            }
+            Step::Read(Some(Some(msg))) => msg,
+            Step::Read(Some(None)) => {
+                reading = false;
+                continue;
+            }
+            Step::Read(None) => {
                 tracing::warn!(host = %host, idle_s = shard.config.idle_timeout.as_secs(), "host idle; reconnecting");
                 status(HostEvent::Idle);
                 reason = "idle";
-                break;
+                reading = false;
+                continue;
             }
         };
         if !progressed {
@@ -214,52 +271,87 @@ pub(super) async fn read_frames(
             Ok(Message::Binary(b)) => b,
             Ok(Message::Close(frame)) => {
                 tracing::info!(host = %host, close = ?frame, "host closed the connection");
-                break;
+                reading = false;
+                continue;
             }
             Ok(_) => continue,
             Err(e) => {
                 tracing::warn!(host = %host, error = %e, "host connection error");
                 reason = "error";
-                break;
+                reading = false;
+                continue;
             }
         };
         let received = Instant::now();
         shard.metrics.upstream_bytes.inc_by(bytes.len() as u64);
         take_token(shard, host, handle, &mut last_wait, status).await;
-        let verdict = decide(shard, host, label, &bytes, last_seq, received).await;
-        Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(&verdict));
-        let msg = match verdict {
-            process::Verdict::Accept(ev) => {
-                last_seq = Some(ev.host_seq);
-                IngestMsg::Event(ev)
-            }
-            process::Verdict::Drop(reason, seq) => {
-                shard.metrics.drop_event(reason);
-                tracing::info!(host = %host, seq = ?seq.map(|s| s.0), %reason, "dropped event");
-                match seq {
-                    // Only a seq above the last one moves the cursor.
-                    Some(s) if last_seq.is_none_or(|l| s > l) => {
-                        last_seq = Some(s);
-                        IngestMsg::Cursor { host: Arc::clone(label), seq: s }
-                    }
-                    _ => continue,
-                }
-            }
-            process::Verdict::Info(Frame::Error(e)) if e.error == "FutureCursor" => return ReadOutcome::FutureCursor,
-            process::Verdict::Info(frame) => {
-                tracing::warn!(host = %host, ?frame, "host sent info/error frame");
-                continue;
-            }
-            // `decide` waits these out.
-            process::Verdict::Wait(..) => continue,
-        };
-        progressed = true;
-        if shard.to_sequencer.send(msg).await.is_err() {
-            return ReadOutcome::SequencerGone;
-        }
-        shard.metrics.ingest_queue_depth.inc();
-        // Only once the sequencer has it: a task aborted while waiting to send resumes before it.
-        handle.cursor.set(last_seq);
+        let len = bytes.len();
+        deciding_bytes += len;
+        // Frames at or below the last one handed over are dropped early; the exact per-socket order
+        // is checked again when the frame is handed over.
+        let floor = last_seq;
+        deciding.push_back(async move { (decide(shard, host, label, &bytes, floor, received).await, len) });
     }
     ReadOutcome::Closed { progressed, reason }
+}
+
+/// What became of a decided frame.
+enum HandOver {
+    /// Sent to the sequencer (an event, or a cursor move past a dropped one).
+    Sent,
+    /// Nothing to send (an info frame, a drop that does not move the cursor).
+    Skipped,
+    /// The connection ends with this outcome.
+    Stop(ReadOutcome),
+}
+
+/// Hands a decided frame to the sequencer, in the host's order, and moves `last_seq` past it.
+async fn hand_over(
+    shard: &Shard,
+    host: &Hostname,
+    label: &Arc<str>,
+    verdict: process::Verdict,
+    last_seq: &mut Option<HostSeq>,
+) -> HandOver {
+    // The per-socket order: frames were decided at once, each against the seq handed over before it
+    // was read; a frame at or below the one handed over just before it is dropped here.
+    let verdict = match verdict {
+        process::Verdict::Accept(ev) if last_seq.is_some_and(|l| ev.host_seq <= l) => {
+            process::Verdict::Drop(wire::DropReason::SeqNotIncreasing, Some(ev.host_seq))
+        }
+        v => v,
+    };
+    Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(&verdict));
+    let msg = match verdict {
+        process::Verdict::Accept(ev) => {
+            *last_seq = Some(ev.host_seq);
+            IngestMsg::Event(ev)
+        }
+        process::Verdict::Drop(reason, seq) => {
+            shard.metrics.drop_event(reason);
+            tracing::info!(host = %host, seq = ?seq.map(|s| s.0), %reason, "dropped event");
+            match seq {
+                // Only a seq above the last one moves the cursor.
+                Some(s) if last_seq.is_none_or(|l| s > l) => {
+                    *last_seq = Some(s);
+                    IngestMsg::Cursor { host: Arc::clone(label), seq: s }
+                }
+                _ => return HandOver::Skipped,
+            }
+        }
+        process::Verdict::Info(Frame::Error(e)) if e.error == "FutureCursor" => {
+            return HandOver::Stop(ReadOutcome::FutureCursor);
+        }
+        process::Verdict::Info(frame) => {
+            tracing::warn!(host = %host, ?frame, "host sent info/error frame");
+            return HandOver::Skipped;
+        }
+        // `decide` waits these out.
+        process::Verdict::Wait(..) => return HandOver::Skipped,
+    };
+    if shard.to_sequencer.send(msg).await.is_err() {
+        return HandOver::Stop(ReadOutcome::SequencerGone);
+    }
+    shard.metrics.ingest_queue_depth.inc();
+    HandOver::Sent
 }

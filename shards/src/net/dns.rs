@@ -131,9 +131,9 @@ impl Dns {
 /// SERVFAIL, REFUSED, I/O errors) is transient.
 fn classify(e: &hickory_resolver::ResolveError) -> DnsError {
     match e.proto().map(|p| p.kind()) {
-        Some(ProtoErrorKind::NoRecordsFound { response_code: ResponseCode::NXDomain | ResponseCode::NoError, .. }) => {
-            DnsError::NotFound
-        }
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NXDomain | ResponseCode::NoError, ..
+        }) => DnsError::NotFound,
         _ => DnsError::Unavailable(e.to_string()),
     }
 }

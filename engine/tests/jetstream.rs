@@ -116,6 +116,9 @@ fn v2_cursors_v1_hello_options_and_compression() {
         *since = Some(rev);
         host.push(seq, f);
     }
+    // Accounts of a host are decided at once: the identity event goes after the commits are in, so
+    // the relay seqs below are the commits' 1..=10.
+    relay.wait_until(WAIT, "10 relayed", || relay.head() == 10);
     host.push(11, alice.identity(11));
     relay.wait_until(WAIT, "11 relayed", || relay.head() == 11);
 

@@ -265,17 +265,26 @@ fn every_rejection_has_its_reason_and_valid_traffic_flows() {
     }
     assert_eq!(relay.metric("relay_events_dropped_total", ""), want.values().sum::<u64>(), "no other drops");
 
-    // Deliveries, in order, byte-for-byte the host's events with the relay's seq.
+    // Deliveries: relay seqs 1..n, and each account's events in its order, byte-for-byte the host's
+    // events with the relay's seq (accounts of one host are decided at once, so different
+    // accounts' events may interleave differently than the host sent them).
     let mut expected: Vec<Event> = frames.iter().filter(|f| f.2 == Deliver).filter_map(|f| f.3.clone()).collect();
     expected.extend(migrated.into_iter().map(|(e, _)| e));
     let mut sub = subscribe(relay.port, Some("0"));
     let got = read_until_idle(&mut sub, Duration::from_millis(700));
     assert_eq!(got.len(), expected.len(), "{:?}", got.iter().map(|g| g.seq()).collect::<Vec<_>>());
-    for (i, (seen, want)) in got.iter().zip(expected).enumerate() {
-        let mut want = want;
-        want.set_seq(i as i64 + 1);
+    let mut by_account: std::collections::HashMap<String, std::collections::VecDeque<Event>> = Default::default();
+    for e in expected {
+        by_account.entry(e.did().map(ToString::to_string).unwrap_or_default()).or_default().push_back(e);
+    }
+    for (i, seen) in got.iter().enumerate() {
         let Seen::Event(e) = seen else { panic!("{seen:?}") };
-        assert_eq!(e, &want, "delivery {i}");
+        assert_eq!(e.seq(), Some(i as i64 + 1), "delivery {i} has relay seq {}", i + 1);
+        let account = e.did().map(ToString::to_string).unwrap_or_default();
+        let mut want =
+            by_account.get_mut(&account).and_then(|q| q.pop_front()).expect("an expected event of the account");
+        want.set_seq(i as i64 + 1);
+        assert_eq!(e, &want, "delivery {i}: the next event of {account}");
     }
     // The sync XRPC surface agrees with what was relayed.
     let json = |path: &str| {

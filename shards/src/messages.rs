@@ -23,6 +23,10 @@ pub struct AcceptedEvent {
     pub host: Arc<str>,
     /// Its `seq` on that host.
     pub host_seq: HostSeq,
+    /// Where the host's cursor may move with this event: every frame of the host up to this `seq`
+    /// has been handed over or dropped. Equal to `host_seq` unless frames of other accounts read
+    /// before this one are still being decided (then below it); `HostSeq(0)` moves nothing.
+    pub cursor: HostSeq,
     /// The decoded event; the sequencer replaces its `seq` and encodes it once.
     pub event: Event,
     /// For `#commit` and `#sync`: the commit it declares.

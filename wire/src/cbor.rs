@@ -75,6 +75,24 @@ fn head(buf: &[u8], pos: usize) -> Result<(u8, u64, usize), CborError> {
 /// map skipping values by their length ([`item_len`]), without decoding them, so finding the `did`
 /// of a stored frame costs a few bytes' work, not a decode of its blocks.
 pub fn map_text<'a>(buf: &'a [u8], key: &str) -> Option<&'a str> {
+    let value = map_value(buf, key)?;
+    let (vmajor, vlen, vhl) = head(value, 0).ok()?;
+    if vmajor != 3 {
+        return None;
+    }
+    let v = value.get(vhl..vhl.checked_add(usize::try_from(vlen).ok()?)?)?;
+    std::str::from_utf8(v).ok()
+}
+
+/// The value of text key `key` of the CBOR map at the start of `buf`, when that value is an unsigned
+/// integer; `None` otherwise (see [`map_text`]).
+pub fn map_uint(buf: &[u8], key: &str) -> Option<u64> {
+    let (major, n, _) = head(map_value(buf, key)?, 0).ok()?;
+    (major == 0).then_some(n)
+}
+
+/// The bytes from the value of text key `key` of the map at the start of `buf` to the end of `buf`.
+fn map_value<'a>(buf: &'a [u8], key: &str) -> Option<&'a [u8]> {
     let (major, entries, mut pos) = head(buf, 0).ok()?;
     if major != 5 {
         return None;
@@ -90,12 +108,7 @@ pub fn map_text<'a>(buf: &'a [u8], key: &str) -> Option<&'a str> {
         pos = kend;
         let rest = buf.get(pos..)?;
         if k == key.as_bytes() {
-            let (vmajor, vlen, vhl) = head(rest, 0).ok()?;
-            if vmajor != 3 {
-                return None;
-            }
-            let v = rest.get(vhl..vhl.checked_add(usize::try_from(vlen).ok()?)?)?;
-            return std::str::from_utf8(v).ok();
+            return Some(rest);
         }
         pos = pos.checked_add(item_len(rest).ok()?)?;
     }

@@ -279,6 +279,17 @@ pub fn peek_did(bytes: &[u8]) -> Option<&str> {
     }
 }
 
+/// The `seq` of a message frame, read without decoding it (see [`peek_did`]); `None` for frames
+/// without one (`#info`, errors) and bytes that are not a frame.
+pub fn peek_seq(bytes: &[u8]) -> Option<u64> {
+    let header_len = cbor::item_len(bytes).ok()?;
+    let (header, body) = (bytes.get(..header_len)?, bytes.get(header_len..)?);
+    match cbor::map_text(header, "t")? {
+        "#commit" | "#sync" | "#identity" | "#account" => cbor::map_uint(body, "seq"),
+        _ => None,
+    }
+}
+
 /// Decodes a complete frame (header then body, nothing after).
 ///
 /// # Errors
@@ -328,6 +339,27 @@ mod tests {
         let mut bytes = cbor::to_vec(&Header { op: 1, t: Some("#future".into()) }).unwrap();
         bytes.extend(cbor::to_vec(&body).unwrap());
         assert_eq!(decode_frame(&bytes), Err(FrameError::UnknownType("#future".into())));
+    }
+
+    /// `peek_did` and `peek_seq` agree with a full decode on every recorded reference-PDS frame.
+    #[test]
+    fn peeking_agrees_with_decoding() {
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/recorded-pds-0.5.35");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "cbor") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            let Ok(Frame::Message(e)) = decode_frame(&bytes) else { continue };
+            assert_eq!(peek_seq(&bytes), e.seq().and_then(|s| u64::try_from(s).ok()), "{path:?}");
+            assert_eq!(peek_did(&bytes), e.did().map(Did::as_str), "{path:?}");
+            seen += 1;
+        }
+        assert!(seen > 10, "{seen} frames");
+        assert_eq!(peek_seq(&[0xa2, 0x61, 0x74]), None);
     }
 
     #[test]

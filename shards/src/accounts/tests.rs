@@ -23,6 +23,7 @@ fn accepted(host: &str, event: Event, commit: Option<CommitRef>) -> AcceptedEven
     AcceptedEvent {
         host: Arc::from(host),
         host_seq: HostSeq(1),
+        cursor: HostSeq(1),
         event,
         commit,
         confirmed_active: false,

@@ -1,6 +1,7 @@
 //! One upstream connection: the `subscribeRepos` handshake (TLS or plain, the SSRF guard, the
-//! relay-loop guard) and the read loop that validates each frame, applies the host's rate limit and
-//! hands the results to the sequencer in order.
+//! relay-loop guard) and the read loop, which applies the host's rate limit, checks the per-socket
+//! `seq` order, and has up to [`window::DECIDE_WINDOW`] frames decided at once (the hand-over to the
+//! sequencer is [`window`]'s).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,13 +11,13 @@ use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::http::HeaderValue;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::FuturesUnordered;
 use wire::HostSeq;
 use wire::Hostname;
 use wire::frame::{Event, Frame};
 
-use super::{HostEvent, HostHandle, Shard, THROTTLE_CLEAR, Upstream, now_ms, process};
-use crate::messages::IngestMsg;
+use super::window::{Decided, Window};
+use super::{HostEvent, HostHandle, Shard, THROTTLE_CLEAR, Upstream, now_ms, process, window};
 use crate::metrics::Metrics;
 use crate::net;
 
@@ -95,7 +96,7 @@ const WAIT_FIRST: Duration = Duration::from_secs(1);
 /// Longest pause between two attempts at a waiting frame.
 const WAIT_MAX: Duration = Duration::from_secs(10);
 
-fn frame_type(v: &process::Verdict) -> &'static str {
+pub(super) fn frame_type(v: &process::Verdict) -> &'static str {
     match v {
         process::Verdict::Accept(a) => match a.event {
             Event::Commit(_) => "commit",
@@ -181,17 +182,12 @@ async fn take_token(
     }
 }
 
-/// Most frames of one host being decided at once: their identity lookups (a cold cache, a slow
-/// `did:web` server) overlap instead of queueing behind each other, and they are still handed to the
-/// sequencer, and the host's cursor moved, in the host's order.
-const DECIDE_WINDOW: usize = 32;
-/// Most bytes of one host's frames being decided at once (a few large frames fill the window early).
-const DECIDE_WINDOW_BYTES: usize = 8 * 1024 * 1024;
-
-/// One turn of the read loop: a decided frame (with its size) or the next websocket message
-/// (`None`: the stream ended; `Some(None)`: the idle timeout passed).
-enum Step<D> {
-    Decided(D),
+/// One turn of the read loop: a decided frame or the next websocket message (`None`: the idle
+/// timeout passed; `Some(None)`: the stream ended).
+// Short-lived, one per frame, never stored: boxing the decided frame would add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Decided(Decided),
     Read(Option<Option<Result<Message, async_tungstenite::tungstenite::Error>>>),
 }
 
@@ -205,20 +201,16 @@ pub(super) async fn read_frames(
 ) -> ReadOutcome {
     // Per-host seq order holds across connections: a host that replays at or below the cursor the
     // relay resumed from has those frames dropped (`seq_not_increasing`), never relayed twice.
-    let mut last_seq: Option<HostSeq> = handle.cursor.get();
+    let mut window = Window::new(handle.cursor.get());
+    let mut deciding = FuturesUnordered::new();
     let mut progressed = false;
     // When an event last had to wait for the rate limit (the host is `throttled` meanwhile).
     let mut last_wait: Option<Instant> = None;
     let mut reason = "host_closed";
-    // Frames read and being decided, in the host's order: up to DECIDE_WINDOW at once, so one
-    // frame's identity lookup does not hold the validation of the frames behind it.
-    let mut deciding = FuturesOrdered::new();
-    let mut deciding_bytes = 0usize;
     let mut reading = true;
     loop {
         glommio::yield_if_needed().await;
-        let room = reading && deciding.len() < DECIDE_WINDOW && deciding_bytes < DECIDE_WINDOW_BYTES;
-        let step = if room {
+        let step = if reading && window.has_room() {
             futures_lite::future::or(
                 async {
                     match deciding.next().await {
@@ -237,17 +229,10 @@ pub(super) async fn read_frames(
             }
         };
         let msg = match step {
-            Step::Decided((verdict, len)) => {
-                deciding_bytes -= len;
-                match hand_over(shard, host, label, verdict, &mut last_seq).await {
-                    HandOver::Sent => {
-                        progressed = true;
-                        // Only once the sequencer has it: a task aborted while waiting to send
-                        // resumes before it.
-                        handle.cursor.set(last_seq);
-                    }
-                    HandOver::Skipped => {}
-                    HandOver::Stop(outcome) => return outcome,
+            Step::Decided(d) => {
+                match window::settle(shard, host, label, handle, &mut window, d).await {
+                    Ok(sent) => progressed |= sent,
+                    Err(outcome) => return outcome,
                 }
                 continue;
             }
@@ -285,73 +270,31 @@ pub(super) async fn read_frames(
         let received = Instant::now();
         shard.metrics.upstream_bytes.inc_by(bytes.len() as u64);
         take_token(shard, host, handle, &mut last_wait, status).await;
-        let len = bytes.len();
-        deciding_bytes += len;
-        // Frames at or below the last one handed over are dropped early; the exact per-socket order
-        // is checked again when the frame is handed over.
-        let floor = last_seq;
-        deciding.push_back(async move { (decide(shard, host, label, &bytes, floor, received).await, len) });
-    }
-    ReadOutcome::Closed { progressed, reason }
-}
-
-/// What became of a decided frame.
-enum HandOver {
-    /// Sent to the sequencer (an event, or a cursor move past a dropped one).
-    Sent,
-    /// Nothing to send (an info frame, a drop that does not move the cursor).
-    Skipped,
-    /// The connection ends with this outcome.
-    Stop(ReadOutcome),
-}
-
-/// Hands a decided frame to the sequencer, in the host's order, and moves `last_seq` past it.
-async fn hand_over(
-    shard: &Shard,
-    host: &Hostname,
-    label: &Arc<str>,
-    verdict: process::Verdict,
-    last_seq: &mut Option<HostSeq>,
-) -> HandOver {
-    // The per-socket order: frames were decided at once, each against the seq handed over before it
-    // was read; a frame at or below the one handed over just before it is dropped here.
-    let verdict = match verdict {
-        process::Verdict::Accept(ev) if last_seq.is_some_and(|l| ev.host_seq <= l) => {
-            process::Verdict::Drop(wire::DropReason::SeqNotIncreasing, Some(ev.host_seq))
-        }
-        v => v,
-    };
-    Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(&verdict));
-    let msg = match verdict {
-        process::Verdict::Accept(ev) => {
-            *last_seq = Some(ev.host_seq);
-            IngestMsg::Event(ev)
-        }
-        process::Verdict::Drop(reason, seq) => {
-            shard.metrics.drop_event(reason);
-            tracing::info!(host = %host, seq = ?seq.map(|s| s.0), %reason, "dropped event");
-            match seq {
-                // Only a seq above the last one moves the cursor.
-                Some(s) if last_seq.is_none_or(|l| s > l) => {
-                    *last_seq = Some(s);
-                    IngestMsg::Cursor { host: Arc::clone(label), seq: s }
-                }
-                _ => return HandOver::Skipped,
+        // A frame over the size limit is dropped as such (`frame_too_big`), whatever its seq says.
+        let within_limit = bytes.len() <= shard.config.limits.max_frame_bytes;
+        let seq = wire::frame::peek_seq(&bytes).filter(|_| within_limit).map(HostSeq);
+        let before = window.last_read();
+        if let Some(s) = seq {
+            if handle.handed_ahead.borrow().contains(&s) {
+                // Handed over on an earlier connection, above the cursor it resumed from.
+                tracing::debug!(host = %host, seq = s.0, "frame already relayed; skipped");
+                continue;
+            }
+            if before.is_some_and(|last| s <= last) {
+                let verdict = process::Verdict::Drop(wire::DropReason::SeqNotIncreasing, Some(s));
+                Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(&verdict));
+                shard.metrics.drop_event(wire::DropReason::SeqNotIncreasing);
+                tracing::info!(host = %host, seq = s.0, reason = %wire::DropReason::SeqNotIncreasing, "dropped event");
+                continue;
             }
         }
-        process::Verdict::Info(Frame::Error(e)) if e.error == "FutureCursor" => {
-            return HandOver::Stop(ReadOutcome::FutureCursor);
-        }
-        process::Verdict::Info(frame) => {
-            tracing::warn!(host = %host, ?frame, "host sent info/error frame");
-            return HandOver::Skipped;
-        }
-        // `decide` waits these out.
-        process::Verdict::Wait(..) => return HandOver::Skipped,
-    };
-    if shard.to_sequencer.send(msg).await.is_err() {
-        return HandOver::Stop(ReadOutcome::SequencerGone);
+        let account: Box<str> = wire::frame::peek_did(&bytes).unwrap_or_default().into();
+        let len = bytes.len();
+        let index = window.admit(seq, &account, len);
+        deciding.push(async move {
+            let verdict = decide(shard, host, label, &bytes, before, received).await;
+            Decided { index, account, seq, len, verdict }
+        });
     }
-    shard.metrics.ingest_queue_depth.inc();
-    HandOver::Sent
+    ReadOutcome::Closed { progressed, reason }
 }

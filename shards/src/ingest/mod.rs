@@ -10,6 +10,7 @@
 mod connection;
 pub mod process;
 pub mod resync;
+mod window;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -192,9 +193,13 @@ pub fn shard_for_host(host: &Hostname, shards: usize) -> usize {
 struct HostHandle {
     /// Whether its websocket is open now.
     connected: Cell<bool>,
-    /// The last upstream `seq` handed to the sequencer (kept across restarts of the task, so a
-    /// reconnect after a kill does not replay what is still queued for the sequencer).
+    /// The host's cursor as handed to the sequencer: every frame up to it was handed over or dropped
+    /// (kept across restarts of the task, so a reconnect after a kill does not replay what is still
+    /// queued for the sequencer).
     cursor: Cell<Option<HostSeq>>,
+    /// Frames above `cursor` already handed over (a later account's frames may pass an earlier one
+    /// still being decided): skipped when a reconnect replays them.
+    handed_ahead: RefCell<std::collections::BTreeSet<HostSeq>>,
     /// Its event rate limits (kept across restarts of the task, so a reconnect never refills them).
     limiter: Rc<RefCell<RateLimiter>>,
     /// Cancels the task.
@@ -278,7 +283,7 @@ pub async fn run(
     tracing::info!(shard = index, hosts = owned.len(), window_s = window.as_secs(), "ingest shard starting");
     for (host, config) in owned {
         let delay = ramp_delay(&host, window);
-        start_host(&shard, host, config, None, None, delay);
+        start_host(&shard, host, config, None, None, Default::default(), delay);
     }
     let rx = commands.connect().await;
     while let Some(cmd) = rx.recv().await {
@@ -333,10 +338,11 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
             }
             let carried = existing.map(|h| {
                 h.abort.abort();
-                (h.cursor.get(), Rc::clone(&h.limiter))
+                (h.cursor.get(), Rc::clone(&h.limiter), h.handed_ahead.take())
             });
-            let (cursor, limiter) = carried.map_or((None, None), |(c, l)| (c, Some(l)));
-            start_host(shard, host, config, cursor, limiter, Duration::ZERO);
+            let (cursor, limiter, ahead) =
+                carried.map_or((None, None, Default::default()), |(c, l, a)| (c, Some(l), a));
+            start_host(shard, host, config, cursor, limiter, ahead, Duration::ZERO);
         }
         HostCommand::Disconnect(_) => {
             // The handle stays (aborted), keeping the cursor for a later `Connect`.
@@ -367,7 +373,7 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
                 }
                 shard.metrics.ingest_queue_depth.inc();
                 if let Some(config) = config.filter(|c| !c.banned && shard.registry.domain_ban(&host).is_none()) {
-                    start_host(&shard, host, config, Some(cursor), limiter, Duration::ZERO);
+                    start_host(&shard, host, config, Some(cursor), limiter, Default::default(), Duration::ZERO);
                 }
             })
             .detach();
@@ -376,13 +382,15 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
 }
 
 /// Spawns `host`'s subscription task after `delay`, resuming after `cursor` (or the stored cursor),
-/// with the previous task's `limiter` when there was one.
+/// with the previous task's `limiter` and frames handed over above its cursor (`ahead`) when there
+/// was one.
 fn start_host(
     shard: &Rc<Shard>,
     host: Hostname,
     config: HostConfig,
     cursor: Option<HostSeq>,
     limiter: Option<Rc<RefCell<RateLimiter>>>,
+    ahead: std::collections::BTreeSet<HostSeq>,
     delay: Duration,
 ) {
     let (abort, registration) = AbortHandle::new_pair();
@@ -391,6 +399,7 @@ fn start_host(
     let handle = Rc::new(HostHandle {
         connected: Cell::new(false),
         cursor: Cell::new(cursor),
+        handed_ahead: RefCell::new(ahead),
         limiter,
         abort,
         started: Instant::now(),

@@ -196,6 +196,7 @@ pub async fn process_frame(input: Input<'_>, ctx: &Context) -> Verdict {
         Verdict::Accept(AcceptedEvent {
             host: Arc::clone(label),
             host_seq: seq,
+            cursor: seq,
             event,
             commit,
             confirmed_active,

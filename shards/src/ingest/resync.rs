@@ -59,6 +59,7 @@ pub async fn fetch_sync(ctx: &Context, req: &ResyncRequest, tls: bool, now_ms: u
     Ok(AcceptedEvent {
         host: Arc::clone(&req.host),
         host_seq: HostSeq(0),
+        cursor: HostSeq(0),
         event,
         commit,
         confirmed_active,

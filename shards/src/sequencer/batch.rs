@@ -215,7 +215,7 @@ impl<'a> Batch<'a> {
 
     fn event(&mut self, mut ev: AcceptedEvent, resynced: bool) -> Result<(), SequencerError> {
         if !resynced {
-            self.advance_cursor(&ev.host, ev.host_seq)?;
+            self.advance_cursor(&ev.host, ev.cursor)?;
         }
         let Some(did) = ev.event.did().cloned() else { return Ok(()) };
         let prior = self.prior(&did)?;

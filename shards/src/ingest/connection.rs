@@ -112,8 +112,8 @@ pub(super) fn frame_type(v: &process::Verdict) -> &'static str {
 }
 
 /// Decides one frame, waiting out dependency outages ([`process::Outage`]): the frame is processed
-/// again after a pause (1 s doubling to 10 s) until it is decided, so the host's stream pauses and
-/// its cursor stays on the last decided frame. A `did:web` outage is waited out for at most
+/// again after a pause (1 s doubling to 10 s) until it is decided; meanwhile the host's cursor stays
+/// below it ([`super::window`]) and, once the window is full of waiting frames, its stream pauses. A `did:web` outage is waited out for at most
 /// [`process::DID_WEB_MAX_WAIT`], then the event is dropped.
 async fn decide(
     shard: &Shard,

@@ -29,7 +29,8 @@ pub enum Verdict {
     /// Nothing to relay and nothing wrong: `#info` and error frames (logged by the caller).
     Info(Frame),
     /// Not decided: a dependency could not be reached. The frame (with this `seq`) must be processed
-    /// again later and the host's cursor must not move past it (the host's stream pauses).
+    /// again later and the host's cursor must not move past it (the host's stream pauses once its
+    /// window of frames being decided is full).
     Wait(Outage, HostSeq),
 }
 

@@ -124,6 +124,23 @@ pub enum Source {
 
 type Pending = Shared<LocalBoxFuture<'static, Result<IdentityRecord, ResolveError>>>;
 
+/// A waiter on a shared fetch; dropping it removes the fetch's `pending` entry (only that fetch's:
+/// a newer one for the same DID may have replaced it).
+struct PendingEntry<'a> {
+    pending: &'a RefCell<HashMap<Did, Pending>>,
+    did: &'a Did,
+    shared: Pending,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.pending.borrow_mut();
+        if pending.get(self.did).is_some_and(|p| Shared::ptr_eq(p, &self.shared)) {
+            pending.remove(self.did);
+        }
+    }
+}
+
 /// A per-shard identity resolver (single-threaded: lives on one executor).
 pub struct Resolver {
     config: Rc<IdentityConfig>,
@@ -200,8 +217,9 @@ impl Resolver {
             self.count("failed");
             return Err(ResolveError::RecentlyFailed);
         }
-        // Frames of one DID decided at once share one fetch: the first caller owns it (stores and
-        // counts the answer), the others wait for it and count as `joined`.
+        // Frames of one DID decided at once share one fetch: the first caller starts it and counts
+        // its answer, the others wait for it and count as `joined`. Every waiter records the answer
+        // (idempotent), so it is recorded even when the caller that started it was cancelled.
         let (shared, owner) = {
             let mut pending = self.pending.borrow_mut();
             match pending.get(did) {
@@ -222,25 +240,18 @@ impl Resolver {
                 }
             }
         };
-        let result = shared.clone().await;
-        {
-            // Only this fetch's entry: a newer fetch for the same DID may have replaced it. Every
-            // waiter removes it, in case the owner was cancelled.
-            let mut pending = self.pending.borrow_mut();
-            if pending.get(did).is_some_and(|p| Shared::ptr_eq(p, &shared)) {
-                pending.remove(did);
-            }
-        }
-        if !owner {
-            self.count("joined");
-            return match result {
-                Ok(rec) => Ok(self.cached(did).filter(|c| **c == rec).unwrap_or_else(|| Rc::new(rec))),
-                Err(e) => Err(e),
-            };
-        }
+        // Removes this fetch's entry when the wait ends, answered or cancelled: a later lookup then
+        // starts a fetch of its own instead of joining a finished one.
+        let guard = PendingEntry { pending: &self.pending, did, shared: shared.clone() };
+        let result = shared.await;
+        drop(guard);
+        let count = |result: &'static str| self.count(if owner { result } else { "joined" });
         match result {
             Ok(rec) => {
-                self.count("resolved");
+                count("resolved");
+                if let Some(known) = self.cached(did).filter(|c| **c == rec) {
+                    return Ok(known);
+                }
                 self.failed_until_ms.borrow_mut().remove(did);
                 // A failed cache write only costs a later re-resolution.
                 let _ = self.store.put_identity(did, &rec);
@@ -251,11 +262,11 @@ impl Resolver {
             Err(e) if e.is_transient() => {
                 // Never remembered: the next event asks again, so the relay resumes as soon as the
                 // directory answers.
-                self.count("unreachable");
+                count("unreachable");
                 Err(e)
             }
             Err(e) => {
-                self.count("failed");
+                count("failed");
                 let until = now_ms.saturating_add(self.config.failure_ttl.as_millis() as u64);
                 let mut failed = self.failed_until_ms.borrow_mut();
                 if failed.len() >= self.config.memory_entries {
@@ -381,6 +392,52 @@ mod tests {
         );
         assert!(document_url("x", &d("did:web:example.com:user:alice")).is_err());
         assert!(document_url("x", &d("did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme")).is_err());
+    }
+
+    /// Two frames of one DID share a fetch; the caller that started it is cancelled (its connection
+    /// ended) while the directory is still answering. The other still gets the answer, the answer is
+    /// recorded (a 404: remembered as failed, so the next lookup does not ask), the shared entry is
+    /// gone, and the directory was asked once.
+    #[test]
+    fn a_shared_fetch_survives_its_starter_being_cancelled() {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                counted.fetch_add(1, Ordering::AcqRel);
+                let mut buf = [0u8; 2048];
+                let _ = stream.read(&mut buf);
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+        ex.run(async move {
+            let store = Arc::new(Store::open(dir.path(), &storage::StoreOptions::default()).unwrap());
+            let http = net::HttpClient::new(None, net::dns::Dns::default()).unwrap();
+            let mut config = IdentityConfig::new(url, http);
+            config.attempts = 1;
+            let resolver = Rc::new(Resolver::new(config, store, Metrics::default()));
+            let did = Did::new("did:plc:cancelledstarter000000000").unwrap();
+            let start = |r: &Rc<Resolver>| {
+                let (r, did) = (Rc::clone(r), did.clone());
+                glommio::spawn_local(async move { r.refresh(&did, 1_000).await })
+            };
+            let starter = start(&resolver);
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            let joiner = start(&resolver);
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            drop(starter);
+            assert!(matches!(joiner.await, Err(ResolveError::Status(404))));
+            assert!(resolver.pending.borrow().is_empty(), "the shared entry is removed");
+            assert!(matches!(resolver.refresh(&did, 2_000).await, Err(ResolveError::RecentlyFailed)));
+        });
+        assert_eq!(requests.load(Ordering::Acquire), 1, "one fetch for both");
     }
 
     #[test]

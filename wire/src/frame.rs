@@ -280,12 +280,15 @@ pub fn peek_did(bytes: &[u8]) -> Option<&str> {
 }
 
 /// The `seq` of a message frame, read without decoding it (see [`peek_did`]); `None` for frames
-/// without one (`#info`, errors) and bytes that are not a frame.
+/// without one (`#info`, errors), bytes that are not a frame, and a `seq` a decode would reject
+/// (above `i64::MAX`: the lexicon's integer).
 pub fn peek_seq(bytes: &[u8]) -> Option<u64> {
     let header_len = cbor::item_len(bytes).ok()?;
     let (header, body) = (bytes.get(..header_len)?, bytes.get(header_len..)?);
     match cbor::map_text(header, "t")? {
-        "#commit" | "#sync" | "#identity" | "#account" => cbor::map_uint(body, "seq"),
+        "#commit" | "#sync" | "#identity" | "#account" => {
+            cbor::map_uint(body, "seq").filter(|s| i64::try_from(*s).is_ok())
+        }
         _ => None,
     }
 }
@@ -360,6 +363,12 @@ mod tests {
         }
         assert!(seen > 10, "{seen} frames");
         assert_eq!(peek_seq(&[0xa2, 0x61, 0x74]), None);
+        // A seq above i64::MAX does not decode; peeking must not report it either.
+        let mut bytes = cbor::to_vec(&Header { op: 1, t: Some("#identity".into()) }).unwrap();
+        let body = serde_json::json!({"seq": u64::MAX, "did": "did:plc:abc", "time": "2024-01-01T00:00:00Z"});
+        bytes.extend(cbor::to_vec(&body).unwrap());
+        assert!(decode_frame(&bytes).is_err());
+        assert_eq!(peek_seq(&bytes), None);
     }
 
     #[test]

@@ -358,8 +358,11 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
         HostCommand::ResetCursor { host, cursor } => {
             let limiter = existing.map(|h| {
                 h.abort.abort();
-                // Kept for a later `Connect` when the host is banned now.
+                // Kept for a later `Connect` when the host is banned now. Frames handed over above
+                // the old cursor are of no account after a reset: the host's frames after the new
+                // cursor are all read again.
                 h.cursor.set(Some(cursor));
+                h.handed_ahead.borrow_mut().clear();
                 Rc::clone(&h.limiter)
             });
             // The reset goes to the sequencer on this shard's queue, after every event the old

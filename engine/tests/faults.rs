@@ -211,8 +211,6 @@ fn a_plc_outage_pauses_hosts_and_loses_nothing() {
     relay.stop();
 }
 
-/// A DNS server on 127.0.0.77:53 for names under `slow.test`: answers after `delay` (A 127.0.0.1);
-/// every other name: NXDOMAIN at once. Returns its stop flag and the count of slow queries so far.
 /// Held by the tests that run [`slow_dns`]: one port 53 for all of them.
 static PORT_53: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -288,6 +286,45 @@ fn slow_dns(
     (stop, slow_queries, most_at_once)
 }
 
+/// A [`slow_dns`] server (port 53 held for the test) and a resolv.conf naming it, in a temporary
+/// directory that also holds the relay's data.
+struct SlowDns {
+    /// Slow queries received so far.
+    slow_queries: Arc<std::sync::atomic::AtomicUsize>,
+    /// Most slow queries in flight at once.
+    most_at_once: Arc<std::sync::atomic::AtomicUsize>,
+    dir: tempfile::TempDir,
+    _stop: StopOnDrop,
+    _port: std::sync::MutexGuard<'static, ()>,
+}
+
+impl SlowDns {
+    /// Starts the server; `None` (the test `test` is skipped, with a note) when not root.
+    fn start(test: &str, delay: Duration) -> Option<Self> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: {test} needs root (unshare, port 53)");
+            return None;
+        }
+        let port = PORT_53.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (stop, slow_queries, most_at_once) = slow_dns(delay);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("resolv.conf"), "nameserver 127.0.0.77\noptions timeout:30 attempts:1\n")
+            .unwrap();
+        Some(Self { slow_queries, most_at_once, dir, _stop: StopOnDrop(stop), _port: port })
+    }
+
+    /// A relay on one core, in a mount namespace whose /etc/resolv.conf names this server.
+    fn start_relay(&self, hosts: &[&str], plc: &str) -> Relay {
+        let resolv = self.dir.path().join("resolv.conf");
+        let script = format!("mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"", resolv.display());
+        let wrapper = ["unshare", "-m", "sh", "-c", script.as_str()];
+        let one_core =
+            ["--ingest-cores", "0", "--sequencer-core", "0", "--fanout-cores", "0", "--compaction-core", "0"];
+        Relay::start_wrapped(&wrapper, support::free_port(), &self.dir.path().join("data"), hosts, plc, &one_core)
+    }
+}
+
 /// A host sends events of `did:web` accounts whose names take 5 s to resolve. The lookups run off
 /// the executors, beside (not ahead of) the sequencer's commits: another host's events keep flowing
 /// within a second on the same core. The slow host's accounts are resolved at once, not one after
@@ -295,17 +332,9 @@ fn slow_dns(
 /// flight together. Needs root (a mount namespace with its own resolv.conf).
 #[test]
 fn slow_dns_does_not_stall_other_hosts_commits() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: slow_dns_does_not_stall_other_hosts_commits needs root (unshare, port 53)");
+    let Some(dns) = SlowDns::start("slow_dns_does_not_stall_other_hosts_commits", Duration::from_secs(5)) else {
         return;
-    }
-    let _port = PORT_53.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (dns_stop, slow_queries, slow_at_once) = slow_dns(Duration::from_secs(5));
-    let _dns = StopOnDrop(dns_stop);
-    let dir = tempfile::tempdir().unwrap();
-    let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "nameserver 127.0.0.77\noptions timeout:30 attempts:1\n").unwrap();
+    };
     let plc = FakePlc::start();
     let slow_host = FakeHost::start();
     let fast_host = FakeHost::start();
@@ -317,15 +346,11 @@ fn slow_dns_does_not_stall_other_hosts_commits() {
     }
     let mut bob = Account::new("did:plc:fastbob000000000000000000", 160);
     plc.put(&bob.did, bob.did_doc(&format!("http://{}", fast_host.hostname())));
-    let script = format!("mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"", resolv.display());
-    let wrapper = ["unshare", "-m", "sh", "-c", script.as_str()];
-    let one_core = ["--ingest-cores", "0", "--sequencer-core", "0", "--fanout-cores", "0", "--compaction-core", "0"];
     let hosts = [slow_host.hostname(), fast_host.hostname()];
     let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let relay =
-        Relay::start_wrapped(&wrapper, support::free_port(), &dir.path().join("data"), &refs, &plc.url, &one_core);
+    let relay = dns.start_relay(&refs, &plc.url);
     // The slow host's first lookup is under way.
-    relay.wait_until(WAIT, "a slow DNS query", || slow_queries.load(Ordering::Acquire) >= 1);
+    relay.wait_until(WAIT, "a slow DNS query", || dns.slow_queries.load(Ordering::Acquire) >= 1);
     let mut live = subscribe(relay.port, None);
     let mut since = None;
     let mut worst = Duration::ZERO;
@@ -343,7 +368,7 @@ fn slow_dns_does_not_stall_other_hosts_commits() {
     assert!(worst < Duration::from_secs(2), "a fast host's commit waited {worst:?} behind slow DNS");
     // Ten accounts of one host, each name answered after 5 s: decided one frame at a time, the
     // server would never see two of them at once.
-    let at_once = slow_at_once.load(Ordering::Acquire);
+    let at_once = dns.most_at_once.load(Ordering::Acquire);
     assert!(at_once >= 2, "the slow host's names were resolved one at a time ({at_once} at most)");
     relay.stop();
 }
@@ -355,17 +380,10 @@ fn slow_dns_does_not_stall_other_hosts_commits() {
 /// would read it again. Needs root (a mount namespace with its own resolv.conf).
 #[test]
 fn a_slow_identity_does_not_hold_its_hosts_other_accounts() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: a_slow_identity_does_not_hold_its_hosts_other_accounts needs root (unshare, port 53)");
+    let Some(dns) = SlowDns::start("a_slow_identity_does_not_hold_its_hosts_other_accounts", Duration::from_secs(20))
+    else {
         return;
-    }
-    let _port = PORT_53.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (dns_stop, slow_queries, _) = slow_dns(Duration::from_secs(20));
-    let _dns = StopOnDrop(dns_stop);
-    let dir = tempfile::tempdir().unwrap();
-    let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, "nameserver 127.0.0.77\noptions timeout:30 attempts:1\n").unwrap();
+    };
     let plc = FakePlc::start();
     let host = FakeHost::start();
     let mut slow = Account::new("did:web:held.slow.test", 150);
@@ -379,23 +397,13 @@ fn a_slow_identity_does_not_hold_its_hosts_other_accounts() {
         since = Some(rev);
         host.push(seq, f);
     }
-    let script = format!("mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"", resolv.display());
-    let wrapper = ["unshare", "-m", "sh", "-c", script.as_str()];
-    let one_core = ["--ingest-cores", "0", "--sequencer-core", "0", "--fanout-cores", "0", "--compaction-core", "0"];
     let hostname = host.hostname();
-    let relay = Relay::start_wrapped(
-        &wrapper,
-        support::free_port(),
-        &dir.path().join("data"),
-        &[&hostname],
-        &plc.url,
-        &one_core,
-    );
+    let relay = dns.start_relay(&[&hostname], &plc.url);
     let mut sub = subscribe(relay.port, Some("0"));
     // Well under the 20 s the slow account's frame stays undecided.
     let got = read_until_count(&mut sub, 5, Duration::from_secs(12));
     assert_eq!(got, 5, "carol's commits relayed past the undecided frame");
-    assert!(slow_queries.load(Ordering::Acquire) >= 1, "the slow account's name was looked up");
+    assert!(dns.slow_queries.load(Ordering::Acquire) >= 1, "the slow account's name was looked up");
     assert_eq!(
         relay.metric("relay_events_dropped_total", ""),
         0,

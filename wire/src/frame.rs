@@ -266,31 +266,35 @@ impl ErrorBody {
     }
 }
 
-/// The account DID of a message frame, read without decoding it ([`crate::cbor::map_text`]): the body's
-/// `repo` (`#commit`) or `did` (the other types). `None` for `#info`, error frames and bytes that are
-/// not a frame.
-pub fn peek_did(bytes: &[u8]) -> Option<&str> {
-    let header_len = cbor::item_len(bytes).ok()?;
-    let (header, body) = (bytes.get(..header_len)?, bytes.get(header_len..)?);
-    match cbor::map_text(header, "t")? {
-        "#commit" => cbor::map_text(body, "repo"),
-        "#sync" | "#identity" | "#account" => cbor::map_text(body, "did"),
-        _ => None,
-    }
+/// What a message frame says about itself, read without decoding it ([`crate::cbor::map_text`],
+/// [`crate::cbor::map_uint`]): its `seq` and account DID. Both `None` for `#info`, error frames and
+/// bytes that are not a frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peek<'a> {
+    /// The body's `seq`, when it is one a decode accepts (0 to `i64::MAX`, the lexicon's integer).
+    pub seq: Option<u64>,
+    /// The body's `repo` (`#commit`) or `did` (the other types).
+    pub did: Option<&'a str>,
 }
 
-/// The `seq` of a message frame, read without decoding it (see [`peek_did`]); `None` for frames
-/// without one (`#info`, errors), bytes that are not a frame, and a `seq` a decode would reject
-/// (above `i64::MAX`: the lexicon's integer).
-pub fn peek_seq(bytes: &[u8]) -> Option<u64> {
-    let header_len = cbor::item_len(bytes).ok()?;
-    let (header, body) = (bytes.get(..header_len)?, bytes.get(header_len..)?);
-    match cbor::map_text(header, "t")? {
-        "#commit" | "#sync" | "#identity" | "#account" => {
-            cbor::map_uint(body, "seq").filter(|s| i64::try_from(*s).is_ok())
-        }
-        _ => None,
-    }
+/// Reads a frame's [`Peek`]: the header once, then the body's `seq` and DID keys, skipping values
+/// by their length (a few bytes' work, not a decode of the blocks).
+pub fn peek(bytes: &[u8]) -> Peek<'_> {
+    let Some(header_len) = cbor::item_len(bytes).ok() else { return Peek::default() };
+    let (Some(header), Some(body)) = (bytes.get(..header_len), bytes.get(header_len..)) else {
+        return Peek::default();
+    };
+    let did_key = match cbor::map_text(header, "t") {
+        Some("#commit") => "repo",
+        Some("#sync" | "#identity" | "#account") => "did",
+        _ => return Peek::default(),
+    };
+    Peek { seq: cbor::map_uint(body, "seq").filter(|s| i64::try_from(*s).is_ok()), did: cbor::map_text(body, did_key) }
+}
+
+/// The account DID of a message frame ([`peek`]).
+pub fn peek_did(bytes: &[u8]) -> Option<&str> {
+    peek(bytes).did
 }
 
 /// Decodes a complete frame (header then body, nothing after).
@@ -344,7 +348,7 @@ mod tests {
         assert_eq!(decode_frame(&bytes), Err(FrameError::UnknownType("#future".into())));
     }
 
-    /// `peek_did` and `peek_seq` agree with a full decode on every recorded reference-PDS frame.
+    /// `peek` agrees with a full decode on every recorded reference-PDS frame.
     #[test]
     fn peeking_agrees_with_decoding() {
         let dir =
@@ -357,18 +361,19 @@ mod tests {
             }
             let bytes = std::fs::read(&path).unwrap();
             let Ok(Frame::Message(e)) = decode_frame(&bytes) else { continue };
-            assert_eq!(peek_seq(&bytes), e.seq().and_then(|s| u64::try_from(s).ok()), "{path:?}");
-            assert_eq!(peek_did(&bytes), e.did().map(Did::as_str), "{path:?}");
+            let p = peek(&bytes);
+            assert_eq!(p.seq, e.seq().and_then(|s| u64::try_from(s).ok()), "{path:?}");
+            assert_eq!(p.did, e.did().map(Did::as_str), "{path:?}");
             seen += 1;
         }
         assert!(seen > 10, "{seen} frames");
-        assert_eq!(peek_seq(&[0xa2, 0x61, 0x74]), None);
+        assert_eq!(peek(&[0xa2, 0x61, 0x74]), Peek::default());
         // A seq above i64::MAX does not decode; peeking must not report it either.
         let mut bytes = cbor::to_vec(&Header { op: 1, t: Some("#identity".into()) }).unwrap();
         let body = serde_json::json!({"seq": u64::MAX, "did": "did:plc:abc", "time": "2024-01-01T00:00:00Z"});
         bytes.extend(cbor::to_vec(&body).unwrap());
         assert!(decode_frame(&bytes).is_err());
-        assert_eq!(peek_seq(&bytes), None);
+        assert_eq!(peek(&bytes).seq, None);
     }
 
     #[test]

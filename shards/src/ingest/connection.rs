@@ -96,7 +96,17 @@ const WAIT_FIRST: Duration = Duration::from_secs(1);
 /// Longest pause between two attempts at a waiting frame.
 const WAIT_MAX: Duration = Duration::from_secs(10);
 
-pub(super) fn frame_type(v: &process::Verdict) -> &'static str {
+/// Counts a decided frame by type (`relay_upstream_frames_total`) and, when dropped, by reason, with
+/// a log line.
+pub(super) fn count_frame(shard: &Shard, host: &Hostname, v: &process::Verdict) {
+    Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(v));
+    if let process::Verdict::Drop(reason, seq) = v {
+        shard.metrics.drop_event(*reason);
+        tracing::info!(host = %host, seq = ?seq.map(|s| s.0), %reason, "dropped event");
+    }
+}
+
+fn frame_type(v: &process::Verdict) -> &'static str {
     match v {
         process::Verdict::Accept(a) => match a.event {
             Event::Commit(_) => "commit",
@@ -113,8 +123,9 @@ pub(super) fn frame_type(v: &process::Verdict) -> &'static str {
 
 /// Decides one frame, waiting out dependency outages ([`process::Outage`]): the frame is processed
 /// again after a pause (1 s doubling to 10 s) until it is decided; meanwhile the host's cursor stays
-/// below it ([`super::window`]) and, once the window is full of waiting frames, its stream pauses. A `did:web` outage is waited out for at most
-/// [`process::DID_WEB_MAX_WAIT`], then the event is dropped.
+/// below it ([`super::window`]) and, once the window is full of waiting frames, its stream pauses.
+/// A `did:web` outage is waited out for at most [`process::DID_WEB_MAX_WAIT`], then the event is
+/// dropped.
 async fn decide(
     shard: &Shard,
     host: &Hostname,
@@ -272,7 +283,8 @@ pub(super) async fn read_frames(
         take_token(shard, host, handle, &mut last_wait, status).await;
         // A frame over the size limit is dropped as such (`frame_too_big`), whatever its seq says.
         let within_limit = bytes.len() <= shard.config.limits.max_frame_bytes;
-        let seq = wire::frame::peek_seq(&bytes).filter(|_| within_limit).map(HostSeq);
+        let peeked = wire::frame::peek(&bytes);
+        let seq = peeked.seq.filter(|_| within_limit).map(HostSeq);
         let before = window.last_read();
         if let Some(s) = seq {
             if handle.handed_ahead.borrow().contains(&s) {
@@ -281,14 +293,11 @@ pub(super) async fn read_frames(
                 continue;
             }
             if before.is_some_and(|last| s <= last) {
-                let verdict = process::Verdict::Drop(wire::DropReason::SeqNotIncreasing, Some(s));
-                Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(&verdict));
-                shard.metrics.drop_event(wire::DropReason::SeqNotIncreasing);
-                tracing::info!(host = %host, seq = s.0, reason = %wire::DropReason::SeqNotIncreasing, "dropped event");
+                count_frame(shard, host, &process::Verdict::Drop(wire::DropReason::SeqNotIncreasing, Some(s)));
                 continue;
             }
         }
-        let account: Box<str> = wire::frame::peek_did(&bytes).unwrap_or_default().into();
+        let account: Box<str> = peeked.did.unwrap_or_default().into();
         let len = bytes.len();
         let index = window.admit(seq, &account, len);
         deciding.push(async move {

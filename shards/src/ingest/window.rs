@@ -10,10 +10,9 @@ use std::sync::Arc;
 use wire::frame::Frame;
 use wire::{HostSeq, Hostname};
 
-use super::connection::{ReadOutcome, frame_type};
+use super::connection::{ReadOutcome, count_frame};
 use super::{HostHandle, Shard, process};
 use crate::messages::IngestMsg;
-use crate::metrics::Metrics;
 
 /// Most frames of one host read and not yet handed over: their identity lookups (a cold cache, a slow
 /// `did:web` server) overlap instead of queueing behind each other.
@@ -149,20 +148,16 @@ async fn hand_over(
     }
     let before = handle.cursor.get();
     let cursor = window.cursor(before);
-    Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(&d.verdict));
+    count_frame(shard, host, &d.verdict);
     let msg = match d.verdict {
         process::Verdict::Accept(mut ev) => {
             ev.cursor = cursor.unwrap_or(HostSeq(0));
             IngestMsg::Event(ev)
         }
-        process::Verdict::Drop(reason, seq) => {
-            shard.metrics.drop_event(reason);
-            tracing::info!(host = %host, seq = ?seq.map(|s| s.0), %reason, "dropped event");
-            match cursor {
-                Some(c) if cursor > before => IngestMsg::Cursor { host: Arc::clone(label), seq: c },
-                _ => return Ok(false),
-            }
-        }
+        process::Verdict::Drop(..) => match cursor {
+            Some(c) if cursor > before => IngestMsg::Cursor { host: Arc::clone(label), seq: c },
+            _ => return Ok(false),
+        },
         process::Verdict::Info(Frame::Error(e)) if e.error == "FutureCursor" => return Err(ReadOutcome::FutureCursor),
         process::Verdict::Info(frame) => {
             tracing::warn!(host = %host, ?frame, "host sent info/error frame");

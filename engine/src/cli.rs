@@ -197,10 +197,20 @@ pub struct ServeArgs {
           env = "RELAY_RETENTION")]
     pub retention: DurationOrOff,
 
-    /// When the stored events take more than this on disk, the oldest are deleted early (e.g.
-    /// 200GB; default: no size limit, only --retention).
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, env = "RELAY_MAX_EVENTS_DISK")]
-    pub max_events_disk: Option<u64>,
+    /// When the data directory takes more than this on disk (every file, as `du` counts it: the
+    /// events, the other column families, the write-ahead log), the oldest events are deleted early
+    /// (e.g. 200GB; default: no size limit, only --retention). `--max-events-disk` and
+    /// `RELAY_MAX_EVENTS_DISK` are its former names.
+    #[arg(long, alias = "max-events-disk", value_name = "BYTES", value_parser = parse_bytes, env = "RELAY_MAX_DISK")]
+    pub max_disk: Option<u64>,
+
+    /// Most bytes of RocksDB write-ahead log kept: past it the column families holding the oldest
+    /// log are flushed, so the log files can go. Bounds the disk beyond the window and the replay
+    /// after a crash (see kernel-notes.md, storage). 0 = RocksDB's own rule (4 × all write
+    /// buffers).
+    #[arg(long, default_value = "128MiB", value_name = "BYTES", value_parser = parse_bytes,
+          env = "RELAY_MAX_WAL_SIZE")]
+    pub max_wal_size: u64,
 
     /// Free space the data directory's filesystem must keep: below it the relay stops taking events
     /// (hosts pause, nothing is dropped), reports itself degraded, and resumes by itself when space

@@ -219,8 +219,17 @@ fn data_dir(dir: &Path, min_free: u64) -> Finding {
     let st = unsafe { st.assume_init() };
     let free = st.f_bavail.saturating_mul(st.f_bsize.unsigned_abs());
     let tmpfs = st.f_type == libc::TMPFS_MAGIC;
-    let detail =
-        format!("{}: {} free{}", dir.display(), show(free), if tmpfs { ", on tmpfs (lost at reboot)" } else { "" });
+    // What the relay's store holds, as `du` counts it, and how much of it is write-ahead log.
+    let held = match storage::dir_usage(dir) {
+        Ok(u) => format!(", holds {} ({} write-ahead log)", show(u.total_bytes), show(u.wal_bytes)),
+        Err(e) => format!(", cannot measure what it holds: {e}"),
+    };
+    let detail = format!(
+        "{}: {} free{held}{}",
+        dir.display(),
+        show(free),
+        if tmpfs { ", on tmpfs (lost at reboot)" } else { "" }
+    );
     if free < min_free {
         finding(
             Level::Fail,

@@ -15,7 +15,7 @@ use shards::fanout::{FanoutConfig, FanoutShard, SubscriberDirectory};
 use shards::hosts::{HostPolicy, HostRegistry};
 use shards::identity::IdentityConfig;
 use shards::ingest::{IngestConfig, Upstream};
-use shards::messages::{IngestMsg, PublishedBatch, ShardCommand};
+use shards::messages::{HostCommand, IngestMsg, PublishedBatch};
 use shards::net::HttpClient;
 use shards::sequencer::SequencerConfig;
 use shards::{Metrics, ingest, sequencer};
@@ -26,8 +26,8 @@ use crate::{Fsync, ServeArgs};
 
 /// Capacity of each ingest → sequencer queue, in messages.
 const INGEST_QUEUE: usize = 4096;
-/// Capacity of each sequencer → ingest command queue (resyncs, host changes), in commands.
-const RESYNC_QUEUE: usize = 1024;
+/// Capacity of each sequencer → ingest command queue (host changes), in commands.
+const HOST_COMMAND_QUEUE: usize = 1024;
 /// Capacity of each admin API → sequencer queue, in requests.
 const ADMIN_QUEUE: usize = 256;
 /// Capacity of each sequencer → fanout queue, in batches.
@@ -41,7 +41,7 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 /// The sequencer's ends of the channels: from every ingest shard, to every fanout shard.
 struct SequencerWork {
     from_ingest: Vec<SharedReceiver<IngestMsg>>,
-    resync_to: Vec<SharedSender<ShardCommand>>,
+    to_ingest: Vec<SharedSender<HostCommand>>,
     to_fanout: Vec<SharedSender<PublishedBatch>>,
 }
 
@@ -49,7 +49,7 @@ struct SequencerWork {
 #[derive(Default)]
 struct Work {
     /// Shard index, its queue to the sequencer, its command queue from it.
-    ingest: Option<(usize, SharedSender<IngestMsg>, SharedReceiver<ShardCommand>)>,
+    ingest: Option<(usize, SharedSender<IngestMsg>, SharedReceiver<HostCommand>)>,
     sequencer: Option<SequencerWork>,
     /// From the sequencer, and the admin API's way back to it.
     fanout: Option<(usize, SharedReceiver<PublishedBatch>, SharedSender<IngestMsg>)>,
@@ -151,6 +151,7 @@ fn open_store(args: &ServeArgs, compaction_cpu: usize) -> anyhow::Result<Arc<Sto
     let options = StoreOptions {
         sync_writes: args.fsync == Fsync::Always,
         background_threads: args.rocksdb_threads,
+        max_wal_bytes: args.max_wal_size,
         ..StoreOptions::default()
     };
     std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -191,7 +192,18 @@ fn start_retention(
                 tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the retention thread's priority");
             }
             let mut next = std::time::Instant::now();
+            let mut measured = std::time::Instant::now();
             while !control.stop.load(Ordering::Acquire) {
+                if measured.elapsed() >= Duration::from_secs(1) {
+                    measured = std::time::Instant::now();
+                    match store.disk_usage() {
+                        Ok(usage) => {
+                            metrics.data_dir_bytes.set(i64::try_from(usage.total_bytes).unwrap_or(i64::MAX));
+                            metrics.wal_bytes.set(i64::try_from(usage.wal_bytes).unwrap_or(i64::MAX));
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot measure the data directory"),
+                    }
+                }
                 if std::time::Instant::now() < next {
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
@@ -227,7 +239,15 @@ fn start_retention(
 }
 
 /// Runs `relay serve` until SIGINT/SIGTERM or a fatal error.
-pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    // `RELAY_MAX_DISK` was `RELAY_MAX_EVENTS_DISK` (it bounded the events alone); an environment
+    // file with the old name still sets it.
+    if args.max_disk.is_none()
+        && let Ok(old) = std::env::var("RELAY_MAX_EVENTS_DISK")
+    {
+        args.max_disk = Some(crate::cli::parse_bytes(&old).map_err(|e| anyhow::anyhow!("RELAY_MAX_EVENTS_DISK: {e}"))?);
+        tracing::warn!("RELAY_MAX_EVENTS_DISK is now RELAY_MAX_DISK, and bounds the whole data directory");
+    }
     let allowed = layout::allowed_cpus();
     let layout = layout::resolve(
         &allowed,
@@ -278,14 +298,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut work: std::collections::BTreeMap<usize, Work> =
         layout.executor_cpus().into_iter().map(|c| (c, Work::default())).collect();
     let mut ingest_rx = Vec::new();
-    let mut resync_to = Vec::new();
+    let mut to_ingest = Vec::new();
     for (index, cpu) in layout.ingest.iter().enumerate() {
         let (tx, rx) = shared_channel::new_bounded(INGEST_QUEUE);
-        let (resync_tx, resync_rx) = shared_channel::new_bounded(RESYNC_QUEUE);
+        let (command_tx, command_rx) = shared_channel::new_bounded(HOST_COMMAND_QUEUE);
         ingest_rx.push(rx);
-        resync_to.push(resync_tx);
+        to_ingest.push(command_tx);
         if let Some(w) = work.get_mut(cpu) {
-            w.ingest = Some((index, tx, resync_rx));
+            w.ingest = Some((index, tx, command_rx));
         }
     }
     let mut fanout_tx = Vec::new();
@@ -299,7 +319,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(w) = work.get_mut(&layout.sequencer) {
-        w.sequencer = Some(SequencerWork { from_ingest: ingest_rx, resync_to, to_fanout: fanout_tx });
+        w.sequencer = Some(SequencerWork { from_ingest: ingest_rx, to_ingest, to_fanout: fanout_tx });
     }
 
     tracing::info!(layout = %layout.summary(), data_dir = %args.data_dir.display(), listen = %args.listen, "starting relay");
@@ -337,7 +357,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let policy =
-        storage::retention::RetentionPolicy { window: args.retention.0, max_events_bytes: args.max_events_disk };
+        storage::retention::RetentionPolicy { window: args.retention.0, max_disk_bytes: args.max_disk };
     if policy.window.is_none() {
         tracing::warn!("--retention off: every event is kept and the data directory grows without bound");
     }
@@ -408,6 +428,7 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         config.idle_timeout = ctx.args.idle_timeout;
         config.public_only = !ctx.args.allow_private_hosts;
         config.identity.web_public_only = !ctx.args.allow_private_hosts;
+        config.identity.dev_localhost = ctx.args.dev_localhost_port.is_some();
         let fut = ingest::run(
             config,
             index,
@@ -422,13 +443,12 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
             t.detach();
         }
     }
-    if let Some(SequencerWork { from_ingest: rx, resync_to, to_fanout: tx }) = work.sequencer {
+    if let Some(SequencerWork { from_ingest: rx, to_ingest, to_fanout: tx }) = work.sequencer {
         let tq = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(10)), "sequencer");
         let store = Arc::clone(&ctx.store);
         let metrics = ctx.metrics.clone();
         let control = Arc::clone(&ctx.control);
         let config = SequencerConfig {
-            lenient_sync: ctx.args.lenient_sync,
             min_free_disk_bytes: ctx.args.min_free_disk,
             ..SequencerConfig::default()
         };
@@ -436,7 +456,7 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         let health = Arc::clone(&ctx.health);
         let stop = Arc::clone(&ctx.sequencer_stop);
         let fut = async move {
-            if let Err(e) = sequencer::run(config, committed, rx, resync_to, tx, store, metrics, health, stop).await {
+            if let Err(e) = sequencer::run(config, committed, rx, to_ingest, tx, store, metrics, health, stop).await {
                 control.fail(format!("sequencer stopped: {e}"));
             }
         };

@@ -1,13 +1,18 @@
 //! Per-account rules the sequencer applies before assigning a `seq`, as a pure function of the
 //! event and the account's stored state (tested without sockets or a store).
 //!
-//! - `#commit`: the account must be active and not taken down; `rev` strictly newer than the stored
-//!   `rev`; `since` equal to the stored `rev` and `prevData` equal to the stored data CID when the
-//!   relay has them (Sync 1.1, <https://atproto.com/specs/sync>). A first-seen account is accepted as
-//!   genesis. Quirks the lexicon allows are accepted and reported as [`Tolerated`]: `since: null`
-//!   when `prevData` proves continuity with the stored data CID (arroba sends it on every commit;
-//!   the relayed commit gets the stored rev as `since`), and a commit without `prevData` (a host
-//!   that is not Sync 1.1 yet) whose `since` chains.
+//! - `#commit`: the account must be active and not taken down, and `rev` strictly newer than the
+//!   stored `rev` (an older or equal rev is invalid: dropped as `stale_rev`). `since` and `prevData`
+//!   are compared with the stored state, and a commit that does not continue it is a
+//!   [`Discontinuity`]: relayed as-is, and the stored state follows it. Proposal 0006
+//!   (bluesky-social/proposals `0006-sync-iteration/README.md`, "Staying Synchronized"): "Relays do
+//!   not perform the re-synchronization process. They should drop invalid commit messages (not
+//!   pass-through). They should keep track of discontinuous commits [...] Otherwise they should pass
+//!   through discontinuous commits as-is (and update their 'last commit' state)." A first-seen account
+//!   is accepted as genesis. Quirks the lexicon allows are accepted and reported as [`Tolerated`]:
+//!   `since: null` when `prevData` proves continuity with the stored data CID (arroba sends it on
+//!   every commit; the relayed commit gets the stored rev as `since`), and a commit without
+//!   `prevData` (a host that is not Sync 1.1 yet) whose `since` chains.
 //! - `#sync`: same status rules; its `rev` may restate the stored one but not go back; it resets the
 //!   stored commit.
 //! - `#account`: records the host's status; the relayed event carries the combined status (a local
@@ -26,11 +31,45 @@ use storage::RepoState;
 pub struct Applied {
     /// The account's new state, when the event changes it.
     pub state: Option<RepoState>,
-    /// A Sync 1.1 violation that `lenient_sync` let through (counted by the caller).
-    pub violation: Option<DropReason>,
+    /// The commit does not continue the chain the relay stored; it is relayed anyway and counted
+    /// (`relay_sync_discontinuities_total{reason}`).
+    pub discontinuity: Option<Discontinuity>,
     /// A quirk real hosts send that the lexicon allows, accepted (counted by the caller in
     /// `relay_sync_tolerated_total{reason}`).
     pub tolerated: Option<Tolerated>,
+}
+
+/// How a valid `#commit` breaks the chain the relay stored for its account. Not a reason to drop it
+/// (proposal 0006, "Staying Synchronized": relays "pass through discontinuous commits as-is"); the
+/// consumer resynchronizes (<https://atproto.com/specs/sync>: "the consuming service [...] should
+/// fetch the full repository"). Typical causes: the relay was down longer than the host's backfill
+/// window, the host's outbox overflowed, or the relay dropped one of the account's commits (an
+/// unresolvable identity, a throttled or inactive account). indigo's relay logs and counts the same
+/// cases and relays the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discontinuity {
+    /// `prevData` is set and is not the data CID of the account's last relayed commit.
+    PrevData,
+    /// `since` is set and is not the `rev` of the account's last relayed commit (`prevData`, when
+    /// given, matched).
+    Since,
+    /// Neither `since` nor `prevData` ties the commit to the stored state (both absent on an account
+    /// the relay has a commit of).
+    Unchained,
+}
+
+impl Discontinuity {
+    /// Every value, for pre-registering counters.
+    pub const ALL: [Discontinuity; 3] = [Discontinuity::PrevData, Discontinuity::Since, Discontinuity::Unchained];
+
+    /// The `reason` label of `relay_sync_discontinuities_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Discontinuity::PrevData => "prev_data",
+            Discontinuity::Since => "since",
+            Discontinuity::Unchained => "unchained",
+        }
+    }
 }
 
 /// A `#commit` that departs from what the relay expects in a way the lexicon allows, and that is
@@ -71,15 +110,15 @@ fn status_gate(state: &RepoState, confirmed_active: bool) -> Result<(), DropReas
 }
 
 /// Applies the account rules to `ev` given the stored state `prior`; may rewrite an `#account`
-/// event's status. `lenient_sync` turns Sync 1.1 violations (`since`, `prevData`) into counted
-/// passes.
+/// event's status, and a tolerated `#commit`'s null `since`.
 ///
 /// # Errors
-/// The [`DropReason`] when the event must not be relayed.
-pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>, lenient_sync: bool) -> Result<Applied, DropReason> {
+/// The [`DropReason`] when the event must not be relayed (`stale_rev`, `inactive_account`,
+/// `taken_down`).
+pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>) -> Result<Applied, DropReason> {
     let host = ev.host.to_string();
     let mut state = prior.cloned().unwrap_or_else(|| RepoState::new(host.clone()));
-    let mut violation = None;
+    let mut discontinuity = None;
     let mut tolerated = None;
     match &mut ev.event {
         Event::Commit(c) => {
@@ -93,8 +132,8 @@ pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>, lenient_sync: bo
                     _ => None,
                 };
                 match (c.since.as_ref(), data_continues) {
-                    (Some(since), _) if since != stored => violation = Some(DropReason::WrongSince),
-                    (_, Some(false)) => violation = Some(DropReason::WrongPrevData),
+                    (_, Some(false)) => discontinuity = Some(Discontinuity::PrevData),
+                    (Some(since), _) if since != stored => discontinuity = Some(Discontinuity::Since),
                     (None, Some(true)) => {
                         // `since` is "the rev of the last emitted commit from this repo": in the
                         // relay's stream that is the stored rev, which `prevData` just proved
@@ -102,16 +141,10 @@ pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>, lenient_sync: bo
                         c.since = Some(stored.clone());
                         tolerated = Some(Tolerated::SinceNull);
                     }
-                    // Neither `since` nor `prevData` ties the commit to the stored state.
-                    (None, None) => violation = Some(DropReason::WrongSince),
+                    (None, None) => discontinuity = Some(Discontinuity::Unchained),
                     (Some(_), None) if c.prev_data.is_none() => tolerated = Some(Tolerated::NoPrevData),
                     (Some(_), _) => {}
                 }
-            }
-            if let Some(v) = violation
-                && !lenient_sync
-            {
-                return Err(v);
             }
             state.rev = Some(c.rev.clone());
         }
@@ -142,7 +175,7 @@ pub fn apply(ev: &mut AcceptedEvent, prior: Option<&RepoState>, lenient_sync: bo
     }
     // The account lives where its latest accepted event came from (migration moves it).
     state.host = host;
-    Ok(Applied { state: Some(state), violation, tolerated })
+    Ok(Applied { state: Some(state), discontinuity, tolerated })
 }
 
 /// How a change of an account's state moves host account counts: `(host, delta)` pairs. An account

@@ -53,6 +53,12 @@ pub struct IdentityConfig {
     /// SSRF guard for `did:web`: fetch a document only from a name whose every address is public
     /// ([`crate::hosts::is_public_ip`]). Default true; `--allow-private-hosts` turns it off.
     pub web_public_only: bool,
+    /// Development mode (`--dev-localhost-port`): `did:web:localhost`, with a port or not, is
+    /// resolved (over plain HTTP, exempt from the SSRF guard). <https://atproto.com/specs/did>: "The
+    /// special `localhost` hostname is allowed, but only in testing and development environments.
+    /// Port numbers [...] are only allowed for `localhost`, and only in testing and development."
+    /// Default false.
+    pub dev_localhost: bool,
     /// Outbound HTTP (TLS trust).
     pub http: net::HttpClient,
 }
@@ -68,6 +74,7 @@ impl IdentityConfig {
             attempts: 3,
             memory_entries: 100_000,
             web_public_only: true,
+            dev_localhost: false,
             http,
         }
     }
@@ -88,6 +95,12 @@ pub enum ResolveError {
     /// The `did:web` name does not exist in DNS, or resolves to an address the SSRF guard refuses.
     #[error("{0}")]
     NoSuchHost(String),
+    /// A `did:web` the spec does not allow (<https://atproto.com/specs/did>): its hostname is not a
+    /// valid handle with an allowed TLD ("The same restrictions on top-level domains that apply to
+    /// handles [...] also apply to `did:web` domains"), is not lowercase, or has a port or is
+    /// `localhost` outside development mode.
+    #[error("{0}")]
+    NotAllowed(String),
     /// The document does not describe this DID or has no usable key.
     #[error("{0}")]
     Document(String),
@@ -108,6 +121,7 @@ impl ResolveError {
             ResolveError::Unsupported(_)
             | ResolveError::Document(_)
             | ResolveError::NoSuchHost(_)
+            | ResolveError::NotAllowed(_)
             | ResolveError::RecentlyFailed => false,
         }
     }
@@ -213,6 +227,8 @@ impl Resolver {
     /// [`ResolveError`]; [`ResolveError::RecentlyFailed`] without asking when a fetch failed less
     /// than [`IdentityConfig::failure_ttl`] ago.
     pub async fn refresh(&self, did: &Did, now_ms: u64) -> Result<Rc<IdentityRecord>, ResolveError> {
+        // A DID the spec does not let the relay resolve is refused for what it is, every time.
+        document_url(&self.config.plc_url, did, self.config.dev_localhost)?;
         if self.failed_until_ms.borrow().get(did).is_some_and(|until| *until > now_ms) {
             self.count("failed");
             return Err(ResolveError::RecentlyFailed);
@@ -316,11 +332,15 @@ impl Resolver {
     }
 }
 
-/// The URL of the DID document of `did`.
+/// The URL of the DID document of `did`. A `did:web` must name a hostname that is a valid handle
+/// with an allowed TLD, in lowercase, without a port; `localhost` (with or without a port) only when
+/// `dev_localhost` (<https://atproto.com/specs/did>, "Blessed DID Methods"; indigo's
+/// `ResolveDIDWeb` checks the handle syntax and TLD the same way).
 ///
 /// # Errors
-/// [`ResolveError::Unsupported`] for methods other than `plc` and `web`, and `did:web` with a path.
-pub fn document_url(plc_url: &str, did: &Did) -> Result<String, ResolveError> {
+/// [`ResolveError::Unsupported`] for methods other than `plc` and `web`, and `did:web` with a path;
+/// [`ResolveError::NotAllowed`] for a `did:web` the spec does not allow.
+pub fn document_url(plc_url: &str, did: &Did, dev_localhost: bool) -> Result<String, ResolveError> {
     match did.method() {
         "plc" => Ok(format!("{}/{}", plc_url.trim_end_matches('/'), did)),
         "web" => {
@@ -328,24 +348,44 @@ pub fn document_url(plc_url: &str, did: &Did) -> Result<String, ResolveError> {
             if id.contains(':') {
                 return Err(ResolveError::Unsupported(format!("{did}: did:web with a path")));
             }
+            let not_allowed = |why: &str| ResolveError::NotAllowed(format!("{did}: {why}"));
             // The port's `:` is percent-encoded (`did:web:localhost%3A8080`), in either case.
-            let host = percent_encoding::percent_decode_str(id)
-                .decode_utf8()
-                .map_err(|_| ResolveError::Unsupported(format!("{did}: not a hostname")))?;
-            let host = wire::Hostname::parse_lenient(&host)
-                .map_err(|_| ResolveError::Unsupported(format!("{did}: not a hostname")))?;
-            let scheme = if host.is_localhost() { "http" } else { "https" };
-            Ok(format!("{scheme}://{host}/.well-known/did.json"))
+            let decoded =
+                percent_encoding::percent_decode_str(id).decode_utf8().map_err(|_| not_allowed("not a hostname"))?;
+            let (name, port) = match decoded.split_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (decoded.as_ref(), None),
+            };
+            if name == "localhost" {
+                if !dev_localhost {
+                    return Err(not_allowed("localhost is only resolved in development mode"));
+                }
+                let host = wire::Hostname::new(decoded.as_ref()).map_err(|_| not_allowed("not a hostname"))?;
+                return Ok(format!("http://{host}/.well-known/did.json"));
+            }
+            if port.is_some() {
+                return Err(not_allowed("a port is only allowed on localhost"));
+            }
+            if name != name.to_ascii_lowercase() {
+                return Err(not_allowed("not lowercase"));
+            }
+            let handle = wire::syntax::Handle::new(name).map_err(|_| not_allowed("the hostname is not a valid handle"))?;
+            if !handle.has_allowed_tld() {
+                return Err(not_allowed("the hostname has a disallowed TLD"));
+            }
+            Ok(format!("https://{name}/.well-known/did.json"))
         }
         m => Err(ResolveError::Unsupported(format!("did:{m}"))),
     }
 }
 
 async fn fetch(config: Rc<IdentityConfig>, did: Did, now_ms: u64) -> Result<IdentityRecord, ResolveError> {
-    let url =
-        HttpUrl::parse(&document_url(&config.plc_url, &did)?).map_err(|e| ResolveError::Unsupported(e.to_string()))?;
-    // The PLC URL is the operator's; a did:web server is named by whoever made the DID.
-    let guard = config.web_public_only && did.method() == "web";
+    let url = HttpUrl::parse(&document_url(&config.plc_url, &did, config.dev_localhost)?)
+        .map_err(|e| ResolveError::Unsupported(e.to_string()))?;
+    // The PLC URL is the operator's; a did:web server is named by whoever made the DID (but a
+    // `localhost` one is resolved only in development mode, where it is the developer's).
+    let local = did.as_str().starts_with("did:web:localhost");
+    let guard = config.web_public_only && did.method() == "web" && !local;
     let mut last = ResolveError::Fetch("no attempt".into());
     for attempt in 0..config.attempts.max(1) {
         if attempt > 0 {
@@ -384,14 +424,29 @@ mod tests {
     #[test]
     fn document_urls() {
         let d = |s| Did::new(s).unwrap();
-        assert_eq!(document_url("http://plc:2582/", &d("did:plc:abc")).unwrap(), "http://plc:2582/did:plc:abc");
-        assert_eq!(document_url("x", &d("did:web:example.com")).unwrap(), "https://example.com/.well-known/did.json");
-        assert_eq!(
-            document_url("x", &d("did:web:localhost%3a1234")).unwrap(),
-            "http://localhost:1234/.well-known/did.json"
-        );
-        assert!(document_url("x", &d("did:web:example.com:user:alice")).is_err());
-        assert!(document_url("x", &d("did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme")).is_err());
+        let url = |s, dev| document_url("http://plc:2582/", &d(s), dev);
+        assert_eq!(url("did:plc:abc", false).unwrap(), "http://plc:2582/did:plc:abc");
+        assert_eq!(url("did:web:pds.bsky.social", false).unwrap(), "https://pds.bsky.social/.well-known/did.json");
+        assert_eq!(url("did:web:alice.test", false).unwrap(), "https://alice.test/.well-known/did.json");
+        assert_eq!(url("did:web:localhost%3a1234", true).unwrap(), "http://localhost:1234/.well-known/did.json");
+        assert_eq!(url("did:web:localhost", true).unwrap(), "http://localhost/.well-known/did.json");
+        assert!(matches!(url("did:web:example.com:user:alice", false), Err(ResolveError::Unsupported(_))));
+        assert!(url("did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme", false).is_err());
+        // specs/did: ports and localhost only in development; the TLD rules of handles; lowercase.
+        for refused in [
+            ("did:web:localhost%3A1234", false),
+            ("did:web:localhost", false),
+            ("did:web:example.com%3A8443", true),
+            ("did:web:pds.example", true),
+            ("did:web:host.arpa", false),
+            ("did:web:onion.onion", false),
+            ("did:web:single", false),
+            ("did:web:Example.com", false),
+            ("did:web:1.2.3.4", false),
+            ("did:web:exa_mple.com", false),
+        ] {
+            assert!(matches!(url(refused.0, refused.1), Err(ResolveError::NotAllowed(_))), "{refused:?}");
+        }
     }
 
     /// Two frames of one DID share a fetch; the caller that started it is cancelled (its connection

@@ -53,9 +53,6 @@ pub enum IngestMsg {
         /// The processed upstream `seq`.
         seq: HostSeq,
     },
-    /// A `#sync` the ingest shard made by fetching the account's current commit from its host after
-    /// the sequencer asked for a resync ([`ResyncRequest`]); it moves no host cursor.
-    Resync(AcceptedEvent),
     /// An operator took the account down (`taken_down: true`) or reversed it: the sequencer records
     /// it and relays an `#account` event with the resulting status.
     Takedown {
@@ -111,15 +108,6 @@ impl HostCommand {
     }
 }
 
-/// From the sequencer to an ingest shard.
-#[derive(Debug, Clone)]
-pub enum ShardCommand {
-    /// Resync an account.
-    Resync(ResyncRequest),
-    /// Change a host.
-    Host(HostCommand),
-}
-
 /// Events persisted by one sequencer batch.
 #[derive(Debug)]
 pub struct Published {
@@ -138,14 +126,3 @@ pub struct Published {
 
 /// A [`Published`] batch, shared by the fanout shards.
 pub type PublishedBatch = Arc<Published>;
-
-/// From the sequencer to the ingest shard of `host`: the account's chain broke (a `since` or
-/// `prevData` the relay never stored), so fetch its current commit from the host and send it as a
-/// `#sync` ([`IngestMsg::Resync`]).
-#[derive(Debug, Clone)]
-pub struct ResyncRequest {
-    /// The account.
-    pub did: Did,
-    /// Its host.
-    pub host: Arc<str>,
-}

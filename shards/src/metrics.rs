@@ -19,16 +19,24 @@ pub type Label = Vec<(&'static str, &'static str)>;
 pub struct Metrics {
     /// `relay_events_dropped_total{reason}`: events from hosts not relayed, by [`DropReason`].
     pub events_dropped: Family<Label, Counter>,
-    /// `relay_lexicon_tolerated_total{field}`: `#commit` frames from hosts that omitted a field the
-    /// lexicon requires but the network tolerates (`tooBig`, `rebase`, `blobs`); they are not dropped
-    /// for it, and the relay writes the field with its neutral value (`false`, `[]`) so what it
-    /// emits matches the lexicon.
+    /// `relay_lexicon_tolerated_total{field}`: frames from hosts relayed after a repair that makes
+    /// them match the lexicon: a `#commit` that omitted `tooBig`, `rebase` or `blobs` (written with
+    /// `false`, `false`, `[]`), an `#identity` whose `handle` is not handle syntax (relayed without
+    /// it: `handle`).
     pub lexicon_tolerated: Family<Label, Counter>,
     /// `relay_sync_tolerated_total{reason}`: commits accepted with a quirk the lexicon allows
     /// (`since_null`, `no_prev_data`; see `accounts::Tolerated`).
     pub sync_tolerated: Family<Label, Counter>,
-    /// `relay_sync_violations_total{reason}`: Sync 1.1 violations relayed because of `--lenient-sync`.
+    /// `relay_sync_violations_total{reason}`: commits whose Sync 1.1 proof failed (op CIDs against
+    /// the signed MST, the inversion to `prevData`), relayed because of `--lenient-sync`.
     pub sync_violations: Family<Label, Counter>,
+    /// `relay_upstream_error_frames_total{error}`: error frames hosts sent (each ends its connection),
+    /// by error name (`FutureCursor`, `ConsumerTooSlow`, `other`).
+    pub upstream_error_frames: Family<Label, Counter>,
+    /// `relay_sync_discontinuities_total{reason}`: valid commits relayed although their `since` or
+    /// `prevData` does not continue the account's stored state (`prev_data`, `since`, `unchained`;
+    /// proposal 0006: relays pass them through and keep track of them).
+    pub sync_discontinuities: Family<Label, Counter>,
     /// `relay_upstream_frames_total{type}`: websocket messages received from hosts, by frame type
     /// (`commit`, `sync`, `identity`, `account`, `info`, `error`, `other`).
     pub upstream_frames: Family<Label, Counter>,
@@ -109,9 +117,6 @@ pub struct Metrics {
     /// `relay_jetstream_unconvertible_records_total`: records sent without `record` because they
     /// have no atproto JSON form (a float, a missing block).
     pub jetstream_unconvertible: Counter,
-    /// `relay_resyncs_total{result}`: account resyncs after a broken chain (`requested`,
-    /// `queue_full`, `fetched`, `failed`).
-    pub resyncs: Family<Label, Counter>,
     /// `relay_batch_commits_total`: RocksDB group commits by the sequencer.
     pub batch_commits: Counter,
     /// `relay_disk_free_bytes`: free bytes of the data directory's filesystem, measured before each
@@ -120,7 +125,7 @@ pub struct Metrics {
     /// `relay_disk_paused`: 1 while the sequencer waits for free disk space (`--min-free-disk`).
     pub disk_paused: Gauge,
     /// `relay_retention_trimmed_total{reason}`: seqs deleted by retention (`age`: older than
-    /// `--retention`; `disk`: over `--max-events-disk`).
+    /// `--retention`; `disk`: over `--max-disk`).
     pub retention_trimmed: Family<Label, Counter>,
     /// `relay_events_oldest_seq`: the oldest relay seq still stored (the start of the replay
     /// window), measured by each retention pass.
@@ -128,6 +133,13 @@ pub struct Metrics {
     /// `relay_events_disk_bytes`: bytes the stored events take (live SST files and memtables),
     /// measured by each retention pass.
     pub events_disk_bytes: Gauge,
+    /// `relay_data_dir_bytes`: bytes the whole data directory takes on disk (every file, allocated
+    /// blocks, what `du` counts: SST files of every column family, write-ahead log, RocksDB's own
+    /// files), measured every second by the retention thread; what `--max-disk` bounds.
+    pub data_dir_bytes: Gauge,
+    /// `relay_wal_bytes`: bytes of write-ahead log files in the data directory (bounded by
+    /// `--max-wal-size`), measured with `relay_data_dir_bytes`.
+    pub wal_bytes: Gauge,
     /// `relay_tombstones`: accounts whose earlier events are hidden from replay (takedowns and
     /// deletions inside the retention window).
     pub tombstones: Gauge,
@@ -157,6 +169,8 @@ impl Default for Metrics {
             lexicon_tolerated: Family::default(),
             sync_tolerated: Family::default(),
             sync_violations: Family::default(),
+            sync_discontinuities: Family::default(),
+            upstream_error_frames: Family::default(),
             upstream_frames: Family::default(),
             events_relayed: Family::default(),
             upstream_bytes: Counter::default(),
@@ -186,13 +200,14 @@ impl Default for Metrics {
             jetstream_messages: Family::default(),
             jetstream_encoded: Family::default(),
             jetstream_unconvertible: Counter::default(),
-            resyncs: Family::default(),
             batch_commits: Counter::default(),
             disk_free_bytes: Gauge::default(),
             disk_paused: Gauge::default(),
             retention_trimmed: Family::default(),
             events_oldest_seq: Gauge::default(),
             events_disk_bytes: Gauge::default(),
+            data_dir_bytes: Gauge::default(),
+            wal_bytes: Gauge::default(),
             tombstones: Gauge::default(),
             upstream_rate_limited: Counter::default(),
             upstream_waits: Family::default(),
@@ -222,8 +237,18 @@ impl Metrics {
         );
         registry.register(
             "relay_sync_violations",
-            "Sync 1.1 violations relayed because of --lenient-sync",
+            "Commits whose Sync 1.1 proof failed, relayed because of --lenient-sync",
             self.sync_violations.clone(),
+        );
+        registry.register(
+            "relay_upstream_error_frames",
+            "Error frames hosts sent (each ends its connection), by error name",
+            self.upstream_error_frames.clone(),
+        );
+        registry.register(
+            "relay_sync_discontinuities",
+            "Valid commits relayed although their since or prevData does not continue the stored state, by reason",
+            self.sync_discontinuities.clone(),
         );
         registry.register(
             "relay_upstream_frames",
@@ -329,6 +354,12 @@ impl Metrics {
         registry.register("relay_events_oldest_seq", "Oldest relay seq still stored", self.events_oldest_seq.clone());
         registry.register("relay_events_disk_bytes", "Bytes the stored events take", self.events_disk_bytes.clone());
         registry.register(
+            "relay_data_dir_bytes",
+            "Bytes the whole data directory takes on disk (as du counts them)",
+            self.data_dir_bytes.clone(),
+        );
+        registry.register("relay_wal_bytes", "Bytes of write-ahead log in the data directory", self.wal_bytes.clone());
+        registry.register(
             "relay_tombstones",
             "Accounts whose earlier events are hidden from replay",
             self.tombstones.clone(),
@@ -345,7 +376,6 @@ impl Metrics {
         );
         registry.register("relay_host_changes", "Host table changes, by kind", self.host_changes.clone());
         registry.register("relay_request_crawl", "requestCrawl calls, by outcome", self.request_crawl.clone());
-        registry.register("relay_resyncs", "Account resyncs after a broken chain, by result", self.resyncs.clone());
         registry.register(
             "relay_subscriber_fallbacks",
             "Live subscribers whose queue overflowed and who went back to reading from the store",
@@ -390,18 +420,11 @@ impl Metrics {
             (&self.jetstream_messages, "endpoint", &["v1", "v2"]),
             (&self.jetstream_encoded, "encoding", &["v1", "v2", "v1_zstd", "v2_zstd"]),
             (&self.events_relayed, "type", &["commit", "sync", "identity", "account"]),
-            (&self.lexicon_tolerated, "field", &["tooBig", "rebase", "blobs"]),
+            (&self.lexicon_tolerated, "field", &["tooBig", "rebase", "blobs", "handle"]),
             (
                 &self.sync_violations,
                 "reason",
-                &[
-                    "op_cid_mismatch",
-                    "missing_mst_block",
-                    "bad_mst",
-                    "inversion_mismatch",
-                    "wrong_since",
-                    "wrong_prev_data",
-                ],
+                &["op_cid_mismatch", "missing_mst_block", "bad_mst", "inversion_mismatch"],
             ),
             (&self.upstream_frames, "type", &["commit", "sync", "identity", "account", "info", "error", "other"]),
             (&self.upstream_connects, "result", &["ok", "error"]),
@@ -421,7 +444,6 @@ impl Metrics {
                     "bad_message",
                 ],
             ),
-            (&self.resyncs, "result", &["requested", "queue_full", "fetched", "failed"]),
             (&self.upstream_waits, "dependency", &["plc_directory", "did_web"]),
             (
                 &self.host_changes,
@@ -444,7 +466,12 @@ impl Metrics {
                     "error",
                 ],
             ),
-            (&self.upstream_disconnects, "reason", &["host_closed", "error", "idle", "future_cursor"]),
+            (
+                &self.upstream_disconnects,
+                "reason",
+                &["host_closed", "error", "idle", "future_cursor", "error_frame", "malformed_frame"],
+            ),
+            (&self.upstream_error_frames, "error", &crate::ingest::ERROR_FRAME_LABELS),
             (&self.retention_trimmed, "reason", &["age", "disk"]),
         ];
         for (family, key, values) in families {
@@ -454,6 +481,9 @@ impl Metrics {
         }
         for reason in crate::accounts::Tolerated::ALL {
             let _ = self.sync_tolerated.get_or_create(&vec![("reason", reason.as_str())]);
+        }
+        for reason in crate::accounts::Discontinuity::ALL {
+            let _ = self.sync_discontinuities.get_or_create(&vec![("reason", reason.as_str())]);
         }
     }
 

@@ -6,6 +6,9 @@ pub enum StoreError {
     /// RocksDB returned an error (I/O, corruption, options).
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
+    /// The data directory could not be read (listing its files for [`crate::Store::disk_usage`]).
+    #[error("reading the data directory: {0}")]
+    Io(std::io::Error),
     /// A previous write failed; the store refuses further writes until reopened, so nothing is
     /// acknowledged that might not be durable.
     #[error("store is poisoned by an earlier failed write")]

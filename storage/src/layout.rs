@@ -58,6 +58,9 @@ pub struct HostState {
     pub cursor: HostSeq,
     /// Accounts the relay has on this host (not deleted); the slots a per-host account limit counts.
     pub account_count: u64,
+    /// Valid commits from this host the relay relayed although they did not continue their
+    /// account's stored state (Sync 1.1 discontinuities: a host that breaks chains shows here).
+    pub discontinuities: u64,
 }
 
 /// The connection status of an upstream host (written by its ingest shard).
@@ -199,14 +202,17 @@ impl HostState {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = self.cursor.0.to_be_bytes().to_vec();
         out.extend_from_slice(&self.account_count.to_be_bytes());
+        out.extend_from_slice(&self.discontinuities.to_be_bytes());
         out
     }
 
-    /// Decodes per the `hosts` byte table.
+    /// Decodes per the `hosts` byte table (a value written before the discontinuity count has none:
+    /// 0).
     pub fn decode(mut b: &[u8]) -> Option<Self> {
         let cursor = HostSeq(take_u64(&mut b)?);
         let account_count = take_u64(&mut b)?;
-        b.is_empty().then_some(Self { cursor, account_count })
+        let discontinuities = if b.is_empty() { 0 } else { take_u64(&mut b)? };
+        b.is_empty().then_some(Self { cursor, account_count, discontinuities })
     }
 }
 
@@ -267,8 +273,10 @@ mod tests {
         let fresh = RepoState::new("h");
         assert_eq!(RepoState::decode(&fresh.encode()), Some(fresh));
 
-        let host = HostState { cursor: HostSeq(42), account_count: 7 };
+        let host = HostState { cursor: HostSeq(42), account_count: 7, discontinuities: 3 };
         assert_eq!(HostState::decode(&host.encode()), Some(host));
+        let older = &host.encode()[..16];
+        assert_eq!(HostState::decode(older), Some(HostState { discontinuities: 0, ..host }));
         let info = HostInfo { status: HostStatus::Offline, last_connected_ms: 9, failures: 3 };
         assert_eq!(HostInfo::decode(&info.encode()), Some(info));
         let config = HostConfig { tls: true, trusted: false, banned: true, account_limit: 100, added_ms: 5 };

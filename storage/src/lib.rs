@@ -37,6 +37,7 @@
 //! | key   | 0      | n     | hostname, lowercase, with `:port` when not default (UTF-8) |
 //! | value | 0      | 8     | cursor: the last upstream `seq` fully processed (u64) |
 //! |       | 8      | 8     | accounts on this host that are not deleted (u64) |
+//! |       | 16     | 8     | Sync 1.1 discontinuities relayed from this host (u64); absent in values written before it (read as 0) |
 //!
 //! ## `host_info`: hostname → connection status (written only by the host's ingest shard)
 //!
@@ -122,7 +123,7 @@ pub use error::StoreError;
 pub use events::ReplayChunk;
 pub use hosts::{ConfigChange, HostRow};
 pub use layout::{HostConfig, HostInfo, HostState, IdentityRecord, RepoState};
-pub use store::{CommitBatch, RocksStats, Store, StoreOptions};
+pub use store::{CommitBatch, DiskUsage, RocksStats, Store, StoreOptions, dir_usage};
 
 /// The on-disk format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;

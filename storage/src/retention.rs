@@ -1,5 +1,5 @@
 //! Retention: the store is a window of events. Events older than the window, and the oldest events
-//! while the `events` column family is over its size budget, are deleted by seq ranges
+//! while the data directory is over its size budget, are deleted by seq ranges
 //! ([`Store::trim_before`]: a range delete, then the SST files inside the range are dropped and the
 //! range compacted). Time maps to seq through the `time_index` column family (the first seq of each
 //! second the sequencer committed in), never by scanning events.
@@ -20,9 +20,11 @@ pub struct RetentionPolicy {
     /// Events older than this are deleted; `None` keeps everything (the disk then grows without
     /// bound). The relay's default is 72 h.
     pub window: Option<Duration>,
-    /// When the `events` column family (live SST files and memtables) is larger than this many bytes,
-    /// the oldest events are deleted early until it fits. `None`: no size budget.
-    pub max_events_bytes: Option<u64>,
+    /// When the data directory takes more than this many bytes on disk ([`Store::disk_usage`]:
+    /// every SST file, the write-ahead log, RocksDB's own files, as `du` counts them), the oldest
+    /// events are deleted early until it fits (never the newest event: what is not events, and the
+    /// write-ahead log, cannot be deleted this way). `None`: no size budget.
+    pub max_disk_bytes: Option<u64>,
 }
 
 /// Why events were deleted.
@@ -59,9 +61,9 @@ pub struct Trim {
 /// again).
 const MAX_DISK_ROUNDS: usize = 8;
 
-/// One retention pass at `now_unix_s`: deletes what is older than the window, then, while the events
-/// are over the size budget, the oldest slice of what is left (the fraction by which it is over, plus
-/// 5%, never the newest event). Returns the deletions made, oldest first.
+/// One retention pass at `now_unix_s`: deletes what is older than the window, then, while the data
+/// directory is over the size budget, the oldest slice of what is left (the excess as a share of the
+/// events' bytes, plus 5%; never the newest event). Returns the deletions made, oldest first.
 ///
 /// # Errors
 /// [`StoreError`] from the store; deletions made before the error stand.
@@ -76,14 +78,17 @@ pub fn enforce(store: &Store, policy: &RetentionPolicy, now_unix_s: u64) -> Resu
             }
         }
     }
-    if let Some(budget) = policy.max_events_bytes {
+    if let Some(budget) = policy.max_disk_bytes {
         for _ in 0..MAX_DISK_ROUNDS {
-            let size = store.events_disk_bytes()?;
+            let size = store.disk_usage()?.total_bytes;
             if size <= budget {
                 break;
             }
             let (Some(first), Some(last)) = (store.first_seq()?, store.last_seq()?) else { break };
-            let over = (size - budget) as f64 / size as f64 + 0.05;
+            // The share of the events to delete: what the directory is over, out of what the
+            // events take (the rest of the directory cannot be deleted this way), plus 5%.
+            let events = store.events_disk_bytes()?.max(1);
+            let over = ((size - budget) as f64 / events as f64).min(1.0) + 0.05;
             let span = last.0.saturating_sub(first.0) + 1;
             let cut = ((span as f64 * over).ceil() as u64).clamp(1, span.saturating_sub(1));
             if span <= 1 {
@@ -119,28 +124,43 @@ mod tests {
     fn the_window_and_the_size_budget_delete_the_oldest_events() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        // 10 seconds, 100 events of 1 KB each.
+        // 10 seconds, 100 events of 1 KB each (not compressible: the budget test measures the disk).
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
         for second in 0..10u64 {
             let first = second * 100 + 1;
-            let events = (first..first + 100).map(|s| (RelaySeq(s), Bytes::from(vec![s as u8; 1000]))).collect();
+            let events = (first..first + 100).map(|s| (RelaySeq(s), Bytes::from(noise(1000)))).collect();
             let batch =
                 CommitBatch { events, time_index: Some((1_000 + second, RelaySeq(first))), ..Default::default() };
             store.commit(&batch).unwrap();
         }
         let keep = RetentionPolicy::default();
         assert_eq!(enforce(&store, &keep, 2_000).unwrap(), [], "no window, no budget: nothing goes");
-        let window = RetentionPolicy { window: Some(Duration::from_secs(5)), max_events_bytes: None };
+        let window = RetentionPolicy { window: Some(Duration::from_secs(5)), max_disk_bytes: None };
         // At 1,009 the window starts at 1,004: seconds 1,000-1,003 (events 1-400) go.
         let done = enforce(&store, &window, 1_009).unwrap();
         assert_eq!(done, [Trim { reason: TrimReason::Age, before: RelaySeq(401), events: 400 }]);
         assert_eq!(store.first_seq().unwrap(), Some(RelaySeq(401)));
         assert_eq!(enforce(&store, &window, 1_009).unwrap(), [], "idempotent");
-        // A budget of about half of what is left deletes the oldest events until it fits.
-        let size = store.events_disk_bytes().unwrap();
-        let budget = RetentionPolicy { window: None, max_events_bytes: Some(size / 2) };
+        // A budget of what the directory holds without about half the events deletes the oldest
+        // events until it fits.
+        store.flush_all().unwrap();
+        let size = store.disk_usage().unwrap().total_bytes;
+        let events = store.events_disk_bytes().unwrap();
+        let budget = RetentionPolicy { window: None, max_disk_bytes: Some(size - events / 2) };
         let done = enforce(&store, &budget, 1_009).unwrap();
         assert!(!done.is_empty() && done.iter().all(|t| t.reason == TrimReason::Disk), "{done:?}");
-        assert!(store.events_disk_bytes().unwrap() <= size / 2);
+        let after = store.disk_usage().unwrap();
+        assert!(after.total_bytes <= size - events / 2, "{size} {events} {after:?} {done:?}");
         assert_eq!(store.last_seq().unwrap(), Some(RelaySeq(1000)), "the newest events stay");
         assert_eq!(interval(&window), Duration::from_secs(1));
         assert_eq!(

@@ -30,6 +30,14 @@ pub struct StoreOptions {
     pub background_threads: i32,
     /// Memtable size per column family, in bytes. Default 64 MiB.
     pub write_buffer_bytes: usize,
+    /// Most bytes of write-ahead log kept (RocksDB's `max_total_wal_size`). A WAL file is deleted
+    /// only once every column family has flushed what it holds; the small column families (`repos`,
+    /// `hosts`, `time_index`, ...) are written by every batch but fill their memtables slowly, so
+    /// without this bound they pin every WAL file ever written. Past it RocksDB flushes the column
+    /// families holding the oldest WAL data. Default 128 MiB (two `events` memtables); 0 leaves
+    /// RocksDB's own rule (4 × the sum of all write buffers, 2.75 GiB here). See `kernel-notes.md`,
+    /// storage.
+    pub max_wal_bytes: u64,
     /// Cached identities fetched longer ago than this are dropped when RocksDB compacts them (the
     /// relay refreshes an identity after a day anyway; this bounds the `identities` column family
     /// to the accounts seen recently). Default 7 days.
@@ -42,6 +50,7 @@ impl Default for StoreOptions {
             sync_writes: true,
             background_threads: 2,
             write_buffer_bytes: 64 << 20,
+            max_wal_bytes: 128 << 20,
             identity_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
         }
     }
@@ -90,6 +99,47 @@ pub struct Store {
     pub(crate) tombstones: std::sync::RwLock<std::collections::HashMap<String, u64>>,
     /// The options the store was opened with (statistics enabled), for [`Store::rocksdb_stats`].
     db_opts: Options,
+}
+
+/// What the data directory holds on disk ([`Store::disk_usage`]), in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Every file of the directory, as allocated on disk (`st_blocks` × 512, what `du` counts):
+    /// SST files, write-ahead log, `MANIFEST`, `OPTIONS`, RocksDB's info `LOG`.
+    pub total_bytes: u64,
+    /// The write-ahead log files (`*.log`), as allocated.
+    pub wal_bytes: u64,
+    /// Live SST files of every column family (`rocksdb.live-sst-files-size`, their logical size).
+    pub sst_bytes: u64,
+}
+
+/// What the directory at `path` holds on disk, as `du` counts it (allocated blocks of every file, in
+/// subdirectories too), and the write-ahead log's share (`*.log` files); `sst_bytes` is left 0. Works
+/// on a store in use by another process (`relay doctor`).
+///
+/// # Errors
+/// The I/O error of listing the directory.
+pub fn dir_usage(path: &Path) -> std::io::Result<DiskUsage> {
+    use std::os::unix::fs::MetadataExt;
+    let mut usage = DiskUsage::default();
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            // A file deleted between the listing and this call is simply not counted.
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                dirs.push(entry.path());
+                continue;
+            }
+            let allocated = meta.blocks().saturating_mul(512);
+            usage.total_bytes += allocated;
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                usage.wal_bytes += allocated;
+            }
+        }
+    }
+    Ok(usage)
 }
 
 /// RocksDB's own counters and state, for the metrics.
@@ -143,6 +193,11 @@ impl Store {
         // persistence: the relay reads its statistics and properties when /metrics is scraped.
         db_opts.set_stats_dump_period_sec(0);
         db_opts.set_stats_persist_period_sec(0);
+        db_opts.set_max_total_wal_size(options.max_wal_bytes);
+        // RocksDB's own info log (`LOG`, `LOG.old.*`): by default a thousand old files are kept; a
+        // few of at most 16 MiB are enough to read the last incidents.
+        db_opts.set_keep_log_file_num(4);
+        db_opts.set_max_log_file_size(16 << 20);
         let cfs = cf::ALL.iter().map(|name| {
             let mut o = Options::default();
             o.set_write_buffer_size(options.write_buffer_bytes);
@@ -311,6 +366,33 @@ impl Store {
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
+    /// Flushes every column family's memtable to SST files and waits for it: the write-ahead log
+    /// they pinned is then deleted. For tests and tools; the relay leaves flushing to RocksDB.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`].
+    pub fn flush_all(&self) -> Result<(), StoreError> {
+        for name in cf::ALL {
+            self.db.flush_cf(self.cf(name))?;
+        }
+        Ok(())
+    }
+
+    /// What the data directory holds on disk ([`DiskUsage`]): allocated bytes of every file in it,
+    /// as `du` counts them, and the write-ahead log's and live SST files' shares. Reads the
+    /// directory (a few hundred entries) and RocksDB properties; cheap enough to call every second.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the directory cannot be read; [`StoreError::Rocks`].
+    pub fn disk_usage(&self) -> Result<DiskUsage, StoreError> {
+        let mut usage = dir_usage(self.db.path()).map_err(StoreError::Io)?;
+        for name in cf::ALL {
+            usage.sst_bytes +=
+                self.db.property_int_value_cf(self.cf(name), "rocksdb.live-sst-files-size")?.unwrap_or(0);
+        }
+        Ok(usage)
+    }
+
     pub(crate) fn get_decoded<T>(
         &self,
         name: &'static str,
@@ -336,9 +418,43 @@ mod tests {
     fn batch(seqs: std::ops::RangeInclusive<u64>) -> CommitBatch {
         CommitBatch {
             events: seqs.map(|s| (RelaySeq(s), Bytes::from(format!("frame {s}")))).collect(),
-            hosts: vec![("localhost:2583".into(), HostState { cursor: HostSeq(9), account_count: 0 })],
+            hosts: vec![("localhost:2583".into(), HostState { cursor: HostSeq(9), ..HostState::default() })],
             ..CommitBatch::default()
         }
+    }
+
+    /// The write-ahead log stays near its bound although the small column families, written by
+    /// every batch, never fill their memtables: RocksDB flushes them once the log passes
+    /// `max_wal_bytes`. With RocksDB's own rule (0) the log holds everything written.
+    #[test]
+    fn the_write_ahead_log_is_bounded() {
+        let run = |max_wal_bytes: u64| {
+            let dir = tempfile::tempdir().unwrap();
+            let options =
+                StoreOptions { write_buffer_bytes: 1 << 20, max_wal_bytes, sync_writes: false, ..Default::default() };
+            let store = Store::open(dir.path(), &options).unwrap();
+            let did = Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+            let mut wal_max = 0;
+            for b in 0..1_000u64 {
+                let events = (0..10).map(|i| (RelaySeq(b * 10 + i + 1), Bytes::from(vec![b as u8; 4096]))).collect();
+                let mut repo = RepoState::new("pds.example");
+                repo.host = format!("pds{b}.example");
+                let batch = CommitBatch {
+                    events,
+                    repos: vec![(did.clone(), repo)],
+                    hosts: vec![("pds.example".into(), HostState { cursor: HostSeq(b), account_count: 1, discontinuities: 0 })],
+                    ..CommitBatch::default()
+                };
+                store.commit(&batch).unwrap();
+                wal_max = wal_max.max(store.disk_usage().unwrap().wal_bytes);
+            }
+            wal_max
+        };
+        // 40 MiB of events written in 1,000 batches.
+        let bounded = run(4 << 20);
+        assert!(bounded <= 8 << 20, "the log reached {bounded} bytes with a 4 MiB bound");
+        let unbounded = run(0);
+        assert!(unbounded >= 30 << 20, "RocksDB's own rule kept only {unbounded} bytes of log");
     }
 
     #[test]
@@ -355,7 +471,7 @@ mod tests {
         let got: Vec<u64> = store.replay(RelaySeq(2), 10, usize::MAX).unwrap().events.iter().map(|e| e.0.0).collect();
         assert_eq!(got, vec![3, 4, 5]);
         assert_eq!(store.replay(RelaySeq(0), 2, usize::MAX).unwrap().events.len(), 2);
-        assert_eq!(store.host("localhost:2583").unwrap(), Some(HostState { cursor: HostSeq(9), account_count: 0 }));
+        assert_eq!(store.host("localhost:2583").unwrap(), Some(HostState { cursor: HostSeq(9), ..HostState::default() }));
         assert_eq!(store.host("other").unwrap(), None);
     }
 }

@@ -115,6 +115,11 @@ fn map_value<'a>(buf: &'a [u8], key: &str) -> Option<&'a [u8]> {
     None
 }
 
+/// Whether `buf` starts with the head of a CBOR map (major type 5).
+pub fn is_map(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|b| b >> 5 == 5)
+}
+
 /// Returns the byte length of the single CBOR item that starts at `buf[0]`.
 ///
 /// Used to split an event-stream frame into its header and body. Only definite-length items are

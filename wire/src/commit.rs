@@ -1,6 +1,21 @@
 //! The signed repo commit object, per <https://atproto.com/specs/repository#commit-objects>:
 //! a DAG-CBOR map `{did, version: 3, data, rev, prev, sig}`. The signature covers the DAG-CBOR
 //! encoding of the same map without `sig` ("unsigned bytes").
+//!
+//! Which fields the unsigned bytes hold, when a commit carries fields beyond these six, is decided
+//! here with the spec and both reference implementations in hand. The spec (bluesky-social/
+//! atproto-website `specs/repository`, "Commit Objects") defines the commit's fields and says "An
+//! unsigned commit object has all the same fields except for `sig`": the defined fields. It also
+//! allows new optional fields in the future ("may or may not result in a repo format version
+//! change"), but says nothing of how today's verifiers treat them. Both references sign and verify
+//! over the defined fields only: `@atproto/repo` `verifyCommitSig` encodes the commit as parsed by its
+//! schema (zod strips unknown keys), and indigo's `atproto/repo` `Commit.UnsignedBytes` re-encodes
+//! its struct (its decoder skips unknown keys). So this relay verifies over the defined fields: a
+//! commit with an extra field signed over the defined ones is accepted (as both references do), one
+//! signed over every field including the extra one is not (both references reject it, so relaying
+//! it would give consumers a commit they drop). `prev` must be present, null or a CID ("this field
+//! must exist in the CBOR object"): without it the references' bytes differ and the signature
+//! cannot verify there. Fixtures of each case: `wire/tests/commit_fields.rs`.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +26,9 @@ use serde::Deserialize;
 use crate::cbor::{self, CborError};
 use crate::crypto::{PublicKey, SignatureError};
 use crate::syntax::{Did, Tid};
+
+/// The fields of a commit object the signature covers: all defined fields but `sig`.
+pub const UNSIGNED_FIELDS: [&str; 5] = ["did", "version", "data", "rev", "prev"];
 
 /// The only commit version this relay accepts.
 pub const COMMIT_VERSION: u64 = 3;
@@ -43,17 +61,20 @@ pub struct SignedCommit {
 }
 
 impl SignedCommit {
-    /// Decodes a commit block and prepares its unsigned bytes.
-    ///
-    /// All fields of the block other than `sig` (including ones this code does not know) are kept in
-    /// the unsigned bytes, re-encoded canonically, as the reference implementation does.
+    /// Decodes a commit block and prepares its unsigned bytes: the five defined fields other than
+    /// `sig` (`did`, `version`, `data`, `rev`, `prev`), re-encoded canonically, as both reference
+    /// implementations compute them (see the module docs); fields this code does not know are not
+    /// covered.
     ///
     /// # Errors
-    /// [`CborError::Decode`] when the block is not a commit map.
+    /// [`CborError::Decode`] when the block is not a commit map, or has no `prev` key.
     pub fn decode(block: &[u8]) -> Result<Self, CborError> {
         let commit: Commit = cbor::from_slice(block)?;
         let mut map: BTreeMap<String, Ipld> = cbor::from_slice(block)?;
-        map.remove("sig");
+        if !map.contains_key("prev") {
+            return Err(CborError::Decode("commit without prev".into()));
+        }
+        map.retain(|k, _| UNSIGNED_FIELDS.contains(&k.as_str()));
         let unsigned_bytes = cbor::to_vec(&map)?;
         Ok(Self { commit, unsigned_bytes })
     }

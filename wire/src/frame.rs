@@ -297,6 +297,19 @@ pub fn peek_did(bytes: &[u8]) -> Option<&str> {
     peek(bytes).did
 }
 
+/// Whether `bytes` is well-framed: exactly two concatenated items (header, then body), each valid
+/// DAG-CBOR. A frame that is not is what <https://atproto.com/specs/event-stream> ("Framing") calls a
+/// hard error: "Invalid framing or DAG-CBOR encoding are hard errors, and the client should drop the
+/// entire connection instead of skipping the frame". A well-framed frame that [`decode_frame`]
+/// refuses (an unknown type, a body that does not match the lexicon) is skipped instead.
+pub fn well_formed(bytes: &[u8]) -> bool {
+    let Ok(header_len) = cbor::item_len(bytes) else { return false };
+    let (head, body) = bytes.split_at(header_len);
+    cbor::from_slice::<ipld_core::ipld::Ipld>(head).is_ok()
+        && cbor::item_len(body).is_ok_and(|n| n == body.len())
+        && cbor::from_slice::<ipld_core::ipld::Ipld>(body).is_ok()
+}
+
 /// Decodes a complete frame (header then body, nothing after).
 ///
 /// # Errors
@@ -327,6 +340,21 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framing_is_two_dag_cbor_items() {
+        let frame = ErrorBody { error: "X".into(), message: None }.encode().unwrap();
+        assert!(well_formed(&frame));
+        let unknown = [cbor::to_vec(&Header { op: 1, t: Some("#future".into()) }).unwrap(), vec![0xa0]].concat();
+        assert!(well_formed(&unknown), "an unknown type is well-framed (skipped, not fatal)");
+        assert!(!well_formed(&frame[..frame.len() - 1]), "truncated body");
+        assert!(!well_formed(&[frame.clone(), vec![0x01]].concat()), "a third item");
+        assert!(!well_formed(&cbor::to_vec(&Header { op: 1, t: None }).unwrap()), "no body");
+        assert!(!well_formed(&[]) && !well_formed(&[0xff; 8]));
+        // A float is CBOR but not DAG-CBOR when it is not the shortest form (half precision here).
+        let half = [cbor::to_vec(&Header { op: 1, t: Some("#x".into()) }).unwrap(), vec![0xf9, 0x3c, 0x00]].concat();
+        assert!(!well_formed(&half));
+    }
 
     #[test]
     fn error_frame_round_trip() {

@@ -27,6 +27,16 @@ pub enum SyntaxError {
     /// The string is not an atproto datetime per <https://atproto.com/specs/lexicon#datetime>.
     #[error("invalid datetime")]
     Datetime,
+    /// The string is not a handle per <https://atproto.com/specs/handle>.
+    #[error("invalid handle syntax")]
+    Handle,
+    /// The string is not a record key per <https://atproto.com/specs/record-key>.
+    #[error("invalid record key syntax")]
+    RecordKey,
+    /// The string is not a repository path `<collection NSID>/<record key>`
+    /// (<https://atproto.com/specs/repository#repo-data-structure-v3>).
+    #[error("invalid repository path")]
+    RepoPath,
 }
 
 /// Formats microseconds since the UNIX epoch as an atproto datetime in UTC with microseconds, e.g.
@@ -296,6 +306,87 @@ fn check_nsid(s: &str) -> Result<(), SyntaxError> {
         && nb.first().is_some_and(u8::is_ascii_alphabetic)
         && nb.iter().all(u8::is_ascii_alphanumeric);
     if ok { Ok(()) } else { Err(SyntaxError::Nsid) }
+}
+
+/// A handle, e.g. `alice.bsky.social`, as its syntax is written (case is kept; compare handles
+/// lowercased).
+///
+/// Syntax per <https://atproto.com/specs/handle>: at most 253 characters; two or more `.`-separated
+/// labels of 1-63 `[a-zA-Z0-9-]`, none starting or ending with `-`; the last label (the TLD) does not
+/// start with a digit. [`Handle::has_allowed_tld`] applies the spec's list of disallowed TLDs, which is
+/// not part of the syntax.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Handle(String);
+string_newtype!(Handle, check_handle);
+
+fn check_handle(s: &str) -> Result<(), SyntaxError> {
+    if s.is_empty() || s.len() > 253 {
+        return Err(SyntaxError::Handle);
+    }
+    let labels: Vec<&str> = s.split('.').collect();
+    if labels.len() < 2 {
+        return Err(SyntaxError::Handle);
+    }
+    for label in &labels {
+        let b = label.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 63
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+            && b.first() != Some(&b'-')
+            && b.last() != Some(&b'-');
+        if !ok {
+            return Err(SyntaxError::Handle);
+        }
+    }
+    if labels.last().and_then(|tld| tld.bytes().next()).is_some_and(|c| c.is_ascii_digit()) {
+        return Err(SyntaxError::Handle);
+    }
+    Ok(())
+}
+
+/// Top-level domains <https://atproto.com/specs/handle> says must not be used in handles ("these
+/// TLDs are disallowed"): `.alt`, `.arpa`, `.example`, `.internal`, `.invalid`, `.local`, `.localhost`
+/// and `.onion`. (`.test` is for development; the spec lets services refuse it in production.)
+pub const DISALLOWED_HANDLE_TLDS: [&str; 8] =
+    ["alt", "arpa", "example", "internal", "invalid", "local", "localhost", "onion"];
+
+impl Handle {
+    /// Whether the handle's TLD is not one of [`DISALLOWED_HANDLE_TLDS`] (compared lowercased).
+    pub fn has_allowed_tld(&self) -> bool {
+        let tld = self.0.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+        !DISALLOWED_HANDLE_TLDS.contains(&tld.as_str())
+    }
+}
+
+/// A record key, e.g. `3jzfcijpj2z2a` or `self`.
+///
+/// Syntax per <https://atproto.com/specs/record-key>: 1-512 characters of `[a-zA-Z0-9_~.:-]`, and not
+/// `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey(String);
+string_newtype!(RecordKey, check_record_key);
+
+fn check_record_key(s: &str) -> Result<(), SyntaxError> {
+    let ok_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'~' | b'.' | b':' | b'-');
+    if s.is_empty() || s.len() > 512 || s == "." || s == ".." || !s.bytes().all(ok_char) {
+        return Err(SyntaxError::RecordKey);
+    }
+    Ok(())
+}
+
+/// Checks a repository path (an MST key, an op's `path`): exactly `<collection>/<rkey>`, a valid
+/// [`Nsid`] and a valid [`RecordKey`]. <https://atproto.com/specs/repository>, "Repo Data Structure
+/// (v3)": "The MST key is the collection NSID and record key, separated by a slash (`/`)". Returns
+/// the two parts.
+///
+/// # Errors
+/// [`SyntaxError::RepoPath`].
+pub fn check_repo_path(path: &str) -> Result<(&str, &str), SyntaxError> {
+    let (collection, rkey) = path.split_once('/').ok_or(SyntaxError::RepoPath)?;
+    if check_nsid(collection).is_err() || check_record_key(rkey).is_err() {
+        return Err(SyntaxError::RepoPath);
+    }
+    Ok((collection, rkey))
 }
 
 /// An upstream host: a DNS hostname with an optional `:port`, lowercased, e.g. `pds.example.com` or

@@ -29,6 +29,9 @@ pub struct Limits {
     pub max_sync_blocks_bytes: usize,
     /// Most `ops` in one `#commit`. Default 200 (lexicon `maxLength`).
     pub max_ops: usize,
+    /// Largest record block, in bytes. Default 1,000,000 (<https://atproto.com/specs/sync>: "a hard
+    /// limit of one million bytes").
+    pub max_record_bytes: usize,
     /// How far a `rev` may be ahead of the relay's clock, in microseconds. Default 300,000,000
     /// (5 minutes, <https://atproto.com/specs/sync>).
     pub max_future_rev_us: u64,
@@ -41,6 +44,7 @@ impl Default for Limits {
             max_blocks_bytes: 2_000_000,
             max_sync_blocks_bytes: 10_000,
             max_ops: 200,
+            max_record_bytes: 1_000_000,
             max_future_rev_us: 300_000_000,
         }
     }
@@ -96,10 +100,21 @@ pub enum DropReason {
     BadMst,
     /// Inverting the ops on the signed tree does not give the event's `prevData`.
     InversionMismatch,
-    /// `prevData` is not the data CID of the account's last relayed commit.
-    WrongPrevData,
-    /// `since` is not the `rev` of the account's last relayed commit.
-    WrongSince,
+    /// A created or updated record's block is not in `blocks` (<https://atproto.com/specs/repository>,
+    /// "Repository Diffs": "all 'created' records must be included"; updated ones "should include the
+    /// new value").
+    MissingRecordBlock,
+    /// A record block is not a DAG-CBOR map, or is larger than [`Limits::max_record_bytes`]
+    /// (<https://atproto.com/specs/sync>: "individual record blocks within the `blocks` field have a
+    /// hard limit of one million bytes"; "Events containing corrupt or entirely invalid records may be
+    /// rejected").
+    BadRecord,
+    /// An op's `path` is not `<collection NSID>/<record key>` (<https://atproto.com/specs/repository>,
+    /// "Repository Paths").
+    BadPath,
+    /// A `did:web` the relay does not resolve: a hostname that is not a valid handle with an allowed
+    /// TLD, or a port other than on `localhost` in development (<https://atproto.com/specs/did>).
+    DidWebNotAllowed,
     /// The account is not active (deactivated, suspended, deleted, … upstream).
     InactiveAccount,
     /// The account is taken down on this relay.
@@ -110,7 +125,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for pre-registering counters.
-    pub const ALL: [DropReason; 28] = [
+    pub const ALL: [DropReason; 30] = [
         DropReason::FrameTooBig,
         DropReason::MalformedFrame,
         DropReason::UnknownType,
@@ -134,8 +149,10 @@ impl DropReason {
         DropReason::MissingMstBlock,
         DropReason::BadMst,
         DropReason::InversionMismatch,
-        DropReason::WrongPrevData,
-        DropReason::WrongSince,
+        DropReason::MissingRecordBlock,
+        DropReason::BadRecord,
+        DropReason::BadPath,
+        DropReason::DidWebNotAllowed,
         DropReason::InactiveAccount,
         DropReason::TakenDown,
         DropReason::AccountThrottled,
@@ -167,24 +184,24 @@ impl DropReason {
             DropReason::MissingMstBlock => "missing_mst_block",
             DropReason::BadMst => "bad_mst",
             DropReason::InversionMismatch => "inversion_mismatch",
-            DropReason::WrongPrevData => "wrong_prev_data",
-            DropReason::WrongSince => "wrong_since",
+            DropReason::MissingRecordBlock => "missing_record_block",
+            DropReason::BadRecord => "bad_record",
+            DropReason::BadPath => "bad_path",
+            DropReason::DidWebNotAllowed => "did_web_not_allowed",
             DropReason::InactiveAccount => "inactive_account",
             DropReason::TakenDown => "taken_down",
             DropReason::AccountThrottled => "account_throttled",
         }
     }
 
-    /// Whether this is a Sync 1.1 consistency failure (`--lenient-sync` relays these and counts them).
+    /// Whether this is a failure of the Sync 1.1 proof (the ops against the signed MST, their
+    /// inversion to `prevData`): what `--lenient-sync` relays and counts instead of dropping, as
+    /// indigo's `--lenient-sync-validation` does ("when messages fail atproto 'Sync 1.1' validation,
+    /// just log, don't drop").
     pub fn is_sync_violation(self) -> bool {
         matches!(
             self,
-            DropReason::OpCidMismatch
-                | DropReason::MissingMstBlock
-                | DropReason::BadMst
-                | DropReason::InversionMismatch
-                | DropReason::WrongPrevData
-                | DropReason::WrongSince
+            DropReason::OpCidMismatch | DropReason::MissingMstBlock | DropReason::BadMst | DropReason::InversionMismatch
         )
     }
 }
@@ -237,8 +254,11 @@ pub fn check_commit(ev: &CommitEvent, limits: &Limits, now_us: u64) -> Result<Ch
             "delete" => op.cid.is_none() && (op.prev.is_some() || !sync11),
             _ => false,
         };
-        if !ok || op.path.split_once('/').is_none() {
+        if !ok {
             return Err(DropReason::BadOp);
+        }
+        if crate::syntax::check_repo_path(&op.path).is_err() {
+            return Err(DropReason::BadPath);
         }
     }
     if ev.blocks.len() > limits.max_blocks_bytes {
@@ -249,6 +269,7 @@ pub fn check_commit(ev: &CommitEvent, limits: &Limits, now_us: u64) -> Result<Ch
         return Err(DropReason::CommitNotInCar);
     }
     let signed = check_commit_block(&car, &ev.commit, &ev.repo, &ev.rev)?;
+    check_records(ev, &car, limits)?;
     let proof = match ev.prev_data {
         Some(prev_data) => check_proof(ev, &car, signed.commit.data, prev_data),
         None => Ok(()),
@@ -274,6 +295,31 @@ pub fn check_sync(ev: &SyncEvent, limits: &Limits, now_us: u64) -> Result<Checke
     };
     let signed = check_commit_block(&car, &root, &ev.did, &ev.rev)?;
     Ok(CheckedCommit { cid: root, signed, proof: Ok(()) })
+}
+
+/// Every created or updated record's block is in the CAR, is a DAG-CBOR map with text keys, and is
+/// at most [`Limits::max_record_bytes`]. <https://atproto.com/specs/repository>, "Repository Diffs":
+/// "all 'created' records must be included", updated ones "should include the new value";
+/// <https://atproto.com/specs/sync>: record blocks have "a hard limit of one million bytes", and
+/// "Events containing corrupt or entirely invalid records may be rejected". Proposal 0006 lists
+/// "missing blocks" among invalid commits, which relays drop. `@atproto/sync` fails the whole commit
+/// on a record that is not a map, so relaying one would lose the commit downstream.
+fn check_records(ev: &CommitEvent, car: &car::Car<'_>, limits: &Limits) -> Result<(), DropReason> {
+    for (i, op) in ev.ops.iter().enumerate() {
+        let Some(cid) = op.cid else { continue };
+        // A path written again later in the same commit holds what the last op wrote: only that
+        // record need be in the diff (as in the Sync 1.1 proof below).
+        if ev.ops.get(i + 1..).is_some_and(|later| later.iter().any(|o| o.path == op.path)) {
+            continue;
+        }
+        let block = car.get(&cid).ok_or(DropReason::MissingRecordBlock)?;
+        if block.len() > limits.max_record_bytes || !crate::cbor::is_map(block) {
+            return Err(DropReason::BadRecord);
+        }
+        crate::cbor::from_slice::<std::collections::BTreeMap<String, ipld_core::ipld::Ipld>>(block)
+            .map_err(|_| DropReason::BadRecord)?;
+    }
+    Ok(())
 }
 
 /// Checks an event's `time` field.

@@ -45,6 +45,37 @@ fn nsid_syntax() {
 }
 
 #[test]
+fn handle_syntax() {
+    check("handle", |s| wire::syntax::Handle::new(s));
+}
+
+#[test]
+fn record_key_syntax() {
+    check("recordkey", |s| wire::syntax::RecordKey::new(s));
+}
+
+/// Op paths are `<NSID>/<record key>`: every valid NSID with every valid record key forms one, and
+/// an invalid NSID or record key, a missing or second `/`, never does.
+#[test]
+fn repo_path_syntax() {
+    let nsids = lines("nsid_syntax_valid.txt");
+    let rkeys = lines("recordkey_syntax_valid.txt");
+    for (n, r) in nsids.iter().zip(rkeys.iter().cycle()) {
+        assert!(wire::syntax::check_repo_path(&format!("{n}/{r}")).is_ok(), "{n}/{r}");
+    }
+    for r in lines("recordkey_syntax_invalid.txt") {
+        // A record key with a `/` in it makes a path with three segments: invalid either way.
+        assert!(wire::syntax::check_repo_path(&format!("app.bsky.feed.post/{r}")).is_err(), "rkey {r:?}");
+    }
+    for n in lines("nsid_syntax_invalid.txt") {
+        assert!(wire::syntax::check_repo_path(&format!("{n}/3jzfcijpj2z2a")).is_err(), "nsid {n:?}");
+    }
+    for bad in ["app.bsky.feed.post", "app.bsky.feed.post/", "/3jzfcijpj2z2a", "app.bsky.feed.post/a/b", ""] {
+        assert!(wire::syntax::check_repo_path(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
 fn datetime_syntax() {
     check("datetime", wire::syntax::check_datetime);
 }

@@ -65,21 +65,21 @@ fn account(active: bool, status: Option<&str>) -> AcceptedEvent {
     accepted("pds.example", Event::Account(ev), None)
 }
 
-/// Applies in order, carrying the state; returns each outcome.
+/// Applies in order, carrying the state; returns each outcome (the discontinuity of a relayed
+/// event, or why it was dropped).
 fn run(
     events: Vec<AcceptedEvent>,
-    lenient: bool,
     start: Option<RepoState>,
-) -> (Vec<Result<Option<DropReason>, DropReason>>, Option<RepoState>) {
+) -> (Vec<Result<Option<Discontinuity>, DropReason>>, Option<RepoState>) {
     let mut state = start;
     let mut out = Vec::new();
     for mut ev in events {
-        match apply(&mut ev, state.as_ref(), lenient) {
+        match apply(&mut ev, state.as_ref()) {
             Ok(a) => {
                 if a.state.is_some() {
                     state = a.state;
                 }
-                out.push(Ok(a.violation));
+                out.push(Ok(a.discontinuity));
             }
             Err(r) => out.push(Err(r)),
         }
@@ -95,27 +95,52 @@ fn commits_chain_by_rev_since_and_prev_data() {
             commit(2, Some(1), Some(1), 2), // chains
             commit(2, Some(1), Some(1), 2), // same rev again
             commit(1, None, None, 9),       // older rev
-            commit(3, Some(1), Some(2), 3), // since is not the stored rev
-            commit(3, Some(2), Some(7), 3), // prevData is not the stored data
             commit(3, Some(2), Some(2), 3), // chains
         ],
-        false,
+        None,
+    );
+    assert_eq!(out, vec![Ok(None), Ok(None), Err(DropReason::StaleRev), Err(DropReason::StaleRev), Ok(None)]);
+    let state = state.unwrap();
+    assert_eq!((state.rev, state.data), (Some(tid(3)), Some(cid(3))));
+}
+
+/// Proposal 0006, "Staying Synchronized": relays "pass through discontinuous commits as-is (and update
+/// their 'last commit' state)". A valid commit whose `since` or `prevData` does not continue the stored
+/// state is relayed, counted by how it breaks the chain, and the next commit chains to it.
+#[test]
+fn discontinuous_commits_are_relayed_and_the_state_follows_them() {
+    let (out, state) = run(
+        vec![
+            commit(1, None, None, 1),       // genesis
+            commit(3, Some(2), Some(2), 3), // a commit (rev 2) never reached the relay: both point past it
+            commit(4, Some(3), Some(3), 4), // chains to the discontinuous commit
+            commit(5, Some(9), Some(4), 5), // since wrong, prevData continues: still relayed, counted
+            commit(6, Some(5), Some(7), 6), // since right, prevData wrong
+            commit(7, None, None, 7),       // neither since nor prevData
+            commit(8, Some(7), Some(7), 8), // chains again
+        ],
         None,
     );
     assert_eq!(
         out,
         vec![
             Ok(None),
+            Ok(Some(Discontinuity::PrevData)),
             Ok(None),
-            Err(DropReason::StaleRev),
-            Err(DropReason::StaleRev),
-            Err(DropReason::WrongSince),
-            Err(DropReason::WrongPrevData),
+            Ok(Some(Discontinuity::Since)),
+            Ok(Some(Discontinuity::PrevData)),
+            Ok(Some(Discontinuity::Unchained)),
             Ok(None),
         ]
     );
     let state = state.unwrap();
-    assert_eq!((state.rev, state.data), (Some(tid(3)), Some(cid(3))));
+    assert_eq!((state.rev, state.commit, state.data), (Some(tid(8)), Some(cid(108)), Some(cid(8))));
+    // A discontinuous commit is relayed as-is: its `since` is not rewritten.
+    let (_, prior) = run(vec![commit(1, None, None, 1)], None);
+    let mut ev = commit(3, Some(2), Some(2), 3);
+    apply(&mut ev, prior.as_ref()).unwrap();
+    let Event::Commit(c) = &ev.event else { panic!() };
+    assert_eq!(c.since, Some(tid(2)));
 }
 
 #[test]
@@ -124,10 +149,10 @@ fn null_since_and_missing_prev_data_are_tolerated_only_when_the_chain_is_shown()
         let mut state = None;
         let mut out = Vec::new();
         for mut ev in events {
-            match apply(&mut ev, state.as_ref(), false) {
+            match apply(&mut ev, state.as_ref()) {
                 Ok(a) => {
                     state = a.state.or(state);
-                    out.push(Ok(a.tolerated));
+                    out.push(Ok((a.tolerated, a.discontinuity)));
                 }
                 Err(r) => out.push(Err(r)),
             }
@@ -139,17 +164,17 @@ fn null_since_and_missing_prev_data_are_tolerated_only_when_the_chain_is_shown()
             commit(1, None, None, 1),       // genesis (arroba's first commit)
             commit(2, None, Some(1), 2),    // since null, prevData continues: arroba's every commit
             commit(3, None, Some(7), 3),    // since null, prevData broken: a discontinuity
-            commit(3, None, None, 3),       // since null and no prevData: nothing ties it to the state
-            commit(3, Some(2), None, 3),    // no prevData (not Sync 1.1), since chains
-            commit(4, Some(3), Some(3), 4), // the normal case
+            commit(4, None, None, 4),       // since null and no prevData: nothing ties it to the state
+            commit(5, Some(4), None, 5),    // no prevData (not Sync 1.1), since chains
+            commit(6, Some(5), Some(5), 6), // the normal case
         ]),
         vec![
-            Ok(None),
-            Ok(Some(Tolerated::SinceNull)),
-            Err(DropReason::WrongPrevData),
-            Err(DropReason::WrongSince),
-            Ok(Some(Tolerated::NoPrevData)),
-            Ok(None),
+            Ok((None, None)),
+            Ok((Some(Tolerated::SinceNull), None)),
+            Ok((None, Some(Discontinuity::PrevData))),
+            Ok((None, Some(Discontinuity::Unchained))),
+            Ok((Some(Tolerated::NoPrevData), None)),
+            Ok((None, None)),
         ]
     );
 }
@@ -157,33 +182,21 @@ fn null_since_and_missing_prev_data_are_tolerated_only_when_the_chain_is_shown()
 #[test]
 fn a_tolerated_null_since_is_relayed_as_the_stored_rev() {
     let mut ev = commit(2, None, Some(1), 2);
-    let prior = apply(&mut commit(1, None, None, 1), None, false).unwrap().state;
-    let applied = apply(&mut ev, prior.as_ref(), false).unwrap();
+    let prior = apply(&mut commit(1, None, None, 1), None).unwrap().state;
+    let applied = apply(&mut ev, prior.as_ref()).unwrap();
     assert_eq!(applied.tolerated, Some(Tolerated::SinceNull));
     let Event::Commit(c) = &ev.event else { panic!() };
     assert_eq!(c.since, Some(tid(1)), "the rev of the last commit the relay emitted");
     let mut genesis = commit(1, None, None, 1);
-    apply(&mut genesis, None, false).unwrap();
+    apply(&mut genesis, None).unwrap();
     let Event::Commit(c) = &genesis.event else { panic!() };
     assert_eq!(c.since, None, "a first commit keeps its null since");
-}
-
-#[test]
-fn lenient_sync_relays_and_reports_violations() {
-    let (out, state) =
-        run(vec![commit(1, None, None, 1), commit(2, Some(9), Some(1), 2), commit(3, Some(2), Some(8), 3)], true, None);
-    assert_eq!(out, vec![Ok(None), Ok(Some(DropReason::WrongSince)), Ok(Some(DropReason::WrongPrevData))]);
-    assert_eq!(state.unwrap().rev, Some(tid(3)));
-    // Rev order is not a Sync 1.1 rule: it is enforced even when lenient.
-    let (out, _) = run(vec![commit(5, None, None, 1), commit(4, Some(5), Some(1), 2)], true, None);
-    assert_eq!(out[1], Err(DropReason::StaleRev));
 }
 
 #[test]
 fn sync_restates_or_resets_but_never_goes_back() {
     let (out, state) = run(
         vec![commit(5, None, None, 1), sync(5, 1), sync(4, 4), sync(6, 6), commit(7, Some(6), Some(6), 7)],
-        false,
         None,
     );
     assert_eq!(out, vec![Ok(None), Ok(None), Err(DropReason::StaleRev), Ok(None), Ok(None)]);
@@ -201,7 +214,6 @@ fn inactive_accounts_are_not_relayed_until_active_again() {
             account(true, None),
             commit(2, Some(1), Some(1), 2),
         ],
-        false,
         None,
     );
     assert_eq!(
@@ -218,20 +230,20 @@ fn inactive_accounts_are_not_relayed_until_active_again() {
     assert!(state.unwrap().upstream.is_active());
 
     // The host confirmed the account active (getRepoStatus) although the relay had it inactive.
-    let (_, inactive) = run(vec![commit(1, None, None, 1), account(false, Some("suspended"))], false, None);
+    let (_, inactive) = run(vec![commit(1, None, None, 1), account(false, Some("suspended"))], None);
     let mut ev = commit(2, Some(1), Some(1), 2);
     ev.confirmed_active = true;
-    let applied = apply(&mut ev, inactive.as_ref(), false).unwrap();
+    let applied = apply(&mut ev, inactive.as_ref()).unwrap();
     assert_eq!(applied.state.unwrap().upstream, AccountStatus::Active);
 }
 
 #[test]
 fn takedown_wins_over_the_host() {
     let start = RepoState { taken_down: true, ..RepoState::new("pds.example") };
-    let (out, _) = run(vec![commit(1, None, None, 1), sync(1, 1)], false, Some(start.clone()));
+    let (out, _) = run(vec![commit(1, None, None, 1), sync(1, 1)], Some(start.clone()));
     assert_eq!(out, vec![Err(DropReason::TakenDown), Err(DropReason::TakenDown)]);
     let mut ev = account(true, None);
-    apply(&mut ev, Some(&start), false).unwrap();
+    apply(&mut ev, Some(&start)).unwrap();
     let Event::Account(a) = ev.event else { panic!() };
     assert_eq!((a.active, a.status.as_deref()), (false, Some("takendown")));
 }
@@ -244,11 +256,11 @@ fn identity_is_relayed_for_any_account_and_migration_moves_the_host() {
         Event::Identity(IdentityEvent { seq: 1, did: did(), time: "2026-01-01T00:00:00Z".into(), handle: None }),
         None,
     );
-    let moved = apply(&mut ev, Some(&inactive), false).unwrap().state.unwrap();
+    let moved = apply(&mut ev, Some(&inactive)).unwrap().state.unwrap();
     assert_eq!((moved.host.as_str(), moved.upstream), ("new.example", AccountStatus::Deactivated));
     let mut ev = account(true, None);
     ev.host = Arc::from("new.example");
-    let state = apply(&mut ev, Some(&inactive), false).unwrap().state.unwrap();
+    let state = apply(&mut ev, Some(&inactive)).unwrap().state.unwrap();
     assert_eq!((state.host.as_str(), state.upstream), ("new.example", AccountStatus::Active));
 }
 

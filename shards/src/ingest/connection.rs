@@ -82,7 +82,8 @@ pub(super) async fn connect(shard: &Shard, upstream: &Upstream, cursor: Option<H
 pub(super) enum ReadOutcome {
     Closed {
         progressed: bool,
-        /// `host_closed`, `error` or `idle` (`relay_upstream_disconnects_total`).
+        /// `host_closed`, `error`, `idle`, `error_frame` or `malformed_frame`
+        /// (`relay_upstream_disconnects_total`).
         reason: &'static str,
     },
     /// The host sent a `FutureCursor` error: its sequence is behind our cursor.
@@ -100,9 +101,20 @@ const WAIT_MAX: Duration = Duration::from_secs(10);
 /// a log line.
 pub(super) fn count_frame(shard: &Shard, host: &Hostname, v: &process::Verdict) {
     Metrics::inc(&shard.metrics.upstream_frames, "type", frame_type(v));
-    if let process::Verdict::Drop(reason, seq) = v {
-        shard.metrics.drop_event(*reason);
-        tracing::info!(host = %host, seq = ?seq.map(|s| s.0), %reason, "dropped event");
+    match v {
+        process::Verdict::Drop(reason, seq) => {
+            shard.metrics.drop_event(*reason);
+            tracing::info!(host = %host, seq = ?seq.map(|s| s.0), %reason, "dropped event");
+        }
+        process::Verdict::Broken(seq) => {
+            shard.metrics.drop_event(wire::DropReason::MalformedFrame);
+            tracing::warn!(host = %host, seq = ?seq.map(|s| s.0), "invalid framing or DAG-CBOR; dropping the connection");
+        }
+        process::Verdict::Info(Frame::Error(e)) => {
+            Metrics::inc(&shard.metrics.upstream_error_frames, "error", error_label(&e.error));
+            tracing::warn!(host = %host, error = %e.error, message = ?e.message, "host sent an error frame");
+        }
+        _ => {}
     }
 }
 
@@ -117,8 +129,17 @@ fn frame_type(v: &process::Verdict) -> &'static str {
         },
         process::Verdict::Info(Frame::Error(_)) => "error",
         process::Verdict::Info(_) => "info",
-        process::Verdict::Drop(..) | process::Verdict::Wait(..) => "other",
+        process::Verdict::Drop(..) | process::Verdict::Broken(_) | process::Verdict::Wait(..) => "other",
     }
+}
+
+/// Error names a `subscribeRepos` stream may carry (the lexicon's `FutureCursor` and
+/// `ConsumerTooSlow`), as the `error` label of `relay_upstream_error_frames_total`; any other is
+/// `other` (labels stay bounded whatever a host sends).
+pub const ERROR_FRAME_LABELS: [&str; 3] = ["FutureCursor", "ConsumerTooSlow", "other"];
+
+fn error_label(error: &str) -> &'static str {
+    ERROR_FRAME_LABELS.iter().find(|l| **l == error).copied().unwrap_or("other")
 }
 
 /// Decides one frame, waiting out dependency outages ([`process::Outage`]): the frame is processed

@@ -8,8 +8,8 @@
 //! any error.
 
 mod connection;
+pub use connection::ERROR_FRAME_LABELS;
 pub mod process;
-pub mod resync;
 mod window;
 
 use std::cell::{Cell, RefCell};
@@ -27,7 +27,7 @@ use wire::{HostSeq, HostStatus, Hostname, Limits};
 use crate::backoff::Backoff;
 use crate::hosts::{Connection, HostRegistry, RateLimiter, RateLimits};
 use crate::identity::{IdentityConfig, Resolver};
-use crate::messages::{HostCommand, IngestMsg, ShardCommand};
+use crate::messages::{HostCommand, IngestMsg};
 use crate::metrics::Metrics;
 use crate::unix_ms as now_ms;
 
@@ -235,15 +235,15 @@ struct Shard {
 ///
 /// At start it subscribes to every host of the store's host table that it owns
 /// ([`shard_for_host`]) and that is not banned (directly or by domain), spread over the startup ramp.
-/// Then it follows the sequencer's commands: resyncs, and hosts added, killed, banned, reloaded or
-/// reset ([`HostCommand`]).
+/// Then it follows the sequencer's commands: hosts added, killed, banned, reloaded or reset
+/// ([`HostCommand`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: IngestConfig,
     index: usize,
     shards: usize,
     to_sequencer: SharedSender<IngestMsg>,
-    commands: SharedReceiver<ShardCommand>,
+    commands: SharedReceiver<HostCommand>,
     store: Arc<Store>,
     registry: Arc<HostRegistry>,
     metrics: Metrics,
@@ -287,28 +287,7 @@ pub async fn run(
     }
     let rx = commands.connect().await;
     while let Some(cmd) = rx.recv().await {
-        match cmd {
-            ShardCommand::Resync(req) => {
-                let shard = Rc::clone(&shard);
-                glommio::spawn_local(async move {
-                    let tls = shard.store.host_config(&req.host).ok().flatten().is_none_or(|c| c.tls);
-                    match resync::fetch_sync(&shard.ctx, &req, tls, now_ms()).await {
-                        Ok(ev) => {
-                            Metrics::inc(&shard.metrics.resyncs, "result", "fetched");
-                            if shard.to_sequencer.send(IngestMsg::Resync(ev)).await.is_ok() {
-                                shard.metrics.ingest_queue_depth.inc();
-                            }
-                        }
-                        Err(e) => {
-                            Metrics::inc(&shard.metrics.resyncs, "result", "failed");
-                            tracing::warn!(did = %req.did, host = %req.host, error = %e, "resync failed");
-                        }
-                    }
-                })
-                .detach();
-            }
-            ShardCommand::Host(cmd) => host_command(&shard, cmd),
-        }
+        host_command(&shard, cmd);
     }
     for handle in shard.hosts.borrow_mut().drain() {
         handle.1.abort.abort();

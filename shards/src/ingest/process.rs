@@ -26,8 +26,15 @@ pub enum Verdict {
     Accept(AcceptedEvent),
     /// Do not relay it; count the reason. Carries the frame's `seq` when it was readable.
     Drop(DropReason, Option<HostSeq>),
-    /// Nothing to relay and nothing wrong: `#info` and error frames (logged by the caller).
+    /// Nothing to relay and nothing wrong: `#info` and error frames (logged by the caller; an error
+    /// frame ends the connection: <https://atproto.com/specs/event-stream>, "Streams should be closed
+    /// immediately following transmitting or receiving an error frame").
     Info(Frame),
+    /// Invalid framing or DAG-CBOR ([`wire::frame::well_formed`]): dropped as `malformed_frame`, and
+    /// the connection is dropped too (event-stream spec: "Invalid framing or DAG-CBOR encoding are
+    /// hard errors, and the client should drop the entire connection instead of skipping the
+    /// frame"). Carries the frame's `seq` when its header and body could be read that far.
+    Broken(Option<HostSeq>),
     /// Not decided: a dependency could not be reached. The frame (with this `seq`) must be processed
     /// again later and the host's cursor must not move past it (the host's stream pauses once its
     /// window of frames being decided is full).
@@ -83,6 +90,9 @@ fn unresolved(did: &Did, host: &Hostname, e: &crate::identity::ResolveError) -> 
     if e.is_transient() {
         tracing::debug!(%did, host = %host, error = %e, "identity directory unreachable; the host waits");
         Stop::Wait(Outage::of(did))
+    } else if matches!(e, crate::identity::ResolveError::NotAllowed(_)) {
+        tracing::info!(%did, host = %host, error = %e, "did:web not resolved");
+        Stop::Drop(DropReason::DidWebNotAllowed)
     } else {
         tracing::info!(%did, host = %host, error = %e, "identity resolution failed");
         Stop::Drop(DropReason::IdentityUnresolved)
@@ -184,7 +194,12 @@ pub async fn process_frame(input: Input<'_>, ctx: &Context) -> Verdict {
         Ok(Frame::Message(Event::Info(i))) => return Verdict::Info(Frame::Message(Event::Info(i))),
         Ok(Frame::Message(e)) => e,
         Ok(f @ Frame::Error(_)) => return Verdict::Info(f),
-        Err(wire::frame::FrameError::UnknownType(_)) => return Verdict::Drop(DropReason::UnknownType, None),
+        // "Clients should ignore frames with headers that have unknown `op` or `t` values."
+        Err(wire::frame::FrameError::UnknownType(_) | wire::frame::FrameError::UnknownOp(_)) => {
+            return Verdict::Drop(DropReason::UnknownType, None);
+        }
+        Err(_) if !wire::frame::well_formed(bytes) => return Verdict::Broken(wire::frame::peek(bytes).seq.map(HostSeq)),
+        // Well-framed DAG-CBOR that does not match the lexicon: skipped.
         Err(_) => return Verdict::Drop(DropReason::MalformedFrame, None),
     };
     let Some(seq) = event.seq().and_then(|s| u64::try_from(s).ok()).map(HostSeq) else {
@@ -205,16 +220,25 @@ pub async fn process_frame(input: Input<'_>, ctx: &Context) -> Verdict {
         })
     };
     let mut event = event;
+    let mut strip_handle = false;
     let outcome = match &event {
         Event::Commit(_) | Event::Sync(_) => commit_or_sync(&event, host, ctx, now_ms).await,
-        Event::Identity(i) => identity(&i.did, &i.time, host, ctx, now_ms).await.map(|()| (None, false)),
+        Event::Identity(i) => identity(&i.did, &i.time, host, ctx, now_ms).await.map(|strip| {
+            strip_handle = strip;
+            (None, false)
+        }),
         Event::Account(a) => account(&a.did, &a.time, host, ctx, now_ms).await.map(|()| (None, false)),
         Event::Info(_) => Err(Stop::Drop(DropReason::UnknownType)),
     };
     match outcome {
         Ok((commit, confirmed)) => {
-            if let Event::Commit(c) = &mut event {
-                repair_deprecated_fields(c, &ctx.metrics);
+            match &mut event {
+                Event::Commit(c) => repair_deprecated_fields(c, &ctx.metrics),
+                Event::Identity(i) => {
+                    let handle = i.handle.take();
+                    i.handle = if strip_handle { None } else { checked_handle(handle, &ctx.metrics) };
+                }
+                _ => {}
             }
             accept(event, commit, confirmed)
         }
@@ -240,23 +264,6 @@ pub fn repair_deprecated_fields(c: &mut wire::frame::CommitEvent, metrics: &Metr
         c.blobs = Some(Vec::new());
         Metrics::inc(&metrics.lexicon_tolerated, "field", "blobs");
     }
-}
-
-/// [`commit_or_sync`] for a `#sync` the relay fetched itself (resync): an unreachable directory
-/// fails it like any other drop.
-///
-/// # Errors
-/// The [`DropReason`] (`identity_unresolved` when the directory is unreachable).
-pub(crate) async fn check_fetched_sync(
-    event: &Event,
-    host: &Hostname,
-    ctx: &Context,
-    now_ms: u64,
-) -> Result<(Option<CommitRef>, bool), DropReason> {
-    commit_or_sync(event, host, ctx, now_ms).await.map_err(|stop| match stop {
-        Stop::Drop(r) => r,
-        Stop::Wait(_) => DropReason::IdentityUnresolved,
-    })
 }
 
 /// Checks a `#commit` or `#sync`; returns the commit it declares and whether the host just confirmed
@@ -347,13 +354,39 @@ async fn repo_status(did: &Did, host: &Hostname, ctx: &Context) -> Option<Accoun
 }
 
 /// `#identity`: the document or handle changed; resolve afresh (the old entry stays as an expired
-/// fallback until the new one is fetched) and require that it names this host.
-async fn identity(did: &Did, time: &str, host: &Hostname, ctx: &Context, now_ms: u64) -> Result<(), Stop> {
+/// fallback until the new one is fetched) and require that it names this host. A DID that no longer
+/// resolves for good (a tombstoned `did:plc`, a `did:web` whose document is gone) is relayed too when
+/// the relay has the account on this host, so downstream caches purge it (indigo's relay relays every
+/// `#identity`, dropping only its handle when the account's checks fail). `Ok(true)`: relay it
+/// without its handle.
+async fn identity(did: &Did, time: &str, host: &Hostname, ctx: &Context, now_ms: u64) -> Result<bool, Stop> {
     check_time(time)?;
     ctx.resolver.expire(did);
     ctx.resolver.forget_failure(did);
-    let identity = ctx.resolver.refresh(did, now_ms).await.map_err(|e| unresolved(did, host, &e))?;
-    if has_authority(&identity, host) { Ok(()) } else { Err(Stop::Drop(DropReason::WrongHost)) }
+    match ctx.resolver.refresh(did, now_ms).await {
+        Ok(identity) if has_authority(&identity, host) => Ok(false),
+        Ok(_) => Err(Stop::Drop(DropReason::WrongHost)),
+        Err(e) if !e.is_transient() && ctx.store.repo(did).ok().flatten().is_some_and(|r| r.host == host.as_str()) => {
+            tracing::info!(%did, host = %host, error = %e, "relaying #identity of a DID that no longer resolves");
+            Ok(true)
+        }
+        Err(e) => Err(unresolved(did, host, &e)),
+    }
+}
+
+/// The `handle` of an `#identity` the relay emits: the host's, when it is handle syntax (the lexicon
+/// field has `format: "handle"`, so a frame the relay emits never fails the lexicon); otherwise none,
+/// counted in `relay_lexicon_tolerated_total{field="handle"}`. <https://atproto.com/specs/sync>,
+/// `#identity` events: relays "may replace the handle with the result of their own resolution; or
+/// always remove the handle field; or always pass it through unaltered".
+fn checked_handle(handle: Option<String>, metrics: &Metrics) -> Option<String> {
+    let handle = handle?;
+    if wire::syntax::Handle::new(handle.as_str()).is_ok() {
+        Some(handle)
+    } else {
+        Metrics::inc(&metrics.lexicon_tolerated, "field", "handle");
+        None
+    }
 }
 
 /// `#account`: the host must have authority over the account by its DID document. Only when no

@@ -149,18 +149,30 @@ async fn hand_over(
     let before = handle.cursor.get();
     let cursor = window.cursor(before);
     count_frame(shard, host, &d.verdict);
+    // After the cursor moves past it (when its seq could be read), the connection ends.
+    let mut then_close = None;
     let msg = match d.verdict {
         process::Verdict::Accept(mut ev) => {
             ev.cursor = cursor.unwrap_or(HostSeq(0));
             IngestMsg::Event(ev)
         }
-        process::Verdict::Drop(..) => match cursor {
-            Some(c) if cursor > before => IngestMsg::Cursor { host: Arc::clone(label), seq: c },
-            _ => return Ok(false),
-        },
+        verdict @ (process::Verdict::Drop(..) | process::Verdict::Broken(_)) => {
+            if matches!(verdict, process::Verdict::Broken(_)) {
+                then_close = Some(ReadOutcome::Closed { progressed: false, reason: "malformed_frame" });
+            }
+            match cursor {
+                Some(c) if cursor > before => IngestMsg::Cursor { host: Arc::clone(label), seq: c },
+                _ => return then_close.map_or(Ok(false), Err),
+            }
+        }
         process::Verdict::Info(Frame::Error(e)) if e.error == "FutureCursor" => return Err(ReadOutcome::FutureCursor),
+        // <https://atproto.com/specs/event-stream>: "Streams should be closed immediately following
+        // transmitting or receiving an error frame." Reconnected with backoff.
+        process::Verdict::Info(Frame::Error(_)) => {
+            return Err(ReadOutcome::Closed { progressed: false, reason: "error_frame" });
+        }
         process::Verdict::Info(frame) => {
-            tracing::warn!(host = %host, ?frame, "host sent info/error frame");
+            tracing::info!(host = %host, ?frame, "host sent an info frame");
             return Ok(false);
         }
         // `decide` waits these out.
@@ -183,7 +195,8 @@ async fn hand_over(
     if let Some(c) = cursor {
         handed.retain(|s| *s > c);
     }
-    Ok(true)
+    drop(handed);
+    then_close.map_or(Ok(true), Err)
 }
 
 #[cfg(test)]

@@ -6,14 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use bytes::Bytes;
-use glommio::channels::shared_channel::ConnectedSender;
 use storage::{CommitBatch, HostState, RepoState, Store, StoreError};
 use wire::frame::Event;
 use wire::{AccountStatus, Did, DropReason, HostSeq, RelaySeq, ws};
 
-use super::{RESYNC_INTERVAL, SequencerConfig, SequencerError};
+use super::SequencerError;
 use crate::accounts;
-use crate::messages::{AcceptedEvent, IngestMsg, ResyncRequest, ShardCommand};
+use crate::messages::{AcceptedEvent, IngestMsg};
 use crate::metrics::Metrics;
 
 /// What the sequencer keeps between batches.
@@ -23,8 +22,6 @@ pub(super) struct State {
     /// Every host's cursor and account count, loaded on first use; the sequencer is their only
     /// writer.
     pub(super) hosts: HashMap<String, HostState>,
-    /// When each account's last resync was asked for: at most one a minute per account.
-    pub(super) resync_asked: HashMap<Did, Instant>,
     /// The newest `time_index` entry: (unix second, its first relay seq).
     pub(super) last_indexed: (u64, RelaySeq),
     /// `(collection, account)` pairs noted in the `collections` column family recently; cleared
@@ -38,11 +35,9 @@ const MAX_NOTED_COLLECTIONS: usize = 1_000_000;
 
 /// A group commit being assembled.
 pub(super) struct Batch<'a> {
-    config: &'a SequencerConfig,
     store: &'a Store,
     metrics: &'a Metrics,
     state: &'a mut State,
-    resync_to: &'a [ConnectedSender<ShardCommand>],
     pub(super) commit: CommitBatch,
     touched_hosts: HashSet<String>,
     repos: HashMap<Did, RepoState>,
@@ -60,7 +55,7 @@ pub(super) struct Batch<'a> {
 pub(super) struct Relayed {
     /// Events by type (`commit`, `sync`, `identity`, `account`).
     pub(super) by_type: [(&'static str, u64); 4],
-    /// When ingest read each event off its host's socket (resyncs and takedowns have none).
+    /// When ingest read each event off its host's socket (takedowns have none).
     pub(super) received: Vec<Instant>,
 }
 
@@ -98,18 +93,14 @@ fn is_tombstone(event: &Event) -> bool {
 
 impl<'a> Batch<'a> {
     pub(super) fn new(
-        config: &'a SequencerConfig,
         store: &'a Store,
         metrics: &'a Metrics,
         state: &'a mut State,
-        resync_to: &'a [ConnectedSender<ShardCommand>],
     ) -> Self {
         Self {
-            config,
             store,
             metrics,
             state,
-            resync_to,
             commit: CommitBatch::default(),
             touched_hosts: HashSet::new(),
             repos: HashMap::new(),
@@ -187,7 +178,7 @@ impl<'a> Batch<'a> {
 
     /// Applies one message.
     pub(super) fn apply(&mut self, msg: IngestMsg) -> Result<(), SequencerError> {
-        let (ev, resynced) = match msg {
+        let ev = match msg {
             IngestMsg::Cursor { host, seq } => return Ok(self.advance_cursor(&host, seq)?),
             IngestMsg::CursorReset { host, cursor } => {
                 tracing::info!(host = %host, cursor = cursor.0, "host cursor reset");
@@ -199,8 +190,7 @@ impl<'a> Batch<'a> {
                 self.host_commands.push(cmd);
                 return Ok(());
             }
-            IngestMsg::Event(ev) => (ev, false),
-            IngestMsg::Resync(ev) => (ev, true),
+            IngestMsg::Event(ev) => ev,
             IngestMsg::Takedown { did, taken_down } => {
                 let prior = self.prior(&did)?;
                 let (state, event) = accounts::takedown(&did, prior.as_ref(), taken_down, now_datetime());
@@ -210,13 +200,11 @@ impl<'a> Batch<'a> {
                 return Ok(());
             }
         };
-        self.event(ev, resynced)
+        self.event(ev)
     }
 
-    fn event(&mut self, mut ev: AcceptedEvent, resynced: bool) -> Result<(), SequencerError> {
-        if !resynced {
-            self.advance_cursor(&ev.host, ev.cursor)?;
-        }
+    fn event(&mut self, mut ev: AcceptedEvent) -> Result<(), SequencerError> {
+        self.advance_cursor(&ev.host, ev.cursor)?;
         let Some(did) = ev.event.did().cloned() else { return Ok(()) };
         let prior = self.prior(&did)?;
         // Account limit: an account new to the relay (or still throttled) takes a slot of its host
@@ -236,13 +224,10 @@ impl<'a> Batch<'a> {
         } else {
             prior.clone()
         };
-        let new_state = match accounts::apply(&mut ev, unthrottled.as_ref(), self.config.lenient_sync) {
+        let new_state = match accounts::apply(&mut ev, unthrottled.as_ref()) {
             Err(reason) => {
-                tracing::info!(%did, host = %ev.host, %reason, resynced, "dropped event");
+                tracing::info!(%did, host = %ev.host, %reason, "dropped event");
                 self.metrics.drop_event(reason);
-                if matches!(reason, DropReason::WrongSince | DropReason::WrongPrevData) {
-                    self.ask_resync(&did, &ev);
-                }
                 return Ok(());
             }
             Ok(applied) => {
@@ -250,9 +235,13 @@ impl<'a> Batch<'a> {
                     tracing::debug!(%did, host = %ev.host, reason = t.as_str(), "tolerated commit quirk");
                     Metrics::inc(&self.metrics.sync_tolerated, "reason", t.as_str());
                 }
-                if let Some(v) = applied.violation {
-                    tracing::warn!(%did, host = %ev.host, reason = %v, "relaying a Sync 1.1 violation (lenient)");
-                    Metrics::inc(&self.metrics.sync_violations, "reason", v.as_str());
+                if let Some(d) = applied.discontinuity {
+                    let stored = prior.as_ref().and_then(|p| p.rev.as_ref()).map(|r| r.to_string());
+                    tracing::info!(%did, host = %ev.host, reason = d.as_str(), stored_rev = ?stored, "relaying a discontinuous commit");
+                    Metrics::inc(&self.metrics.sync_discontinuities, "reason", d.as_str());
+                    let h = host_state(&mut self.state.hosts, self.store, &ev.host)?;
+                    h.discontinuities = h.discontinuities.saturating_add(1);
+                    self.touched_hosts.insert(ev.host.to_string());
                 }
                 applied.state
             }
@@ -264,9 +253,7 @@ impl<'a> Batch<'a> {
             self.metrics.drop_event(DropReason::MalformedFrame);
             return Ok(());
         }
-        if !resynced {
-            self.relayed.received.push(received);
-        }
+        self.relayed.received.push(received);
         if let Some(state) = new_state {
             for (host, delta) in accounts::count_changes(prior.as_ref(), &state) {
                 let h = host_state(&mut self.state.hosts, self.store, &host)?;
@@ -276,26 +263,6 @@ impl<'a> Batch<'a> {
             self.repos.insert(did, state);
         }
         Ok(())
-    }
-
-    /// Asks the ingest shard that owns the event's host to resync `did`, at most once per
-    /// [`RESYNC_INTERVAL`] per account (a full queue only skips this request).
-    fn ask_resync(&mut self, did: &Did, ev: &AcceptedEvent) {
-        if self.state.resync_asked.get(did).is_some_and(|at| at.elapsed() < RESYNC_INTERVAL) {
-            return;
-        }
-        let Ok(hostname) = wire::Hostname::new(ev.host.to_string()) else { return };
-        let Some(tx) = self.resync_to.get(crate::ingest::shard_for_host(&hostname, self.resync_to.len())) else {
-            return;
-        };
-        let req = ResyncRequest { did: did.clone(), host: std::sync::Arc::clone(&ev.host) };
-        let asked = tx.try_send(ShardCommand::Resync(req)).is_ok();
-        Metrics::inc(&self.metrics.resyncs, "result", if asked { "requested" } else { "queue_full" });
-        tracing::info!(%did, host = %ev.host, asked, "asked for a resync");
-        if self.state.resync_asked.len() >= 100_000 {
-            self.state.resync_asked.retain(|_, at| at.elapsed() < RESYNC_INTERVAL);
-        }
-        self.state.resync_asked.insert(did.clone(), Instant::now());
     }
 
     /// Finishes the batch: account states, host cursors, and the time-index entry when its first

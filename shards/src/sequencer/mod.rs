@@ -24,7 +24,7 @@ use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use storage::{Store, StoreError};
 
 use crate::health::Health;
-use crate::messages::{IngestMsg, PublishedBatch, ShardCommand};
+use crate::messages::{HostCommand, IngestMsg, PublishedBatch};
 use crate::metrics::Metrics;
 
 /// Sequencer settings.
@@ -32,8 +32,6 @@ use crate::metrics::Metrics;
 pub struct SequencerConfig {
     /// Most events in one group commit. Default 1,024; valid 1 and up.
     pub max_batch_events: usize,
-    /// Relay (and count) `since`/`prevData` mismatches instead of dropping them. Default false.
-    pub lenient_sync: bool,
     /// Free bytes the data directory's filesystem must keep; below it the sequencer pauses (see the
     /// module docs). Default 1 GiB; 0 turns the check off.
     pub min_free_disk_bytes: u64,
@@ -41,7 +39,7 @@ pub struct SequencerConfig {
 
 impl Default for SequencerConfig {
     fn default() -> Self {
-        Self { max_batch_events: 1024, lenient_sync: false, min_free_disk_bytes: 1 << 30 }
+        Self { max_batch_events: 1024, min_free_disk_bytes: 1 << 30 }
     }
 }
 
@@ -56,8 +54,6 @@ pub enum SequencerError {
     Encode(String),
 }
 
-/// How often at most the sequencer asks for one account's resync.
-const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// While the disk is short of space, how often its free space is measured again (it doubles from
 /// 100 ms up to this).
 const DISK_PROBE_MAX: Duration = Duration::from_secs(5);
@@ -108,7 +104,7 @@ pub async fn run(
     config: SequencerConfig,
     committed: Arc<AtomicU64>,
     from_ingest: Vec<SharedReceiver<IngestMsg>>,
-    to_ingest: Vec<SharedSender<ShardCommand>>,
+    to_ingest: Vec<SharedSender<HostCommand>>,
     to_fanout: Vec<SharedSender<PublishedBatch>>,
     store: Arc<Store>,
     metrics: Metrics,
@@ -133,9 +129,9 @@ pub async fn run(
         .detach();
     }
     drop(merged_tx);
-    let mut resync_to = Vec::with_capacity(to_ingest.len());
+    let mut to_shards = Vec::with_capacity(to_ingest.len());
     for tx in to_ingest {
-        resync_to.push(tx.connect().await);
+        to_shards.push(tx.connect().await);
     }
     let mut fanout = Vec::with_capacity(to_fanout.len());
     for tx in to_fanout {
@@ -145,7 +141,6 @@ pub async fn run(
     let mut state = batch::State {
         last_seq: store.last_seq()?.map_or(0, |s| s.0),
         hosts: Default::default(),
-        resync_asked: Default::default(),
         last_indexed: store.time_entry_at(u64::MAX)?.unwrap_or((0, wire::RelaySeq(0))),
         noted_collections: std::collections::HashSet::new(),
     };
@@ -175,16 +170,16 @@ pub async fn run(
                 _ => break,
             }
         }
-        let mut batch = batch::Batch::new(&config, &store, &metrics, &mut state, &resync_to);
+        let mut batch = batch::Batch::new(&store, &metrics, &mut state);
         for msg in msgs {
             batch.apply(msg)?;
         }
         let (commit, mut published, host_commands, relayed) = batch.finish(crate::unix_ms() / 1000);
         for cmd in host_commands {
-            let shard = crate::ingest::shard_for_host(cmd.host(), resync_to.len());
-            if let Some(tx) = resync_to.get(shard) {
+            let shard = crate::ingest::shard_for_host(cmd.host(), to_shards.len());
+            if let Some(tx) = to_shards.get(shard) {
                 // Waits for room: host commands are rare and must not be lost.
-                let _ = tx.send(ShardCommand::Host(cmd)).await;
+                let _ = tx.send(cmd).await;
             }
         }
         if commit.is_empty() {

@@ -116,7 +116,7 @@ consistency() {
 # Every answer and frame against the lexicons, with Bluesky's validators.
 conformance() {
   cp "$ROOT/scripts/lexicon-conformance.mjs" "$PEERS_HOME/app/"
-  "$NODE" "$PEERS_HOME/app/lexicon-conformance.mjs" "$BASE" "$WS" localhost:2583 \
+  "$NODE" "$PEERS_HOME/app/lexicon-conformance.mjs" "$BASE" "$WS" localhost:2583 "$ROOT/scripts/lexicons/jetstream" \
     >"$WORK/lexicon-$1.log" 2>&1 || { cat "$WORK/lexicon-$1.log" >&2; fail "lexicon conformance ($1)"; }
   log "lexicons ($1): $(tail -n 1 "$WORK/lexicon-$1.log")"
 }

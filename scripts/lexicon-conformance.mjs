@@ -5,13 +5,19 @@
 // message check (the one its Firehose applies before handing an event to a consumer: a frame that
 // fails it is skipped by Bluesky's consumers).
 //
-// Usage: node lexicon-conformance.mjs http://127.0.0.1:2470 ws://127.0.0.1:2470 HOSTNAME
+// The relay's Jetstream v2 endpoint is checked the same way against bluesky-social/jetstream's
+// published lexicons (network.bsky.jetstream.subscribeEvents and getZstdDictionary, vendored in
+// scripts/lexicons/jetstream/): every v2 message from cursor 1, and the pre-upgrade errors.
+//
+// Usage: node lexicon-conformance.mjs http://127.0.0.1:2470 ws://127.0.0.1:2470 HOSTNAME [JETSTREAM_LEXICON_DIR]
 // Prints one summary line; exits 1 on any failure.
+import { readFileSync } from 'node:fs';
 import { lexicons } from '@atproto/api';
 import { decodeAll } from '@atproto/lex-cbor';
+import { jsonToLex } from '@atproto/lexicon';
 
 const { com } = await import(new URL('./node_modules/@atproto/sync/dist/lexicons/index.js', import.meta.url));
-const [, , base, ws, host] = process.argv;
+const [, , base, ws, host, jetstreamDir] = process.argv;
 const failures = [];
 const fail = (msg) => failures.push(msg);
 const STANDARD_ERRORS = new Set([
@@ -131,6 +137,47 @@ if (future.length !== 1 || future[0][0].op !== -1 || future[0][1].error !== 'Fut
   fail(`a future cursor: ${JSON.stringify(future)}`);
 }
 
+// Jetstream v2 against its own lexicons.
+const V2 = 'network.bsky.jetstream.subscribeEvents';
+const v2Counts = {};
+if (jetstreamDir) {
+  for (const name of [`${V2}.json`, 'network.bsky.jetstream.getZstdDictionary.json']) {
+    lexicons.add(JSON.parse(readFileSync(`${jetstreamDir}/${name}`, 'utf8')));
+  }
+  const v2Frames = await new Promise((resolve, reject) => {
+    const socket = new WebSocket(`${ws}/xrpc/${V2}?cursor=1`, 'xrpc.v1.json');
+    const got = [];
+    let timer;
+    const arm = () => { clearTimeout(timer); timer = setTimeout(() => { socket.close(); resolve(got); }, 3000); };
+    socket.onopen = arm;
+    socket.onmessage = (m) => { got.push(JSON.parse(m.data)); arm(); };
+    socket.onclose = () => { clearTimeout(timer); resolve(got); };
+    socket.onerror = (e) => reject(new Error(`websocket: ${e.message}`));
+  });
+  for (const frame of v2Frames) {
+    if (frame.$type !== 'message') { fail(`v2: not a message frame: ${JSON.stringify(frame).slice(0, 120)}`); continue; }
+    const kind = String(frame.payload?.$type).split('#')[1];
+    v2Counts[kind] = (v2Counts[kind] ?? 0) + 1;
+    // JSON to the data model first ({"$bytes"} to bytes, {"$link"} to CIDs), as a client does.
+    try { lexicons.assertValidXrpcMessage(V2, jsonToLex(frame.payload)); } catch (e) {
+      fail(`v2 seq ${frame.payload?.seq} #${kind}: ${e.message}`);
+    }
+  }
+  if (!v2Counts.commit) fail(`v2 from cursor 1 carried no commit: ${JSON.stringify(v2Counts)}`);
+  // Parameters are checked before the upgrade, so a plain GET gets the error.
+  const v2Error = async (params, want) => checkError(V2, await call(V2, params), want);
+  await v2Error({ kinds: 'posts' }, 'InvalidRequest');
+  await v2Error({ wantedCollections: 'app.bsky.feed.post' }, 'InvalidRequest');
+  await v2Error({ kinds: 'identity', collections: 'app.bsky.feed.post' }, 'InvalidRequest');
+  await v2Error({ zstdDictionary: '4242' }, 'UnknownZstdDictionary');
+  const dict = await fetch(`${base}/xrpc/network.bsky.jetstream.getZstdDictionary`);
+  if (dict.status !== 200 || dict.headers.get('content-type') !== 'application/octet-stream') {
+    fail(`getZstdDictionary: ${dict.status} ${dict.headers.get('content-type')}`);
+  }
+  checkError('network.bsky.jetstream.getZstdDictionary',
+    await call('network.bsky.jetstream.getZstdDictionary', { id: '4242' }), 'DictionaryNotFound');
+}
+
 for (const f of failures) console.error(`NONCONFORMANT: ${f}`);
-console.log(`LEXICON ${failures.length === 0 ? 'CONFORMANT' : 'FAILED'} outputs=${outputs} errors=${errors} frames=${JSON.stringify(counts)} failures=${failures.length}`);
+console.log(`LEXICON ${failures.length === 0 ? 'CONFORMANT' : 'FAILED'} outputs=${outputs} errors=${errors} frames=${JSON.stringify(counts)} jetstream_v2=${JSON.stringify(v2Counts)} failures=${failures.length}`);
 process.exit(failures.length === 0 ? 0 : 1);

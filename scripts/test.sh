@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command (README and .ci/run): installs what is missing, runs the unit, table and
+# The test command (README and .ci/run): installs what is missing, runs the static checks
+# (scripts/check.sh: fmt, clippy -D warnings, rustdoc -D warnings), the unit, table and
 # integration tests of every crate (some drive the Python peers of scripts/py), each fuzz target
 # briefly (FUZZ_SECS, default 10), a short relay-bench run, the operator checks (doctor, promtool,
 # the dashboard's metric names, the admin page in Chromium), then the end-to-end scenario against the
@@ -11,6 +12,7 @@ raise_memlock
 ensure_py
 export RELAY_TEST_PYTHON=$PY   # the Python peers some integration tests drive
 cd "$ROOT"
+"$ROOT/scripts/check.sh"
 log "cargo test"
 cargo test --locked --workspace 2>&1
 log "fuzz targets, ${FUZZ_SECS:-10} s each"

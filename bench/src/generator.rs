@@ -127,7 +127,7 @@ impl Fleet {
     }
 
     /// Draws what the next event will be (host, account, kind, ops) from the fleet's RNG and gives
-    /// it the host's next seq; [`make`] then makes it from the account's state.
+    /// it the host's next seq; `make` then makes it from the account's state.
     pub fn plan(&mut self) -> Plan {
         let host = self.pick_host();
         let n = self.accounts[host].len();

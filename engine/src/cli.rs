@@ -153,8 +153,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 50, value_name = "N", env = "RELAY_NEW_HOSTS_PER_DAY")]
     pub new_hosts_per_day: u32,
 
-    /// PLC directory base URL for did:plc resolution, e.g. https://plc.directory or
-    /// http://localhost:2582.
+    /// PLC directory base URL for did:plc resolution, e.g. `https://plc.directory` or
+    /// `http://localhost:2582`.
     #[arg(long, value_name = "URL", required_unless_present = "print_layout", env = "RELAY_PLC_URL")]
     pub plc_url: Option<String>,
 
@@ -186,6 +186,15 @@ pub struct ServeArgs {
     /// Print which role runs on which CPU, then exit.
     #[arg(long, env = "RELAY_PRINT_LAYOUT")]
     pub print_layout: bool,
+
+    /// A floor for the next relay seq (indigo's name): the relay's sequence continues from at least
+    /// this number, and the floor is stored, so it holds across restarts without the flag. For a
+    /// relay whose store was lost or replaced: pick it "with a healthy margin above any previous
+    /// sequence number" (specs/event-stream), so every consumer's cursor is below it. 1 and up;
+    /// ignored when the store's sequence is already past it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..(1u64 << 62)),
+          env = "RELAY_INITIAL_SEQ_NUMBER")]
+    pub initial_seq_number: Option<u64>,
 
     /// Durability of group commits.
     #[arg(long, value_enum, default_value = "always", env = "RELAY_FSYNC")]

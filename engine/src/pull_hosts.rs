@@ -18,7 +18,7 @@ use wire::Hostname;
 /// Flags of `relay pull-hosts`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PullHostsArgs {
-    /// Base URL of the relay to copy from, e.g. https://relay1.us-east.bsky.network.
+    /// Base URL of the relay to copy from, e.g. `https://relay1.us-east.bsky.network`.
     #[arg(long = "from", value_name = "URL")]
     pub from: String,
 

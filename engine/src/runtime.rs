@@ -279,6 +279,11 @@ pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     raise_limits(&args);
 
     let store = open_store(&args, layout.compaction)?;
+    if let Some(floor) = args.initial_seq_number.and_then(|n| n.checked_sub(1))
+        && store.raise_last_seq(wire::RelaySeq(floor)).context("recording --initial-seq-number")?
+    {
+        tracing::warn!(next_seq = floor + 1, "--initial-seq-number: the relay sequence continues from here");
+    }
     let committed = Arc::new(AtomicU64::new(store.last_seq()?.map_or(0, |s| s.0)));
     let policy = HostPolicy { new_hosts_per_day: args.new_hosts_per_day, ..args.host_policy.policy() };
     let hosts_registry = Arc::new(HostRegistry::new(Arc::clone(&store), policy).context("reading the host table")?);
@@ -356,8 +361,7 @@ pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         handles.push(handle);
     }
 
-    let policy =
-        storage::retention::RetentionPolicy { window: args.retention.0, max_disk_bytes: args.max_disk };
+    let policy = storage::retention::RetentionPolicy { window: args.retention.0, max_disk_bytes: args.max_disk };
     if policy.window.is_none() {
         tracing::warn!("--retention off: every event is kept and the data directory grows without bound");
     }
@@ -448,10 +452,7 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         let store = Arc::clone(&ctx.store);
         let metrics = ctx.metrics.clone();
         let control = Arc::clone(&ctx.control);
-        let config = SequencerConfig {
-            min_free_disk_bytes: ctx.args.min_free_disk,
-            ..SequencerConfig::default()
-        };
+        let config = SequencerConfig { min_free_disk_bytes: ctx.args.min_free_disk, ..SequencerConfig::default() };
         let committed = Arc::clone(&ctx.committed);
         let health = Arc::clone(&ctx.health);
         let stop = Arc::clone(&ctx.sequencer_stop);

@@ -432,17 +432,19 @@ fn read_until_count(ws: &mut support::Ws, n: usize, limit: Duration) -> usize {
     got
 }
 
-/// A host that sends garbage between valid events: the garbage is dropped and counted, the valid
-/// events are relayed, and the connection is not dropped for it.
+/// A host that sends frames the relay cannot use but that are well framed (an unknown type or op, a
+/// body that is not lexicon-shaped, a frame over 5 MB) between valid events: each is dropped and
+/// counted, the valid events are relayed, and the connection is kept (specs/event-stream: "Clients
+/// should ignore frames with headers that have unknown `op` or `t` values").
 #[test]
-fn a_host_sending_garbage_is_counted_and_its_valid_events_flow() {
+fn a_host_sending_unusable_frames_is_counted_and_its_valid_events_flow() {
     let plc = FakePlc::start();
     let host = FakeHost::start();
     let mut alice = Account::new("did:plc:garbage00000000000000000", 170);
     plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
+    let cbor = |v: serde_json::Value| wire::cbor::to_vec(&v).unwrap();
     let mut since = None;
     let mut seq = 0;
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut garbage = 0;
     for i in 0..30 {
         seq += 1;
@@ -450,19 +452,11 @@ fn a_host_sending_garbage_is_counted_and_its_valid_events_flow() {
         since = Some(rev);
         host.push(seq, f);
         seq += 1;
-        let junk: Vec<u8> = match i % 5 {
-            0 => (0..200)
-                .map(|_| {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    rng as u8
-                })
-                .collect(),
-            1 => alice.account(seq, true)[..20].to_vec(),
-            2 => vec![0xa2, 0x62, 0x6f, 0x70, 0x01, 0x61, 0x74, 0x66, 0x23, 0x66, 0x75, 0x74, 0x75, 0x72, 0x65],
-            3 => vec![0xff; 6_000_000],
-            _ => Vec::new(),
+        let junk: Vec<u8> = match i % 4 {
+            0 => [cbor(json!({"op": 1, "t": "#future"})), cbor(json!({"seq": seq}))].concat(),
+            1 => [cbor(json!({"op": 2, "t": "#commit"})), cbor(json!({"seq": seq}))].concat(),
+            2 => [cbor(json!({"op": 1, "t": "#account"})), cbor(json!({"seq": seq, "did": 5}))].concat(),
+            _ => vec![0xff; 6_000_000],
         };
         host.push(seq, junk);
         garbage += 1;
@@ -475,6 +469,53 @@ fn a_host_sending_garbage_is_counted_and_its_valid_events_flow() {
     assert_eq!(relay.metric("relay_upstream_connects_total", "result=\"ok\""), 1, "never reconnected");
     assert_eq!(relay.get("/xrpc/_health").0, 200);
     relay.stop();
+}
+
+/// specs/event-stream: "Invalid framing or DAG-CBOR encoding are hard errors, and the client should
+/// drop the entire connection instead of skipping the frame", and "Streams should be closed
+/// immediately following transmitting or receiving an error frame". A broken frame and an error
+/// frame each end the connection; it is counted and retried with backoff, and the host's cursor stays
+/// below the broken frame (nothing after it is taken from a stream that broke).
+#[test]
+fn broken_framing_and_error_frames_end_the_connection() {
+    let plc = FakePlc::start();
+    for (name, bad, reason) in [
+        ("truncated", Account::new("did:plc:x", 1).account(2, true)[..20].to_vec(), "malformed_frame"),
+        ("empty", Vec::new(), "malformed_frame"),
+        ("random", (0u8..200).map(|i| i.wrapping_mul(97) ^ 0x5a).collect(), "malformed_frame"),
+        (
+            "error frame",
+            wire::frame::ErrorBody { error: "InternalServerError".into(), message: Some("oops".into()) }
+                .encode()
+                .unwrap(),
+            "error_frame",
+        ),
+    ] {
+        let host = FakeHost::start();
+        let mut alice = Account::new("did:plc:brokenframe00000000000000", 171);
+        plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
+        let (rev, f) = alice.commit(1, None);
+        host.push(1, f);
+        host.push(2, bad);
+        let (_, f) = alice.commit(3, Some(rev));
+        host.push(3, f);
+        let dir = tempfile::tempdir().unwrap();
+        let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &[]);
+        relay.wait_until(WAIT, "two connections", || {
+            relay.metric("relay_upstream_connects_total", "result=\"ok\"") >= 2
+        });
+        assert_eq!(relay.metric("relay_events_relayed_total", ""), 1, "{name}: only the commit before it");
+        assert!(relay.metric("relay_upstream_disconnects_total", &format!("reason=\"{reason}\"")) >= 1, "{name}");
+        if reason == "error_frame" {
+            assert!(relay.metric("relay_upstream_error_frames_total", "error=\"other\"") >= 1);
+        } else {
+            assert!(relay.metric("relay_events_dropped_total", "reason=\"malformed_frame\"") >= 1);
+        }
+        let at = host.connected_at.lock().unwrap().clone();
+        assert!(at[1] - at[0] >= Duration::from_millis(450), "{name}: reconnected after a backoff (0.5-1 s)");
+        assert_eq!(host.cursors.lock().unwrap()[1], Some(1), "{name}: resumed below the broken frame");
+        relay.stop();
+    }
 }
 
 /// A host that resets its sequence and sends low seqs again (without `FutureCursor`): nothing is

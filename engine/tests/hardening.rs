@@ -81,6 +81,17 @@ fn hostile_requests_get_answers_and_the_api_stays_up() {
     let resp = raw_request(relay.port, b"POST /xrpc/com.atproto.sync.listRepos HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
     assert_eq!((status_of(&resp), body_json(&resp)["error"].as_str()), (400, Some("InvalidRequest")), "{resp}");
     assert!(body_json(&resp)["message"].as_str().unwrap().contains("Incorrect HTTP method (POST) expected GET"));
+    // Stream endpoints called with another method than GET: 405 (specs/event-stream), XRPC JSON.
+    for raw in [
+        &b"POST /xrpc/com.atproto.sync.subscribeRepos HTTP/1.1\r\nContent-Length: 0\r\n\r\n"[..],
+        b"PUT /xrpc/com.atproto.sync.subscribeRepos?cursor=0 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        b"DELETE /subscribe HTTP/1.1\r\n\r\n",
+        b"POST /xrpc/network.bsky.jetstream.subscribeEvents HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let resp = raw_request(relay.port, raw);
+        assert_eq!((status_of(&resp), body_json(&resp)["error"].as_str()), (405, Some("MethodNotAllowed")), "{resp}");
+        assert!(resp.contains("Allow: GET"), "{resp}");
+    }
     // subscribeRepos without an upgrade: 426 naming the protocol.
     let resp = raw_request(relay.port, b"GET /xrpc/com.atproto.sync.subscribeRepos HTTP/1.1\r\n\r\n");
     assert_eq!(status_of(&resp), 426, "{resp}");
@@ -235,10 +246,15 @@ fn null_since_is_tolerated_when_prev_data_continues() {
     relay.wait_until(WAIT, "all processed", || {
         relay.metric("relay_events_relayed_total", "") + relay.metric("relay_events_dropped_total", "") >= 6
     });
-    assert_eq!(relay.metric("relay_events_relayed_total", ""), 5);
-    assert_eq!(relay.metric("relay_sync_tolerated_total", "reason=\"since_null\""), 4, "all but the genesis");
-    assert_eq!(relay.metric("relay_events_dropped_total", "reason=\"wrong_prev_data\""), 1);
-    assert_eq!(relay.metric("relay_events_dropped_total", ""), 1);
+    assert_eq!(relay.metric("relay_events_relayed_total", ""), 6);
+    assert_eq!(
+        relay.metric("relay_sync_tolerated_total", "reason=\"since_null\""),
+        4,
+        "all but the genesis and the fork"
+    );
+    // The fork is valid but does not continue the stored state: relayed as-is, counted.
+    assert_eq!(relay.metric("relay_sync_discontinuities_total", "reason=\"prev_data\""), 1);
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), 0);
     // Relayed with the previous relayed rev as `since`, so the chain a consumer checks holds.
     let mut sub = subscribe(relay.port, Some("0"));
     let commits: Vec<wire::frame::CommitEvent> = read_until_idle(&mut sub, Duration::from_millis(500))
@@ -248,11 +264,12 @@ fn null_since_is_tolerated_when_prev_data_continues() {
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(commits.len(), 5);
+    assert_eq!(commits.len(), 6);
     assert_eq!(commits[0].since, None, "genesis");
-    for pair in commits.windows(2) {
+    for pair in commits[..5].windows(2) {
         assert_eq!(pair[1].since.as_ref(), Some(&pair[0].rev));
     }
+    assert_eq!(commits[5].since, None, "the discontinuous commit is relayed as-is");
     relay.stop();
 }
 
@@ -297,10 +314,12 @@ fn a_host_replaying_below_the_cursor_is_not_relayed_twice() {
     relay.stop();
 }
 
-/// `did:web` documents are fetched through the SSRF guard: a DID naming a loopback server is not
-/// fetched (`did:web:localhost%3A6379` would otherwise make the relay talk to a local port).
+/// `did:web` follows specs/did: `localhost` and ports only in development, and only hostnames that
+/// are valid handles with an allowed TLD. A DID naming a loopback server with a port
+/// (`did:web:localhost%3A6379` would make the relay talk to a local port) is refused outright and
+/// nothing is fetched; in development mode (`--dev-localhost-port`) the same DID resolves.
 #[test]
-fn did_web_on_a_private_address_is_not_fetched() {
+fn did_web_outside_the_spec_is_not_fetched() {
     let plc = FakePlc::start();
     let host = FakeHost::start();
     let web = FakePlc::start();
@@ -308,19 +327,28 @@ fn did_web_on_a_private_address_is_not_fetched() {
     let did = format!("did:web:localhost%3A{port}");
     let mut acct = Account::new(&did, 61);
     web.put_path(".well-known/did.json", acct.did_doc(&format!("http://{}", host.hostname())));
-    let (_, f) = acct.commit(1, None);
+    let (rev, f) = acct.commit(1, None);
     host.push(1, f);
+    // Names the spec refuses whatever the network: a disallowed TLD, a port, a single label.
+    for (seq, name) in [(2, "did:web:pds.example"), (3, "did:web:host.test%3A8443"), (4, "did:web:intranet")] {
+        let mut other = Account::new(name, 62);
+        let (_, f) = other.commit(seq, None);
+        host.push(seq, f);
+    }
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &[]);
-    relay.wait_until(WAIT, "the drop", || {
-        relay.metric("relay_events_dropped_total", "reason=\"identity_unresolved\"") >= 1
+    relay.wait_until(WAIT, "the drops", || {
+        relay.metric("relay_events_dropped_total", "reason=\"did_web_not_allowed\"") >= 4
     });
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), 4);
     assert_eq!(web.requests.load(std::sync::atomic::Ordering::Acquire), 0, "nothing was fetched");
     relay.stop();
 
-    // With the guard off (a private network), the same DID resolves.
-    let relay = Relay::start(&dir.path().join("data2"), &host.hostname(), &plc.url, &["--allow-private-hosts"]);
-    relay.wait_until(WAIT, "relayed", || relay.metric("relay_events_relayed_total", "") >= 1);
+    // Development mode: the localhost DID resolves (through plain HTTP, the developer's own server).
+    let (_, f) = acct.commit(5, Some(rev));
+    host.push(5, f);
+    let relay = Relay::start(&dir.path().join("data2"), &host.hostname(), &plc.url, &["--dev-localhost-port", "2583"]);
+    relay.wait_until(WAIT, "relayed", || relay.metric("relay_events_relayed_total", "") >= 2);
     assert!(web.requests.load(std::sync::atomic::Ordering::Acquire) >= 1);
     relay.stop();
 }

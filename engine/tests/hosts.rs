@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::{ADMIN_PASSWORD, Account, FakeHost, FakePlc, Relay};
+use wire::frame::Event;
 
 const CRAWL: &str = "/xrpc/com.atproto.sync.requestCrawl";
 const WAIT: Duration = Duration::from_secs(20);
@@ -177,7 +178,9 @@ fn admin_controls_hosts_limits_and_subscribers() {
     });
     assert_eq!(relay.admin_get("consumers/list").1["subscribers"][0]["cursor"], 0);
 
-    // Account limit 1 (alice has the slot): bob is throttled, his commits not relayed.
+    // Account limit 1 (alice has the slot): bob is throttled, his commits not relayed; that is
+    // announced with `#account {active: false, status: "throttled"}` (specs/account), and his
+    // `#identity` is still relayed.
     let (status, v) = relay.admin_post("pds/changeLimits", json!({ "hostname": hostname, "accountLimit": 1 }));
     assert_eq!((status, v["accountLimit"].as_u64()), (200, Some(1)), "{v}");
     let (b1, f) = bob.commit(2, None);
@@ -185,38 +188,60 @@ fn admin_controls_hosts_limits_and_subscribers() {
     relay.wait_until(WAIT, "bob throttled", || relay.metric("relay_events_dropped_total", "account_throttled") == 1);
     let (_, st) = relay.get_json(&format!("/xrpc/com.atproto.sync.getRepoStatus?did={}", bob.did));
     assert_eq!((st["active"].as_bool(), st["status"].as_str()), (Some(false), Some("throttled")), "{st}");
-    // Raising the limit lets his next commit through; he then counts on the host.
+    host.push(3, bob.identity(3));
+    relay.wait_until(WAIT, "bob's #identity relayed", || relay.head() == 3);
+    // Raising the limit lets his next commit through, announced as active again; he then counts on
+    // the host.
     relay.admin_post("pds/changeLimits", json!({ "hostname": hostname, "accountLimit": 5 }));
-    let (_, f) = bob.commit(3, Some(b1));
-    host.push(3, f);
-    relay.wait_until(WAIT, "bob relayed", || relay.head() == 2);
+    let (_, f) = bob.commit(4, Some(b1));
+    host.push(4, f);
+    relay.wait_until(WAIT, "bob relayed", || relay.head() == 5);
     let (_, st) = relay.get_json(&format!("/xrpc/com.atproto.sync.getRepoStatus?did={}", bob.did));
     assert_eq!(st["active"], true);
     assert_eq!(
         relay.get_json(&format!("/xrpc/com.atproto.sync.getHostStatus?hostname={hostname}")).1["accountCount"],
         2
     );
+    let mut sub = support::subscribe(relay.port, Some("1"));
+    let seen: Vec<String> = support::read_until_idle(&mut sub, Duration::from_millis(500))
+        .into_iter()
+        .map(|s| match s {
+            support::Seen::Event(Event::Account(a)) => format!("#account {} {:?} {}", a.did, a.status, a.active),
+            support::Seen::Event(e) => format!("{} {}", e.type_name(), e.did().unwrap()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let b = &bob.did;
+    assert_eq!(
+        seen,
+        [
+            format!("#account {b} Some(\"throttled\") false"),
+            format!("#identity {b}"),
+            format!("#account {b} None true"),
+            format!("#commit {b}")
+        ]
+    );
 
     // Kill: the connection closes and stays closed; a requestCrawl reconnects.
     let (status, v) = relay.admin_post("subs/killUpstream", json!({ "hostname": hostname }));
     assert_eq!((status, v["wasConnected"].as_bool()), (200, Some(true)), "{v}");
     relay.wait_until(WAIT, "no connection", || relay.admin_get("subs/getUpstreamConns").1["connections"] == json!([]));
-    let (a2, f) = alice.commit(4, Some(a1));
-    host.push(4, f);
+    let (a2, f) = alice.commit(5, Some(a1));
+    host.push(5, f);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(relay.head(), 2, "a killed host is not read");
+    assert_eq!(relay.head(), 5, "a killed host is not read");
     assert_eq!(crawl(&relay, &hostname).0, 200);
-    relay.wait_until(WAIT, "reconnected after requestCrawl", || relay.head() == 3);
+    relay.wait_until(WAIT, "reconnected after requestCrawl", || relay.head() == 6);
 
     // Block: banned in listHosts, requestCrawl refused; unblock reconnects.
     let (status, v) = relay.admin_post("pds/block", json!({ "hostname": hostname }));
     assert_eq!((status, v["status"].as_str()), (200, Some("banned")), "{v}");
     relay.wait_until(WAIT, "no connection", || relay.admin_get("subs/getUpstreamConns").1["connections"] == json!([]));
     assert_eq!(crawl(&relay, &hostname).1["error"], "HostBanned");
-    let (a3, f) = alice.commit(5, Some(a2));
-    host.push(5, f);
+    let (a3, f) = alice.commit(6, Some(a2));
+    host.push(6, f);
     assert_eq!(relay.admin_post("pds/unblock", json!({ "hostname": hostname })).0, 200);
-    relay.wait_until(WAIT, "reconnected after unblock", || relay.head() == 4);
+    relay.wait_until(WAIT, "reconnected after unblock", || relay.head() == 7);
 
     // Domain ban: the domain's hosts are closed and shown banned; lifting it reconnects them.
     let (status, v) = relay.admin_post("subs/banDomain", json!({ "domain": "localhost" }));
@@ -224,10 +249,10 @@ fn admin_controls_hosts_limits_and_subscribers() {
     assert_eq!(relay.admin_get("subs/listDomainBans").1["domains"], json!(["localhost"]));
     relay.wait_until(WAIT, "no connection", || relay.admin_get("subs/getUpstreamConns").1["connections"] == json!([]));
     assert_eq!(relay.host_status(&hostname), "banned");
-    let (_, f) = alice.commit(6, Some(a3));
-    host.push(6, f);
+    let (_, f) = alice.commit(7, Some(a3));
+    host.push(7, f);
     relay.admin_post("subs/unbanDomain", json!({ "domain": "localhost" }));
-    relay.wait_until(WAIT, "reconnected after the domain unban", || relay.head() == 5);
+    relay.wait_until(WAIT, "reconnected after the domain unban", || relay.head() == 8);
 
     // The per-day quota can be read and changed.
     assert_eq!(relay.admin_get("subs/perDayLimit").1["limit"], 50);

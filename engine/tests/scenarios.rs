@@ -160,16 +160,20 @@ fn every_rejection_has_its_reason_and_valid_traffic_flows() {
     ev.repo = carol.did.clone();
     s.push(Event::Commit(ev), Drop("repo_mismatch"));
 
-    // Chain: wrong since (history the relay never saw), wrong prevData (same rev, other tree), old rev.
+    // Records and paths: a created record missing from `blocks`, an op path that is not
+    // `<NSID>/<rkey>` (specs/repository). (A commit that breaks the account's chain is relayed:
+    // `discontinuous_commits_are_relayed_and_the_account_follows_them`.)
     let mut fork = alice.clone();
-    let _unsent = fork.commit(0, &create(&mut alice.clone(), 10), &Signer::Own);
     let ops = create(&mut fork, 50);
-    s.push(Event::Commit(fork.commit(s.seq(), &ops, &Signer::Own)), Drop("wrong_since"));
-    let mut fork = alice.clone();
-    let _unsent = fork.commit(0, &create(&mut alice.clone(), 10), &Signer::Own);
-    fork.set_rev(alice.rev().cloned());
-    let ops = create(&mut fork, 50);
-    s.push(Event::Commit(fork.commit(s.seq(), &ops, &Signer::Own)), Drop("wrong_prev_data"));
+    let mut ev = fork.commit(s.seq(), &ops, &Signer::Own);
+    let record = ev.ops[0].cid.unwrap();
+    without_block(&mut ev, &record);
+    s.push(Event::Commit(ev), Drop("missing_record_block"));
+    for bad in ["app.bsky.feed.post/a/b", "app.bsky.feed.post/..", "notansid/3jzfcijpj2z2a"] {
+        let mut fork = alice.clone();
+        let ops = vec![Op::Create { path: bad.into(), bytes: 50 }];
+        s.push(Event::Commit(fork.commit(s.seq(), &ops, &Signer::Own)), Drop("bad_path"));
+    }
     let Event::Commit(mut old) = stale else { unreachable!() };
     old.seq = s.seq();
     s.push(Event::Commit(old), Drop("stale_rev"));
@@ -367,6 +371,116 @@ fn lenient_sync_relays_and_counts_violations() {
     relay.stop();
 }
 
+/// A real gap (proposal 0006, "Staying Synchronized"): the host's stream skips one commit of an
+/// account, so its next commit names a `since` and `prevData` the relay never stored. It is valid and
+/// is relayed as-is with its records, the account's state follows it (`getLatestCommit`), the
+/// discontinuity is counted, and the relay asks the host nothing (re-synchronizing is the consumer's
+/// job; this host has no `getLatestCommit`/`getBlocks` at all). Commits chain to it afterwards.
+#[test]
+fn discontinuous_commits_are_relayed_and_the_account_follows_them() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let mut alice = account("gap", SigningKey::k256(21));
+    plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
+    let ops = create(&mut alice, 100);
+    host.push(1, Event::Commit(alice.commit(1, &ops, &Signer::Own)).encode().unwrap());
+    // Commit 2 never reaches the relay (a host outbox overflow, a relay outage past the backfill).
+    let ops = create(&mut alice, 100);
+    let _lost = alice.commit(2, &ops, &Signer::Own);
+    let path = format!("app.bsky.feed.post/{}", alice.next_rkey());
+    let after_gap = alice.commit(3, &[Op::Create { path: path.clone(), bytes: 120 }], &Signer::Own);
+    let (gap_cid, gap_rev) = (after_gap.commit, after_gap.rev.clone());
+    host.push(3, Event::Commit(after_gap.clone()).encode().unwrap());
+    let ops = create(&mut alice, 100);
+    host.push(4, Event::Commit(alice.commit(4, &ops, &Signer::Own)).encode().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("data"), &host.hostname(), &plc.url, &[]);
+    relay.wait_until(Duration::from_secs(20), "three commits relayed", || {
+        relay.metric("relay_events_relayed_total", "") >= 3
+    });
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), 0);
+    assert_eq!(relay.metric("relay_sync_discontinuities_total", "reason=\"prev_data\""), 1);
+    assert_eq!(relay.metric("relay_sync_discontinuities_total", ""), 1, "the commit after it chains");
+    assert_eq!(host.sync_requests.load(std::sync::atomic::Ordering::Acquire), 0, "no resync asked of the host");
+    let mut sub = subscribe(relay.port, Some("0"));
+    let seen = read_until_idle(&mut sub, Duration::from_millis(500));
+    let commits: Vec<_> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Event(Event::Commit(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(commits.len(), 3);
+    let relayed = commits[1];
+    assert_eq!((relayed.commit, &relayed.rev), (gap_cid, &gap_rev));
+    assert_eq!((&relayed.since, relayed.prev_data), (&after_gap.since, after_gap.prev_data), "as-is");
+    assert_eq!(relayed.blocks, after_gap.blocks, "with its records");
+    assert_eq!(relayed.ops[0].path, path);
+    assert_eq!(commits[2].since.as_ref(), Some(&gap_rev));
+    // The account's state follows the stream.
+    let (_, body) = relay.get(&format!("/xrpc/com.atproto.sync.getLatestCommit?did={}", alice.did));
+    let latest: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(latest["cid"], commits[2].commit.to_string());
+    relay.stop();
+    // Counted per host (the admin page's host table shows it).
+    let store = storage::Store::open(&dir.path().join("data"), &storage::StoreOptions::default()).unwrap();
+    assert_eq!(store.host(&host.hostname()).unwrap().map(|h| h.discontinuities), Some(1));
+}
+
+/// `#identity`: a handle that is not handle syntax is not relayed (the frame would fail the lexicon's
+/// `format: "handle"`), a valid one is; an `#identity` of a DID that no longer resolves (tombstoned),
+/// from the account's host, is relayed without a handle so downstream caches purge it; one from
+/// another host is not.
+#[test]
+fn identity_events_keep_only_valid_handles_and_tombstones_are_relayed() {
+    let plc = FakePlc::start();
+    let host = FakeHost::start();
+    let other = FakeHost::start();
+    let mut alice = account("ident", SigningKey::k256(31));
+    plc.put(&alice.did, alice.did_doc(&format!("http://{}", host.hostname())));
+    let ops = create(&mut alice, 100);
+    host.push(1, Event::Commit(alice.commit(1, &ops, &Signer::Own)).encode().unwrap());
+    let with = |seq: i64, handle: &str| {
+        let mut ev = alice.identity(seq);
+        ev.handle = Some(handle.to_owned());
+        Event::Identity(ev).encode().unwrap()
+    };
+    host.push(2, with(2, "alice.test"));
+    host.push(3, with(3, "not a handle!"));
+    host.push(4, with(4, "handle.invalid"));
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_hosts(
+        support::free_port(),
+        &dir.path().join("data"),
+        &[&host.hostname(), &other.hostname()],
+        &plc.url,
+        &[],
+    );
+    relay.wait_until(Duration::from_secs(20), "four relayed", || relay.metric("relay_events_relayed_total", "") >= 4);
+    assert_eq!(relay.metric("relay_lexicon_tolerated_total", "field=\"handle\""), 1);
+    // The DID is tombstoned: the account's host announces it; another host cannot.
+    plc.remove(&alice.did);
+    other.push(1, Event::Identity(alice.identity(1)).encode().unwrap());
+    host.push(5, with(5, "alice.test"));
+    relay.wait_until(Duration::from_secs(20), "the tombstoned #identity relayed", || {
+        relay.metric("relay_events_relayed_total", "") >= 5
+    });
+    relay.wait_until(Duration::from_secs(20), "the other host's #identity dropped", || {
+        relay.metric("relay_events_dropped_total", "reason=\"identity_unresolved\"") == 1
+    });
+    let mut sub = subscribe(relay.port, Some("1"));
+    let handles: Vec<Option<String>> = read_until_idle(&mut sub, Duration::from_millis(500))
+        .into_iter()
+        .filter_map(|s| match s {
+            Seen::Event(Event::Identity(i)) => Some(i.handle),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(handles, [Some("alice.test".into()), None, Some("handle.invalid".into()), None]);
+    relay.stop();
+}
+
 #[test]
 fn operator_takedown_and_its_reversal() {
     let plc = FakePlc::start();
@@ -410,25 +524,22 @@ fn operator_takedown_and_its_reversal() {
     relay.wait_until(Duration::from_secs(10), "reversal relayed", || {
         relay.metric("relay_events_relayed_total", "") >= 3
     });
-    // The relay never stored the commit it dropped, so the host's next commit names a `since` the
-    // relay does not have: dropped as wrong_since, and the relay resyncs the account from the host
-    // (getLatestCommit + getBlocks → a #sync), after which commits chain again.
+    // The relay never stored the commit it dropped, so the host's next commit names a `since` and
+    // `prevData` the relay does not have: a discontinuity, relayed as-is (proposal 0006), after
+    // which commits chain again.
     let ops = create(&mut alice, 100);
-    let ev = alice.commit(3, &ops, &Signer::Own);
-    let (cid, block) = alice.latest_commit().unwrap();
-    host.latest.lock().unwrap().insert(alice.did.to_string(), (cid.to_string(), ev.rev.to_string(), block));
-    host.push(3, Event::Commit(ev).encode().unwrap());
-    relay.wait_until(Duration::from_secs(10), "resync #sync relayed", || {
+    host.push(3, Event::Commit(alice.commit(3, &ops, &Signer::Own)).encode().unwrap());
+    relay.wait_until(Duration::from_secs(10), "the discontinuous commit relayed", || {
         relay.metric("relay_events_relayed_total", "") >= 4
     });
-    assert_eq!(relay.metric("relay_events_dropped_total", "reason=\"wrong_since\""), 1);
-    assert_eq!(relay.metric("relay_resyncs_total", "result=\"fetched\""), 1);
+    assert_eq!(relay.metric("relay_sync_discontinuities_total", "reason=\"prev_data\""), 1);
     let ops = create(&mut alice, 100);
     host.push(4, Event::Commit(alice.commit(4, &ops, &Signer::Own)).encode().unwrap());
-    relay.wait_until(Duration::from_secs(10), "commit after the resync relayed", || {
+    relay.wait_until(Duration::from_secs(10), "the next commit relayed", || {
         relay.metric("relay_events_relayed_total", "") >= 5
     });
-    assert_eq!(relay.metric("relay_events_dropped_total", ""), 2);
+    assert_eq!(relay.metric("relay_sync_discontinuities_total", ""), 1, "it chains to the discontinuous one");
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), 1);
 
     let mut sub = subscribe(relay.port, Some("0"));
     let seen = read_until_idle(&mut sub, Duration::from_millis(500));
@@ -449,7 +560,7 @@ fn operator_takedown_and_its_reversal() {
         .collect();
     // The takedown left a tombstone: the genesis commit before it is no longer replayed (a reversal
     // does not bring it back); the takedown event itself and everything after it is.
-    assert_eq!(kinds, ["#account", "#account", "#sync", "#commit"], "takedown, reversal, resync, chained commit");
+    assert_eq!(kinds, ["#account", "#account", "#commit", "#commit"], "takedown, reversal, discontinuous, chained");
     assert_eq!(seen.first().and_then(Seen::seq), Some(2));
     assert_eq!(relay.metric("relay_replay_hidden_total", ""), 1);
     assert_eq!(support::http_post(port, "/admin/nothing", &body, Some(("admin", "s3cret"))).unwrap().0, 404);

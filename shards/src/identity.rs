@@ -369,7 +369,8 @@ pub fn document_url(plc_url: &str, did: &Did, dev_localhost: bool) -> Result<Str
             if name != name.to_ascii_lowercase() {
                 return Err(not_allowed("not lowercase"));
             }
-            let handle = wire::syntax::Handle::new(name).map_err(|_| not_allowed("the hostname is not a valid handle"))?;
+            let handle =
+                wire::syntax::Handle::new(name).map_err(|_| not_allowed("the hostname is not a valid handle"))?;
             if !handle.has_allowed_tld() {
                 return Err(not_allowed("the hostname has a disallowed TLD"));
             }

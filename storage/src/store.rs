@@ -271,6 +271,22 @@ impl Store {
         Ok(meta.max(last_event).map(RelaySeq))
     }
 
+    /// Raises the highest relay `seq` ever assigned to at least `seq` (`meta.last_seq`, synced), so
+    /// the next one assigned is above it, whatever is stored and across restarts
+    /// (`--initial-seq-number`). Returns whether it changed anything.
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    pub fn raise_last_seq(&self, seq: RelaySeq) -> Result<bool, StoreError> {
+        if self.last_seq()?.is_some_and(|last| last >= seq) || seq.0 == 0 {
+            return Ok(false);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf(cf::META), META_LAST_SEQ, seq.0.to_be_bytes(), &wo)?;
+        Ok(true)
+    }
+
     /// Writes a batch atomically: events, account states, host cursors and `meta.last_seq` in one
     /// RocksDB `WriteBatch`, fsynced when [`StoreOptions::sync_writes`] is set.
     ///
@@ -442,7 +458,10 @@ mod tests {
                 let batch = CommitBatch {
                     events,
                     repos: vec![(did.clone(), repo)],
-                    hosts: vec![("pds.example".into(), HostState { cursor: HostSeq(b), account_count: 1, discontinuities: 0 })],
+                    hosts: vec![(
+                        "pds.example".into(),
+                        HostState { cursor: HostSeq(b), account_count: 1, discontinuities: 0 },
+                    )],
                     ..CommitBatch::default()
                 };
                 store.commit(&batch).unwrap();
@@ -455,6 +474,21 @@ mod tests {
         assert!(bounded <= 8 << 20, "the log reached {bounded} bytes with a 4 MiB bound");
         let unbounded = run(0);
         assert!(unbounded >= 30 << 20, "RocksDB's own rule kept only {unbounded} bytes of log");
+    }
+
+    #[test]
+    fn the_last_seq_can_be_raised_but_never_lowered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        store.commit(&batch(1..=5)).unwrap();
+        assert!(!store.raise_last_seq(RelaySeq(3)).unwrap(), "already past it");
+        assert!(store.raise_last_seq(RelaySeq(999)).unwrap());
+        drop(store);
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(store.last_seq().unwrap(), Some(RelaySeq(999)), "kept across a restart");
+        store.commit(&batch(1000..=1000)).unwrap();
+        assert!(!store.raise_last_seq(RelaySeq(500)).unwrap());
+        assert_eq!(store.last_seq().unwrap(), Some(RelaySeq(1000)));
     }
 
     #[test]
@@ -471,7 +505,10 @@ mod tests {
         let got: Vec<u64> = store.replay(RelaySeq(2), 10, usize::MAX).unwrap().events.iter().map(|e| e.0.0).collect();
         assert_eq!(got, vec![3, 4, 5]);
         assert_eq!(store.replay(RelaySeq(0), 2, usize::MAX).unwrap().events.len(), 2);
-        assert_eq!(store.host("localhost:2583").unwrap(), Some(HostState { cursor: HostSeq(9), ..HostState::default() }));
+        assert_eq!(
+            store.host("localhost:2583").unwrap(),
+            Some(HostState { cursor: HostSeq(9), ..HostState::default() })
+        );
         assert_eq!(store.host("other").unwrap(), None);
     }
 }

@@ -327,7 +327,7 @@ impl JetEvent {
         payload.insert("did".into(), self.did.as_str().into());
         payload.insert("seq".into(), self.seq().into());
         payload.insert("time".into(), time.clone().into());
-        payload.insert("witnessed_at".into(), time.into());
+        payload.insert("witnessedAt".into(), time.into());
         match &self.body {
             Body::Commit { .. } => payload.extend(self.commit_fields().unwrap_or_default()),
             Body::Identity(i) => {

@@ -201,7 +201,10 @@ impl DropReason {
     pub fn is_sync_violation(self) -> bool {
         matches!(
             self,
-            DropReason::OpCidMismatch | DropReason::MissingMstBlock | DropReason::BadMst | DropReason::InversionMismatch
+            DropReason::OpCidMismatch
+                | DropReason::MissingMstBlock
+                | DropReason::BadMst
+                | DropReason::InversionMismatch
         )
     }
 }

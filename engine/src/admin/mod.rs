@@ -20,7 +20,7 @@
 //! | `GET /admin/subs/listDomainBans` | | `{"domains": [...]}` |
 //! | `POST /admin/subs/banDomain` | `{"domain"}` | ban a domain and its subdomains (persisted); their connections close. `{"domain", "changed"}` |
 //! | `POST /admin/subs/unbanDomain` | `{"domain"}` | lift it; its hosts that are not banned themselves reconnect. `{"domain", "changed"}` |
-//! | `GET /admin/pds/list` | | every known host with its settings: `{"hosts": [{"hostname", "status", "seq"?, "accountCount"?, "accountLimit", "trusted", "tls", "banned", "addedAt", "connected", "rateLimits": {"perSecond", "perHour", "perDay"}}]}` |
+//! | `GET /admin/pds/list` | | every known host with its settings: `{"hosts": [{"hostname", "status", "seq"?, "accountCount"?, "accountLimit", "trusted", "tls", "banned", "addedAt", "connected", "discontinuities", "rateLimits": {"perSecond", "perHour", "perDay"}}]}` (`discontinuities`: valid commits relayed from the host that did not continue their account's stored state) |
 //! | `POST /admin/pds/requestCrawl` | `{"hostname"}` | add a host as `requestCrawl` does, without the public switch or the per-day quota. `{}` |
 //! | `POST /admin/pds/changeLimits` | `{"hostname", "accountLimit"?: n, "trusted"?: bool}` | change the host's account limit and trust (its rate limits follow). The host as in `pds/list` |
 //! | `POST /admin/pds/block` | `{"hostname"}` | ban the host (persisted) and close its connection. The host |
@@ -100,6 +100,7 @@ fn host_admin_json(row: &HostRow, ctx: &Ctx) -> Value {
     crate::xrpc::set(&mut v, "banned", row.config.banned);
     crate::xrpc::set(&mut v, "addedAt", datetime_ms(row.config.added_ms));
     crate::xrpc::set(&mut v, "connected", Hostname::parse_lenient(&row.host).is_ok_and(|h| ctx.hosts.is_connected(&h)));
+    crate::xrpc::set(&mut v, "discontinuities", row.state.map_or(0, |s| s.discontinuities));
     crate::xrpc::set(
         &mut v,
         "rateLimits",

@@ -10,7 +10,9 @@
 //! - `network.bsky.jetstream.getZstdDictionary`: the relay's dictionary (`id` optional).
 //!
 //! Bad parameters are answered before the upgrade with `400 InvalidRequest` (XRPC error JSON); a v2
-//! `zstdDictionary` that is not the relay's with `400 UnknownZstdDictionary`, naming the current ID.
+//! `zstdDictionary` that is not the relay's with `400 UnknownZstdDictionary`, naming the current ID;
+//! a v2 seq cursor below the retention floor with `400 CursorTooOld`, naming the floor (the errors
+//! of the published lexicons, vendored in `scripts/lexicons/jetstream/`).
 
 use shards::fanout::jet::codec;
 use shards::fanout::{JetFormat, JetRequest, JetStart};
@@ -76,6 +78,29 @@ pub fn subscribe_v2(req: &Request, ctx: &Ctx) -> Routed {
             &format!("unknown zstd dictionary {id}; the current one is {current} (getZstdDictionary)"),
         ));
     }
+    // A seq cursor below the retention floor is refused before the upgrade, as the published
+    // lexicon says ("Rejected pre-upgrade with HTTP 400, never as a stream error frame: the
+    // requested seq cursor is below the server's retention floor. The message carries the floor
+    // seq"); a timestamp cursor is clamped with `#info OutdatedCursor` instead. 0 asks for
+    // everything still stored.
+    if let Some(V2Cursor::Seq(s)) = parsed.cursor
+        && s > 0
+    {
+        match ctx.fanout.jet_floor() {
+            Ok(floor) if s < floor => {
+                return Routed::Respond(Response::xrpc_error(
+                    400,
+                    "CursorTooOld",
+                    &format!("cursor {s} is below the retention floor; the oldest seq still served is {floor}"),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "jetstream cursor floor");
+                return Routed::Respond(Response::xrpc_error(500, "InternalServerError", "the store failed"));
+            }
+        }
+    }
     let offered =
         req.header("sec-websocket-protocol").is_some_and(|v| v.split(',').any(|p| p.trim() == V2_SUBPROTOCOL));
     let request = JetRequest {
@@ -93,17 +118,28 @@ pub fn subscribe_v2(req: &Request, ctx: &Ctx) -> Routed {
 }
 
 /// `network.bsky.jetstream.getZstdDictionary`: the raw dictionary (`application/octet-stream`).
-/// `id`, when given, must be the current dictionary's (`400 UnknownZstdDictionary` otherwise).
+/// `id`, when given, must be the current dictionary's (`400 DictionaryNotFound` otherwise, the
+/// lexicon's error; `400 InvalidRequest` when it is not an integer of 1 or more).
 pub fn get_dictionary(req: &Request) -> Response {
     let current = codec::dictionary_id();
-    if let Some(id) = req.param("id")
-        && id.parse::<u32>().ok() != Some(current)
-    {
-        return Response::xrpc_error(
-            400,
-            "UnknownZstdDictionary",
-            &format!("unknown zstd dictionary {id:?}; the current one is {current}"),
-        );
+    if let Some(id) = req.param("id") {
+        match id.parse::<u32>() {
+            Ok(n) if n == current => {}
+            Ok(n) if n >= 1 => {
+                return Response::xrpc_error(
+                    400,
+                    "DictionaryNotFound",
+                    &format!("no zstd dictionary {n} here; the current one is {current}"),
+                );
+            }
+            _ => {
+                return Response::xrpc_error(
+                    400,
+                    "InvalidRequest",
+                    &format!("id must be an integer of 1 or more: {id:?}"),
+                );
+            }
+        }
     }
     let mut resp = Response {
         status: 200,

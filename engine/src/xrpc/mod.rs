@@ -100,7 +100,7 @@ pub async fn route(req: &Request, ctx: &Ctx) -> Routed {
         return Routed::Respond(resp);
     }
     if path == jetstream::V1_PATH {
-        return only_get(req).map_or_else(|| jetstream::subscribe_v1(req, ctx), Routed::Respond);
+        return only_get_stream(req).map_or_else(|| jetstream::subscribe_v1(req, ctx), Routed::Respond);
     }
     if let Some(rest) = path.strip_prefix("/admin/") {
         return Routed::Respond(match &ctx.admin {
@@ -125,14 +125,14 @@ pub async fn route(req: &Request, ctx: &Ctx) -> Routed {
             "POST" => request_crawl::handle(req, ctx, false).await,
             other => wrong_method(other, "POST"),
         }),
-        subscribe_repos::NSID => match only_get(req) {
+        subscribe_repos::NSID => match only_get_stream(req) {
             Some(resp) => Routed::Respond(resp),
             None => subscribe_repos::handle(req, ctx),
         },
         list_repos_by_collection::NSID => {
             Routed::Respond(only_get(req).unwrap_or_else(|| list_repos_by_collection::handle(req, ctx)))
         }
-        jetstream::V2_NSID => only_get(req).map_or_else(|| jetstream::subscribe_v2(req, ctx), Routed::Respond),
+        jetstream::V2_NSID => only_get_stream(req).map_or_else(|| jetstream::subscribe_v2(req, ctx), Routed::Respond),
         jetstream::DICTIONARY_NSID => Routed::Respond(only_get(req).unwrap_or_else(|| jetstream::get_dictionary(req))),
         _ => Routed::Respond(Response::xrpc_error(
             501,
@@ -198,6 +198,22 @@ pub fn wrong_method(got: &str, expected: &str) -> Response {
 
 fn only_get(req: &Request) -> Option<Response> {
     (req.method != "GET").then(|| wrong_method(&req.method, "GET"))
+}
+
+/// A subscription endpoint called with another method than `GET`: `405 MethodNotAllowed`
+/// (<https://atproto.com/specs/event-stream>, "Connection": "`405 Method Not Allowed`: Returned to
+/// client for non-GET HTTP requests to a stream endpoint"; the body is XRPC error JSON, as the spec
+/// asks for these status codes), with `Allow: GET`.
+fn only_get_stream(req: &Request) -> Option<Response> {
+    (req.method != "GET").then(|| {
+        let mut r = Response::xrpc_error(
+            405,
+            "MethodNotAllowed",
+            &format!("{} is not allowed on a stream endpoint: use GET", req.method),
+        );
+        r.headers.push(("Allow", "GET".to_owned()));
+        r
+    })
 }
 
 /// `/metrics`: OpenMetrics text for a scraper that asks for it (`Accept: application/openmetrics-text`,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,11 @@ impl FakePlc {
         self.docs.lock().unwrap().insert(did.to_string(), doc.to_string());
     }
 
+    /// Answers 404 for `did` from now on (a tombstoned or unknown DID).
+    pub fn remove(&self, did: &Did) {
+        self.docs.lock().unwrap().remove(did.as_str());
+    }
+
     /// Serves `body` at `/{path}`.
     pub fn put_path(&self, path: &str, body: serde_json::Value) {
         self.docs.lock().unwrap().insert(path.trim_start_matches('/').to_owned(), body.to_string());
@@ -83,8 +88,9 @@ pub struct FakeHost {
     pub cursors: Arc<Mutex<Vec<Option<u64>>>>,
     /// What `com.atproto.sync.getRepoStatus` answers, by DID: (active, status).
     pub repo_status: Arc<Mutex<HashMap<String, (bool, Option<String>)>>>,
-    /// What `getLatestCommit`/`getBlocks` answer, by DID: (commit CID, rev, commit block).
-    pub latest: Arc<Mutex<HashMap<String, (String, String, Vec<u8>)>>>,
+    /// Requests for `com.atproto.sync.getLatestCommit` or `getBlocks` (answered `501`: a host
+    /// without them). Re-synchronizing an account is the consumer's job, not the relay's.
+    pub sync_requests: Arc<AtomicUsize>,
     /// When each websocket connection was accepted.
     pub connected_at: Arc<Mutex<Vec<Instant>>>,
     /// How the host behaves.
@@ -113,7 +119,7 @@ impl FakeHost {
         let frames: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
         let cursors: Arc<Mutex<Vec<Option<u64>>>> = Arc::default();
         let repo_status: Arc<Mutex<HashMap<String, (bool, Option<String>)>>> = Arc::default();
-        let latest: Arc<Mutex<HashMap<String, (String, String, Vec<u8>)>>> = Arc::default();
+        let latest: Arc<AtomicUsize> = Arc::default();
         let connected_at: Arc<Mutex<Vec<Instant>>> = Arc::default();
         let mode: Arc<HostMode> = Arc::default();
         let (f, c, r, l) = (Arc::clone(&frames), Arc::clone(&cursors), Arc::clone(&repo_status), Arc::clone(&latest));
@@ -131,7 +137,7 @@ impl FakeHost {
                     } else if line.contains("/xrpc/com.atproto.sync.getLatestCommit")
                         || line.contains("/xrpc/com.atproto.sync.getBlocks")
                     {
-                        serve_latest(stream, &line, &l);
+                        serve_not_implemented(stream, &l);
                     } else if line.contains("/xrpc/com.atproto.server.describeServer") {
                         serve_describe(stream, &m);
                     } else {
@@ -140,7 +146,7 @@ impl FakeHost {
                 });
             }
         });
-        Self { port, frames, cursors, repo_status, latest, connected_at, mode }
+        Self { port, frames, cursors, repo_status, sync_requests: latest, connected_at, mode }
     }
 
     pub fn hostname(&self) -> String {
@@ -176,23 +182,17 @@ fn query_param(line: &str, name: &str) -> String {
         .unwrap_or_default()
 }
 
-fn serve_latest(mut stream: TcpStream, line: &str, latest: &Mutex<HashMap<String, (String, String, Vec<u8>)>>) {
+fn serve_not_implemented(mut stream: TcpStream, requests: &AtomicUsize) {
+    requests.fetch_add(1, Ordering::AcqRel);
     let mut buf = [0u8; 2048];
     let _ = stream.read(&mut buf);
-    let did = query_param(line, "did");
-    let found = latest.lock().unwrap().get(&did).cloned();
-    let (ctype, body) = match found {
-        None => ("application/json", br#"{"error":"RepoNotFound"}"#.to_vec()),
-        Some((cid, rev, _)) if line.contains("getLatestCommit") => {
-            ("application/json", serde_json::json!({"cid": cid, "rev": rev}).to_string().into_bytes())
-        }
-        Some((cid, _, block)) => {
-            let cid: wire::Cid = cid.parse().unwrap();
-            ("application/vnd.ipld.car", wire::car::write_car(&cid, &[(cid, &block)]).unwrap())
-        }
-    };
-    let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n", body.len());
-    let _ = stream.write_all(&body);
+    let body = br#"{"error":"MethodNotImplemented"}"#;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(body);
 }
 
 fn serve_repo_status(mut stream: TcpStream, line: &str, statuses: &Mutex<HashMap<String, (bool, Option<String>)>>) {
@@ -264,7 +264,7 @@ impl FakeHost {
             frames,
             cursors,
             repo_status: Arc::default(),
-            latest: Arc::default(),
+            sync_requests: Arc::default(),
             connected_at: Arc::default(),
             mode: Arc::default(),
         }

@@ -195,10 +195,8 @@ fn a_tolerated_null_since_is_relayed_as_the_stored_rev() {
 
 #[test]
 fn sync_restates_or_resets_but_never_goes_back() {
-    let (out, state) = run(
-        vec![commit(5, None, None, 1), sync(5, 1), sync(4, 4), sync(6, 6), commit(7, Some(6), Some(6), 7)],
-        None,
-    );
+    let (out, state) =
+        run(vec![commit(5, None, None, 1), sync(5, 1), sync(4, 4), sync(6, 6), commit(7, Some(6), Some(6), 7)], None);
     assert_eq!(out, vec![Ok(None), Ok(None), Err(DropReason::StaleRev), Ok(None), Ok(None)]);
     assert_eq!(state.unwrap().data, Some(cid(7)));
 }

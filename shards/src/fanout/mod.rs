@@ -1,7 +1,7 @@
 //! Fanout shards: one per fanout core. A shard receives every persisted batch from the sequencer and
 //! hands each event (a complete websocket frame, encoded once) to each live subscriber's bounded
-//! queue; subscribers behind the live tail read from the store instead ([`replay`]). The rules a
-//! subscriber lives by are in [`subscriber`].
+//! queue; subscribers behind the live tail read from the store instead (`replay`). The rules a
+//! subscriber lives by are in `subscriber`.
 
 mod directory;
 pub mod jet;

@@ -266,6 +266,11 @@ pub(super) async fn read_frames(
                     Ok(sent) => progressed |= sent,
                     Err(outcome) => return outcome,
                 }
+                if window.closing.is_some() {
+                    // An error frame or broken framing: read nothing more; the frames read before
+                    // it are still settled.
+                    reading = false;
+                }
                 continue;
             }
             Step::Read(Some(Some(msg))) => msg,
@@ -326,5 +331,5 @@ pub(super) async fn read_frames(
             Decided { index, account, seq, len, verdict }
         });
     }
-    ReadOutcome::Closed { progressed, reason }
+    window.closing.take().unwrap_or(ReadOutcome::Closed { progressed, reason })
 }

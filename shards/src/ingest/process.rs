@@ -198,7 +198,9 @@ pub async fn process_frame(input: Input<'_>, ctx: &Context) -> Verdict {
         Err(wire::frame::FrameError::UnknownType(_) | wire::frame::FrameError::UnknownOp(_)) => {
             return Verdict::Drop(DropReason::UnknownType, None);
         }
-        Err(_) if !wire::frame::well_formed(bytes) => return Verdict::Broken(wire::frame::peek(bytes).seq.map(HostSeq)),
+        Err(_) if !wire::frame::well_formed(bytes) => {
+            return Verdict::Broken(wire::frame::peek(bytes).seq.map(HostSeq));
+        }
         // Well-framed DAG-CBOR that does not match the lexicon: skipped.
         Err(_) => return Verdict::Drop(DropReason::MalformedFrame, None),
     };

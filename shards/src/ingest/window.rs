@@ -54,6 +54,11 @@ pub(super) struct Window {
     frames: usize,
     /// Their bytes.
     bytes: usize,
+    /// A frame that ends the connection (an error frame, broken framing) was handed over: frames
+    /// read after it (read index above this) are not handed over, so the cursor stays below them.
+    cutoff: Option<u64>,
+    /// How the connection ends once the frames read before [`Window::cutoff`] are settled.
+    pub(super) closing: Option<ReadOutcome>,
 }
 
 impl Window {
@@ -84,7 +89,7 @@ impl Window {
 
     /// Whether another frame may be read.
     pub(super) fn has_room(&self) -> bool {
-        self.frames < DECIDE_WINDOW && self.bytes < DECIDE_WINDOW_BYTES
+        self.frames < DECIDE_WINDOW && self.bytes < DECIDE_WINDOW_BYTES && self.closing.is_none()
     }
 
     /// Where the host's cursor may move: below the lowest frame not yet handed over, else the last
@@ -141,6 +146,10 @@ async fn hand_over(
     window: &mut Window,
     d: Decided,
 ) -> Result<bool, ReadOutcome> {
+    if window.cutoff.is_some_and(|c| d.index > c) {
+        // Read after a frame that ended the stream: left for the next connection.
+        return Ok(false);
+    }
     window.frames -= 1;
     window.bytes -= d.len;
     if let Some(s) = d.seq {
@@ -149,7 +158,9 @@ async fn hand_over(
     let before = handle.cursor.get();
     let cursor = window.cursor(before);
     count_frame(shard, host, &d.verdict);
-    // After the cursor moves past it (when its seq could be read), the connection ends.
+    let index = d.index;
+    // The connection ends once the frames read before this one are settled (and the cursor moved
+    // past it, when its seq could be read).
     let mut then_close = None;
     let msg = match d.verdict {
         process::Verdict::Accept(mut ev) => {
@@ -160,16 +171,22 @@ async fn hand_over(
             if matches!(verdict, process::Verdict::Broken(_)) {
                 then_close = Some(ReadOutcome::Closed { progressed: false, reason: "malformed_frame" });
             }
+            if let Some(outcome) = then_close.take() {
+                window.cutoff = Some(index);
+                window.closing = Some(outcome);
+            }
             match cursor {
                 Some(c) if cursor > before => IngestMsg::Cursor { host: Arc::clone(label), seq: c },
-                _ => return then_close.map_or(Ok(false), Err),
+                _ => return Ok(false),
             }
         }
         process::Verdict::Info(Frame::Error(e)) if e.error == "FutureCursor" => return Err(ReadOutcome::FutureCursor),
         // <https://atproto.com/specs/event-stream>: "Streams should be closed immediately following
         // transmitting or receiving an error frame." Reconnected with backoff.
         process::Verdict::Info(Frame::Error(_)) => {
-            return Err(ReadOutcome::Closed { progressed: false, reason: "error_frame" });
+            window.cutoff = Some(index);
+            window.closing = Some(ReadOutcome::Closed { progressed: false, reason: "error_frame" });
+            return Ok(false);
         }
         process::Verdict::Info(frame) => {
             tracing::info!(host = %host, ?frame, "host sent an info frame");
@@ -195,8 +212,7 @@ async fn hand_over(
     if let Some(c) = cursor {
         handed.retain(|s| *s > c);
     }
-    drop(handed);
-    then_close.map_or(Ok(true), Err)
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -92,11 +92,7 @@ fn is_tombstone(event: &Event) -> bool {
 }
 
 impl<'a> Batch<'a> {
-    pub(super) fn new(
-        store: &'a Store,
-        metrics: &'a Metrics,
-        state: &'a mut State,
-    ) -> Self {
+    pub(super) fn new(store: &'a Store, metrics: &'a Metrics, state: &'a mut State) -> Self {
         Self {
             store,
             metrics,
@@ -208,19 +204,44 @@ impl<'a> Batch<'a> {
         let Some(did) = ev.event.did().cloned() else { return Ok(()) };
         let prior = self.prior(&did)?;
         // Account limit: an account new to the relay (or still throttled) takes a slot of its host
-        // only while the host is under its limit; past it the account is throttled.
-        let unthrottled = if prior.as_ref().is_none_or(|p| p.throttled) {
+        // only while the host is under its limit; past it the account is throttled, and that is
+        // announced with an `#account` event (<https://atproto.com/specs/account>: services "should
+        // also emit `#account` events when their local account hosting status updates"; indigo's
+        // relay emits them too). A throttled account's commits and `#sync` are dropped; its
+        // `#identity` and `#account` are still relayed. When its host has room again (the limit was
+        // raised, an account left), its next event releases it, announced the same way.
+        let at_limit = if prior.as_ref().is_none_or(|p| p.throttled) {
             let limit = self.store.host_config(&ev.host)?.map(|c| c.account_limit);
             let count = host_state(&mut self.state.hosts, self.store, &ev.host)?.account_count;
-            if limit.is_some_and(|limit| count >= limit) {
+            limit.is_some_and(|limit| count >= limit)
+        } else {
+            false
+        };
+        let unthrottled = if at_limit {
+            let throttled = prior.clone().unwrap_or_else(|| {
+                tracing::warn!(%did, host = %ev.host, "host at its account limit; account throttled");
+                RepoState { throttled: true, ..RepoState::new(ev.host.to_string()) }
+            });
+            let newly = prior.is_none();
+            if !matches!(ev.event, Event::Identity(_) | Event::Account(_)) {
                 self.metrics.drop_event(DropReason::AccountThrottled);
-                if prior.is_none() {
-                    tracing::warn!(%did, host = %ev.host, count, "host at its account limit; account throttled");
-                    self.repos.insert(did, RepoState { throttled: true, ..RepoState::new(ev.host.to_string()) });
+                if newly {
+                    self.announce(&did, &throttled)?;
+                    self.repos.insert(did, throttled);
                 }
                 return Ok(());
             }
-            prior.clone().map(|p| RepoState { throttled: false, ..p })
+            if newly && matches!(ev.event, Event::Identity(_)) {
+                self.announce(&did, &throttled)?;
+            }
+            Some(throttled)
+        } else if let Some(p) = prior.as_ref().filter(|p| p.throttled) {
+            let released = RepoState { throttled: false, ..p.clone() };
+            tracing::info!(%did, host = %ev.host, "host has room again; account released");
+            if !matches!(ev.event, Event::Account(_)) {
+                self.announce(&did, &released)?;
+            }
+            Some(released)
         } else {
             prior.clone()
         };
@@ -246,6 +267,15 @@ impl<'a> Batch<'a> {
                 applied.state
             }
         };
+        // An `#account` of a throttled account says so (indigo does the same), unless the host's own
+        // status is already inactive.
+        if let (Event::Account(a), Some(state)) = (&mut ev.event, &new_state)
+            && state.throttled
+            && a.active
+        {
+            a.active = false;
+            a.status = Some("throttled".into());
+        }
         let received = ev.received;
         if let Err(e) = self.sequence(&did, ev.event) {
             // Not reachable for events that decoded; never relay what cannot be encoded.
@@ -263,6 +293,20 @@ impl<'a> Batch<'a> {
             self.repos.insert(did, state);
         }
         Ok(())
+    }
+
+    /// Relays an `#account` event carrying `state`'s combined status (a throttled or released
+    /// account), with the relay's clock as its time.
+    fn announce(&mut self, did: &Did, state: &RepoState) -> Result<(), SequencerError> {
+        let status = state.status();
+        let event = Event::Account(wire::frame::AccountEvent {
+            seq: 0,
+            did: did.clone(),
+            time: now_datetime(),
+            active: status.is_active(),
+            status: status.as_lexicon().map(str::to_owned),
+        });
+        self.sequence(did, event)
     }
 
     /// Finishes the batch: account states, host cursors, and the time-index entry when its first

@@ -3,7 +3,7 @@
 //! It drains the SPSC queues from every ingest shard into batches. For each accepted event it applies
 //! the per-account rules ([`crate::accounts`]: status, `rev` order, `since`/`prevData`), assigns the
 //! next `seq`, re-encodes the frame with it once, and adds the event, the account's new state and the
-//! host cursor to one RocksDB `WriteBatch` ([`batch`]). Only after that batch is durable are the
+//! host cursor to one RocksDB `WriteBatch` (`batch`). Only after that batch is durable are the
 //! events handed to the fanout shards, so a subscriber never sees an event a crash could lose.
 //!
 //! Before each group commit the free space of the data directory is checked: below

@@ -197,6 +197,18 @@ pub struct V2Request {
 /// dictionary ID.
 pub fn parse_v2(params: &[(String, String)]) -> Result<V2Request, String> {
     let values = |name: &'static str| params.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str());
+    // v1's names on v2 are refused rather than ignored (bluesky-social/jetstream answers them with
+    // InvalidRequest): a client that sends them would otherwise get an unfiltered stream.
+    for (v1, v2) in [
+        ("wantedCollections", "collections"),
+        ("wantedDids", "dids"),
+        ("compress", "zstdDictionary"),
+        ("requireHello", "no equivalent"),
+    ] {
+        if params.iter().any(|(k, _)| k == v1) {
+            return Err(format!("{v1} is a v1 (/subscribe) parameter; on subscribeEvents use {v2}"));
+        }
+    }
     let mut req = V2Request::default();
     let mut kinds = HashSet::new();
     for k in values("kinds") {
@@ -333,6 +345,9 @@ mod tests {
         assert!(parse_v2(&q(&[("kinds", "posts")])).is_err());
         assert!(parse_v2(&q(&[("kinds", "identity"), ("collections", "app.bsky.feed.post")])).is_err());
         assert!(parse_v2(&q(&[("zstdDictionary", "0")])).is_err());
+        for v1 in ["wantedCollections", "wantedDids", "compress", "requireHello"] {
+            assert!(parse_v2(&q(&[(v1, "x")])).unwrap_err().contains("v1"), "{v1}");
+        }
     }
 
     #[test]

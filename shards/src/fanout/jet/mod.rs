@@ -226,6 +226,16 @@ impl FanoutShard {
         drop(listed);
     }
 
+    /// The lowest Jetstream v2 seq still served: the first op of the oldest relay seq retention has
+    /// not deleted (`network.bsky.jetstream.subscribeEvents` answers a seq cursor below it with
+    /// `CursorTooOld`).
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn jet_floor(&self) -> Result<u64, storage::StoreError> {
+        Ok(self.store.retained_from()?.0.max(1) << 8)
+    }
+
     /// Where a subscriber starts: its position (the Jetstream seq before its first event), and the
     /// `#info` frame a v2 subscriber gets first, if any.
     fn jet_position(&self, start: JetStart, format: JetFormat) -> Result<(u64, Option<Vec<u8>>), End> {

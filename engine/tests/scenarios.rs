@@ -169,6 +169,14 @@ fn every_rejection_has_its_reason_and_valid_traffic_flows() {
     let record = ev.ops[0].cid.unwrap();
     without_block(&mut ev, &record);
     s.push(Event::Commit(ev), Drop("missing_record_block"));
+    let list = wire::cbor::to_vec(&serde_json::json!([1, 2, 3])).unwrap();
+    let big = wire::cbor::to_vec(&serde_json::json!({"$type": "x.y.z", "text": "x".repeat(1_000_001)})).unwrap();
+    for (i, block) in [list, big, vec![0xa1, 0x61, 0x61, 0xf9, 0x3c, 0x00]].into_iter().enumerate() {
+        // A list, a map over 1,000,000 bytes, a map holding a half-precision float (not DAG-CBOR).
+        let mut fork = alice.clone();
+        let ops = vec![Op::CreateBlock { path: format!("app.bsky.feed.post/bad{i}"), block }];
+        s.push(Event::Commit(fork.commit(s.seq(), &ops, &Signer::Own)), Drop("bad_record"));
+    }
     for bad in ["app.bsky.feed.post/a/b", "app.bsky.feed.post/..", "notansid/3jzfcijpj2z2a"] {
         let mut fork = alice.clone();
         let ops = vec![Op::Create { path: bad.into(), bytes: 50 }];

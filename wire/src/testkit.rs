@@ -182,6 +182,13 @@ pub enum Op {
         /// Approximate record size in bytes.
         bytes: usize,
     },
+    /// Create `collection/rkey` with exactly this record block (tests of what a record may be).
+    CreateBlock {
+        /// The path.
+        path: String,
+        /// The record's block, DAG-CBOR or not.
+        block: Vec<u8>,
+    },
     /// Replace the record at the path.
     Update {
         /// The path.
@@ -340,6 +347,12 @@ impl SimAccount {
                     self.mst_insert(path, cid);
                     (path.clone(), Some(cid), None)
                 }
+                Op::CreateBlock { path, block } => {
+                    let cid = car::cid_for(CODEC_DAG_CBOR, block);
+                    new_blocks.push((cid, block.clone()));
+                    self.mst_insert(path, cid);
+                    (path.clone(), Some(cid), None)
+                }
                 Op::Update { path } => {
                     let old = self.mst_get(path);
                     let (cid, block) = self.record(120);
@@ -355,7 +368,7 @@ impl SimAccount {
                 }
             };
             let action = match op {
-                Op::Create { .. } => "create",
+                Op::Create { .. } | Op::CreateBlock { .. } => "create",
                 Op::Update { .. } => "update",
                 Op::Delete { .. } => "delete",
             };

@@ -98,7 +98,15 @@ fn requests_are_checked_before_the_upgrade_and_the_dictionary_is_served() {
     assert_eq!((status, error.as_str()), (400, "UnknownZstdDictionary"));
     assert!(message.contains(&id.to_string()), "names the current dictionary: {message}");
     assert_eq!(get_bytes(p, &format!("/xrpc/network.bsky.jetstream.getZstdDictionary?id={id}")).0, 200);
-    assert_eq!(err("/xrpc/network.bsky.jetstream.getZstdDictionary?id=7").1, "UnknownZstdDictionary");
+    // The lexicons' errors (network.bsky.jetstream.getZstdDictionary: DictionaryNotFound), and v1's
+    // names refused on v2.
+    assert_eq!(err("/xrpc/network.bsky.jetstream.getZstdDictionary?id=7").1, "DictionaryNotFound");
+    assert_eq!(err("/xrpc/network.bsky.jetstream.getZstdDictionary?id=x").1, "InvalidRequest");
+    for v1 in ["wantedCollections=app.bsky.feed.post", "wantedDids=did:plc:a", "compress=true", "requireHello=true"] {
+        let (status, error, message) = err(&format!("/xrpc/network.bsky.jetstream.subscribeEvents?{v1}"));
+        assert_eq!((status, error.as_str()), (400, "InvalidRequest"), "{v1}");
+        assert!(message.contains("v1"), "{message}");
+    }
     assert_eq!(err("/xrpc/com.atproto.sync.listReposByCollection").1, "InvalidRequest");
     assert_eq!(err("/xrpc/com.atproto.sync.listReposByCollection?collection=app.bsky.feed.post&limit=2001").0, 400);
 }

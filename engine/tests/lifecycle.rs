@@ -75,6 +75,17 @@ fn retention_and_the_cursor_edges() {
     assert_eq!(seen.iter().filter_map(Seen::seq).collect::<Vec<_>>(), [16]);
     let mut future = subscribe(relay.port, Some("17"));
     assert_eq!(kinds(&read_until_idle(&mut future, Duration::from_millis(500))), ["error FutureCursor"]);
+    // Jetstream v2 (its published lexicon): a seq cursor below the retention floor is refused before
+    // the upgrade with CursorTooOld naming the floor; cursor=0 (everything) and one inside the window
+    // are served.
+    let v2 = "/xrpc/network.bsky.jetstream.subscribeEvents";
+    let (status, v) = relay.get_json(&format!("{v2}?cursor={}", 5 << 8));
+    assert_eq!((status, v["error"].as_str()), (400, Some("CursorTooOld")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains(&(11u64 << 8).to_string()), "{v}");
+    for cursor in [0, 12 << 8] {
+        let (status, v) = relay.get_json(&format!("{v2}?cursor={cursor}"));
+        assert_eq!(status, 426, "no upgrade asked, but the cursor passed: {v}");
+    }
     relay.stop();
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use storage::ResumePoint;
 use wire::frame::Event;
 use wire::{Cid, Did, HostSeq, Hostname, RelaySeq};
 
@@ -23,10 +24,10 @@ pub struct AcceptedEvent {
     pub host: Arc<str>,
     /// Its `seq` on that host.
     pub host_seq: HostSeq,
-    /// Where the host's cursor may move with this event: every frame of the host up to this `seq`
-    /// has been handed over or dropped. Equal to `host_seq` unless frames of other accounts read
-    /// before this one are still being decided (then below it); `HostSeq(0)` moves nothing.
-    pub cursor: HostSeq,
+    /// Where the host resumes once this event is handed over (persisted with it: the frames the
+    /// ingest read and has not handed over yet are its holes, see `ingest::session`). Default (0,
+    /// no holes) for events that move nothing, e.g. in tests.
+    pub resume: ResumePoint,
     /// The decoded event; the sequencer replaces its `seq` and encodes it once.
     pub event: Event,
     /// For `#commit` and `#sync`: the commit it declares.
@@ -45,13 +46,13 @@ pub struct AcceptedEvent {
 pub enum IngestMsg {
     /// A validated event to sequence.
     Event(AcceptedEvent),
-    /// A host frame was fully processed without producing an event (dropped or informational): the
-    /// host cursor may advance to `seq`.
-    Cursor {
+    /// A host frame was fully processed without producing an event (dropped or informational):
+    /// the host's resume point moves past it.
+    Skipped {
         /// The host.
         host: Arc<str>,
-        /// The processed upstream `seq`.
-        seq: HostSeq,
+        /// Where the host resumes now.
+        resume: ResumePoint,
     },
     /// An operator took the account down (`taken_down: true`) or reversed it: the sequencer records
     /// it and relays an `#account` event with the resulting status.

@@ -127,7 +127,7 @@ mod tests {
     fn batch(seqs: std::ops::RangeInclusive<u64>) -> CommitBatch {
         CommitBatch {
             events: seqs.map(|s| (RelaySeq(s), Bytes::from(format!("frame {s}")))).collect(),
-            hosts: vec![("localhost:2583".into(), HostState { cursor: HostSeq(9), ..HostState::default() })],
+            hosts: vec![("localhost:2583".into(), HostState::at(HostSeq(9)))],
             ..CommitBatch::default()
         }
     }

@@ -51,11 +51,40 @@ impl RepoState {
     }
 }
 
+/// Where an upstream host's stream resumes: every frame up to `high` was handed over to the sequencer
+/// (relayed, or dropped with its reason) except the `holes`, which are read again. Persisted with the
+/// events it covers, so a restart relays every frame exactly once (the ingest's `HostSession`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResumePoint {
+    /// The highest upstream `seq` handed over.
+    pub high: HostSeq,
+    /// Seqs below `high` read and not yet handed over, ascending (at most a few hundred: the frames
+    /// of a host being decided).
+    pub holes: Vec<HostSeq>,
+}
+
+impl ResumePoint {
+    /// Everything up to `cursor` handed over, nothing above.
+    pub fn at(cursor: HostSeq) -> Self {
+        Self { high: cursor, holes: Vec::new() }
+    }
+
+    /// The cursor to resume from: below the lowest hole, else `high`.
+    pub fn cursor(&self) -> HostSeq {
+        self.holes.first().map_or(self.high, |h| HostSeq(h.0.saturating_sub(1)))
+    }
+
+    /// Whether the frame with `seq` was handed over.
+    pub fn is_done(&self, seq: HostSeq) -> bool {
+        seq <= self.high && !self.holes.contains(&seq)
+    }
+}
+
 /// The persisted state of an upstream host (written by the sequencer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostState {
-    /// The last upstream `seq` fully processed; a reconnect resumes after it.
-    pub cursor: HostSeq,
+    /// Where the host's stream resumes (the cursor asked of the host is [`ResumePoint::cursor`]).
+    pub resume: ResumePoint,
     /// Accounts the relay has on this host (not deleted); the slots a per-host account limit counts.
     pub account_count: u64,
     /// Valid commits from this host the relay relayed although they did not continue their
@@ -198,21 +227,47 @@ impl RepoState {
 }
 
 impl HostState {
-    /// Encodes per the `hosts` byte table.
+    /// A host resuming after `cursor`, with nothing else known.
+    pub fn at(cursor: HostSeq) -> Self {
+        Self { resume: ResumePoint::at(cursor), ..Self::default() }
+    }
+
+    /// The cursor: every upstream `seq` up to it was handed over.
+    pub fn cursor(&self) -> HostSeq {
+        self.resume.cursor()
+    }
+
+    /// Encodes per the `hosts` byte table (at most [`u16::MAX`] holes are written; the ingest keeps
+    /// a few hundred).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = self.cursor.0.to_be_bytes().to_vec();
+        let holes = self.resume.holes.get(..self.resume.holes.len().min(usize::from(u16::MAX))).unwrap_or_default();
+        let mut out = Vec::with_capacity(34 + 8 * holes.len());
+        out.extend_from_slice(&self.cursor().0.to_be_bytes());
         out.extend_from_slice(&self.account_count.to_be_bytes());
         out.extend_from_slice(&self.discontinuities.to_be_bytes());
+        out.extend_from_slice(&self.resume.high.0.to_be_bytes());
+        out.extend_from_slice(&(holes.len() as u16).to_be_bytes());
+        for h in holes {
+            out.extend_from_slice(&h.0.to_be_bytes());
+        }
         out
     }
 
-    /// Decodes per the `hosts` byte table (a value written before the discontinuity count has none:
-    /// 0).
+    /// Decodes per the `hosts` byte table. Values written by earlier versions are read too: without
+    /// the discontinuity count (0) and without the resume point (resume after the cursor).
     pub fn decode(mut b: &[u8]) -> Option<Self> {
         let cursor = HostSeq(take_u64(&mut b)?);
         let account_count = take_u64(&mut b)?;
         let discontinuities = if b.is_empty() { 0 } else { take_u64(&mut b)? };
-        b.is_empty().then_some(Self { cursor, account_count, discontinuities })
+        let resume = if b.is_empty() {
+            ResumePoint::at(cursor)
+        } else {
+            let high = HostSeq(take_u64(&mut b)?);
+            let n = u16::from_be_bytes(take(&mut b, 2)?.try_into().ok()?);
+            let holes = (0..n).map(|_| take_u64(&mut b).map(HostSeq)).collect::<Option<Vec<_>>>()?;
+            ResumePoint { high, holes }
+        };
+        b.is_empty().then_some(Self { resume, account_count, discontinuities })
     }
 }
 
@@ -273,10 +328,24 @@ mod tests {
         let fresh = RepoState::new("h");
         assert_eq!(RepoState::decode(&fresh.encode()), Some(fresh));
 
-        let host = HostState { cursor: HostSeq(42), account_count: 7, discontinuities: 3 };
-        assert_eq!(HostState::decode(&host.encode()), Some(host));
+        let host = HostState {
+            resume: ResumePoint { high: HostSeq(50), holes: vec![HostSeq(43), HostSeq(47)] },
+            account_count: 7,
+            discontinuities: 3,
+        };
+        assert_eq!(host.cursor(), HostSeq(42));
+        assert_eq!(HostState::decode(&host.encode()), Some(host.clone()));
+        // Values of earlier versions: no discontinuity count, no resume point.
         let older = &host.encode()[..16];
-        assert_eq!(HostState::decode(older), Some(HostState { discontinuities: 0, ..host }));
+        assert_eq!(HostState::decode(older), Some(HostState { account_count: 7, ..HostState::at(HostSeq(42)) }));
+        let old = &host.encode()[..24];
+        assert_eq!(
+            HostState::decode(old).map(|h| (h.discontinuities, h.resume)),
+            Some((3, ResumePoint::at(HostSeq(42))))
+        );
+        let mut cut = host.encode();
+        cut.pop();
+        assert_eq!(HostState::decode(&cut), None, "a hole cut short");
         let info = HostInfo { status: HostStatus::Offline, last_connected_ms: 9, failures: 3 };
         assert_eq!(HostInfo::decode(&info.encode()), Some(info));
         let config = HostConfig { tls: true, trusted: false, banned: true, account_limit: 100, added_ms: 5 };

@@ -38,6 +38,9 @@
 //! | value | 0      | 8     | cursor: the last upstream `seq` fully processed (u64) |
 //! |       | 8      | 8     | accounts on this host that are not deleted (u64) |
 //! |       | 16     | 8     | Sync 1.1 discontinuities relayed from this host (u64); absent in values written before it (read as 0) |
+//! |       | 24     | 8     | `high`: the highest upstream `seq` handed over to the sequencer (u64); absent in older values (read as the cursor) |
+//! |       | 32     | 2     | `n`: holes, seqs below `high` read and not handed over (u16) |
+//! |       | 34     | 8n    | the holes, ascending (u64 each); the cursor at offset 0 is below the lowest (or `high`) |
 //!
 //! ## `host_info`: hostname → connection status (written only by the host's ingest shard)
 //!
@@ -122,7 +125,7 @@ mod store;
 pub use error::StoreError;
 pub use events::ReplayChunk;
 pub use hosts::{ConfigChange, HostRow};
-pub use layout::{HostConfig, HostInfo, HostState, IdentityRecord, RepoState};
+pub use layout::{HostConfig, HostInfo, HostState, IdentityRecord, RepoState, ResumePoint};
 pub use store::{CommitBatch, DiskUsage, RocksStats, Store, StoreOptions, dir_usage};
 
 /// The on-disk format version this build reads and writes.

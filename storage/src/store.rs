@@ -434,7 +434,7 @@ mod tests {
     fn batch(seqs: std::ops::RangeInclusive<u64>) -> CommitBatch {
         CommitBatch {
             events: seqs.map(|s| (RelaySeq(s), Bytes::from(format!("frame {s}")))).collect(),
-            hosts: vec![("localhost:2583".into(), HostState { cursor: HostSeq(9), ..HostState::default() })],
+            hosts: vec![("localhost:2583".into(), HostState::at(HostSeq(9)))],
             ..CommitBatch::default()
         }
     }
@@ -458,10 +458,7 @@ mod tests {
                 let batch = CommitBatch {
                     events,
                     repos: vec![(did.clone(), repo)],
-                    hosts: vec![(
-                        "pds.example".into(),
-                        HostState { cursor: HostSeq(b), account_count: 1, discontinuities: 0 },
-                    )],
+                    hosts: vec![("pds.example".into(), HostState { account_count: 1, ..HostState::at(HostSeq(b)) })],
                     ..CommitBatch::default()
                 };
                 store.commit(&batch).unwrap();
@@ -505,10 +502,7 @@ mod tests {
         let got: Vec<u64> = store.replay(RelaySeq(2), 10, usize::MAX).unwrap().events.iter().map(|e| e.0.0).collect();
         assert_eq!(got, vec![3, 4, 5]);
         assert_eq!(store.replay(RelaySeq(0), 2, usize::MAX).unwrap().events.len(), 2);
-        assert_eq!(
-            store.host("localhost:2583").unwrap(),
-            Some(HostState { cursor: HostSeq(9), ..HostState::default() })
-        );
+        assert_eq!(store.host("localhost:2583").unwrap(), Some(HostState::at(HostSeq(9))));
         assert_eq!(store.host("other").unwrap(), None);
     }
 }

@@ -100,7 +100,7 @@ fn host_admin_json(row: &HostRow, ctx: &Ctx) -> Value {
     crate::xrpc::set(&mut v, "banned", row.config.banned);
     crate::xrpc::set(&mut v, "addedAt", datetime_ms(row.config.added_ms));
     crate::xrpc::set(&mut v, "connected", Hostname::parse_lenient(&row.host).is_ok_and(|h| ctx.hosts.is_connected(&h)));
-    crate::xrpc::set(&mut v, "discontinuities", row.state.map_or(0, |s| s.discontinuities));
+    crate::xrpc::set(&mut v, "discontinuities", row.state.as_ref().map_or(0, |s| s.discontinuities));
     crate::xrpc::set(
         &mut v,
         "rateLimits",

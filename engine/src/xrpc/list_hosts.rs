@@ -17,7 +17,7 @@ pub fn host_json(row: &storage::HostRow, ctx: &Ctx) -> serde_json::Value {
     let status = if banned { HostStatus::Banned } else { row.info.map_or(HostStatus::Active, |i| i.status) };
     let mut v = serde_json::json!({ "hostname": row.host, "status": status.as_str() });
     if let Some(s) = &row.state {
-        crate::xrpc::set(&mut v, "seq", s.cursor.0);
+        crate::xrpc::set(&mut v, "seq", s.cursor().0);
         crate::xrpc::set(&mut v, "accountCount", s.account_count);
     }
     v

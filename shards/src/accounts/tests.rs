@@ -23,7 +23,7 @@ fn accepted(host: &str, event: Event, commit: Option<CommitRef>) -> AcceptedEven
     AcceptedEvent {
         host: Arc::from(host),
         host_seq: HostSeq(1),
-        cursor: HostSeq(1),
+        resume: Default::default(),
         event,
         commit,
         confirmed_active: false,

@@ -1,10 +1,12 @@
 //! One upstream connection: the `subscribeRepos` handshake (TLS or plain, the SSRF guard, the
-//! relay-loop guard) and the read loop, which applies the host's rate limit, checks the per-socket
-//! `seq` order, and has up to [`window::DECIDE_WINDOW`] frames decided at once (the hand-over to the
-//! sequencer is [`window`]'s).
+//! relay-loop guard) and the read loop, which drives the host's [`session::HostSession`]: it takes a
+//! token of the host's rate limit per frame, tells the session what it read, decides the frames the
+//! session asks for (up to [`session::MAX_DECIDING`] at once) and hands to the sequencer what the
+//! session releases, with the resume point to persist.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::client::IntoClientRequest;
@@ -16,8 +18,8 @@ use wire::HostSeq;
 use wire::Hostname;
 use wire::frame::{Event, Frame};
 
-use super::window::{Decided, Window};
-use super::{HostEvent, HostHandle, Shard, THROTTLE_CLEAR, Upstream, now_ms, process, window};
+use super::{HostEvent, HostHandle, Shard, Upstream, now_ms, process, session};
+use crate::messages::IngestMsg;
 use crate::metrics::Metrics;
 use crate::net;
 
@@ -91,12 +93,6 @@ pub(super) enum ReadOutcome {
     SequencerGone,
 }
 
-/// First pause of a host whose frame waits for an unreachable dependency; it doubles up to
-/// [`WAIT_MAX`].
-const WAIT_FIRST: Duration = Duration::from_secs(1);
-/// Longest pause between two attempts at a waiting frame.
-const WAIT_MAX: Duration = Duration::from_secs(10);
-
 /// Counts a decided frame by type (`relay_upstream_frames_total`) and, when dropped, by reason, with
 /// a log line.
 pub(super) fn count_frame(shard: &Shard, host: &Hostname, v: &process::Verdict) {
@@ -143,84 +139,146 @@ fn error_label(error: &str) -> &'static str {
 }
 
 /// Decides one frame, waiting out dependency outages ([`process::Outage`]): the frame is processed
-/// again after a pause (1 s doubling to 10 s) until it is decided; meanwhile the host's cursor stays
-/// below it ([`super::window`]) and, once the window is full of waiting frames, its stream pauses.
-/// A `did:web` outage is waited out for at most [`process::DID_WEB_MAX_WAIT`], then the event is
-/// dropped.
-async fn decide(
-    shard: &Shard,
-    host: &Hostname,
-    label: &Arc<str>,
-    bytes: &[u8],
-    last_seq: Option<HostSeq>,
-    received: Instant,
-) -> process::Verdict {
-    let mut delay = WAIT_FIRST;
-    let mut waited = Duration::ZERO;
+/// again after a pause (1 s doubling to 10 s, [`session::wait_outage`]) until it is decided;
+/// meanwhile the host's cursor stays below it and its account's later frames wait. A `did:web` frame
+/// gives up [`session::DID_WEB_MAX_WAIT`] of wall time after its first attempt (fetches included),
+/// dropped as `identity_unresolved`.
+async fn decide(shard: &Shard, host: &Hostname, label: &Arc<str>, frame: Pending) -> process::Verdict {
+    let first = Instant::now();
+    let did_web = frame.account.starts_with("did:web:");
+    let mut attempt = 0;
     loop {
-        let input = process::Input { bytes, host, label, last_seq, now_ms: now_ms(), received };
+        let input = process::Input { bytes: &frame.bytes, host, label, now_ms: now_ms(), received: frame.received };
         let started = Instant::now();
-        let (outage, seq) = match process::process_frame(input, &shard.ctx).await {
+        let processing = process::process_frame(input, &shard.ctx);
+        let verdict = if did_web {
+            let left = session::DID_WEB_MAX_WAIT.saturating_sub(first.elapsed());
+            match net::with_timeout(left, processing).await {
+                Some(v) => v,
+                None => return give_up(host, frame.seq, first),
+            }
+        } else {
+            processing.await
+        };
+        let (outage, seq) = match verdict {
             process::Verdict::Wait(outage, seq) => (outage, seq),
             decided => {
                 shard.metrics.validation_seconds.observe(started.elapsed().as_secs_f64());
                 return decided;
             }
         };
-        if outage == process::Outage::DidWeb && waited >= process::DID_WEB_MAX_WAIT {
-            tracing::warn!(host = %host, seq = seq.0, waited_s = waited.as_secs(), "did:web server still unreachable; dropping the event");
-            return process::Verdict::Drop(wire::DropReason::IdentityUnresolved, Some(seq));
-        }
-        if waited.is_zero() {
+        let Some(delay) = session::wait_outage(outage == process::Outage::DidWeb, first, Instant::now(), attempt)
+        else {
+            return give_up(host, Some(seq), first);
+        };
+        if attempt == 0 {
             Metrics::inc(&shard.metrics.upstream_waits, "dependency", outage.as_str());
-            tracing::warn!(host = %host, seq = seq.0, dependency = outage.as_str(), "identity directory unreachable; the host waits");
+            tracing::warn!(host = %host, seq = seq.0, dependency = outage.as_str(), "identity directory unreachable; the frame waits");
         }
+        attempt += 1;
         glommio::timer::sleep(delay).await;
-        waited += delay;
-        delay = (delay * 2).min(WAIT_MAX);
     }
+}
+
+fn give_up(host: &Hostname, seq: Option<HostSeq>, first: Instant) -> process::Verdict {
+    tracing::warn!(host = %host, seq = ?seq.map(|s| s.0), waited_s = first.elapsed().as_secs(), "did:web server still unreachable; dropping the event");
+    process::Verdict::Drop(wire::DropReason::IdentityUnresolved, seq)
 }
 
 /// Takes one token of the host's rate limit for a frame, waiting (pausing this host's reads, so TCP
 /// pushes back on it) rather than dropping. Every frame takes one, whatever its fate: a dropped
 /// event cost validation and perhaps an identity lookup too.
-async fn take_token(
-    shard: &Shard,
-    host: &Hostname,
-    handle: &HostHandle,
-    last_wait: &mut Option<Instant>,
-    status: &mut dyn FnMut(HostEvent),
-) {
+async fn take_token(shard: &Shard, host: &Hostname, handle: &HostHandle, status: &mut dyn FnMut(HostEvent)) {
     let mut limited = false;
     loop {
-        let wait = handle.limiter.borrow_mut().acquire(Instant::now());
-        if wait.is_zero() {
-            break;
-        }
+        let taken = handle.session.borrow_mut().take_token(Instant::now());
+        let Err(wait) = taken else { break };
         if !limited {
             limited = true;
             shard.metrics.upstream_rate_limited.inc();
-            if last_wait.is_none() {
+            if handle.session.borrow_mut().throttled(Instant::now()) {
                 tracing::info!(host = %host, "host rate limited; its events are delayed");
                 status(HostEvent::Throttled);
             }
-            *last_wait = Some(Instant::now());
         }
         glommio::timer::sleep(wait).await;
     }
-    if !limited && last_wait.is_some_and(|at| at.elapsed() >= THROTTLE_CLEAR) {
-        *last_wait = None;
+    if !limited && handle.session.borrow_mut().unthrottled(Instant::now()) {
         status(HostEvent::Delivered);
     }
 }
 
+/// A frame read and not yet decided.
+struct Pending {
+    bytes: Vec<u8>,
+    account: Box<str>,
+    seq: Option<HostSeq>,
+    received: Instant,
+}
+
 /// One turn of the read loop: a decided frame or the next websocket message (`None`: the idle
 /// timeout passed; `Some(None)`: the stream ended).
-// Short-lived, one per frame, never stored: boxing the decided frame would add an allocation.
+// Short-lived, one per frame, never stored: boxing the verdict would add an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Step {
-    Decided(Decided),
+    Decided(u64, process::Verdict),
     Read(Option<Option<Result<Message, async_tungstenite::tungstenite::Error>>>),
+}
+
+/// What the read loop does with a frame the session handed over.
+enum Sent {
+    /// Nothing reached the sequencer.
+    Nothing,
+    /// A message reached the sequencer.
+    Sent,
+}
+
+/// Hands `h` to the sequencer (or not, for frames that change nothing) and commits its resume point
+/// in the session once the sequencer has it.
+async fn hand_over(
+    shard: &Shard,
+    host: &Hostname,
+    label: &Arc<str>,
+    handle: &HostHandle,
+    h: session::HandOver<process::Verdict>,
+) -> Result<Sent, ReadOutcome> {
+    count_frame(shard, host, &h.verdict);
+    let moved = handle.session.borrow().resume() != Some(&h.resume);
+    let msg = match h.verdict {
+        process::Verdict::Accept(mut ev) => {
+            ev.resume = h.resume.clone();
+            IngestMsg::Event(ev)
+        }
+        process::Verdict::Info(Frame::Error(e)) if e.error == "FutureCursor" => return Err(ReadOutcome::FutureCursor),
+        verdict => {
+            match verdict {
+                // specs/event-stream: "Streams should be closed immediately following transmitting or
+                // receiving an error frame", and invalid framing is a hard error: the connection ends
+                // once the frames read before it are settled.
+                process::Verdict::Info(Frame::Error(_)) => {
+                    handle.session.borrow_mut().end_after(h.index);
+                    handle.closing.set(Some("error_frame"));
+                }
+                process::Verdict::Broken(_) => {
+                    handle.session.borrow_mut().end_after(h.index);
+                    handle.closing.set(Some("malformed_frame"));
+                }
+                process::Verdict::Info(frame) => tracing::info!(host = %host, ?frame, "host sent an info frame"),
+                _ => {}
+            }
+            if !moved {
+                return Ok(Sent::Nothing);
+            }
+            IngestMsg::Skipped { host: Arc::clone(label), resume: h.resume.clone() }
+        }
+    };
+    if shard.to_sequencer.send(msg).await.is_err() {
+        return Err(ReadOutcome::SequencerGone);
+    }
+    shard.metrics.ingest_queue_depth.inc();
+    // Only once the sequencer has it: a task aborted while waiting to send resumes before it.
+    handle.session.borrow_mut().handed(h.resume);
+    Ok(Sent::Sent)
 }
 
 pub(super) async fn read_frames(
@@ -231,22 +289,24 @@ pub(super) async fn read_frames(
     handle: &HostHandle,
     status: &mut dyn FnMut(HostEvent),
 ) -> ReadOutcome {
-    // Per-host seq order holds across connections: a host that replays at or below the cursor the
-    // relay resumed from has those frames dropped (`seq_not_increasing`), never relayed twice.
-    let mut window = Window::new(handle.cursor.get());
+    handle.session.borrow_mut().begin();
+    handle.closing.set(None);
     let mut deciding = FuturesUnordered::new();
+    // Frames read and waiting for an earlier frame of their account, by read index.
+    let mut queued: HashMap<u64, Pending> = HashMap::new();
     let mut progressed = false;
-    // When an event last had to wait for the rate limit (the host is `throttled` meanwhile).
-    let mut last_wait: Option<Instant> = None;
     let mut reason = "host_closed";
     let mut reading = true;
-    loop {
+    let decide_one =
+        |index: u64, frame: Pending| async move { Step::Decided(index, decide(shard, host, label, frame).await) };
+    let outcome = loop {
         glommio::yield_if_needed().await;
-        let step = if reading && window.has_room() {
+        let room = reading && handle.session.borrow().has_room();
+        let step = if room {
             futures_lite::future::or(
                 async {
                     match deciding.next().await {
-                        Some(d) => Step::Decided(d),
+                        Some(d) => d,
                         None => std::future::pending().await,
                     }
                 },
@@ -255,18 +315,29 @@ pub(super) async fn read_frames(
             .await
         } else {
             match deciding.next().await {
-                Some(d) => Step::Decided(d),
+                Some(d) => d,
                 // Not reading and nothing left to decide.
-                None => break,
+                None => break None,
             }
         };
         let msg = match step {
-            Step::Decided(d) => {
-                match window::settle(shard, host, label, handle, &mut window, d).await {
-                    Ok(sent) => progressed |= sent,
-                    Err(outcome) => return outcome,
+            Step::Decided(index, verdict) => {
+                handle.session.borrow_mut().decided(index, verdict);
+                loop {
+                    let next = handle.session.borrow_mut().next_ready();
+                    let Some(h) = next else { break };
+                    match hand_over(shard, host, label, handle, h).await {
+                        Ok(Sent::Sent) => progressed = true,
+                        Ok(Sent::Nothing) => {}
+                        Err(outcome) => return end(handle, outcome),
+                    }
                 }
-                if window.closing.is_some() {
+                for index in handle.session.borrow_mut().take_started() {
+                    if let Some(frame) = queued.remove(&index) {
+                        deciding.push(decide_one(index, frame));
+                    }
+                }
+                if handle.closing.get().is_some() {
                     // An error frame or broken framing: read nothing more; the frames read before
                     // it are still settled.
                     reading = false;
@@ -306,30 +377,33 @@ pub(super) async fn read_frames(
         };
         let received = Instant::now();
         shard.metrics.upstream_bytes.inc_by(bytes.len() as u64);
-        take_token(shard, host, handle, &mut last_wait, status).await;
+        take_token(shard, host, handle, status).await;
         // A frame over the size limit is dropped as such (`frame_too_big`), whatever its seq says.
         let within_limit = bytes.len() <= shard.config.limits.max_frame_bytes;
         let peeked = wire::frame::peek(&bytes);
         let seq = peeked.seq.filter(|_| within_limit).map(HostSeq);
-        let before = window.last_read();
-        if let Some(s) = seq {
-            if handle.handed_ahead.borrow().contains(&s) {
-                // Handed over on an earlier connection, above the cursor it resumed from.
-                tracing::debug!(host = %host, seq = s.0, "frame already relayed; skipped");
-                continue;
+        let account: Box<str> = peeked.did.unwrap_or_default().into();
+        let read = handle.session.borrow_mut().read(seq, &account, bytes.len());
+        let frame = Pending { bytes: bytes.into(), account, seq, received };
+        match read {
+            session::Read::Decide(index) => deciding.push(decide_one(index, frame)),
+            session::Read::Queued(index) => {
+                queued.insert(index, frame);
             }
-            if before.is_some_and(|last| s <= last) {
-                count_frame(shard, host, &process::Verdict::Drop(wire::DropReason::SeqNotIncreasing, Some(s)));
-                continue;
+            // Handed over on an earlier connection (or before a restart): its resume point says so.
+            session::Read::Skip => {
+                tracing::debug!(host = %host, seq = ?seq.map(|s| s.0), "frame already handed over; skipped")
+            }
+            session::Read::Stale => {
+                count_frame(shard, host, &process::Verdict::Drop(wire::DropReason::SeqNotIncreasing, seq));
             }
         }
-        let account: Box<str> = peeked.did.unwrap_or_default().into();
-        let len = bytes.len();
-        let index = window.admit(seq, &account, len);
-        deciding.push(async move {
-            let verdict = decide(shard, host, label, &bytes, before, received).await;
-            Decided { index, account, seq, len, verdict }
-        });
-    }
-    window.closing.take().unwrap_or(ReadOutcome::Closed { progressed, reason })
+    };
+    let closing = handle.closing.take().map(|reason| ReadOutcome::Closed { progressed: false, reason });
+    end(handle, outcome.or(closing).unwrap_or(ReadOutcome::Closed { progressed, reason }))
+}
+
+fn end(handle: &HostHandle, outcome: ReadOutcome) -> ReadOutcome {
+    handle.session.borrow_mut().end();
+    outcome
 }

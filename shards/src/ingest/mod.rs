@@ -1,16 +1,16 @@
 //! Ingest shards: one per ingest core. Each owns the hosts assigned to it by [`shard_for_host`], keeps
 //! one websocket connection per host, validates every frame ([`process::process_frame`]) and sends
-//! the results to the sequencer in the host's order, so events of one DID stay in order.
+//! the results to the sequencer in each account's order.
 //!
 //! Per host: connect to `wss://{host}/xrpc/com.atproto.sync.subscribeRepos?cursor={cursor}` (plain
-//! `ws://` for localhost hosts, see [`Upstream`]), resume from the last fully processed upstream
-//! `seq` (persisted by the sequencer in the `hosts` column family), reconnect with [`Backoff`] after
-//! any error.
+//! `ws://` for localhost hosts, see [`Upstream`]), resume where its [`session::HostSession`] says
+//! (the resume point the sequencer persists in the `hosts` column family with the events),
+//! reconnect with backoff after any error.
 
 mod connection;
 pub use connection::ERROR_FRAME_LABELS;
 pub mod process;
-mod window;
+pub mod session;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::{AbortHandle, Abortable};
 use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
 use storage::{HostConfig, HostInfo, Store};
-use wire::{HostSeq, HostStatus, Hostname, Limits};
+use wire::{HostStatus, Hostname, Limits};
 
 use crate::backoff::Backoff;
 use crate::hosts::{Connection, HostRegistry, RateLimiter, RateLimits};
@@ -193,15 +193,13 @@ pub fn shard_for_host(host: &Hostname, shards: usize) -> usize {
 struct HostHandle {
     /// Whether its websocket is open now.
     connected: Cell<bool>,
-    /// The host's cursor as handed to the sequencer: every frame up to it was handed over or dropped
-    /// (kept across restarts of the task, so a reconnect after a kill does not replay what is still
-    /// queued for the sequencer).
-    cursor: Cell<Option<HostSeq>>,
-    /// Frames above `cursor` already handed over (a later account's frames may pass an earlier one
-    /// still being decided): skipped when a reconnect replays them.
-    handed_ahead: RefCell<std::collections::BTreeSet<HostSeq>>,
-    /// Its event rate limits (kept across restarts of the task, so a reconnect never refills them).
-    limiter: Rc<RefCell<RateLimiter>>,
+    /// The host's session: resume point, frames of the connection, rate limits, backoff and status
+    /// (kept across restarts of the task, so a reconnect after a kill neither replays what is still
+    /// queued for the sequencer nor refills the rate limits).
+    session: Rc<RefCell<session::HostSession<process::Verdict>>>,
+    /// Set when the connection must end after the frames read before an error frame or broken
+    /// framing are settled: the `relay_upstream_disconnects_total` reason.
+    closing: Cell<Option<&'static str>>,
     /// Cancels the task.
     abort: AbortHandle,
     /// When the task was started.
@@ -283,7 +281,7 @@ pub async fn run(
     tracing::info!(shard = index, hosts = owned.len(), window_s = window.as_secs(), "ingest shard starting");
     for (host, config) in owned {
         let delay = ramp_delay(&host, window);
-        start_host(&shard, host, config, None, None, Default::default(), delay);
+        start_host(&shard, host, config, None, delay);
     }
     let rx = commands.connect().await;
     while let Some(cmd) = rx.recv().await {
@@ -317,11 +315,9 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
             }
             let carried = existing.map(|h| {
                 h.abort.abort();
-                (h.cursor.get(), Rc::clone(&h.limiter), h.handed_ahead.take())
+                Rc::clone(&h.session)
             });
-            let (cursor, limiter, ahead) =
-                carried.map_or((None, None, Default::default()), |(c, l, a)| (c, Some(l), a));
-            start_host(shard, host, config, cursor, limiter, ahead, Duration::ZERO);
+            start_host(shard, host, config, carried, Duration::ZERO);
         }
         HostCommand::Disconnect(_) => {
             // The handle stays (aborted), keeping the cursor for a later `Connect`.
@@ -331,18 +327,17 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
         }
         HostCommand::Reload(_) => {
             if let (Some(h), Some(config)) = (existing, config) {
-                *h.limiter.borrow_mut() = RateLimiter::new(RateLimits::for_host(&config), Instant::now());
+                *h.session.borrow_mut().limiter_mut() = RateLimiter::new(RateLimits::for_host(&config), Instant::now());
             }
         }
         HostCommand::ResetCursor { host, cursor } => {
-            let limiter = existing.map(|h| {
+            let carried = existing.map(|h| {
                 h.abort.abort();
-                // Kept for a later `Connect` when the host is banned now. Frames handed over above
-                // the old cursor are of no account after a reset: the host's frames after the new
+                // Kept for a later `Connect` when the host is banned now. What was handed over above
+                // the old cursor is of no account after a reset: the host's frames after the new
                 // cursor are all read again.
-                h.cursor.set(Some(cursor));
-                h.handed_ahead.borrow_mut().clear();
-                Rc::clone(&h.limiter)
+                h.session.borrow_mut().reset(cursor);
+                Rc::clone(&h.session)
             });
             // The reset goes to the sequencer on this shard's queue, after every event the old
             // connection already sent, and the host reconnects only once it is queued: no event of
@@ -355,7 +350,7 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
                 }
                 shard.metrics.ingest_queue_depth.inc();
                 if let Some(config) = config.filter(|c| !c.banned && shard.registry.domain_ban(&host).is_none()) {
-                    start_host(&shard, host, config, Some(cursor), limiter, Default::default(), Duration::ZERO);
+                    start_host(&shard, host, config, carried, Duration::ZERO);
                 }
             })
             .detach();
@@ -363,26 +358,56 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
     }
 }
 
-/// Spawns `host`'s subscription task after `delay`, resuming after `cursor` (or the stored cursor),
-/// with the previous task's `limiter` and frames handed over above its cursor (`ahead`) when there
-/// was one.
+/// The session of a host not run yet on this shard: its resume point and status from the store.
+///
+/// # Errors
+/// The store's, when the host's entries cannot be read.
+fn new_session(
+    shard: &Shard,
+    host: &Hostname,
+    config: &HostConfig,
+) -> Result<session::HostSession<process::Verdict>, storage::StoreError> {
+    let resume = shard.store.host(host.as_str())?.map(|s| s.resume);
+    let info = match shard.store.host_info(host.as_str())? {
+        Some(info) => info,
+        None => {
+            // A new host: its record exists from its first attempt on.
+            let info = HostInfo { status: HostStatus::Active, last_connected_ms: 0, failures: 0 };
+            let _ = shard.store.put_host_info(host.as_str(), &info);
+            info
+        }
+    };
+    let mut seed = std::collections::hash_map::DefaultHasher::new();
+    host.hash(&mut seed);
+    let backoff = Backoff::new(shard.config.backoff_base, shard.config.backoff_max, seed.finish());
+    let limiter = RateLimiter::new(RateLimits::for_host(config), Instant::now());
+    Ok(session::HostSession::new(resume, limiter, backoff, info, shard.config.offline_after_failures))
+}
+
+/// Spawns `host`'s subscription task after `delay`, with the previous task's session when there was
+/// one (else a new one from the store).
 fn start_host(
     shard: &Rc<Shard>,
     host: Hostname,
     config: HostConfig,
-    cursor: Option<HostSeq>,
-    limiter: Option<Rc<RefCell<RateLimiter>>>,
-    ahead: std::collections::BTreeSet<HostSeq>,
+    session: Option<Rc<RefCell<session::HostSession<process::Verdict>>>>,
     delay: Duration,
 ) {
+    let session = match session {
+        Some(s) => s,
+        None => match new_session(shard, &host, &config) {
+            Ok(s) => Rc::new(RefCell::new(s)),
+            Err(e) => {
+                tracing::error!(host = %host, error = %e, "cannot read the host's state; not connecting");
+                return;
+            }
+        },
+    };
     let (abort, registration) = AbortHandle::new_pair();
-    let limiter = limiter
-        .unwrap_or_else(|| Rc::new(RefCell::new(RateLimiter::new(RateLimits::for_host(&config), Instant::now()))));
     let handle = Rc::new(HostHandle {
         connected: Cell::new(false),
-        cursor: Cell::new(cursor),
-        handed_ahead: RefCell::new(ahead),
-        limiter,
+        session,
+        closing: Cell::new(None),
         abort,
         started: Instant::now(),
         finished: Cell::new(false),
@@ -430,36 +455,14 @@ impl Drop for Connected<'_> {
 async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) {
     let host = upstream.host.clone();
     let label: Arc<str> = Arc::from(host.as_str());
-    let mut seed = std::collections::hash_map::DefaultHasher::new();
-    host.hash(&mut seed);
-    let mut backoff = Backoff::new(shard.config.backoff_base, shard.config.backoff_max, seed.finish());
-    if handle.cursor.get().is_none() {
-        match shard.store.host(host.as_str()) {
-            Ok(state) => handle.cursor.set(state.map(|s| s.cursor)),
-            Err(e) => {
-                tracing::error!(host = %host, error = %e, "cannot read host cursor; not connecting");
-                return;
+    let record = |event: HostEvent| {
+        let before = handle.session.borrow().info();
+        if let Some(next) = handle.session.borrow_mut().record(event, now_ms()) {
+            if next.status != before.status {
+                tracing::info!(host = %host, from = %before.status, to = %next.status, "host status");
             }
-        }
-    }
-    let mut info = match shard.store.host_info(host.as_str()).ok().flatten() {
-        Some(info) => info,
-        None => {
-            // A new host: its record exists from its first attempt on.
-            let info = HostInfo { status: HostStatus::Active, last_connected_ms: 0, failures: 0 };
-            let _ = shard.store.put_host_info(host.as_str(), &info);
-            info
-        }
-    };
-    let record = |info: &mut HostInfo, event: HostEvent| {
-        let next = next_host_info(*info, event, now_ms(), shard.config.offline_after_failures);
-        if next != *info {
-            if next.status != info.status {
-                tracing::info!(host = %host, from = %info.status, to = %next.status, "host status");
-            }
-            *info = next;
             // A lost write only leaves a stale status until the next change.
-            let _ = shard.store.put_host_info(host.as_str(), info);
+            let _ = shard.store.put_host_info(host.as_str(), &next);
         }
     };
     loop {
@@ -469,14 +472,15 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) 
             tracing::info!(host = %host, "host is banned; not reconnecting");
             return;
         }
-        match connection::connect(&shard, &upstream, handle.cursor.get()).await {
+        let cursor = handle.session.borrow().cursor();
+        let progressed = match connection::connect(&shard, &upstream, cursor).await {
             Ok(ws) => {
                 Metrics::inc(&shard.metrics.upstream_connects, "result", "ok");
-                tracing::info!(host = %host, cursor = ?handle.cursor.get().map(|c| c.0), "connected to host");
-                record(&mut info, HostEvent::Connected);
+                tracing::info!(host = %host, cursor = ?cursor.map(|c| c.0), "connected to host");
+                record(HostEvent::Connected);
                 let outcome = {
                     let _connected = Connected::new(&shard, &host, &handle, upstream.tls);
-                    connection::read_frames(&shard, &host, &label, ws, &handle, &mut |e| record(&mut info, e)).await
+                    connection::read_frames(&shard, &host, &label, ws, &handle, &mut |e| record(e)).await
                 };
                 match outcome {
                     connection::ReadOutcome::SequencerGone => return,
@@ -485,18 +489,16 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) 
                         Metrics::inc(&shard.metrics.host_changes, "change", "future_cursor");
                         tracing::error!(
                             host = %host,
-                            cursor = ?handle.cursor.get().map(|c| c.0),
+                            cursor = ?handle.session.borrow().cursor().map(|c| c.0),
                             "host says our cursor is in its future (its sequence was reset); not reconnecting \
-                             until an operator resets the cursor (POST /admin/host/resetCursor)"
+                             until an operator resets the cursor (POST /admin/pds/resetCursor)"
                         );
-                        record(&mut info, HostEvent::Idle);
+                        record(HostEvent::Idle);
                         return;
                     }
                     connection::ReadOutcome::Closed { progressed, reason } => {
                         Metrics::inc(&shard.metrics.upstream_disconnects, "reason", reason);
-                        if progressed {
-                            backoff.reset();
-                        }
+                        progressed
                     }
                 }
             }
@@ -514,10 +516,11 @@ async fn run_host(shard: Rc<Shard>, upstream: Upstream, handle: Rc<HostHandle>) 
             Err(connection::ConnectError::Failed(e)) => {
                 Metrics::inc(&shard.metrics.upstream_connects, "result", "error");
                 tracing::warn!(host = %host, error = %e, "cannot connect to host");
-                record(&mut info, HostEvent::Failed);
+                record(HostEvent::Failed);
+                false
             }
-        }
-        let delay = if info.status == HostStatus::Offline { shard.config.offline_retry } else { backoff.next_delay() };
+        };
+        let delay = handle.session.borrow_mut().next_delay(progressed, shard.config.offline_retry);
         tracing::debug!(host = %host, delay_ms = delay.as_millis() as u64, "reconnecting later");
         glommio::timer::sleep(delay).await;
     }

@@ -48,9 +48,9 @@ pub enum Outage {
     /// answer, 429, 5xx) for a `did:plc` the relay has no cached identity of. The host waits as long
     /// as the outage lasts: every host depends on the directory alike.
     Directory,
-    /// The server of a `did:web` document could not be reached. The host waits at most
-    /// [`DID_WEB_MAX_WAIT`]: that server belongs to one account, and one account must not hold its
-    /// whole host; after that the event is dropped as `identity_unresolved`.
+    /// The server of a `did:web` document could not be reached. The frame waits at most
+    /// [`super::session::DID_WEB_MAX_WAIT`] of wall time: that server belongs to one account, and one
+    /// account must not hold its whole host; after that the event is dropped as `identity_unresolved`.
     DidWeb,
 }
 
@@ -67,9 +67,6 @@ impl Outage {
         if did.method() == "plc" { Outage::Directory } else { Outage::DidWeb }
     }
 }
-
-/// The longest a host waits for one `did:web` server ([`Outage::DidWeb`]).
-pub const DID_WEB_MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Why a frame was not accepted.
 enum Stop {
@@ -167,8 +164,8 @@ impl Context {
     }
 }
 
-/// One frame from `host`: its bytes, the previous `seq` on this connection (per-socket
-/// monotonicity) and the wall clock in milliseconds.
+/// One frame from `host`: its bytes and the wall clock in milliseconds (per-socket seq order is the
+/// session's: [`super::session::HostSession::read`]).
 pub struct Input<'a> {
     /// The websocket message.
     pub bytes: &'a [u8],
@@ -176,8 +173,6 @@ pub struct Input<'a> {
     pub host: &'a Hostname,
     /// The host as a shared label.
     pub label: &'a Arc<str>,
-    /// The previous `seq` on this connection.
-    pub last_seq: Option<HostSeq>,
     /// Milliseconds since the UNIX epoch.
     pub now_ms: u64,
     /// When the frame was read off the socket.
@@ -186,7 +181,7 @@ pub struct Input<'a> {
 
 /// Decides what to do with one frame.
 pub async fn process_frame(input: Input<'_>, ctx: &Context) -> Verdict {
-    let Input { bytes, host, label, last_seq, now_ms, received } = input;
+    let Input { bytes, host, label, now_ms, received } = input;
     if bytes.len() > ctx.limits.max_frame_bytes {
         return Verdict::Drop(DropReason::FrameTooBig, None);
     }
@@ -207,14 +202,11 @@ pub async fn process_frame(input: Input<'_>, ctx: &Context) -> Verdict {
     let Some(seq) = event.seq().and_then(|s| u64::try_from(s).ok()).map(HostSeq) else {
         return Verdict::Drop(DropReason::MalformedFrame, None);
     };
-    if last_seq.is_some_and(|last| seq <= last) {
-        return Verdict::Drop(DropReason::SeqNotIncreasing, Some(seq));
-    }
     let accept = |event, commit, confirmed_active| {
         Verdict::Accept(AcceptedEvent {
             host: Arc::clone(label),
             host_seq: seq,
-            cursor: seq,
+            resume: Default::default(),
             event,
             commit,
             confirmed_active,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use storage::{CommitBatch, HostState, RepoState, Store, StoreError};
 use wire::frame::Event;
-use wire::{AccountStatus, Did, DropReason, HostSeq, RelaySeq, ws};
+use wire::{AccountStatus, Did, DropReason, RelaySeq, ws};
 
 use super::SequencerError;
 use crate::accounts;
@@ -110,11 +110,25 @@ impl<'a> Batch<'a> {
         }
     }
 
-    /// Moves a host's cursor to `seq`, never backwards: only an operator's reset
-    /// ([`IngestMsg::CursorReset`]) does that.
-    fn advance_cursor(&mut self, host: &str, seq: HostSeq) -> Result<(), StoreError> {
+    /// Moves a host's resume point to `resume` (written in this batch, with the events it covers).
+    /// The ingest sends one host's messages in order, so it only moves forward; an operator's reset
+    /// ([`IngestMsg::CursorReset`]) moves it back. A default resume point (nothing known) moves
+    /// nothing.
+    fn advance_cursor(&mut self, host: &str, resume: storage::ResumePoint) -> Result<(), StoreError> {
+        if resume == storage::ResumePoint::default() {
+            return Ok(());
+        }
         let state = host_state(&mut self.state.hosts, self.store, host)?;
-        state.cursor = state.cursor.max(seq);
+        if resume.high < state.resume.high {
+            tracing::warn!(
+                host,
+                high = resume.high.0,
+                stored = state.resume.high.0,
+                "a resume point behind the stored one; kept the stored one"
+            );
+            return Ok(());
+        }
+        state.resume = resume;
         self.touched_hosts.insert(host.to_owned());
         Ok(())
     }
@@ -175,10 +189,10 @@ impl<'a> Batch<'a> {
     /// Applies one message.
     pub(super) fn apply(&mut self, msg: IngestMsg) -> Result<(), SequencerError> {
         let ev = match msg {
-            IngestMsg::Cursor { host, seq } => return Ok(self.advance_cursor(&host, seq)?),
+            IngestMsg::Skipped { host, resume } => return Ok(self.advance_cursor(&host, resume)?),
             IngestMsg::CursorReset { host, cursor } => {
                 tracing::info!(host = %host, cursor = cursor.0, "host cursor reset");
-                host_state(&mut self.state.hosts, self.store, &host)?.cursor = cursor;
+                host_state(&mut self.state.hosts, self.store, &host)?.resume = storage::ResumePoint::at(cursor);
                 self.touched_hosts.insert(host.to_string());
                 return Ok(());
             }
@@ -200,7 +214,7 @@ impl<'a> Batch<'a> {
     }
 
     fn event(&mut self, mut ev: AcceptedEvent) -> Result<(), SequencerError> {
-        self.advance_cursor(&ev.host, ev.cursor)?;
+        self.advance_cursor(&ev.host, std::mem::take(&mut ev.resume))?;
         let Some(did) = ev.event.did().cloned() else { return Ok(()) };
         let prior = self.prior(&did)?;
         // Account limit: an account new to the relay (or still throttled) takes a slot of its host
@@ -317,7 +331,8 @@ impl<'a> Batch<'a> {
     ) -> (CommitBatch, crate::messages::Published, Vec<crate::messages::HostCommand>, Relayed) {
         self.commit.repos = self.repos.into_iter().collect();
         let hosts = &self.state.hosts;
-        self.commit.hosts = self.touched_hosts.into_iter().filter_map(|h| hosts.get(&h).map(|s| (h, *s))).collect();
+        self.commit.hosts =
+            self.touched_hosts.into_iter().filter_map(|h| hosts.get(&h).map(|s| (h, s.clone()))).collect();
         if let Some((first, _)) = self.commit.events.first()
             && now_s > self.state.last_indexed.0
         {

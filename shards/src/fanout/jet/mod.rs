@@ -233,7 +233,11 @@ impl FanoutShard {
     /// # Errors
     /// The store's.
     pub fn jet_floor(&self) -> Result<u64, storage::StoreError> {
-        Ok(self.store.retained_from()?.0.max(1) << 8)
+        // 0: retention has deleted nothing, every seq is still served.
+        Ok(match self.store.retained_from()?.0 {
+            0 | 1 => 0,
+            retained => retained << 8,
+        })
     }
 
     /// Where a subscriber starts: its position (the Jetstream seq before its first event), and the

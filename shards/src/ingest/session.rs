@@ -1,6 +1,6 @@
 //! [`HostSession`]: everything that decides what is read from a host, decided, handed over to the
 //! sequencer, skipped, and where the host's stream resumes, as one state machine without I/O (time is
-//! passed in; quinn-proto's shape). The connection code ([`super::connection`]) only drives it:
+//! passed in; quinn-proto's shape). The connection code (`ingest::connection`) only drives it:
 //! it reads frames and tells the session, runs the decisions the session asks for, and hands over
 //! what the session releases.
 //!

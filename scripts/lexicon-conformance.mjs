@@ -171,8 +171,9 @@ if (jetstreamDir) {
   await v2Error({ kinds: 'identity', collections: 'app.bsky.feed.post' }, 'InvalidRequest');
   await v2Error({ zstdDictionary: '4242' }, 'UnknownZstdDictionary');
   const dict = await fetch(`${base}/xrpc/network.bsky.jetstream.getZstdDictionary`);
-  if (dict.status !== 200 || dict.headers.get('content-type') !== 'application/octet-stream') {
-    fail(`getZstdDictionary: ${dict.status} ${dict.headers.get('content-type')}`);
+  const dictBytes = (await dict.arrayBuffer()).byteLength;
+  if (dict.status !== 200 || dict.headers.get('content-type') !== 'application/octet-stream' || dictBytes === 0) {
+    fail(`getZstdDictionary: ${dict.status} ${dict.headers.get('content-type')} ${dictBytes} bytes`);
   }
   checkError('network.bsky.jetstream.getZstdDictionary',
     await call('network.bsky.jetstream.getZstdDictionary', { id: '4242' }), 'DictionaryNotFound');

@@ -159,6 +159,104 @@ fn fill_store(data: &Path, n: u64) {
     }
 }
 
+/// A websocket client of `subscribeRepos?cursor=0` from local address `from` (127.0.0.x) with a 4 KiB
+/// receive buffer, that reads 512 bytes of the replay every 2 s until `stop`.
+fn trickle_reader(port: u16, from: std::net::Ipv4Addr, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    std::thread::spawn(move || {
+        // SAFETY: a new socket, configured and connected with plain libc calls on valid pointers to
+        // local values; ownership moves to the TcpStream, which closes it.
+        let stream = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let size: libc::c_int = 4096;
+            let sz = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&size as *const libc::c_int).cast(), sz);
+            let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+                sin_zero: [0; 8],
+            };
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let local = sockaddr(from, 0);
+            assert_eq!(libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len), 0);
+            let remote = sockaddr(std::net::Ipv4Addr::LOCALHOST, port);
+            assert_eq!(libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len), 0);
+            std::net::TcpStream::from_raw_fd(fd)
+        };
+        let mut stream = stream;
+        write!(
+            stream,
+            "GET /xrpc/com.atproto.sync.subscribeRepos?cursor=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = [0u8; 512];
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            if stream.read(&mut buf).unwrap_or(0) == 0 {
+                return;
+            }
+            for _ in 0..20 {
+                if stop.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    })
+}
+
+/// Frames a normal `cursor=0` consumer reads in `window`.
+fn replay_rate(port: u16, window: Duration) -> u64 {
+    let mut ws = subscribe(port, Some("0"));
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    }
+    let started = Instant::now();
+    let mut frames = 0;
+    while started.elapsed() < window {
+        match ws.read() {
+            Ok(tungstenite::Message::Binary(_)) => frames += 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    frames
+}
+
+/// #19: 64 subscribers from 8 addresses replay from `cursor=0` reading 512 bytes every 2 s (under
+/// the per-address limit, hostile or just slow): a normal consumer's replay beside them is at most 2×
+/// slower than alone. Before, each held a 4 MiB chunk of the shard's replay memory for as long as it
+/// took to read it, and the others waited: the consumer's replay went to 0 frames.
+#[test]
+fn slow_readers_do_not_stop_other_replays() {
+    let plc = FakePlc::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fill_store(&data, 150_000);
+    // 128 MiB of replay memory: 64 readers holding 4 MiB chunks would take all of it twice over.
+    let relay = Relay::start_hosts(support::free_port(), &data, &[], &plc.url, &["--replay-memory", "128MiB"]);
+    let window = Duration::from_secs(4);
+    let alone = replay_rate(relay.port, window);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..64u8)
+        .map(|i| trickle_reader(relay.port, std::net::Ipv4Addr::new(127, 0, 0, 2 + i % 8), std::sync::Arc::clone(&stop)))
+        .collect();
+    relay.wait_until(Duration::from_secs(20), "the slow readers connected", || relay.metric("relay_subscribers", "") >= 64);
+    std::thread::sleep(Duration::from_secs(2));
+    let beside = replay_rate(relay.port, window);
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    for r in readers {
+        r.join().unwrap();
+    }
+    eprintln!("replay in {window:?}: {alone} frames alone, {beside} beside 64 slow readers");
+    assert!(alone > 10_000, "the consumer alone read only {alone} frames");
+    assert!(beside * 2 >= alone, "{beside} frames beside the slow readers, {alone} alone");
+    relay.stop();
+}
+
 /// A client that pings every 2 s while it replays a store of 120,000 events slowly (100 µs of work
 /// per event) gets every pong within 5 s: pongs go out between replay chunks.
 #[test]

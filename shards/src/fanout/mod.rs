@@ -4,9 +4,10 @@
 //! subscriber lives by are in `subscriber`.
 
 mod directory;
+pub mod pace;
 pub mod jet;
 mod queue;
-mod replay;
+pub(crate) mod replay;
 mod send;
 mod subscriber;
 

@@ -1,6 +1,7 @@
-//! Replay from the store for one subscriber: chunks bounded in events and bytes, read off the
-//! executor, written at the subscriber's own pace with its pongs between chunks; the shard's replay
-//! memory (all chunks in flight) is bounded too. Events retention deleted under the subscriber's
+//! Replay from the store for one subscriber: chunks bounded in events and bytes, sized to the
+//! subscriber's pace ([`super::pace::ReplayPacer`]), read off the executor, written with its pongs
+//! between chunks; the shard's replay memory (all chunks in flight) is bounded too, and each chunk
+//! gives its share back as its bytes leave ([`super::pace::Held`]). Events retention deleted under the subscriber's
 //! position are announced with `#info OutdatedCursor` (once per gap), then replay goes on from the
 //! oldest event. When the store has nothing newer than the shard's head, the subscriber is
 //! registered for live events on the spot — no await between that check and the registration, so
@@ -16,9 +17,13 @@ use wire::RelaySeq;
 use wire::frame::{Event, Info};
 use wire::ws::{self, Opcode};
 
+use super::pace::{Held, ReplayPacer};
 use super::queue::Queue;
 use super::subscriber::{End, write};
 use super::{FanoutShard, SubscriberProgress};
+
+/// Bytes written to the socket at a time during replay, each slice's memory given back as it goes.
+pub(super) const SLICE_BYTES: usize = 64 * 1024;
 
 /// The `#info` frame for a cursor older than the oldest stored event.
 fn outdated_cursor_frame(oldest: u64) -> Vec<u8> {
@@ -53,8 +58,9 @@ async fn replay(
     progress: &Arc<SubscriberProgress>,
 ) -> Result<u64, End> {
     let (max_events, max_bytes) = (shard.config.replay_chunk_events.max(1), shard.config.replay_chunk_bytes.max(1));
-    let units = (max_bytes as u64).min(shard.config.replay_memory_bytes.max(1));
-    let mut buf = Vec::with_capacity(max_bytes.min(4 << 20));
+    let budget = shard.config.replay_memory_bytes.max(1) as u64;
+    let mut pacer = ReplayPacer::new(max_bytes);
+    let mut buf = Vec::with_capacity(SLICE_BYTES * 2);
     loop {
         if queue.is_closed() {
             return Err(End::ClientClosed);
@@ -75,32 +81,48 @@ async fn replay(
             shard.metrics.outdated_cursors.inc();
             *position = retained.0 - 1;
         }
-        // Waits while the shard's other replays hold its replay memory.
-        let permit = shard.replay_budget.acquire_permit(units).await.map_err(|_| End::StoreError)?;
+        // This subscriber's chunk, at its pace; waits while the shard's other replays hold its
+        // replay memory.
+        let chunk_bytes = pacer.chunk_bytes();
+        let mut held =
+            Held::acquire(&shard.replay_budget, (chunk_bytes as u64).min(budget)).await.map_err(|_| End::StoreError)?;
         let store = Arc::clone(&shard.store);
         let after = RelaySeq(*position);
-        let read = glommio::executor().spawn_blocking(move || store.replay(after, max_events, max_bytes)).await;
-        let chunk = read.map_err(|e| {
+        let read = glommio::executor().spawn_blocking(move || store.replay(after, max_events, chunk_bytes)).await;
+        let mut chunk = read.map_err(|e| {
             tracing::error!(error = %e, "replay read failed");
             End::StoreError
         })?;
         // Pongs first: a client pinging during a long replay is answered between chunks.
         queue.take_controls(&mut buf);
+        let started = std::time::Instant::now();
+        let (events, hidden, last_scanned) = (chunk.events.len(), chunk.hidden, chunk.last_scanned);
         let mut bytes = 0;
-        for (_, frame) in &chunk.events {
+        // Written in slices, each given back to the replay memory (and its events freed) as it
+        // leaves: a reader that stalls part-way holds only what it has not read.
+        for (_, frame) in chunk.events.drain(..) {
             ws::push_frame_header(&mut buf, Opcode::Binary, frame.len());
-            buf.extend_from_slice(frame);
+            buf.extend_from_slice(&frame);
             bytes += frame.len();
+            if buf.len() >= SLICE_BYTES {
+                write(wr, &buf, queue, &shard.metrics).await?;
+                held.release(buf.len() as u64);
+                buf.clear();
+            }
         }
         write(wr, &buf, queue, &shard.metrics).await?;
-        drop(permit);
-        shard.metrics.replay_events.inc_by(chunk.events.len() as u64);
-        shard.metrics.replay_hidden.inc_by(chunk.hidden as u64);
-        if let Some(last) = chunk.last_scanned {
+        drop(held);
+        if events + hidden >= max_events || bytes >= chunk_bytes {
+            // A full chunk: how long it took says how fast this subscriber reads.
+            pacer.wrote(bytes.max(chunk_bytes), started.elapsed());
+        }
+        shard.metrics.replay_events.inc_by(events as u64);
+        shard.metrics.replay_hidden.inc_by(hidden as u64);
+        if let Some(last) = last_scanned {
             *position = (*position).max(last.0);
         }
         progress.position.store(*position, Ordering::Relaxed);
-        let short = chunk.events.len() + chunk.hidden < max_events && bytes < max_bytes;
+        let short = events + hidden < max_events && bytes < chunk_bytes;
         glommio::yield_if_needed().await;
         // Caught up: nothing more stored, and nothing published since that is not stored-and-sent.
         // No await between this check and the registration.

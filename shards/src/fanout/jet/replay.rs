@@ -14,7 +14,9 @@ use wire::RelaySeq;
 use wire::frame::Frame;
 use wire::jetstream;
 
+use super::super::pace::{Held, ReplayPacer};
 use super::super::queue::Queue;
+use super::super::replay::SLICE_BYTES;
 use super::super::subscriber::{End, write};
 use super::super::{FanoutShard, SubscriberProgress};
 use super::{JetSub, codec, end_of_relay_seq};
@@ -52,9 +54,10 @@ async fn replay(
     progress: &Arc<SubscriberProgress>,
 ) -> Result<u64, End> {
     let (max_events, max_bytes) = (shard.config.replay_chunk_events.max(1), shard.config.replay_chunk_bytes.max(1));
-    let units = (max_bytes as u64).min(shard.config.replay_memory_bytes.max(1));
+    let budget = shard.config.replay_memory_bytes.max(1) as u64;
+    let mut pacer = ReplayPacer::new(max_bytes);
     let endpoint = sub.format.label();
-    let mut buf = Vec::with_capacity(max_bytes.min(4 << 20));
+    let mut buf = Vec::with_capacity(SLICE_BYTES * 2);
     loop {
         if queue.is_closed() {
             return Err(End::ClientClosed);
@@ -66,14 +69,17 @@ async fn replay(
             return Err(End::Shutdown);
         }
         buf.clear();
-        let permit = shard.replay_budget.acquire_permit(units).await.map_err(|_| End::StoreError)?;
+        // This subscriber's chunk, at its pace (as the firehose's replay).
+        let chunk_bytes = pacer.chunk_bytes();
+        let mut held =
+            Held::acquire(&shard.replay_budget, (chunk_bytes as u64).min(budget)).await.map_err(|_| End::StoreError)?;
         let store = Arc::clone(&shard.store);
         // The relay event holding the next Jetstream seq, and the store read after the one before.
         let next_relay = position.saturating_add(1) >> 8;
         let after = RelaySeq(next_relay.saturating_sub(1));
         let read = glommio::executor()
             .spawn_blocking(move || {
-                let chunk = store.replay(after, max_events, max_bytes)?;
+                let chunk = store.replay(after, max_events, chunk_bytes)?;
                 let entries = match (chunk.events.first(), chunk.events.last()) {
                     (Some((first, _)), Some((last, _))) => store.time_entries_covering(*first, *last)?,
                     _ => Vec::new(),
@@ -86,6 +92,8 @@ async fn replay(
             End::StoreError
         })?;
         queue.take_controls(&mut buf);
+        let started = std::time::Instant::now();
+        let bytes: usize = chunk.events.iter().map(|(_, f)| f.len()).sum();
         let mut at = 0;
         let mut sent = 0;
         for (seq, frame) in &chunk.events {
@@ -103,9 +111,18 @@ async fn replay(
                     sent += 1;
                 }
             }
+            // Written in slices, the replay memory given back as each leaves.
+            if buf.len() >= SLICE_BYTES {
+                write(wr, &buf, queue, &shard.metrics).await?;
+                held.release(buf.len() as u64);
+                buf.clear();
+            }
         }
         write(wr, &buf, queue, &shard.metrics).await?;
-        drop(permit);
+        drop(held);
+        if chunk.events.len() + chunk.hidden >= max_events || bytes >= chunk_bytes {
+            pacer.wrote(bytes.max(chunk_bytes), started.elapsed());
+        }
         Metrics::inc_by(&shard.metrics.jetstream_messages, "endpoint", endpoint, sent);
         shard.metrics.replay_events.inc_by(chunk.events.len() as u64);
         shard.metrics.replay_hidden.inc_by(chunk.hidden as u64);
@@ -113,8 +130,7 @@ async fn replay(
             *position = (*position).max(end_of_relay_seq(last.0));
         }
         progress.position.store(*position >> 8, Ordering::Relaxed);
-        let bytes: usize = chunk.events.iter().map(|(_, f)| f.len()).sum();
-        let short = chunk.events.len() + chunk.hidden < max_events && bytes < max_bytes;
+        let short = chunk.events.len() + chunk.hidden < max_events && bytes < chunk_bytes;
         glommio::yield_if_needed().await;
         // Caught up: no await between this check and the registration.
         if short && *position >= end_of_relay_seq(shard.head.get()) {

@@ -167,7 +167,8 @@ async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
         refuse(stream, &resp).await;
         return;
     };
-    let head = shards::net::with_timeout(HEAD_TIMEOUT, read_head(&mut stream)).await;
+    let mut memory = Vec::new();
+    let head = shards::net::with_timeout(HEAD_TIMEOUT, read_head(&mut stream, &ctx.request_memory, &mut memory)).await;
     let (request, leftover) = match head {
         Some(Ok(Some(parsed))) => parsed,
         Some(Ok(None)) | None => return,
@@ -192,6 +193,8 @@ async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
                 refuse(stream, &resp).await;
                 return;
             };
+            // The request is read: its memory goes back (a subscriber's own is bounded elsewhere).
+            memory.clear();
             let protocol = subprotocol.map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n")).unwrap_or_default();
             let resp = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nServer: {SERVER}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n{protocol}\r\n"
@@ -258,16 +261,51 @@ async fn refuse(mut stream: TcpStream, resp: &Response) {
     let _ = shards::net::with_timeout(REFUSE_DRAIN, drain).await;
 }
 
-/// Reads and parses a request head. `Ok(None)` when the client went away first.
-async fn read_head(stream: &mut TcpStream) -> Result<Option<(Request, Vec<u8>)>, Response> {
+/// Memory all API requests of one fanout core being read may hold (heads and bodies), in bytes:
+/// 64 MiB. Past it a request is answered `503 NotEnoughResources` rather than buffered, whatever
+/// the number of clients (the per-address limit alone does not bound it).
+pub const REQUEST_MEMORY_BYTES: usize = 64 << 20;
+/// The unit request memory is taken in, in bytes.
+const MEMORY_UNIT: usize = 16 * 1024;
+
+/// Takes request memory for `bytes` more of a request, in [`MEMORY_UNIT`]s, into `held`.
+fn take_memory(
+    budget: &Rc<glommio::sync::Semaphore>,
+    held: &mut Vec<glommio::sync::StaticPermit>,
+    bytes: usize,
+) -> Result<(), Response> {
+    while held.len() * MEMORY_UNIT < bytes {
+        match budget.try_acquire_static_permit(MEMORY_UNIT as u64) {
+            Ok(p) => held.push(p),
+            Err(_) => {
+                return Err(Response::xrpc_error(
+                    503,
+                    "NotEnoughResources",
+                    "the relay is reading as many requests as it has memory for; retry",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads and parses a request head (and body), holding request memory for what it buffers in
+/// `held`. `Ok(None)` when the client went away first.
+async fn read_head(
+    stream: &mut TcpStream,
+    budget: &Rc<glommio::sync::Semaphore>,
+    held: &mut Vec<glommio::sync::StaticPermit>,
+) -> Result<Option<(Request, Vec<u8>)>, Response> {
+    take_memory(budget, held, MEMORY_UNIT)?;
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = vec![0u8; 16 * 1024];
+    let mut chunk = vec![0u8; MEMORY_UNIT];
     loop {
         let n = match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(n) => n,
         };
         let old = buf.len();
+        take_memory(budget, held, MEMORY_UNIT + old + n)?;
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         // Parse only once the head's end (a blank line) may have arrived, or the limit is passed:
         // a long head (Jetstream's wantedDids) is not re-parsed chunk after chunk.
@@ -290,6 +328,7 @@ async fn read_head(stream: &mut TcpStream) -> Result<Option<(Request, Vec<u8>)>,
             return Err(Response::xrpc_error(413, "PayloadTooLarge", "request entity too large"));
         }
         let mut rest = buf.split_off(len);
+        take_memory(budget, held, MEMORY_UNIT + len + length)?;
         while rest.len() < length {
             let n = match stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => return Ok(None),

@@ -53,7 +53,13 @@ struct Seen {
     stall_micros: AtomicU64,
     compaction_read: AtomicU64,
     compaction_write: AtomicU64,
+    /// When the host table was last counted (ms since the UNIX epoch): at most every
+    /// [`HOST_COUNT_INTERVAL_MS`], however often `/metrics` (unauthenticated) is scraped.
+    hosts_counted_ms: AtomicU64,
 }
+
+/// How often at most `/metrics` counts the host table by status (a scan of every host).
+const HOST_COUNT_INTERVAL_MS: u64 = 10_000;
 
 /// Adds to `counter` what `now` (a cumulative source) grew by since `last`.
 fn advance(last: &AtomicU64, now: u64) -> u64 {
@@ -103,7 +109,8 @@ impl EngineMetrics {
         }
     }
 
-    /// Reads the process, RocksDB and host-table values (called when `/metrics` is scraped).
+    /// Reads the process, RocksDB and host-table values (called when `/metrics` is scraped; the host
+    /// table at most every 10 s).
     pub fn refresh(&self, store: &Store, registry: &shards::hosts::HostRegistry) {
         self.refresh_process();
         let rocks = store.rocksdb_stats();
@@ -118,6 +125,14 @@ impl EngineMetrics {
         self.rocksdb_running_compactions.set(rocks.running_compactions as i64);
         self.rocksdb_pending_compaction_bytes.set(i64::try_from(rocks.pending_compaction_bytes).unwrap_or(i64::MAX));
         self.rocksdb_write_stopped.set(i64::from(rocks.write_stopped));
+        let now_ms = shards::unix_ms();
+        let last = self.seen.hosts_counted_ms.load(Ordering::Acquire);
+        if now_ms.saturating_sub(last) < HOST_COUNT_INTERVAL_MS
+            || self.seen.hosts_counted_ms.compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire).is_err()
+        {
+            // Counted recently (or by another core just now): the gauges keep those counts.
+            return;
+        }
         let mut counts = [0i64; 5];
         let mut after: Option<String> = None;
         while let Ok(page) = store.hosts_after(after.as_deref(), 1000) {

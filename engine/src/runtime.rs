@@ -546,6 +546,7 @@ async fn start_fanout(
         limits: Arc::clone(&ctx.limits),
         health: Arc::clone(&ctx.health),
         engine_metrics: ctx.engine_metrics.clone(),
+        request_memory: Rc::new(glommio::sync::Semaphore::new(crate::http::REQUEST_MEMORY_BYTES as u64)),
     });
     glommio::spawn_local_into(crate::http::accept_loop(listener, xrpc_ctx, api_tq), api_tq)
         .map_err(|e| anyhow::anyhow!("{e}"))?

@@ -214,11 +214,13 @@ fn a_plc_outage_pauses_hosts_and_loses_nothing() {
 /// Held by the tests that run [`slow_dns`]: one port 53 for all of them.
 static PORT_53: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A DNS server on 127.0.0.77:53 answering names under `slow.test` with 127.0.0.1 after `delay`
-/// and every other name NXDOMAIN at once. Returns its stop flag, the number of slow queries
-/// received and the most slow queries it had in flight at once.
+/// A DNS server on 127.0.0.77:53 answering names under `slow.test` with 127.0.0.1 after `delay`,
+/// names under `flaky.test` NXDOMAIN until `flaky_until` and 127.0.0.1 after, and every other name
+/// NXDOMAIN at once. Returns its stop flag, the number of slow queries received and the most slow
+/// queries it had in flight at once.
 fn slow_dns(
     delay: Duration,
+    flaky_until: Instant,
 ) -> (Arc<AtomicBool>, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>) {
     // A previous test's server may still hold the port while its last slow answers finish.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -258,10 +260,18 @@ fn slow_dns(
                 }
                 let qtype = u16::from_be_bytes([query[at + 1], query[at + 2]]);
                 let question_end = at + 5;
-                let slow = labels.len() >= 2 && labels[labels.len() - 2..] == ["slow", "test"];
+                let under = |zone: &str| labels.len() >= 2 && labels[labels.len() - 2..] == [zone, "test"];
+                let flaky_up = under("flaky") && Instant::now() >= flaky_until;
+                let slow = under("slow") || flaky_up;
                 let mut reply = query[..question_end].to_vec();
                 reply[2] = 0x81; // response, recursion desired
-                if slow {
+                if flaky_up {
+                    reply[3] = 0x80;
+                    if qtype == 1 {
+                        reply[7] = 1;
+                        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+                    }
+                } else if slow {
                     counted.fetch_add(1, Ordering::AcqRel);
                     let now = in_flight.fetch_add(1, Ordering::AcqRel) + 1;
                     most.fetch_max(now, Ordering::AcqRel);
@@ -293,6 +303,8 @@ struct SlowDns {
     slow_queries: Arc<std::sync::atomic::AtomicUsize>,
     /// Most slow queries in flight at once.
     most_at_once: Arc<std::sync::atomic::AtomicUsize>,
+    /// Until when names under `flaky.test` are NXDOMAIN.
+    flaky_until: Instant,
     dir: tempfile::TempDir,
     _stop: StopOnDrop,
     _port: std::sync::MutexGuard<'static, ()>,
@@ -301,17 +313,24 @@ struct SlowDns {
 impl SlowDns {
     /// Starts the server; `None` (the test `test` is skipped, with a note) when not root.
     fn start(test: &str, delay: Duration) -> Option<Self> {
+        Self::start_flaky(test, delay, Duration::ZERO)
+    }
+
+    /// [`SlowDns::start`], with names under `flaky.test` NXDOMAIN for `flaky_for` from when the
+    /// server starts ([`SlowDns::flaky_until`]).
+    fn start_flaky(test: &str, delay: Duration, flaky_for: Duration) -> Option<Self> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("SKIPPED: {test} needs root (unshare, port 53)");
             return None;
         }
         let port = PORT_53.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (stop, slow_queries, most_at_once) = slow_dns(delay);
+        let flaky_until = Instant::now() + flaky_for;
+        let (stop, slow_queries, most_at_once) = slow_dns(delay, flaky_until);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("resolv.conf"), "nameserver 127.0.0.77\noptions timeout:30 attempts:1\n")
             .unwrap();
-        Some(Self { slow_queries, most_at_once, dir, _stop: StopOnDrop(stop), _port: port })
+        Some(Self { slow_queries, most_at_once, flaky_until, dir, _stop: StopOnDrop(stop), _port: port })
     }
 
     /// A relay on one core, in a mount namespace whose /etc/resolv.conf names this server.
@@ -795,5 +814,47 @@ fn restarts_under_a_slow_did_web_relay_every_event_exactly_once() {
          waiting did:web frame: {passed}",
         offered.len()
     );
+    relay.stop();
+}
+
+/// #19: the PLC directory's own hostname answers NXDOMAIN for 20 s (a DNS incident) while a host
+/// sends events of accounts the relay has never resolved. That is an outage of the directory, not
+/// an answer about the accounts: the frames wait, nothing is dropped, and once the name resolves
+/// every event is relayed. Needs root (a mount namespace with its own resolv.conf).
+#[test]
+fn nxdomain_for_the_plc_directory_pauses_and_loses_nothing() {
+    let test = "nxdomain_for_the_plc_directory_pauses_and_loses_nothing";
+    let Some(dns) = SlowDns::start_flaky(test, Duration::ZERO, Duration::from_secs(20)) else {
+        return;
+    };
+    let until = dns.flaky_until;
+    let plc = FakePlc::start();
+    let plc_port = plc.url.rsplit(':').next().unwrap().to_owned();
+    let host = FakeHost::start();
+    let mut accounts: Vec<Account> =
+        (0..3).map(|i| Account::new(&format!("did:plc:nxdomain{i:0>17}"), 230 + i as u8)).collect();
+    let mut seq = 0;
+    let mut revs: Vec<Option<wire::Tid>> = vec![None; accounts.len()];
+    for _ in 0..4 {
+        for (i, a) in accounts.iter_mut().enumerate() {
+            seq += 1;
+            let (rev, f) = a.commit(seq, revs[i].take());
+            revs[i] = Some(rev);
+            host.push(seq, f);
+        }
+    }
+    for a in &accounts {
+        plc.put(&a.did, a.did_doc(&format!("http://{}", host.hostname())));
+    }
+    let relay = dns.start_relay(&[&host.hostname()], &format!("http://plc.flaky.test:{plc_port}"));
+    relay.wait_until(WAIT, "the host waiting for the directory", || {
+        relay.metric("relay_upstream_waits_total", "dependency=\"plc_directory\"") >= 1
+    });
+    while Instant::now() < until {
+        assert_eq!(relay.metric("relay_events_dropped_total", ""), 0, "nothing dropped while the name is NXDOMAIN");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    relay.wait_until(Duration::from_secs(60), "every event relayed", || relay.head() >= seq as i64);
+    assert_eq!(relay.metric("relay_events_dropped_total", ""), 0);
     relay.stop();
 }

@@ -161,7 +161,11 @@ fn fill_store(data: &Path, n: u64) {
 
 /// A websocket client of `subscribeRepos?cursor=0` from local address `from` (127.0.0.x) with a 4 KiB
 /// receive buffer, that reads 512 bytes of the replay every 2 s until `stop`.
-fn trickle_reader(port: u16, from: std::net::Ipv4Addr, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
+fn trickle_reader(
+    port: u16,
+    from: std::net::Ipv4Addr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     use std::io::{Read, Write};
     use std::os::fd::FromRawFd;
     std::thread::spawn(move || {
@@ -242,9 +246,13 @@ fn slow_readers_do_not_stop_other_replays() {
     let alone = replay_rate(relay.port, window);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let readers: Vec<_> = (0..64u8)
-        .map(|i| trickle_reader(relay.port, std::net::Ipv4Addr::new(127, 0, 0, 2 + i % 8), std::sync::Arc::clone(&stop)))
+        .map(|i| {
+            trickle_reader(relay.port, std::net::Ipv4Addr::new(127, 0, 0, 2 + i % 8), std::sync::Arc::clone(&stop))
+        })
         .collect();
-    relay.wait_until(Duration::from_secs(20), "the slow readers connected", || relay.metric("relay_subscribers", "") >= 64);
+    relay.wait_until(Duration::from_secs(20), "the slow readers connected", || {
+        relay.metric("relay_subscribers", "") >= 64
+    });
     std::thread::sleep(Duration::from_secs(2));
     let beside = replay_rate(relay.port, window);
     stop.store(true, std::sync::atomic::Ordering::Release);

@@ -266,6 +266,7 @@ fn harness() -> Harness {
             limits: engine::limits::ConnectionLimits::new(0, 0),
             health: Arc::default(),
             engine_metrics: engine::metrics::EngineMetrics::default(),
+            request_memory: Rc::new(glommio::sync::Semaphore::new(engine::http::REQUEST_MEMORY_BYTES as u64)),
         })
     });
     Harness { executor, ctx, _dir: dir }

@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::{LocalBoxFuture, Shared};
@@ -141,7 +141,7 @@ type Pending = Shared<LocalBoxFuture<'static, Result<IdentityRecord, ResolveErro
 /// A waiter on a shared fetch; dropping it removes the fetch's `pending` entry (only that fetch's:
 /// a newer one for the same DID may have replaced it).
 struct PendingEntry<'a> {
-    pending: &'a RefCell<HashMap<Did, Pending>>,
+    pending: &'a RefCell<HashMap<Did, (Pending, Instant)>>,
     did: &'a Did,
     shared: Pending,
 }
@@ -149,7 +149,7 @@ struct PendingEntry<'a> {
 impl Drop for PendingEntry<'_> {
     fn drop(&mut self) {
         let mut pending = self.pending.borrow_mut();
-        if pending.get(self.did).is_some_and(|p| Shared::ptr_eq(p, &self.shared)) {
+        if pending.get(self.did).is_some_and(|(p, _)| Shared::ptr_eq(p, &self.shared)) {
             pending.remove(self.did);
         }
     }
@@ -162,8 +162,15 @@ pub struct Resolver {
     metrics: Metrics,
     cache: RefCell<HashMap<Did, Rc<IdentityRecord>>>,
     failed_until_ms: RefCell<HashMap<Did, u64>>,
-    pending: RefCell<HashMap<Did, Pending>>,
+    /// Fetches in flight, with when each started.
+    pending: RefCell<HashMap<Did, (Pending, Instant)>>,
+    /// Fetches in flight at once on this shard ([`MAX_FETCHES`]).
+    fetch_slots: Rc<glommio::sync::Semaphore>,
 }
+
+/// Most identity fetches one ingest shard has in flight at once (each a connection to the PLC
+/// directory or a `did:web` server); more wait for a slot.
+pub const MAX_FETCHES: u64 = 64;
 
 impl Resolver {
     /// A resolver backed by `store`.
@@ -175,6 +182,7 @@ impl Resolver {
             cache: RefCell::new(HashMap::new()),
             failed_until_ms: RefCell::new(HashMap::new()),
             pending: RefCell::new(HashMap::new()),
+            fetch_slots: Rc::new(glommio::sync::Semaphore::new(MAX_FETCHES)),
         }
     }
 
@@ -227,6 +235,21 @@ impl Resolver {
     /// [`ResolveError`]; [`ResolveError::RecentlyFailed`] without asking when a fetch failed less
     /// than [`IdentityConfig::failure_ttl`] ago.
     pub async fn refresh(&self, did: &Did, now_ms: u64) -> Result<Rc<IdentityRecord>, ResolveError> {
+        self.refresh_after(did, now_ms, None).await
+    }
+
+    /// [`Resolver::refresh`], seeing only a fetch that started at or after `not_before`: an
+    /// `#identity` says the document changed when the host sent it, so a fetch already in flight
+    /// from before the event may carry the old document and is not joined.
+    ///
+    /// # Errors
+    /// As [`Resolver::refresh`].
+    pub async fn refresh_after(
+        &self,
+        did: &Did,
+        now_ms: u64,
+        not_before: Option<Instant>,
+    ) -> Result<Rc<IdentityRecord>, ResolveError> {
         // A DID the spec does not let the relay resolve is refused for what it is, every time.
         document_url(&self.config.plc_url, did, self.config.dev_localhost)?;
         if self.failed_until_ms.borrow().get(did).is_some_and(|until| *until > now_ms) {
@@ -238,20 +261,23 @@ impl Resolver {
         // (idempotent), so it is recorded even when the caller that started it was cancelled.
         let (shared, owner) = {
             let mut pending = self.pending.borrow_mut();
-            match pending.get(did) {
-                Some(p) => (p.clone(), false),
+            match pending.get(did).filter(|(_, started)| not_before.is_none_or(|t| *started >= t)) {
+                Some((p, _)) => (p.clone(), false),
                 None => {
                     let histogram = self.metrics.identity_fetch_seconds.clone();
                     let fetching = fetch(Rc::clone(&self.config), did.clone(), now_ms);
+                    let slots = Rc::clone(&self.fetch_slots);
                     let p = async move {
-                        let started = std::time::Instant::now();
+                        let _slot = slots.acquire_permit(1).await;
+                        let started = Instant::now();
                         let result = fetching.await;
                         histogram.observe(started.elapsed().as_secs_f64());
                         result
                     }
                     .boxed_local()
                     .shared();
-                    pending.insert(did.clone(), p.clone());
+                    // A newer fetch replaces an older one: later callers join the newer.
+                    pending.insert(did.clone(), (p.clone(), Instant::now()));
                     (p, true)
                 }
             }
@@ -392,7 +418,9 @@ async fn fetch(config: Rc<IdentityConfig>, did: Did, now_ms: u64) -> Result<Iden
         if attempt > 0 {
             glommio::timer::sleep(if attempt == 1 { Duration::from_millis(250) } else { Duration::from_secs(1) }).await;
         }
-        let result = match config.http.get_with(&url, MAX_DID_DOC_BYTES, config.timeout, guard).await {
+        let purpose = if did.method() == "web" { net::dns::Purpose::DidWeb } else { net::dns::Purpose::Directory };
+        let http = config.http.for_purpose(purpose);
+        let result = match http.get_with(&url, MAX_DID_DOC_BYTES, config.timeout, guard).await {
             Ok((200, body)) => {
                 return AtprotoIdentity::from_json(&did, &body)
                     .map(|id| IdentityRecord {
@@ -404,10 +432,13 @@ async fn fetch(config: Rc<IdentityConfig>, did: Did, now_ms: u64) -> Result<Iden
                     .map_err(|e| ResolveError::Document(e.to_string()));
             }
             Ok((status, _)) => ResolveError::Status(status),
+            // A did:web name that does not exist says "no"; the PLC directory's own name failing to
+            // resolve (even NXDOMAIN: a DNS incident, a typo being fixed) is an outage of the
+            // directory, whatever the answer: events wait, cached identities stay.
             Err(
                 e @ (net::NetError::Resolve { error: net::dns::DnsError::NotFound, .. }
                 | net::NetError::NotPublic { .. }),
-            ) => ResolveError::NoSuchHost(e.to_string()),
+            ) if did.method() == "web" => ResolveError::NoSuchHost(e.to_string()),
             Err(e) => ResolveError::Fetch(e.to_string()),
         };
         if !result.is_transient() {
@@ -494,6 +525,51 @@ mod tests {
             assert!(matches!(resolver.refresh(&did, 2_000).await, Err(ResolveError::RecentlyFailed)));
         });
         assert_eq!(requests.load(Ordering::Acquire), 1, "one fetch for both");
+    }
+
+    /// An `#identity` read while a fetch of its DID is in flight does not join that fetch (it may
+    /// carry the document from before the change): it starts one of its own, and later callers join
+    /// the newer one.
+    #[test]
+    fn an_identity_event_sees_a_fetch_that_started_after_it() {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                counted.fetch_add(1, Ordering::AcqRel);
+                let mut buf = [0u8; 2048];
+                let _ = stream.read(&mut buf);
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+        ex.run(async move {
+            let store = Arc::new(Store::open(dir.path(), &storage::StoreOptions::default()).unwrap());
+            let http = net::HttpClient::new(None, net::dns::Dns::default()).unwrap();
+            let mut config = IdentityConfig::new(url, http);
+            config.attempts = 1;
+            let resolver = Rc::new(Resolver::new(config, store, Metrics::default()));
+            let did = Did::new("did:plc:identityafterfetch00000000").unwrap();
+            let (r, d) = (Rc::clone(&resolver), did.clone());
+            let earlier = glommio::spawn_local(async move { r.refresh(&d, 1_000).await });
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            let event_read = Instant::now();
+            let (r, d) = (Rc::clone(&resolver), did.clone());
+            let identity = glommio::spawn_local(async move { r.refresh_after(&d, 1_000, Some(event_read)).await });
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            let (r, d) = (Rc::clone(&resolver), did.clone());
+            let later = glommio::spawn_local(async move { r.refresh(&d, 1_000).await });
+            let _ = earlier.await;
+            let _ = identity.await;
+            let _ = later.await;
+        });
+        assert_eq!(requests.load(Ordering::Acquire), 2, "the #identity's own fetch, joined by the later lookup");
     }
 
     #[test]

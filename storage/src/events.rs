@@ -203,6 +203,9 @@ impl Store {
             }
             wb.delete_cf(index, k);
         }
+        // Held from choosing the stale tombstones until they are deleted from memory: a group commit
+        // writing a newer tombstone for one of them waits, and is not undone.
+        let ordered = self.tombstone_writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let stale: Vec<String> = {
             let map = self.tombstones.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             map.iter().filter(|(_, seq)| **seq <= before.0).map(|(did, _)| did.clone()).collect()
@@ -220,6 +223,7 @@ impl Store {
                 map.remove(did);
             }
         }
+        drop(ordered);
         let (start, end) = (0u64.to_be_bytes(), before.0.to_be_bytes());
         // Files wholly inside the range go at once; the memtable (the newest events) is not flushed for
         // it: a range reaching into it is rare (a window shorter than a memtable's life), and its
@@ -288,6 +292,46 @@ mod tests {
 
     fn seqs(chunk: &ReplayChunk) -> Vec<u64> {
         chunk.events.iter().map(|(s, _)| s.0).collect()
+    }
+
+    /// Retention deleting an account's old tombstone while a group commit writes a newer one for the
+    /// same account: the newer one survives, in memory and on disk, whichever comes first.
+    #[test]
+    fn a_tombstone_written_during_a_trim_survives_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            Store::open(dir.path(), &StoreOptions { sync_writes: false, ..Default::default() }).unwrap(),
+        );
+        let mut seq = 0u64;
+        for round in 0..150u64 {
+            let did = format!("did:plc:race{round:0>20}");
+            let tombstone = |seq: u64| CommitBatch {
+                events: vec![(RelaySeq(seq), frame(seq, &did))],
+                tombstones: vec![(Did::new(did.clone()).unwrap(), RelaySeq(seq))],
+                ..Default::default()
+            };
+            seq += 1;
+            // Many stale tombstones make the trim's window (choose, write, forget) wide.
+            let mut batch = tombstone(seq);
+            batch
+                .tombstones
+                .extend((0..2_000).map(|i| (Did::new(format!("did:plc:other{round}x{i}")).unwrap(), RelaySeq(seq))));
+            store.commit(&batch).unwrap();
+            let trimming = {
+                let store = std::sync::Arc::clone(&store);
+                let before = RelaySeq(seq + 1);
+                std::thread::spawn(move || store.trim_before(before).unwrap())
+            };
+            seq += 2;
+            store.commit(&tombstone(seq)).unwrap();
+            trimming.join().unwrap();
+            assert!(store.hides(&did, RelaySeq(seq - 1)), "round {round}: the newer tombstone is in memory");
+        }
+        drop(store);
+        // Each round's trim passes the previous round's tombstones (stale by then); the last one is on
+        // disk.
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert!(store.hides(&format!("did:plc:race{:0>20}", 149), RelaySeq(seq - 1)), "and on disk");
     }
 
     #[test]

@@ -97,6 +97,10 @@ pub struct Store {
     pub(crate) host_config_lock: std::sync::Mutex<()>,
     /// The `tombstones` column family in memory (DID → seq), for replay to consult per event.
     pub(crate) tombstones: std::sync::RwLock<std::collections::HashMap<String, u64>>,
+    /// Orders the writes of tombstones (a group commit) against their deletion by retention, which
+    /// decides which are stale and then deletes them: without it, a tombstone written between the
+    /// two could be deleted.
+    pub(crate) tombstone_writes: std::sync::Mutex<()>,
     /// The options the store was opened with (statistics enabled), for [`Store::rocksdb_stats`].
     db_opts: Options,
 }
@@ -227,6 +231,7 @@ impl Store {
             poisoned: AtomicBool::new(false),
             host_config_lock: std::sync::Mutex::new(()),
             tombstones: std::sync::RwLock::default(),
+            tombstone_writes: std::sync::Mutex::new(()),
             db_opts,
         };
         let meta = store.cf(cf::META);
@@ -326,6 +331,9 @@ impl Store {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes);
+        // Only batches with tombstones take the lock (rare: takedowns and deletions).
+        let _tombstones = (!batch.tombstones.is_empty())
+            .then(|| self.tombstone_writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         self.db.write_opt(wb, &wo).map_err(|e| {
             self.poisoned.store(true, Ordering::Release);
             StoreError::Rocks(e)

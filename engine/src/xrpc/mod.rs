@@ -54,6 +54,8 @@ pub struct Ctx {
     pub health: std::sync::Arc<shards::health::Health>,
     /// The engine's own metrics, read when `/metrics` is scraped.
     pub engine_metrics: crate::metrics::EngineMetrics,
+    /// Memory this core's API requests being read may hold ([`crate::http::REQUEST_MEMORY_BYTES`]).
+    pub request_memory: Rc<glommio::sync::Semaphore>,
 }
 
 /// What an upgraded connection is served.

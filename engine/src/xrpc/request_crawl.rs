@@ -198,7 +198,8 @@ async fn probe(ctx: &Ctx, host: &Hostname, tls: bool) -> Result<(), Refused> {
         .map_err(|e| ("invalid", Response::xrpc_error(400, "InvalidRequest", &e.to_string())))?;
     let public_only = !ctx.crawl.allow_private_hosts && !host.is_localhost();
     let unreachable = |m: String| ("unreachable", Response::xrpc_error(400, "HostNotFound", &m));
-    match ctx.http.get_with(&url, 64 * 1024, PROBE_TIMEOUT, public_only).await {
+    let http = ctx.http.for_purpose(shards::net::dns::Purpose::Crawl);
+    match http.get_with(&url, 64 * 1024, PROBE_TIMEOUT, public_only).await {
         Ok((200, body)) => {
             let did = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()

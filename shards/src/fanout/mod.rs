@@ -4,8 +4,8 @@
 //! subscriber lives by are in `subscriber`.
 
 mod directory;
-pub mod pace;
 pub mod jet;
+pub mod pace;
 mod queue;
 pub(crate) mod replay;
 mod send;

@@ -128,6 +128,25 @@ impl Queue {
         })
     }
 
+    /// Wakes the writer waiting in [`Queue::wait_for`] (its condition changed).
+    pub(crate) fn notify(&self) {
+        self.wake();
+    }
+
+    /// Waits until `ready` holds, a control frame (pong) is waiting, or the subscriber is gone; the
+    /// code that makes `ready` true calls [`Queue::notify`]. Used before the queue carries events
+    /// (Jetstream's `requireHello`), without waking on a timer.
+    pub(crate) async fn wait_for(&self, ready: impl Fn() -> bool) {
+        std::future::poll_fn(|cx| {
+            if self.closed.get() || self.controls.get() > 0 || ready() {
+                return Poll::Ready(());
+            }
+            self.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Waits for items and takes up to `max_bytes` of them; `None` once the subscriber is behind or
     /// gone.
     pub(crate) async fn next_batch(&self, out: &mut Vec<Outgoing>, max_bytes: usize) -> Option<()> {

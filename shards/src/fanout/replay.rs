@@ -58,7 +58,7 @@ async fn replay(
     progress: &Arc<SubscriberProgress>,
 ) -> Result<u64, End> {
     let (max_events, max_bytes) = (shard.config.replay_chunk_events.max(1), shard.config.replay_chunk_bytes.max(1));
-    let budget = shard.config.replay_memory_bytes.max(1) as u64;
+    let budget = shard.config.replay_memory_bytes.max(1);
     let mut pacer = ReplayPacer::new(max_bytes);
     let mut buf = Vec::with_capacity(SLICE_BYTES * 2);
     loop {

@@ -143,9 +143,19 @@ fn error_label(error: &str) -> &'static str {
 /// meanwhile the host's cursor stays below it and its account's later frames wait. A `did:web` frame
 /// gives up [`session::DID_WEB_MAX_WAIT`] of wall time after its first attempt (fetches included),
 /// dropped as `identity_unresolved`.
-async fn decide(shard: &Shard, host: &Hostname, label: &Arc<str>, frame: Pending) -> process::Verdict {
+async fn decide(
+    shard: &Shard,
+    host: &Hostname,
+    label: &Arc<str>,
+    web_slots: &glommio::sync::Semaphore,
+    frame: Pending,
+) -> process::Verdict {
     let first = Instant::now();
     let did_web = frame.account.starts_with("did:web:");
+    // At most DID_WEB_SLOTS of this host's did:web frames are decided at once: their servers are
+    // chosen by whoever made the DIDs, and must not hold the host's other accounts, nor every
+    // did:web DNS slot of the relay.
+    let _slot = if did_web { web_slots.acquire_permit(1).await.ok() } else { None };
     let mut attempt = 0;
     loop {
         let input = process::Input { bytes: &frame.bytes, host, label, now_ms: now_ms(), received: frame.received };
@@ -297,8 +307,10 @@ pub(super) async fn read_frames(
     let mut progressed = false;
     let mut reason = "host_closed";
     let mut reading = true;
-    let decide_one =
-        |index: u64, frame: Pending| async move { Step::Decided(index, decide(shard, host, label, frame).await) };
+    let web_slots = &handle.did_web_slots;
+    let decide_one = |index: u64, frame: Pending| async move {
+        Step::Decided(index, decide(shard, host, label, web_slots, frame).await)
+    };
     let outcome = loop {
         glommio::yield_if_needed().await;
         let room = reading && handle.session.borrow().has_room();

@@ -200,6 +200,8 @@ struct HostHandle {
     /// Set when the connection must end after the frames read before an error frame or broken
     /// framing are settled: the `relay_upstream_disconnects_total` reason.
     closing: Cell<Option<&'static str>>,
+    /// The host's `did:web` frames decided at once ([`DID_WEB_SLOTS`]).
+    did_web_slots: glommio::sync::Semaphore,
     /// Cancels the task.
     abort: AbortHandle,
     /// When the task was started.
@@ -213,6 +215,9 @@ impl HostHandle {
         !self.abort.is_aborted() && !self.finished.get()
     }
 }
+
+/// Most of one host's `did:web` frames decided at once (their identity fetches in flight).
+pub const DID_WEB_SLOTS: u64 = 4;
 
 /// A `Connect` for a known host whose task is alive (in backoff or its offline wait) restarts it at
 /// most this often, so `requestCrawl` (unauthenticated) cannot make the relay hammer a host.
@@ -408,6 +413,7 @@ fn start_host(
         connected: Cell::new(false),
         session,
         closing: Cell::new(None),
+        did_web_slots: glommio::sync::Semaphore::new(DID_WEB_SLOTS),
         abort,
         started: Instant::now(),
         finished: Cell::new(false),

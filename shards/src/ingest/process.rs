@@ -217,7 +217,7 @@ pub async fn process_frame(input: Input<'_>, ctx: &Context) -> Verdict {
     let mut strip_handle = false;
     let outcome = match &event {
         Event::Commit(_) | Event::Sync(_) => commit_or_sync(&event, host, ctx, now_ms).await,
-        Event::Identity(i) => identity(&i.did, &i.time, host, ctx, now_ms).await.map(|strip| {
+        Event::Identity(i) => identity(&i.did, &i.time, host, ctx, now_ms, received).await.map(|strip| {
             strip_handle = strip;
             (None, false)
         }),
@@ -353,11 +353,19 @@ async fn repo_status(did: &Did, host: &Hostname, ctx: &Context) -> Option<Accoun
 /// the relay has the account on this host, so downstream caches purge it (indigo's relay relays every
 /// `#identity`, dropping only its handle when the account's checks fail). `Ok(true)`: relay it
 /// without its handle.
-async fn identity(did: &Did, time: &str, host: &Hostname, ctx: &Context, now_ms: u64) -> Result<bool, Stop> {
+async fn identity(
+    did: &Did,
+    time: &str,
+    host: &Hostname,
+    ctx: &Context,
+    now_ms: u64,
+    received: std::time::Instant,
+) -> Result<bool, Stop> {
     check_time(time)?;
     ctx.resolver.expire(did);
     ctx.resolver.forget_failure(did);
-    match ctx.resolver.refresh(did, now_ms).await {
+    // A fetch that started after the event was read, so it sees the document the event announces.
+    match ctx.resolver.refresh_after(did, now_ms, Some(received)).await {
         Ok(identity) if has_authority(&identity, host) => Ok(false),
         Ok(_) => Err(Stop::Drop(DropReason::WrongHost)),
         Err(e) if !e.is_transient() && ctx.store.repo(did).ok().flatten().is_some_and(|r| r.host == host.as_str()) => {

@@ -121,6 +121,8 @@ impl HttpUrl {
 pub struct HttpClient {
     tls: Arc<rustls::ClientConfig>,
     dns: dns::Dns,
+    /// What this client's names are looked up for ([`HttpClient::for_purpose`]).
+    purpose: dns::Purpose,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -155,7 +157,12 @@ impl HttpClient {
                 .map_err(|e| NetError::Tls(e.to_string()))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-        Ok(Self { tls: Arc::new(config), dns })
+        Ok(Self { tls: Arc::new(config), dns, purpose: dns::Purpose::Host })
+    }
+
+    /// The same client, its names looked up with `purpose`'s DNS slots (default: hosts).
+    pub fn for_purpose(&self, purpose: dns::Purpose) -> Self {
+        Self { purpose, ..self.clone() }
     }
 
     /// Resolves `host:port` (see [`dns::Dns::lookup`]).
@@ -163,7 +170,10 @@ impl HttpClient {
     /// # Errors
     /// [`NetError::Resolve`].
     pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, NetError> {
-        self.dns.lookup(host, port).await.map_err(|error| NetError::Resolve { host: host.to_owned(), error })
+        self.dns
+            .lookup(host, port, self.purpose)
+            .await
+            .map_err(|error| NetError::Resolve { host: host.to_owned(), error })
     }
 
     /// Resolves and connects, trying each address in turn with `timeout` per attempt. With

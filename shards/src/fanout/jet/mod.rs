@@ -307,7 +307,8 @@ impl FanoutShard {
             if let Err(end) = write(&mut wr, &pongs, queue, &self.metrics).await {
                 return (Some(wr), end);
             }
-            glommio::timer::sleep(Duration::from_millis(20)).await;
+            // Woken by the hello, a ping or the close; never on a timer.
+            queue.wait_for(|| sub.hello.get()).await;
         }
         let (mut position, first) = match self.jet_position(start, sub.format) {
             Ok(p) => p,

@@ -60,7 +60,10 @@ pub(super) async fn read_client(
                             if !in_message && sub.format == JetFormat::V1 {
                                 let applied = apply_options_update(&mut sub.filter.borrow_mut(), &message);
                                 match applied {
-                                    Ok(()) => sub.hello.set(true),
+                                    Ok(()) => {
+                                        sub.hello.set(true);
+                                        queue.notify();
+                                    }
                                     Err(e) => {
                                         tracing::debug!(error = %e, "invalid options_update; closing");
                                         bad_message.set(true);

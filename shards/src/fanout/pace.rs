@@ -1,6 +1,6 @@
 //! Replay at each subscriber's own pace, so that slow readers cost only themselves.
 //!
-//! Two rules, both without I/O (the replay loops of [`super::replay`] and the Jetstream replay drive
+//! Two rules, both without I/O (the replay loops of `fanout::replay` and the Jetstream replay drive
 //! them):
 //! - [`ReplayPacer`]: a subscriber's replay chunks start small and double while it reads them quickly,
 //!   halving when it does not: a fast consumer reaches the full chunk within a few chunks, a client

@@ -15,7 +15,7 @@ use shards::fanout::{FanoutConfig, FanoutShard, SubscriberDirectory};
 use shards::hosts::{HostPolicy, HostRegistry};
 use shards::identity::IdentityConfig;
 use shards::ingest::{IngestConfig, Upstream};
-use shards::messages::{HostCommand, IngestMsg, PublishedBatch};
+use shards::messages::{HostCommand, PublishedBatch, ToSequencer};
 use shards::net::HttpClient;
 use shards::sequencer::SequencerConfig;
 use shards::{Metrics, ingest, sequencer};
@@ -40,7 +40,7 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 
 /// The sequencer's ends of the channels: from every ingest shard, to every fanout shard.
 struct SequencerWork {
-    from_ingest: Vec<SharedReceiver<IngestMsg>>,
+    from_ingest: Vec<SharedReceiver<ToSequencer>>,
     to_ingest: Vec<SharedSender<HostCommand>>,
     to_fanout: Vec<SharedSender<PublishedBatch>>,
 }
@@ -49,10 +49,10 @@ struct SequencerWork {
 #[derive(Default)]
 struct Work {
     /// Shard index, its queue to the sequencer, its command queue from it.
-    ingest: Option<(usize, SharedSender<IngestMsg>, SharedReceiver<HostCommand>)>,
+    ingest: Option<(usize, SharedSender<ToSequencer>, SharedReceiver<HostCommand>)>,
     sequencer: Option<SequencerWork>,
     /// From the sequencer, and the admin API's way back to it.
-    fanout: Option<(usize, SharedReceiver<PublishedBatch>, SharedSender<IngestMsg>)>,
+    fanout: Option<(usize, SharedReceiver<PublishedBatch>, SharedSender<ToSequencer>)>,
 }
 
 /// Shared between executors and the main thread.
@@ -495,7 +495,7 @@ async fn start_fanout(
     ctx: &ExecCtx,
     fanout_index: usize,
     rx: SharedReceiver<PublishedBatch>,
-    admin_tx: SharedSender<IngestMsg>,
+    admin_tx: SharedSender<ToSequencer>,
 ) -> anyhow::Result<Rc<FanoutShard>> {
     let ex = glommio::executor();
     let fanout_tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "fanout");

@@ -1,4 +1,4 @@
-//! What crosses executors: ingest → sequencer ([`IngestMsg`]) and sequencer → fanout
+//! What crosses executors: ingest → sequencer ([`ToSequencer`]) and sequencer → fanout
 //! ([`PublishedBatch`]). Both travel over glommio `shared_channel` SPSC queues.
 
 use std::sync::Arc;
@@ -43,7 +43,7 @@ pub struct AcceptedEvent {
 // Events are the common case; boxing them would add an allocation per event.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-pub enum IngestMsg {
+pub enum ToSequencer {
     /// A validated event to sequence.
     Event(AcceptedEvent),
     /// A host frame was fully processed without producing an event (dropped or informational):

@@ -416,7 +416,7 @@ impl Metrics {
             let _ = self.events_dropped.get_or_create(&vec![("reason", reason.as_str())]);
         }
         // Every bounded label value up front: a dashboard finds a zero, not an absent series.
-        let families: [(&Family<Label, Counter>, &'static str, &[&'static str]); 16] = [
+        let families: [(&Family<Label, Counter>, &'static str, &[&'static str]); 14] = [
             (&self.jetstream_messages, "endpoint", &["v1", "v2"]),
             (&self.jetstream_encoded, "encoding", &["v1", "v2", "v1_zstd", "v2_zstd"]),
             (&self.events_relayed, "type", &["commit", "sync", "identity", "account"]),
@@ -430,21 +430,6 @@ impl Metrics {
             (&self.upstream_connects, "result", &["ok", "error"]),
             (&self.identity_lookups, "result", &["cache", "resolved", "stale", "failed", "unreachable", "joined"]),
             (&self.accept_errors, "kind", &["out_of_fds", "out_of_memory", "other"]),
-            (
-                &self.subscribers_closed,
-                "reason",
-                &[
-                    "consumer_too_slow",
-                    "future_cursor",
-                    "client_closed",
-                    "killed",
-                    "write_error",
-                    "store_error",
-                    "shutdown",
-                    "bad_message",
-                ],
-            ),
-            (&self.upstream_waits, "dependency", &["plc_directory", "did_web"]),
             (
                 &self.host_changes,
                 "change",
@@ -481,6 +466,13 @@ impl Metrics {
         }
         for reason in crate::accounts::Tolerated::ALL {
             let _ = self.sync_tolerated.get_or_create(&vec![("reason", reason.as_str())]);
+        }
+        // From the enums themselves: a new end or outage is on the dashboard before it first happens.
+        for end in crate::fanout::End::ALL {
+            let _ = self.subscribers_closed.get_or_create(&vec![("reason", end.as_str())]);
+        }
+        for outage in crate::ingest::process::Outage::ALL {
+            let _ = self.upstream_waits.get_or_create(&vec![("dependency", outage.as_str())]);
         }
         for reason in crate::accounts::Discontinuity::ALL {
             let _ = self.sync_discontinuities.get_or_create(&vec![("reason", reason.as_str())]);

@@ -40,7 +40,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use shards::Metrics;
 use shards::hosts::RateLimits;
-use shards::messages::{HostCommand, IngestMsg};
+use shards::messages::{HostCommand, ToSequencer};
 use storage::{HostConfig, HostRow};
 use wire::{Did, HostSeq, Hostname};
 
@@ -264,7 +264,7 @@ impl Admin {
                     .and_then(Value::as_str)
                     .and_then(|d| Did::new(d).ok())
                     .ok_or_else(|| bad("body must be {\"did\": \"did:…\"} with a valid DID"))?;
-                request_crawl::to_sequencer(ctx, IngestMsg::Takedown { did: did.clone(), taken_down })
+                request_crawl::to_sequencer(ctx, ToSequencer::Takedown { did: did.clone(), taken_down })
                     .map_err(|_| Response::xrpc_error(503, "NotEnoughResources", "the sequencer is busy; retry"))?;
                 tracing::info!(%did, taken_down, "admin account action");
                 Ok(Response::json(200, &json!({ "did": did.as_str(), "takenDown": taken_down })))

@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 use shards::Metrics;
 use shards::fanout::FanoutShard;
 use shards::hosts::HostRegistry;
-use shards::messages::IngestMsg;
+use shards::messages::ToSequencer;
 use shards::net::HttpClient;
 use wire::RelaySeq;
 
@@ -41,7 +41,7 @@ pub struct Ctx {
     /// Host policy, bans and live upstream connections (shared by every core).
     pub hosts: Arc<HostRegistry>,
     /// This core's queue to the sequencer (host commands, takedowns).
-    pub to_sequencer: ConnectedSender<IngestMsg>,
+    pub to_sequencer: ConnectedSender<ToSequencer>,
     /// Outbound HTTP (the `describeServer` probe of `requestCrawl`).
     pub http: HttpClient,
     /// `requestCrawl` settings.

@@ -24,7 +24,7 @@ pub const NSID: &str = "com.atproto.sync.requestCrawl";
 use std::time::Duration;
 
 use shards::Metrics;
-use shards::messages::{HostCommand, IngestMsg};
+use shards::messages::{HostCommand, ToSequencer};
 use shards::net::{HttpUrl, NetError};
 use storage::HostConfig;
 use wire::Hostname;
@@ -219,7 +219,7 @@ async fn probe(ctx: &Ctx, host: &Hostname, tls: bool) -> Result<(), Refused> {
 
 /// Hands a host command to the sequencer (which forwards it to the host's ingest shard).
 pub fn send(ctx: &Ctx, cmd: HostCommand) -> Result<(), Refused> {
-    to_sequencer(ctx, IngestMsg::Host(cmd))
+    to_sequencer(ctx, ToSequencer::Host(cmd))
         .map_err(|_| ("busy", Response::xrpc_error(503, "NotEnoughResources", "the relay is busy; retry")))
 }
 
@@ -232,7 +232,7 @@ pub struct QueueFull;
 ///
 /// # Errors
 /// [`QueueFull`].
-pub fn to_sequencer(ctx: &Ctx, msg: IngestMsg) -> Result<(), QueueFull> {
+pub fn to_sequencer(ctx: &Ctx, msg: ToSequencer) -> Result<(), QueueFull> {
     ctx.to_sequencer.try_send(msg).map_err(|_| QueueFull)?;
     ctx.metrics.ingest_queue_depth.inc();
     Ok(())

@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 pub use directory::{Listed, SubscriberDirectory, SubscriberProgress, SubscriberView};
 pub use jet::{JetFormat, JetRequest, JetStart};
 pub use queue::Outgoing;
+pub(crate) use subscriber::End;
 pub use subscriber::SubscriberInfo;
 
 /// Fanout settings.

@@ -55,7 +55,7 @@ fn error_frame(error: &str, message: &str) -> Vec<u8> {
 
 /// Why a subscriber's writer ended (the `reason` label of `relay_subscribers_closed_total`).
 #[derive(Debug, Clone, Copy)]
-pub(super) enum End {
+pub(crate) enum End {
     /// Its socket accepted nothing for the stall timeout.
     Stalled,
     FutureCursor,
@@ -71,7 +71,19 @@ pub(super) enum End {
 }
 
 impl End {
-    pub(super) fn as_str(self) -> &'static str {
+    /// Every end, for pre-registering the counter's labels.
+    pub(crate) const ALL: [End; 8] = [
+        End::Stalled,
+        End::FutureCursor,
+        End::ClientClosed,
+        End::Killed,
+        End::Shutdown,
+        End::WriteError,
+        End::StoreError,
+        End::BadMessage,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             End::Stalled => "consumer_too_slow",
             End::FutureCursor => "future_cursor",

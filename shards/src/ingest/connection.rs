@@ -19,7 +19,7 @@ use wire::Hostname;
 use wire::frame::{Event, Frame};
 
 use super::{HostEvent, HostHandle, Shard, Upstream, now_ms, process, session};
-use crate::messages::IngestMsg;
+use crate::messages::ToSequencer;
 use crate::metrics::Metrics;
 use crate::net;
 
@@ -257,7 +257,7 @@ async fn hand_over(
     let msg = match h.verdict {
         process::Verdict::Accept(mut ev) => {
             ev.resume = h.resume.clone();
-            IngestMsg::Event(ev)
+            ToSequencer::Event(ev)
         }
         process::Verdict::Info(Frame::Error(e)) if e.error == "FutureCursor" => return Err(ReadOutcome::FutureCursor),
         verdict => {
@@ -279,7 +279,7 @@ async fn hand_over(
             if !moved {
                 return Ok(Sent::Nothing);
             }
-            IngestMsg::Skipped { host: Arc::clone(label), resume: h.resume.clone() }
+            ToSequencer::Skipped { host: Arc::clone(label), resume: h.resume.clone() }
         }
     };
     if shard.to_sequencer.send(msg).await.is_err() {

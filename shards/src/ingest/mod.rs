@@ -27,7 +27,7 @@ use wire::{HostStatus, Hostname, Limits};
 use crate::backoff::Backoff;
 use crate::hosts::{Connection, HostRegistry, RateLimiter, RateLimits};
 use crate::identity::{IdentityConfig, Resolver};
-use crate::messages::{HostCommand, IngestMsg};
+use crate::messages::{HostCommand, ToSequencer};
 use crate::metrics::Metrics;
 use crate::unix_ms as now_ms;
 
@@ -230,7 +230,7 @@ struct Shard {
     registry: Arc<HostRegistry>,
     index: usize,
     ctx: process::Context,
-    to_sequencer: ConnectedSender<IngestMsg>,
+    to_sequencer: ConnectedSender<ToSequencer>,
     hosts: RefCell<HashMap<String, Rc<HostHandle>>>,
 }
 
@@ -245,7 +245,7 @@ pub async fn run(
     config: IngestConfig,
     index: usize,
     shards: usize,
-    to_sequencer: SharedSender<IngestMsg>,
+    to_sequencer: SharedSender<ToSequencer>,
     commands: SharedReceiver<HostCommand>,
     store: Arc<Store>,
     registry: Arc<HostRegistry>,
@@ -349,7 +349,7 @@ fn host_command(shard: &Rc<Shard>, cmd: HostCommand) {
             // the old connection can move the cursor past the reset, none of the new one precede it.
             let shard = Rc::clone(shard);
             glommio::spawn_local(async move {
-                let reset = IngestMsg::CursorReset { host: Arc::from(host.as_str()), cursor };
+                let reset = ToSequencer::CursorReset { host: Arc::from(host.as_str()), cursor };
                 if shard.to_sequencer.send(reset).await.is_err() {
                     return;
                 }

@@ -55,6 +55,9 @@ pub enum Outage {
 }
 
 impl Outage {
+    /// Every outage, for pre-registering the counter's labels.
+    pub const ALL: [Outage; 2] = [Outage::Directory, Outage::DidWeb];
+
     /// The `dependency` label of `relay_upstream_waits_total`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -12,7 +12,7 @@ use wire::{AccountStatus, Did, DropReason, RelaySeq, ws};
 
 use super::SequencerError;
 use crate::accounts;
-use crate::messages::{AcceptedEvent, IngestMsg};
+use crate::messages::{AcceptedEvent, ToSequencer};
 use crate::metrics::Metrics;
 
 /// What the sequencer keeps between batches.
@@ -112,7 +112,7 @@ impl<'a> Batch<'a> {
 
     /// Moves a host's resume point to `resume` (written in this batch, with the events it covers).
     /// The ingest sends one host's messages in order, so it only moves forward; an operator's reset
-    /// ([`IngestMsg::CursorReset`]) moves it back. A default resume point (nothing known) moves
+    /// ([`ToSequencer::CursorReset`]) moves it back. A default resume point (nothing known) moves
     /// nothing.
     fn advance_cursor(&mut self, host: &str, resume: storage::ResumePoint) -> Result<(), StoreError> {
         if resume == storage::ResumePoint::default() {
@@ -187,21 +187,21 @@ impl<'a> Batch<'a> {
     }
 
     /// Applies one message.
-    pub(super) fn apply(&mut self, msg: IngestMsg) -> Result<(), SequencerError> {
+    pub(super) fn apply(&mut self, msg: ToSequencer) -> Result<(), SequencerError> {
         let ev = match msg {
-            IngestMsg::Skipped { host, resume } => return Ok(self.advance_cursor(&host, resume)?),
-            IngestMsg::CursorReset { host, cursor } => {
+            ToSequencer::Skipped { host, resume } => return Ok(self.advance_cursor(&host, resume)?),
+            ToSequencer::CursorReset { host, cursor } => {
                 tracing::info!(host = %host, cursor = cursor.0, "host cursor reset");
                 host_state(&mut self.state.hosts, self.store, &host)?.resume = storage::ResumePoint::at(cursor);
                 self.touched_hosts.insert(host.to_string());
                 return Ok(());
             }
-            IngestMsg::Host(cmd) => {
+            ToSequencer::Host(cmd) => {
                 self.host_commands.push(cmd);
                 return Ok(());
             }
-            IngestMsg::Event(ev) => ev,
-            IngestMsg::Takedown { did, taken_down } => {
+            ToSequencer::Event(ev) => ev,
+            ToSequencer::Takedown { did, taken_down } => {
                 let prior = self.prior(&did)?;
                 let (state, event) = accounts::takedown(&did, prior.as_ref(), taken_down, now_datetime());
                 tracing::info!(%did, taken_down, "operator takedown");

@@ -24,7 +24,7 @@ use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use storage::{Store, StoreError};
 
 use crate::health::Health;
-use crate::messages::{HostCommand, IngestMsg, PublishedBatch};
+use crate::messages::{HostCommand, PublishedBatch, ToSequencer};
 use crate::metrics::Metrics;
 
 /// Sequencer settings.
@@ -103,7 +103,7 @@ async fn wait_for_disk(store: &Store, min_free: u64, health: &Health, metrics: &
 pub async fn run(
     config: SequencerConfig,
     committed: Arc<AtomicU64>,
-    from_ingest: Vec<SharedReceiver<IngestMsg>>,
+    from_ingest: Vec<SharedReceiver<ToSequencer>>,
     to_ingest: Vec<SharedSender<HostCommand>>,
     to_fanout: Vec<SharedSender<PublishedBatch>>,
     store: Arc<Store>,

@@ -157,6 +157,11 @@ pub(crate) struct Common {
     /// Write an SVG latency-percentile chart here.
     #[arg(long)]
     pub(crate) svg: Option<PathBuf>,
+    /// Seconds between storage samples (`storage_series` in the JSON line: the relay's
+    /// `relay_events_disk_bytes`, oldest and last seq, `relay_data_dir_bytes`, `relay_wal_bytes`,
+    /// and the data directory's `du` measured by relay-bench when it started the relay).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) storage_every: u64,
     /// Before starting our relay, write this many events into its data directory (relay seqs from 1,
     /// real `#commit` frames): a store to replay, or to delete (see bench/README.md).
     #[arg(long, default_value_t = 0)]

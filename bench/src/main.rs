@@ -121,8 +121,9 @@ struct Probes {
     proc_samples: Arc<Mutex<Vec<ProcSample>>>,
     health: Arc<Mutex<Histogram<u64>>>,
     health_failures: Arc<AtomicU64>,
-    /// `[secs, relay_events_disk_bytes, relay_events_oldest_seq, relay_last_seq]` every 10 s.
-    storage: Arc<Mutex<Vec<[u64; 4]>>>,
+    /// `[secs, relay_events_disk_bytes, relay_events_oldest_seq, relay_last_seq,
+    /// relay_data_dir_bytes, relay_wal_bytes, du]` every `--storage-every` seconds.
+    storage: Arc<Mutex<Vec<[u64; 7]>>>,
 }
 
 fn start_probes(s: &Setup) -> Probes {
@@ -144,7 +145,8 @@ fn start_probes(s: &Setup) -> Probes {
     if let Some(addr) = &s.relay_addr {
         tokio::spawn(probe::sample_storage(
             addr.clone(),
-            Duration::from_secs(10),
+            s._spawned.as_ref().map(|sp| sp._data.0.clone()),
+            Duration::from_secs(s.storage_every.max(1)),
             Arc::clone(&p.stop),
             Arc::clone(&p.storage),
         ));

@@ -134,16 +134,27 @@ pub async fn relay_histogram_quantile(addr: &str, name: &str, q: f64) -> Option<
     sorted.into_iter().find(|(_, c)| *c >= q * total).map(|(b, _)| b)
 }
 
-/// Every `every`: the relay's stored-events size, oldest and newest seq, as `[secs since start,
-/// relay_events_disk_bytes, relay_events_oldest_seq, relay_last_seq]`, until `stop`.
-pub async fn sample_storage(addr: String, every: Duration, stop: Arc<AtomicBool>, out: Arc<Mutex<Vec<[u64; 4]>>>) {
+/// Every `every`: the relay's storage, as `[secs since start, relay_events_disk_bytes,
+/// relay_events_oldest_seq, relay_last_seq, relay_data_dir_bytes, relay_wal_bytes, du]` (`du`: what
+/// the data directory `data` takes on disk, measured here, independently of the relay; 0 when the
+/// relay's directory is not known), until `stop`.
+pub async fn sample_storage(
+    addr: String,
+    data: Option<std::path::PathBuf>,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    out: Arc<Mutex<Vec<[u64; 7]>>>,
+) {
     let t0 = std::time::Instant::now();
     while !stop.load(Ordering::Acquire) {
         let bytes = relay_metric(&addr, "relay_events_disk_bytes").await.unwrap_or(0);
         let oldest = relay_metric(&addr, "relay_events_oldest_seq").await.unwrap_or(0);
         let head = relay_metric(&addr, "relay_last_seq").await.unwrap_or(0);
+        let dir = relay_metric(&addr, "relay_data_dir_bytes").await.unwrap_or(0);
+        let wal = relay_metric(&addr, "relay_wal_bytes").await.unwrap_or(0);
+        let du = data.as_deref().and_then(|d| storage::dir_usage(d).ok()).map_or(0, |u| u.total_bytes);
         if let Ok(mut o) = out.lock() {
-            o.push([t0.elapsed().as_secs(), bytes, oldest, head]);
+            o.push([t0.elapsed().as_secs(), bytes, oldest, head, dir, wal, du]);
         }
         tokio::time::sleep(every).await;
     }

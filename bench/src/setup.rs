@@ -137,6 +137,8 @@ pub(crate) struct Setup {
     pub(crate) connect_all_s: Option<f64>,
     /// `/xrpc/_health` latency (µs) while the relay connected to the hosts, and failed polls.
     pub(crate) connect_health: Option<(Histogram<u64>, u64)>,
+    /// Seconds between storage samples (`--storage-every`).
+    pub(crate) storage_every: u64,
 }
 
 pub(crate) async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
@@ -197,6 +199,7 @@ pub(crate) async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
         _spawned: None,
         connect_all_s: None,
         connect_health: None,
+        storage_every: c.storage_every,
     };
     if direct {
         s.layout = "direct (no relay)".into();

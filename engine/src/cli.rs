@@ -30,6 +30,11 @@ pub enum Command {
     /// Bootstrap the host table from another relay's `com.atproto.sync.listHosts` (run while the
     /// relay is stopped: it opens the data directory).
     PullHosts(crate::pull_hosts::PullHostsArgs),
+    /// Run a splitter: the relay's fan-out tier. It follows one upstream firehose (a relay,
+    /// another splitter, a PDS), keeps its frames byte for byte under the upstream's seqs, and
+    /// serves them (subscribeRepos, Jetstream) with the relay's replay, retention and
+    /// slow-consumer policy; the other sync methods, requestCrawl and /admin/* go to the upstream.
+    Splitter(Box<SplitterArgs>),
     /// Check this machine for the relay (io_uring, locked memory, file descriptors, CPUs, the data
     /// directory, the clock): each check OK, WARN or FAIL with a fix; non-zero exit on a FAIL.
     Doctor(crate::doctor::DoctorArgs),
@@ -158,14 +163,6 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL", required_unless_present = "print_layout", env = "RELAY_PLC_URL")]
     pub plc_url: Option<String>,
 
-    /// Directory of the RocksDB store (created if missing).
-    #[arg(long, default_value = "./data", value_name = "DIR", env = "RELAY_DATA_DIR")]
-    pub data_dir: PathBuf,
-
-    /// Address the HTTP/websocket API listens on (one SO_REUSEPORT listener per fanout core).
-    #[arg(long, default_value = "127.0.0.1:2470", value_name = "ADDR", env = "RELAY_LISTEN")]
-    pub listen: SocketAddr,
-
     /// CPUs running ingest shards, e.g. `0-3,6` (default: automatic layout).
     #[arg(long, value_name = "CPUS", env = "RELAY_INGEST_CORES")]
     pub ingest_cores: Option<String>,
@@ -195,6 +192,71 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..(1u64 << 62)),
           env = "RELAY_INITIAL_SEQ_NUMBER")]
     pub initial_seq_number: Option<u64>,
+
+    /// Relay commits whose Sync 1.1 proof fails (op CIDs against the signed MST, the inversion to
+    /// prevData), counting them in relay_sync_violations_total, instead of dropping them (indigo's
+    /// --lenient-sync-validation). Commits that only break their account's chain are relayed
+    /// anyway.
+    #[arg(long, env = "RELAY_LENIENT_SYNC")]
+    pub lenient_sync: bool,
+
+    /// The store: data directory, durability, retention and disk bounds.
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// The API and subscribers: listen address, limits, admin password, outbound TLS.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Flags of `relay splitter`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SplitterArgs {
+    /// The upstream's firehose: `wss://host[:port]` or `ws://host[:port]` (`https://`/`http://`
+    /// also accepted), a relay or another splitter (repeatable; comma-separated in the
+    /// environment). With several, they must share one seq space (a relay and its splitters): on
+    /// a failure the splitter goes on with the next one from its last stored seq.
+    #[arg(long = "upstream", value_name = "URL", env = "RELAY_UPSTREAMS", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
+
+    /// Where requestCrawl is passed on (repeatable; comma-separated in the environment): the first
+    /// one's answer is returned, the others are sent without waiting. Default: the upstream.
+    #[arg(long = "crawl-forward", value_name = "URL", env = "RELAY_CRAWL_FORWARD", value_delimiter = ',')]
+    pub crawl_forward: Vec<String>,
+
+    /// CPUs running fanout shards and the API, e.g. `1-3` (default: automatic layout).
+    #[arg(long, value_name = "CPUS", env = "RELAY_FANOUT_CORES")]
+    pub fanout_cores: Option<String>,
+
+    /// CPU running the follower (the upstream connection and the writer; default: automatic
+    /// layout, where the relay puts its sequencer).
+    #[arg(long, value_name = "CPU", env = "RELAY_FOLLOWER_CORE")]
+    pub follower_core: Option<usize>,
+
+    /// CPU RocksDB's flush and compaction threads (and retention) are pinned to (default: automatic
+    /// layout).
+    #[arg(long, value_name = "CPU", env = "RELAY_COMPACTION_CORE")]
+    pub compaction_core: Option<usize>,
+
+    /// Print which role runs on which CPU, then exit.
+    #[arg(long, env = "RELAY_PRINT_LAYOUT")]
+    pub print_layout: bool,
+
+    /// The store: data directory, durability, retention and disk bounds.
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// The API and subscribers: listen address, limits, admin password, outbound TLS.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// The store's flags (shared by `serve` and `splitter`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Directory of the RocksDB store (created if missing).
+    #[arg(long, default_value = "./data", value_name = "DIR", env = "RELAY_DATA_DIR")]
+    pub data_dir: PathBuf,
 
     /// Durability of group commits.
     #[arg(long, value_enum, default_value = "always", env = "RELAY_FSYNC")]
@@ -227,6 +289,19 @@ pub struct ServeArgs {
     #[arg(long, default_value = "1GiB", value_name = "BYTES", value_parser = parse_bytes,
           env = "RELAY_MIN_FREE_DISK")]
     pub min_free_disk: u64,
+
+    /// RocksDB background threads for flushes and compactions (1-64).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=64),
+          env = "RELAY_ROCKSDB_THREADS")]
+    pub rocksdb_threads: i32,
+}
+
+/// The API's and subscribers' flags (shared by `serve` and `splitter`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Address the HTTP/websocket API listens on (one SO_REUSEPORT listener per fanout core).
+    #[arg(long, default_value = "127.0.0.1:2470", value_name = "ADDR", env = "RELAY_LISTEN")]
+    pub listen: SocketAddr,
 
     /// Most subscribers (subscribeRepos websockets) served at once; past it an upgrade is answered
     /// 503 NotEnoughResources. 0 = no limit.
@@ -264,12 +339,6 @@ pub struct ServeArgs {
           env = "RELAY_REPLAY_MEMORY")]
     pub replay_memory: u64,
 
-    /// Relay commits whose Sync 1.1 checks fail (op CIDs, inversion to prevData, since/prevData
-    /// against the stored state), counting them in relay_sync_violations_total, instead of dropping
-    /// them. For migrations off hosts that are not Sync 1.1 yet.
-    #[arg(long, env = "RELAY_LENIENT_SYNC")]
-    pub lenient_sync: bool,
-
     /// PEM file of extra CA certificates to trust for outbound TLS (besides the webpki roots), e.g.
     /// a test CA.
     #[arg(long, value_name = "FILE", env = "RELAY_TLS_CA")]
@@ -279,11 +348,6 @@ pub struct ServeArgs {
     /// API is not served; an empty one is refused.
     #[arg(long, env = "RELAY_ADMIN_PASSWORD", hide_env_values = true, value_name = "PASSWORD")]
     pub admin_password: Option<String>,
-
-    /// RocksDB background threads for flushes and compactions (1-64).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=64),
-          env = "RELAY_ROCKSDB_THREADS")]
-    pub rocksdb_threads: i32,
 }
 
 /// Settings of hosts the relay adds (flags shared by `serve` and `pull-hosts`).
@@ -368,6 +432,6 @@ mod tests {
         .unwrap();
         let Command::Serve(args) = parsed.command else { panic!() };
         assert_eq!((args.startup_ramp, args.idle_timeout), (Duration::from_secs(5), Duration::from_secs(120)));
-        assert_eq!(args.retention, DurationOrOff(Some(Duration::from_secs(72 * 3600))));
+        assert_eq!(args.store.retention, DurationOrOff(Some(Duration::from_secs(72 * 3600))));
     }
 }

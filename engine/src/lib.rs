@@ -14,6 +14,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pull_hosts;
 pub mod runtime;
+pub mod splitter;
 pub mod xrpc;
 
 pub use cli::{Cli, Command, Fsync, HostPolicyArgs, ServeArgs};
@@ -27,5 +28,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => runtime::serve(*args),
         Command::PullHosts(args) => pull_hosts::run(&args),
         Command::Doctor(args) => doctor::run(&args),
+        Command::Splitter(args) => splitter::run(*args),
     }
 }

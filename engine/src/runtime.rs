@@ -31,12 +31,12 @@ const HOST_COMMAND_QUEUE: usize = 1024;
 /// Capacity of each admin API → sequencer queue, in requests.
 const ADMIN_QUEUE: usize = 256;
 /// Capacity of each sequencer → fanout queue, in batches.
-const FANOUT_QUEUE: usize = 256;
+pub(crate) const FANOUT_QUEUE: usize = 256;
 /// How long a shutdown waits for the sequencer's batch in flight and for subscribers' close frames.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// glommio's registered I/O buffer per executor. The relay does no glommio file I/O, so this stays
 /// small; it is locked memory (see kernel-notes.md).
-const IO_MEMORY_BYTES: usize = 1 << 20;
+pub(crate) const IO_MEMORY_BYTES: usize = 1 << 20;
 
 /// The sequencer's ends of the channels: from every ingest shard, to every fanout shard.
 struct SequencerWork {
@@ -56,13 +56,13 @@ struct Work {
 }
 
 /// Shared between executors and the main thread.
-struct Control {
-    stop: AtomicBool,
-    fatal: Mutex<Vec<String>>,
+pub(crate) struct Control {
+    pub(crate) stop: AtomicBool,
+    pub(crate) fatal: Mutex<Vec<String>>,
 }
 
 impl Control {
-    fn fail(&self, msg: String) {
+    pub(crate) fn fail(&self, msg: String) {
         tracing::error!("{msg}");
         if let Ok(mut f) = self.fatal.lock() {
             f.push(msg);
@@ -84,7 +84,7 @@ fn parse_hosts(raw: &[String], allow_insecure: bool) -> anyhow::Result<Vec<Upstr
 
 /// Raises a resource limit's soft value to its hard value (what `ulimit -l`/`ulimit -n` allow
 /// without privileges) and returns the soft value now in force.
-fn raise_soft_limit(resource: libc::__rlimit_resource_t, name: &str) -> u64 {
+pub(crate) fn raise_soft_limit(resource: libc::__rlimit_resource_t, name: &str) -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read/write the struct passed.
     unsafe {
@@ -108,11 +108,11 @@ fn raise_soft_limit(resource: libc::__rlimit_resource_t, name: &str) -> u64 {
 fn raise_limits(args: &ServeArgs) {
     raise_soft_limit(libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK");
     let files = raise_soft_limit(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE");
-    let wanted = args.max_subscribers.saturating_add(1024) as u64;
+    let wanted = args.api.max_subscribers.saturating_add(1024) as u64;
     if files < wanted {
         tracing::warn!(
             nofile = files,
-            max_subscribers = args.max_subscribers,
+            max_subscribers = args.api.max_subscribers,
             "RLIMIT_NOFILE is below --max-subscribers + 1024: raise LimitNOFILE (systemd) or `ulimit -n`"
         );
     }
@@ -146,7 +146,7 @@ fn add_flag_hosts(registry: &HostRegistry, hosts: &[Upstream], trusted_limit: u6
 
 /// Opens the store from a thread pinned to the compaction CPU, so RocksDB's background threads
 /// (created during open) inherit that affinity.
-fn open_store(args: &ServeArgs, compaction_cpu: usize) -> anyhow::Result<Arc<Store>> {
+pub(crate) fn open_store(args: &crate::cli::StoreArgs, compaction_cpu: usize) -> anyhow::Result<Arc<Store>> {
     let path = args.data_dir.clone();
     let options = StoreOptions {
         sync_writes: args.fsync == Fsync::Always,
@@ -172,7 +172,7 @@ fn open_store(args: &ServeArgs, compaction_cpu: usize) -> anyhow::Result<Arc<Sto
 /// Runs retention ([`storage::retention::enforce`]) every [`storage::retention::interval`] on a thread
 /// pinned to the compaction CPU, off every executor, until `control` stops; keeps the storage gauges
 /// current.
-fn start_retention(
+pub(crate) fn start_retention(
     store: Arc<Store>,
     policy: storage::retention::RetentionPolicy,
     cpu: usize,
@@ -242,10 +242,11 @@ fn start_retention(
 pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     // `RELAY_MAX_DISK` was `RELAY_MAX_EVENTS_DISK` (it bounded the events alone); an environment
     // file with the old name still sets it.
-    if args.max_disk.is_none()
+    if args.store.max_disk.is_none()
         && let Ok(old) = std::env::var("RELAY_MAX_EVENTS_DISK")
     {
-        args.max_disk = Some(crate::cli::parse_bytes(&old).map_err(|e| anyhow::anyhow!("RELAY_MAX_EVENTS_DISK: {e}"))?);
+        args.store.max_disk =
+            Some(crate::cli::parse_bytes(&old).map_err(|e| anyhow::anyhow!("RELAY_MAX_EVENTS_DISK: {e}"))?);
         tracing::warn!("RELAY_MAX_EVENTS_DISK is now RELAY_MAX_DISK, and bounds the whole data directory");
     }
     let allowed = layout::allowed_cpus();
@@ -262,7 +263,7 @@ pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     }
     let plc_url = args.plc_url.clone().context("--plc-url is required")?;
     shards::net::HttpUrl::parse(&plc_url).with_context(|| format!("--plc-url {plc_url}"))?;
-    let extra_ca = match &args.tls_ca {
+    let extra_ca = match &args.api.tls_ca {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("reading --tls-ca {}", path.display()))?),
         None => None,
     };
@@ -271,14 +272,14 @@ pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     if args.idle_timeout < Duration::from_secs(1) {
         bail!("--idle-timeout must be at least 1s");
     }
-    if args.admin_password.as_deref().is_some_and(|p| p.trim().is_empty()) {
+    if args.api.admin_password.as_deref().is_some_and(|p| p.trim().is_empty()) {
         bail!(
             "--admin-password (RELAY_ADMIN_PASSWORD) is empty: set a password, or leave it unset to disable the admin API"
         );
     }
     raise_limits(&args);
 
-    let store = open_store(&args, layout.compaction)?;
+    let store = open_store(&args.store, layout.compaction)?;
     if let Some(floor) = args.initial_seq_number.and_then(|n| n.checked_sub(1))
         && store.raise_last_seq(wire::RelaySeq(floor)).context("recording --initial-seq-number")?
     {
@@ -289,7 +290,7 @@ pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     let hosts_registry = Arc::new(HostRegistry::new(Arc::clone(&store), policy).context("reading the host table")?);
     add_flag_hosts(&hosts_registry, &hosts, args.host_policy.trusted_account_limit)?;
     let directory = Arc::new(SubscriberDirectory::default());
-    let limits = crate::limits::ConnectionLimits::new(args.max_connections_per_ip, args.max_subscribers);
+    let limits = crate::limits::ConnectionLimits::new(args.api.max_connections_per_ip, args.api.max_subscribers);
     let health = Arc::new(shards::health::Health::default());
     let sequencer_stop = Arc::new(AtomicBool::new(false));
     let metrics = Metrics::default();
@@ -327,7 +328,7 @@ pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         w.sequencer = Some(SequencerWork { from_ingest: ingest_rx, to_ingest, to_fanout: fanout_tx });
     }
 
-    tracing::info!(layout = %layout.summary(), data_dir = %args.data_dir.display(), listen = %args.listen, "starting relay");
+    tracing::info!(layout = %layout.summary(), data_dir = %args.store.data_dir.display(), listen = %args.api.listen, "starting relay");
     let mut handles = Vec::new();
     for (cpu, w) in work {
         let ctx = ExecCtx {
@@ -361,7 +362,8 @@ pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         handles.push(handle);
     }
 
-    let policy = storage::retention::RetentionPolicy { window: args.retention.0, max_disk_bytes: args.max_disk };
+    let policy =
+        storage::retention::RetentionPolicy { window: args.store.retention.0, max_disk_bytes: args.store.max_disk };
     if policy.window.is_none() {
         tracing::warn!("--retention off: every event is kept and the data directory grows without bound");
     }
@@ -452,7 +454,8 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         let store = Arc::clone(&ctx.store);
         let metrics = ctx.metrics.clone();
         let control = Arc::clone(&ctx.control);
-        let config = SequencerConfig { min_free_disk_bytes: ctx.args.min_free_disk, ..SequencerConfig::default() };
+        let config =
+            SequencerConfig { min_free_disk_bytes: ctx.args.store.min_free_disk, ..SequencerConfig::default() };
         let committed = Arc::clone(&ctx.committed);
         let health = Arc::clone(&ctx.health);
         let stop = Arc::clone(&ctx.sequencer_stop);
@@ -504,10 +507,10 @@ async fn start_fanout(
     // The API answers health checks under load: its own queue, latency-sensitive.
     let api_tq = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(5)), "api");
     let config = FanoutConfig {
-        subscriber_queue: usize::try_from(ctx.args.subscriber_queue).unwrap_or(usize::MAX),
-        stall_timeout: ctx.args.subscriber_stall_timeout,
-        coalesce: ctx.args.fanout_coalesce.0,
-        replay_memory_bytes: ctx.args.replay_memory / ctx.fanout_shards.max(1) as u64,
+        subscriber_queue: usize::try_from(ctx.args.api.subscriber_queue).unwrap_or(usize::MAX),
+        stall_timeout: ctx.args.api.subscriber_stall_timeout,
+        coalesce: ctx.args.api.fanout_coalesce.0,
+        replay_memory_bytes: ctx.args.api.replay_memory / ctx.fanout_shards.max(1) as u64,
         shard: fanout_index,
         ..FanoutConfig::default()
     };
@@ -525,10 +528,10 @@ async fn start_fanout(
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .detach();
     glommio::spawn_local_into(Rc::clone(&shard).run_sampler(), fanout_tq).map_err(|e| anyhow::anyhow!("{e}"))?.detach();
-    let listener = glommio::net::TcpListener::bind(ctx.args.listen)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", ctx.args.listen))?;
-    tracing::info!(listen = %ctx.args.listen, "listening");
-    let admin = ctx.args.admin_password.clone().map(crate::admin::Admin::new);
+    let listener = glommio::net::TcpListener::bind(ctx.args.api.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", ctx.args.api.listen))?;
+    tracing::info!(listen = %ctx.args.api.listen, "listening");
+    let admin = ctx.args.api.admin_password.clone().map(crate::admin::Admin::new);
     let xrpc_ctx = Rc::new(crate::xrpc::Ctx {
         fanout: shard,
         fanout_tq,
@@ -536,7 +539,8 @@ async fn start_fanout(
         admin,
         hosts: Arc::clone(&ctx.hosts),
         // Connecting waits for the sequencer's end.
-        to_sequencer: admin_tx.connect().await,
+        to_sequencer: Some(admin_tx.connect().await),
+        splitter: None,
         http: ctx.http.clone(),
         crawl: crate::xrpc::request_crawl::CrawlConfig {
             dev_localhost_port: ctx.args.dev_localhost_port,

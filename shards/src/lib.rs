@@ -18,6 +18,7 @@ pub mod messages;
 pub mod metrics;
 pub mod net;
 pub mod sequencer;
+pub mod splitter;
 
 pub use metrics::Metrics;
 

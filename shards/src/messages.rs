@@ -123,6 +123,10 @@ pub struct Published {
     /// The unix second of the batch's `time_index` entry and its first relay seq: every event of the
     /// batch has that entry's time ([`wire::jetstream::time_us`]).
     pub second: (u64, RelaySeq),
+    /// A splitter's store was cut back to this seq (its upstream's sequence was reset, and the
+    /// operator reset the cursor): the shard's head goes back to it and every subscriber is closed
+    /// (its cursor is now in the future). `None` for every relay batch.
+    pub reset: Option<RelaySeq>,
 }
 
 /// A [`Published`] batch, shared by the fanout shards.

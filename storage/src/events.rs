@@ -8,7 +8,7 @@ use wire::RelaySeq;
 
 use crate::cf;
 use crate::error::StoreError;
-use crate::store::{META_RETAINED_FROM, Store, be_u64, corrupt};
+use crate::store::{META_LAST_SEQ, META_RETAINED_FROM, Store, be_u64, corrupt};
 
 /// One replay read ([`Store::replay`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -235,6 +235,47 @@ impl Store {
         self.db.compact_range_cf_opt(events, Some(start), Some(end), &compact);
         // Seqs start at 1.
         Ok(before.0 - from.0.max(1))
+    }
+
+    /// Deletes every event with `seq > after`, with the `time_index` entries and tombstones above it,
+    /// and sets `meta.last_seq` to `after`, in one synced batch: a splitter's store after its
+    /// upstream's sequence was reset below it (the operator's `resetCursor`). The relay never calls
+    /// it (its seqs are never reused).
+    ///
+    /// # Errors
+    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`]; nothing is deleted when the batch fails.
+    pub fn truncate_after(&self, after: RelaySeq) -> Result<(), StoreError> {
+        let events = self.cf(cf::EVENTS);
+        let mut wb = WriteBatch::default();
+        wb.delete_range_cf(events, (after.0 + 1).to_be_bytes(), u64::MAX.to_be_bytes());
+        wb.delete_cf(events, u64::MAX.to_be_bytes());
+        wb.put_cf(self.cf(cf::META), META_LAST_SEQ, after.0.to_be_bytes());
+        let index = self.cf(cf::TIME_INDEX);
+        for item in self.db.iterator_cf(index, IteratorMode::End) {
+            let (k, v) = item?;
+            if be_u64(&v).ok_or_else(|| corrupt(cf::TIME_INDEX, &k))? <= after.0 {
+                break;
+            }
+            wb.delete_cf(index, k);
+        }
+        let ordered = self.tombstone_writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let above: Vec<String> = {
+            let map = self.tombstones.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.iter().filter(|(_, seq)| **seq > after.0).map(|(did, _)| did.clone()).collect()
+        };
+        for did in &above {
+            wb.delete_cf(self.cf(cf::TOMBSTONES), did);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo)?;
+        let mut map = self.tombstones.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for did in &above {
+            map.remove(did);
+        }
+        drop(map);
+        drop(ordered);
+        Ok(())
     }
 
     /// Bytes the `events` column family takes: its live SST files plus its memtables.

@@ -12,7 +12,7 @@ use crate::layout::{HostState, RepoState};
 use crate::{FORMAT_VERSION, cf};
 
 const META_FORMAT_VERSION: &[u8] = b"format_version";
-const META_LAST_SEQ: &[u8] = b"last_seq";
+pub(crate) const META_LAST_SEQ: &[u8] = b"last_seq";
 pub(crate) const META_CRAWL_ENABLED: &[u8] = b"crawl_enabled";
 pub(crate) const META_CRAWL_QUOTA: &[u8] = b"crawl_quota";
 pub(crate) const META_RETAINED_FROM: &[u8] = b"retained_from";

@@ -292,6 +292,25 @@ pub fn peek(bytes: &[u8]) -> Peek<'_> {
     Peek { seq: cbor::map_uint(body, "seq").filter(|s| i64::try_from(*s).is_ok()), did: cbor::map_text(body, did_key) }
 }
 
+/// A frame's header, `(op, t)`, decoded alone (`(None, None)` when it is not a header).
+pub fn header(bytes: &[u8]) -> (Option<i64>, Option<String>) {
+    let Some(head) = cbor::item_len(bytes).ok().and_then(|n| bytes.get(..n)) else { return (None, None) };
+    match cbor::from_slice::<Header>(head) {
+        Ok(h) => (Some(h.op), h.t),
+        Err(_) => (None, None),
+    }
+}
+
+/// The body's `seq` of a message frame of any type (known or not), read without decoding the body;
+/// `None` for error frames, bodies without a `seq`, and a `seq` above `i64::MAX`.
+pub fn peek_seq(bytes: &[u8]) -> Option<u64> {
+    let header_len = cbor::item_len(bytes).ok()?;
+    let body = bytes.get(header_len..)?;
+    // `op` is -1 on an error frame (a negative integer is not a uint): no seq.
+    cbor::map_uint(bytes.get(..header_len)?, "op")?;
+    cbor::map_uint(body, "seq").filter(|s| i64::try_from(*s).is_ok())
+}
+
 /// The account DID of a message frame ([`peek`]).
 pub fn peek_did(bytes: &[u8]) -> Option<&str> {
     peek(bytes).did

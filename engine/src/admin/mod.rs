@@ -144,7 +144,7 @@ impl Admin {
         Self { password }
     }
 
-    fn authorized(&self, req: &Request) -> bool {
+    pub(crate) fn authorized(&self, req: &Request) -> bool {
         let Some(encoded) = req.header("authorization").and_then(|v| v.strip_prefix("Basic ")) else {
             return false;
         };

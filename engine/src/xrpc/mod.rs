@@ -5,13 +5,13 @@ mod get_host_status;
 mod get_latest_commit;
 mod get_repo;
 mod get_repo_status;
-mod health;
+pub(crate) mod health;
 pub mod jetstream;
 pub mod list_hosts;
 mod list_repos;
 mod list_repos_by_collection;
 pub mod request_crawl;
-mod subscribe_repos;
+pub(crate) mod subscribe_repos;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -40,8 +40,11 @@ pub struct Ctx {
     pub admin: Option<crate::admin::Admin>,
     /// Host policy, bans and live upstream connections (shared by every core).
     pub hosts: Arc<HostRegistry>,
-    /// This core's queue to the sequencer (host commands, takedowns).
-    pub to_sequencer: ConnectedSender<ToSequencer>,
+    /// This core's queue to the sequencer (host commands, takedowns); `None` in a splitter.
+    pub to_sequencer: Option<ConnectedSender<ToSequencer>>,
+    /// The splitter's side of the API (`relay splitter`): what it serves itself, what it passes on
+    /// to its upstream; `None` in the relay.
+    pub splitter: Option<Rc<crate::splitter::api::SplitterApi>>,
     /// Outbound HTTP (the `describeServer` probe of `requestCrawl`).
     pub http: HttpClient,
     /// `requestCrawl` settings.
@@ -95,6 +98,9 @@ pub async fn route(req: &Request, ctx: &Ctx) -> Routed {
     }
     if path == "/metrics" {
         return Routed::Respond(only_get(req).unwrap_or_else(|| metrics(req, ctx)));
+    }
+    if let Some(splitter) = &ctx.splitter {
+        return crate::splitter::api::route(req, ctx, splitter).await;
     }
     if path == "/admin" {
         let mut resp = Response::json(302, &serde_json::json!({}));
@@ -198,7 +204,7 @@ pub fn wrong_method(got: &str, expected: &str) -> Response {
     Response::xrpc_error(400, "InvalidRequest", &format!("Incorrect HTTP method ({got}) expected {expected}"))
 }
 
-fn only_get(req: &Request) -> Option<Response> {
+pub(crate) fn only_get(req: &Request) -> Option<Response> {
     (req.method != "GET").then(|| wrong_method(&req.method, "GET"))
 }
 
@@ -206,7 +212,7 @@ fn only_get(req: &Request) -> Option<Response> {
 /// (<https://atproto.com/specs/event-stream>, "Connection": "`405 Method Not Allowed`: Returned to
 /// client for non-GET HTTP requests to a stream endpoint"; the body is XRPC error JSON, as the spec
 /// asks for these status codes), with `Allow: GET`.
-fn only_get_stream(req: &Request) -> Option<Response> {
+pub(crate) fn only_get_stream(req: &Request) -> Option<Response> {
     (req.method != "GET").then(|| {
         let mut r = Response::xrpc_error(
             405,

@@ -233,7 +233,9 @@ pub struct QueueFull;
 /// # Errors
 /// [`QueueFull`].
 pub fn to_sequencer(ctx: &Ctx, msg: ToSequencer) -> Result<(), QueueFull> {
-    ctx.to_sequencer.try_send(msg).map_err(|_| QueueFull)?;
+    // A splitter has no sequencer: its host and account calls are its upstream's (proxied).
+    let tx = ctx.to_sequencer.as_ref().ok_or(QueueFull)?;
+    tx.try_send(msg).map_err(|_| QueueFull)?;
     ctx.metrics.ingest_queue_depth.inc();
     Ok(())
 }

@@ -252,6 +252,36 @@ impl Relay {
         relay
     }
 
+    /// `relay splitter` on `port` following `upstreams` (URLs), with its store in `data_dir`;
+    /// `--fsync never` unless `extra` names `--fsync`.
+    pub fn start_splitter(port: u16, data_dir: &Path, upstreams: &[String], extra: &[&str]) -> Self {
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let listen = format!("127.0.0.1:{port}");
+        let fsync: &[&str] = if extra.contains(&"--fsync") { &[] } else { &["--fsync", "never"] };
+        let ups: Vec<&str> = upstreams.iter().flat_map(|u| ["--upstream", u.as_str()]).collect();
+        let child = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(["splitter", "--listen", &listen])
+            .args(fsync)
+            .args(&ups)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RELAY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let splitter = Self { child, port, data_dir: data_dir.to_owned(), log };
+        splitter.wait_until(Duration::from_secs(20), "up", || matches!(splitter.get("/xrpc/_health").0, 200 | 503));
+        splitter
+    }
+
+    /// The `ws://` URL of this relay (for a splitter's `--upstream`).
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
     /// The relay's threads as (name, allowed CPU list), from `/proc`.
     pub fn threads(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();

@@ -114,6 +114,9 @@ pub struct FanoutShard {
     serving: Cell<usize>,
     /// The relay is shutting down: every subscriber is being closed.
     closing: Cell<bool>,
+    /// Bumped when a splitter's store is cut back ([`crate::messages::Published::reset`]): a
+    /// subscriber that started before ends.
+    epoch: Cell<u64>,
 }
 
 impl FanoutShard {
@@ -147,6 +150,7 @@ impl FanoutShard {
             replay_budget: glommio::sync::Semaphore::new(config.replay_memory_bytes.max(1)),
             serving: Cell::new(0),
             closing: Cell::new(false),
+            epoch: Cell::new(0),
         }))
     }
 
@@ -160,6 +164,11 @@ impl FanoutShard {
         for sub in self.jet_live.borrow().values() {
             sub.queue.close();
         }
+    }
+
+    /// The shard's epoch (see [`crate::messages::Published::reset`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.get()
     }
 
     /// Whether compressed Jetstream messages can be served.
@@ -264,6 +273,17 @@ impl FanoutShard {
     }
 
     fn publish(&self, batch: &PublishedBatch) {
+        if let Some(head) = batch.reset {
+            // A splitter's store was cut back: every subscriber's position may be above it now.
+            self.head.set(head.0);
+            self.epoch.set(self.epoch.get() + 1);
+            for sub in self.live.borrow().values() {
+                sub.queue.close();
+            }
+            for sub in self.jet_live.borrow().values() {
+                sub.queue.close();
+            }
+        }
         let Some((last, _)) = batch.events.last() else {
             return;
         };

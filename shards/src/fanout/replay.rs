@@ -60,6 +60,7 @@ async fn replay(
     let (max_events, max_bytes) = (shard.config.replay_chunk_events.max(1), shard.config.replay_chunk_bytes.max(1));
     let budget = shard.config.replay_memory_bytes.max(1);
     let mut pacer = ReplayPacer::new(max_bytes);
+    let epoch = shard.epoch();
     let mut buf = Vec::with_capacity(SLICE_BYTES * 2);
     loop {
         if queue.is_closed() {
@@ -70,6 +71,9 @@ async fn replay(
         }
         if shard.closing.get() {
             return Err(End::Shutdown);
+        }
+        if shard.epoch() != epoch {
+            return Err(End::Reset);
         }
         buf.clear();
         let retained = shard.store.retained_from().map_err(|e| {

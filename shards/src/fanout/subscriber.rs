@@ -68,11 +68,13 @@ pub(crate) enum End {
     StoreError,
     /// A Jetstream subscriber sent an invalid message (`options_update`).
     BadMessage,
+    /// A splitter's upstream sequence was reset and its store cut back below this subscriber.
+    Reset,
 }
 
 impl End {
     /// Every end, for pre-registering the counter's labels.
-    pub(crate) const ALL: [End; 8] = [
+    pub(crate) const ALL: [End; 9] = [
         End::Stalled,
         End::FutureCursor,
         End::ClientClosed,
@@ -81,6 +83,7 @@ impl End {
         End::WriteError,
         End::StoreError,
         End::BadMessage,
+        End::Reset,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -93,6 +96,7 @@ impl End {
             End::WriteError => "write_error",
             End::StoreError => "store_error",
             End::BadMessage => "bad_message",
+            End::Reset => "upstream_reset",
         }
     }
 }
@@ -145,7 +149,9 @@ impl FanoutShard {
         let queue = Rc::new(Queue::new(self.config.subscriber_queue));
         let reader = glommio::spawn_local(read_client(rd, Rc::clone(&queue), leftover));
         let progress = Arc::clone(&listed.progress);
+        let epoch = self.epoch();
         let (wr, end) = Rc::clone(&self).stream_events(wr, fd, Rc::clone(&queue), cursor, progress).await;
+        let end = if self.epoch() != epoch && matches!(end, End::ClientClosed) { End::Reset } else { end };
         let bye = match end {
             End::Stalled => {
                 tracing::info!(remote = %info.remote, "subscriber stalled; closing");
@@ -162,6 +168,7 @@ impl FanoutShard {
             End::ClientClosed => Some(ws::encode_close(1000, "")),
             End::Killed => Some(ws::encode_close(1008, "closed by the relay's operator")),
             End::Shutdown => Some(ws::encode_close(1001, "relay shutting down")),
+            End::Reset => Some(ws::encode_close(1012, "the upstream's sequence was reset; reconnect")),
             End::WriteError | End::BadMessage => None,
         };
         if let Some(mut wr) = wr {

@@ -275,6 +275,60 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// Sends `method url` with `headers` (name, value; `Host`, `User-Agent`, `Content-Length` and
+    /// `Connection` are the client's own) and `body`, and returns the response (a body of at most
+    /// `max_body` bytes), all within `timeout`. Redirects are returned, not followed. For a
+    /// splitter passing requests on to its upstream (operator-configured: no SSRF guard).
+    ///
+    /// # Errors
+    /// [`NetError`] for connection, TLS, protocol, size or deadline failures.
+    pub async fn forward(
+        &self,
+        method: &str,
+        url: &HttpUrl,
+        headers: &[(String, String)],
+        body: &[u8],
+        max_body: usize,
+        timeout: Duration,
+    ) -> Result<Response, NetError> {
+        let mut req = format!(
+            "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\nConnection: close\r\n",
+            url.path,
+            url.host_header()
+        );
+        for (name, value) in headers {
+            let n = name.to_ascii_lowercase();
+            if ["host", "user-agent", "content-length", "connection", "transfer-encoding"].contains(&n.as_str())
+                || value.contains(['\r', '\n'])
+            {
+                continue;
+            }
+            req.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() || method != "GET" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let fut = async {
+            let mut out = req.into_bytes();
+            out.extend_from_slice(body);
+            if url.tls {
+                let mut stream = self.connect_tls_with(&url.host, url.port, timeout, false).await?;
+                stream.write_all(&out).await?;
+                stream.flush().await?;
+                read_response_headers(&mut stream, max_body).await
+            } else {
+                let mut stream = self.connect_tcp(&url.host, url.port, timeout, false).await?;
+                stream.write_all(&out).await?;
+                stream.flush().await?;
+                read_response_headers(&mut stream, max_body).await
+            }
+        };
+        with_timeout(timeout, fut).await.unwrap_or(Err(NetError::Timeout))
+    }
+}
+
 /// A connection to a host: plain TCP or TLS over TCP.
 pub enum MaybeTls {
     /// `ws://`, `http://`.
@@ -354,6 +408,26 @@ pub async fn with_timeout<T>(dur: Duration, fut: impl std::future::Future<Output
 }
 
 async fn read_response<S: AsyncRead + Unpin>(stream: &mut S, max_body: usize) -> Result<(u16, Vec<u8>), NetError> {
+    read_response_headers(stream, max_body).await.map(|r| (r.status, r.body))
+}
+
+/// An HTTP response: status, the headers a proxy passes on, body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// `Content-Type`, `Location`, `Cache-Control`, `Retry-After` and the `RateLimit-*` headers,
+    /// as received (name lowercase).
+    pub headers: Vec<(String, String)>,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+/// Response headers a proxy passes on to its client.
+const PASSED_HEADERS: [&str; 4] = ["content-type", "location", "cache-control", "retry-after"];
+
+async fn read_response_headers<S: AsyncRead + Unpin>(stream: &mut S, max_body: usize) -> Result<Response, NetError> {
+    let mut kept: Vec<(String, String)> = Vec::new();
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 8192];
     let (status, head_len, content_length, chunked) = loop {
@@ -370,6 +444,10 @@ async fn read_response<S: AsyncRead + Unpin>(stream: &mut S, max_body: usize) ->
                 let mut cl = None;
                 let mut chunked = false;
                 for h in resp.headers.iter() {
+                    let name = h.name.to_ascii_lowercase();
+                    if PASSED_HEADERS.contains(&name.as_str()) || name.starts_with("ratelimit-") {
+                        kept.push((name, String::from_utf8_lossy(h.value).into_owned()));
+                    }
                     if h.name.eq_ignore_ascii_case("content-length") {
                         cl = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
                     } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -393,10 +471,10 @@ async fn read_response<S: AsyncRead + Unpin>(stream: &mut S, max_body: usize) ->
             }
             if body.len() >= cl {
                 body.truncate(cl);
-                return Ok((status, body));
+                return Ok(Response { status, headers: kept, body });
             }
         } else if chunked && let Some(decoded) = decode_chunked(&body)? {
-            return Ok((status, decoded));
+            return Ok(Response { status, headers: kept, body: decoded });
         }
         if body.len() > max_body + 64 * 1024 {
             return Err(NetError::Http(format!("body exceeds {max_body} bytes")));
@@ -404,7 +482,7 @@ async fn read_response<S: AsyncRead + Unpin>(stream: &mut S, max_body: usize) ->
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
             if content_length.is_none() && !chunked {
-                return Ok((status, body));
+                return Ok(Response { status, headers: kept, body });
             }
             return Err(NetError::Http("connection closed inside the body".into()));
         }

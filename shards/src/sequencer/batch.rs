@@ -78,7 +78,7 @@ fn now_datetime() -> String {
 
 /// Whether a relayed `#account` event removes the account's earlier events from replay: the status
 /// it carries is `deleted` or `takendown`.
-fn is_tombstone(event: &Event) -> bool {
+pub(crate) fn is_tombstone(event: &Event) -> bool {
     match event {
         Event::Account(a) => {
             !a.active
@@ -345,6 +345,7 @@ impl<'a> Batch<'a> {
             events: self.published,
             decoded: self.decoded,
             second: self.state.last_indexed,
+            reset: None,
         };
         (self.commit, published, self.host_commands, self.relayed)
     }

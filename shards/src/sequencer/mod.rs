@@ -11,7 +11,7 @@
 //! fill, hosts pause with their cursors where the last durable batch left them), the relay reports
 //! itself degraded ([`crate::health::Health`]), and it resumes by itself once space is free again.
 
-mod batch;
+pub(crate) mod batch;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -60,7 +60,7 @@ const DISK_PROBE_MAX: Duration = Duration::from_secs(5);
 
 /// Waits until the data directory's filesystem has `min_free` bytes free, reporting the wait in
 /// `health` and `metrics`.
-async fn wait_for_disk(store: &Store, min_free: u64, health: &Health, metrics: &Metrics) {
+pub(crate) async fn wait_for_disk(store: &Store, min_free: u64, health: &Health, metrics: &Metrics) {
     if min_free == 0 {
         return;
     }

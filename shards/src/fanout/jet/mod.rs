@@ -194,8 +194,10 @@ impl FanoutShard {
             Rc::clone(&bad_message),
         ));
         let progress = Arc::clone(&listed.progress);
+        let epoch = self.epoch();
         let (wr, end) = Rc::clone(&self).stream_jet(wr, fd, &queue, &sub, request.start, progress).await;
         let end = if bad_message.get() { End::BadMessage } else { end };
+        let end = if self.epoch() != epoch && matches!(end, End::ClientClosed) { End::Reset } else { end };
         let bye = match (end, request.format) {
             (End::Stalled, JetFormat::V2) => {
                 let mut bye = ws::encode_frame(
@@ -211,6 +213,7 @@ impl FanoutShard {
             (End::ClientClosed, _) => Some(ws::encode_close(1000, "")),
             (End::Killed, _) => Some(ws::encode_close(1008, "closed by the relay's operator")),
             (End::Shutdown, _) => Some(ws::encode_close(1001, "relay shutting down")),
+            (End::Reset, _) => Some(ws::encode_close(1012, "the upstream's sequence was reset; reconnect")),
             (End::FutureCursor | End::WriteError, _) => None,
         };
         if let Some(mut wr) = wr {

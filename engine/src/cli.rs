@@ -279,7 +279,7 @@ pub struct StoreArgs {
     /// log are flushed, so the log files can go. Bounds the disk beyond the window and the replay
     /// after a crash (see kernel-notes.md, storage). 0 = RocksDB's own rule (4 × all write
     /// buffers).
-    #[arg(long, default_value = "128MiB", value_name = "BYTES", value_parser = parse_bytes,
+    #[arg(long, default_value = "64MiB", value_name = "BYTES", value_parser = parse_bytes,
           env = "RELAY_MAX_WAL_SIZE")]
     pub max_wal_size: u64,
 

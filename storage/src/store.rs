@@ -34,7 +34,7 @@ pub struct StoreOptions {
     /// only once every column family has flushed what it holds; the small column families (`repos`,
     /// `hosts`, `time_index`, ...) are written by every batch but fill their memtables slowly, so
     /// without this bound they pin every WAL file ever written. Past it RocksDB flushes the column
-    /// families holding the oldest WAL data. Default 128 MiB (two `events` memtables); 0 leaves
+    /// families holding the oldest WAL data. Default 64 MiB (one `events` memtable; chosen by measurement, `kernel-notes.md`); 0 leaves
     /// RocksDB's own rule (4 × the sum of all write buffers, 2.75 GiB here). See `kernel-notes.md`,
     /// storage.
     pub max_wal_bytes: u64,
@@ -50,7 +50,7 @@ impl Default for StoreOptions {
             sync_writes: true,
             background_threads: 2,
             write_buffer_bytes: 64 << 20,
-            max_wal_bytes: 128 << 20,
+            max_wal_bytes: 64 << 20,
             identity_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
         }
     }

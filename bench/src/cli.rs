@@ -69,7 +69,8 @@ pub(crate) enum Mode {
 /// Rate and duration of a fixed-rate run.
 #[derive(Args, Debug, Clone, Copy)]
 pub(crate) struct Fixed {
-    /// Aggregate event rate over all hosts, events/s.
+    /// Aggregate event rate over all hosts, events/s; 0 sends nothing (an idle relay with its hosts
+    /// connected: read `relay_cpu_pct_avg`).
     #[arg(long, default_value_t = 500)]
     pub(crate) rate: u64,
     /// How long to generate, seconds.
@@ -162,6 +163,11 @@ pub(crate) struct Common {
     /// and the data directory's `du` measured by relay-bench when it started the relay).
     #[arg(long, default_value_t = 10)]
     pub(crate) storage_every: u64,
+    /// Milliseconds between `/xrpc/_health` polls (`health_latency_us` in the JSON line). The
+    /// default polls 10 times a second to catch stalls; an idle-CPU measurement wants what a
+    /// monitor does (e.g. 10000), since every poll is work for the relay.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) health_every_ms: u64,
     /// Before starting our relay, write this many events into its data directory (relay seqs from 1,
     /// real `#commit` frames): a store to replay, or to delete (see bench/README.md).
     #[arg(long, default_value_t = 0)]

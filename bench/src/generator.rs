@@ -279,8 +279,14 @@ impl Pacing {
         let mut at = self.start_us as f64;
         let lead_us = self.lead.as_micros() as u64;
         while !self.stop.load(Ordering::Acquire) {
-            let r = self.rate.load(Ordering::Acquire).max(1) as f64;
-            at += 1_000_000.0 / r;
+            let r = self.rate.load(Ordering::Acquire);
+            if r == 0 {
+                // `--rate 0`: no traffic at all (an idle relay's CPU), until a ramp sets a rate.
+                std::thread::sleep(Duration::from_millis(100));
+                at = now_us() as f64;
+                continue;
+            }
+            at += 1_000_000.0 / r as f64;
             let due = at as u64;
             let now = now_us();
             if due > now + lead_us {

@@ -152,7 +152,7 @@ fn start_probes(s: &Setup) -> Probes {
         ));
         tokio::spawn(probe::sample_health(
             addr.clone(),
-            Duration::from_millis(100),
+            Duration::from_millis(s.health_every_ms),
             Arc::clone(&p.stop),
             Arc::clone(&p.health),
             Arc::clone(&p.health_failures),

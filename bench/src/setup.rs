@@ -139,6 +139,8 @@ pub(crate) struct Setup {
     pub(crate) connect_health: Option<(Histogram<u64>, u64)>,
     /// Seconds between storage samples (`--storage-every`).
     pub(crate) storage_every: u64,
+    /// Milliseconds between health polls (`--health-every-ms`).
+    pub(crate) health_every_ms: u64,
 }
 
 pub(crate) async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
@@ -200,6 +202,7 @@ pub(crate) async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
         connect_all_s: None,
         connect_health: None,
         storage_every: c.storage_every,
+        health_every_ms: c.health_every_ms,
     };
     if direct {
         s.layout = "direct (no relay)".into();

@@ -81,6 +81,15 @@ pub fn parse_coalesce(s: &str) -> Result<Coalesce, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DurationOrOff(pub Option<Duration>);
 
+/// Parses `--commit-interval`: [`parse_duration`], at most 1 s.
+fn parse_commit_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > Duration::from_secs(1) {
+        return Err(format!("{s}: at most 1s (events wait this long to be made durable)"));
+    }
+    Ok(d)
+}
+
 /// [`parse_duration`], or `off` (no limit).
 ///
 /// # Errors
@@ -289,6 +298,16 @@ pub struct StoreArgs {
     #[arg(long, default_value = "1GiB", value_name = "BYTES", value_parser = parse_bytes,
           env = "RELAY_MIN_FREE_DISK")]
     pub min_free_disk: u64,
+
+    /// Shortest time between the starts of two group commits (each one fsync): the events that
+    /// arrive within it of the previous commit share the next one. It trades latency for CPU only
+    /// at low load: a commit after a quiet spell starts at once, and under load, when a commit takes
+    /// longer than this, nothing waits. Adds at most this much to ingest-to-durable latency. `0s`
+    /// commits whatever has arrived as soon as the previous commit is durable. Measured in
+    /// bench/README.md ("CPU per event").
+    #[arg(long, default_value = "5ms", value_name = "DURATION", value_parser = parse_commit_interval,
+          env = "RELAY_COMMIT_INTERVAL")]
+    pub commit_interval: Duration,
 
     /// RocksDB background threads for flushes and compactions (1-64).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=64),

@@ -3,7 +3,7 @@
 //! queue per role, and signal handling.
 
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use shards::ingest::{IngestConfig, Upstream};
 use shards::messages::{HostCommand, PublishedBatch, ToSequencer};
 use shards::net::HttpClient;
 use shards::sequencer::SequencerConfig;
+use shards::stop::StopSignal;
 use shards::{Metrics, ingest, sequencer};
 use storage::{Store, StoreOptions};
 
@@ -57,17 +58,39 @@ struct Work {
 
 /// Shared between executors and the main thread.
 pub(crate) struct Control {
-    pub(crate) stop: AtomicBool,
+    pub(crate) stop: StopSignal,
     pub(crate) fatal: Mutex<Vec<String>>,
+    /// Closes the main thread's wait for SIGINT/SIGTERM when an executor stops the process.
+    signals: signal_hook::iterator::Handle,
 }
 
 impl Control {
+    /// A control block and the SIGINT/SIGTERM watch its [`Control::wait_for_stop`] blocks on
+    /// (installed here, before any executor starts, so a fatal error can always end the wait).
+    pub(crate) fn new() -> anyhow::Result<(Arc<Self>, signal_hook::iterator::Signals)> {
+        let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+            .context("installing signal handlers")?;
+        let control =
+            Arc::new(Self { stop: StopSignal::new(), fatal: Mutex::new(Vec::new()), signals: signals.handle() });
+        Ok((control, signals))
+    }
+
     pub(crate) fn fail(&self, msg: String) {
         tracing::error!("{msg}");
         if let Ok(mut f) = self.fatal.lock() {
             f.push(msg);
         }
-        self.stop.store(true, Ordering::Release);
+        self.stop.stop();
+        self.signals.close();
+    }
+
+    /// Blocks the calling (main) thread until SIGINT/SIGTERM or a fatal error, then sets
+    /// [`Control::stop`]. Sleeps in the kernel meanwhile: no polling.
+    pub(crate) fn wait_for_stop(&self, mut signals: signal_hook::iterator::Signals) {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "shutting down");
+        }
+        self.stop.stop();
     }
 }
 
@@ -193,7 +216,7 @@ pub(crate) fn start_retention(
             }
             let mut next = std::time::Instant::now();
             let mut measured = std::time::Instant::now();
-            while !control.stop.load(Ordering::Acquire) {
+            while !control.stop.is_stopped() {
                 if measured.elapsed() >= Duration::from_secs(1) {
                     measured = std::time::Instant::now();
                     match store.disk_usage() {
@@ -292,14 +315,14 @@ pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     let directory = Arc::new(SubscriberDirectory::default());
     let limits = crate::limits::ConnectionLimits::new(args.api.max_connections_per_ip, args.api.max_subscribers);
     let health = Arc::new(shards::health::Health::default());
-    let sequencer_stop = Arc::new(AtomicBool::new(false));
+    let sequencer_stop = Arc::new(StopSignal::new());
     let metrics = Metrics::default();
     let engine_metrics = crate::metrics::EngineMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     engine_metrics.register(&mut registry);
     let registry = Arc::new(registry);
-    let control = Arc::new(Control { stop: AtomicBool::new(false), fatal: Mutex::new(Vec::new()) });
+    let (control, signals) = Control::new()?;
 
     let mut work: std::collections::BTreeMap<usize, Work> =
         layout.executor_cpus().into_iter().map(|c| (c, Work::default())).collect();
@@ -369,18 +392,9 @@ pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     }
     let retention =
         start_retention(Arc::clone(&store), policy, layout.compaction, Arc::clone(&control), metrics.clone())?;
-    // The main thread watches for SIGINT/SIGTERM (and for a fatal error an executor reports) instead
-    // of a thread of its own: one thread fewer, shutdown noticed within 50 ms.
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("installing signal handlers")?;
-    while !control.stop.load(Ordering::Acquire) {
-        if let Some(sig) = signals.pending().next() {
-            tracing::info!(signal = sig, "shutting down");
-            control.stop.store(true, Ordering::Release);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The main thread waits for SIGINT/SIGTERM (or a fatal error an executor reports) instead of a
+    // thread of its own.
+    control.wait_for_stop(signals);
     for h in handles {
         let _ = h.join();
     }
@@ -413,7 +427,7 @@ struct ExecCtx {
     engine_metrics: crate::metrics::EngineMetrics,
     cpu: usize,
     /// Set at shutdown: the sequencer stops after its batch in flight.
-    sequencer_stop: Arc<AtomicBool>,
+    sequencer_stop: Arc<StopSignal>,
 }
 
 async fn run_executor(ctx: ExecCtx, work: Work) {
@@ -454,8 +468,11 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         let store = Arc::clone(&ctx.store);
         let metrics = ctx.metrics.clone();
         let control = Arc::clone(&ctx.control);
-        let config =
-            SequencerConfig { min_free_disk_bytes: ctx.args.store.min_free_disk, ..SequencerConfig::default() };
+        let config = SequencerConfig {
+            min_free_disk_bytes: ctx.args.store.min_free_disk,
+            commit_interval: ctx.args.store.commit_interval,
+            ..SequencerConfig::default()
+        };
         let committed = Arc::clone(&ctx.committed);
         let health = Arc::clone(&ctx.health);
         let stop = Arc::clone(&ctx.sequencer_stop);
@@ -473,13 +490,11 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
             Err(e) => control.fail(format!("{e:#}")),
         }
     }
-    while !control.stop.load(Ordering::Acquire) {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-    }
+    control.stop.wait().await;
     // Shutdown: the sequencer finishes the batch in flight (durable, then published) and stops;
     // subscribers get a close frame after their write in flight. Bounded, so a stuck socket cannot
     // hold the exit.
-    ctx.sequencer_stop.store(true, Ordering::Release);
+    ctx.sequencer_stop.stop();
     if let Some(shard) = &fanout {
         shard.shut_down();
     }

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod net;
 pub mod sequencer;
 pub mod splitter;
+pub mod stop;
 
 pub use metrics::Metrics;
 

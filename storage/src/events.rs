@@ -55,11 +55,17 @@ impl Store {
         Ok(chunk)
     }
 
-    /// The lowest relay `seq` retention has not deleted (`RelaySeq(0)` when it deleted nothing).
+    /// The lowest relay `seq` retention has not deleted (`RelaySeq(0)` when it deleted nothing),
+    /// from memory.
     ///
     /// # Errors
-    /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
+    /// None today (kept fallible for callers that treat it as a store read).
     pub fn retained_from(&self) -> Result<RelaySeq, StoreError> {
+        Ok(RelaySeq(self.retained_from.load(std::sync::atomic::Ordering::Acquire)))
+    }
+
+    /// `meta.retained_from` as stored, read once by [`Store::open`].
+    pub(crate) fn read_retained_from(&self) -> Result<RelaySeq, StoreError> {
         match self.db.get_cf(self.cf(cf::META), META_RETAINED_FROM)? {
             Some(v) => Ok(RelaySeq(be_u64(&v).ok_or_else(|| corrupt(cf::META, META_RETAINED_FROM))?)),
             None => Ok(RelaySeq(0)),
@@ -217,6 +223,7 @@ impl Store {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes);
         self.db.write_opt(wb, &wo)?;
+        self.retained_from.store(before.0, std::sync::atomic::Ordering::Release);
         {
             let mut map = self.tombstones.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             for did in &stale {

@@ -103,6 +103,9 @@ pub struct Store {
     pub(crate) tombstone_writes: std::sync::Mutex<()>,
     /// The options the store was opened with (statistics enabled), for [`Store::rocksdb_stats`].
     db_opts: Options,
+    /// `meta.retained_from` in memory (written only by [`Store::trim_before`]): read by every
+    /// `/xrpc/_health`, where a RocksDB read of it cost more than the rest of the answer.
+    pub(crate) retained_from: std::sync::atomic::AtomicU64,
 }
 
 /// What the data directory holds on disk ([`Store::disk_usage`]), in bytes.
@@ -233,6 +236,7 @@ impl Store {
             tombstones: std::sync::RwLock::default(),
             tombstone_writes: std::sync::Mutex::new(()),
             db_opts,
+            retained_from: std::sync::atomic::AtomicU64::new(0),
         };
         let meta = store.cf(cf::META);
         match store.db.get_cf(meta, META_FORMAT_VERSION)? {
@@ -245,6 +249,8 @@ impl Store {
             }
         }
         store.load_tombstones()?;
+        let retained_from = store.read_retained_from()?;
+        store.retained_from.store(retained_from.0, std::sync::atomic::Ordering::Release);
         Ok(store)
     }
 

@@ -7,8 +7,8 @@
 pub mod api;
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -114,7 +114,7 @@ pub fn run(args: SplitterArgs) -> anyhow::Result<()> {
     metrics.register(&mut registry);
     engine_metrics.register(&mut registry);
     let registry = Arc::new(registry);
-    let control = Arc::new(Control { stop: AtomicBool::new(false), fatal: Mutex::new(Vec::new()) });
+    let (control, signals) = Control::new()?;
     let state = Arc::new(SplitterState::default());
     // A per-process name for `Via` (the loop guard): the pid and start time are unique enough.
     let via_token = format!("splitter-{}-{:x}", std::process::id(), shards::unix_ms());
@@ -180,16 +180,7 @@ pub fn run(args: SplitterArgs) -> anyhow::Result<()> {
         Arc::clone(&control),
         metrics.clone(),
     )?;
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("installing signal handlers")?;
-    while !control.stop.load(Ordering::Acquire) {
-        if let Some(sig) = signals.pending().next() {
-            tracing::info!(signal = sig, "shutting down");
-            control.stop.store(true, Ordering::Release);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    control.wait_for_stop(signals);
     for h in handles {
         let _ = h.join();
     }
@@ -214,6 +205,7 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
         let tq = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(10)), "follower");
         let mut config = shards::splitter::follow::FollowConfig::new(ctx.upstreams.clone());
         config.min_free_disk_bytes = ctx.args.store.min_free_disk;
+        config.commit_interval = ctx.args.store.commit_interval;
         let fut = shards::splitter::follow::run(
             config,
             ctx.http.clone(),
@@ -243,9 +235,7 @@ async fn run_executor(ctx: ExecCtx, work: Work) {
             Err(e) => ctx.control.fail(format!("{e:#}")),
         }
     }
-    while !ctx.control.stop.load(Ordering::Acquire) {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-    }
+    ctx.control.stop.wait().await;
     ctx.follower_stop.store(true, Ordering::Release);
     if let Some(shard) = &fanout {
         shard.shut_down();

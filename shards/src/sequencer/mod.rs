@@ -12,6 +12,7 @@
 //! itself degraded ([`crate::health::Health`]), and it resumes by itself once space is free again.
 
 pub(crate) mod batch;
+pub mod pace;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -35,11 +36,18 @@ pub struct SequencerConfig {
     /// Free bytes the data directory's filesystem must keep; below it the sequencer pauses (see the
     /// module docs). Default 1 GiB; 0 turns the check off.
     pub min_free_disk_bytes: u64,
+    /// Shortest time between the starts of two group commits ([`pace::CommitPace`],
+    /// `--commit-interval`). Default [`DEFAULT_COMMIT_INTERVAL`]; zero commits whatever has arrived
+    /// as soon as the previous commit is durable.
+    pub commit_interval: Duration,
 }
+
+/// The default `--commit-interval`: chosen by measurement (bench/README.md, "CPU per event").
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(5);
 
 impl Default for SequencerConfig {
     fn default() -> Self {
-        Self { max_batch_events: 1024, min_free_disk_bytes: 1 << 30 }
+        Self { max_batch_events: 1024, min_free_disk_bytes: 1 << 30, commit_interval: DEFAULT_COMMIT_INTERVAL }
     }
 }
 
@@ -109,7 +117,7 @@ pub async fn run(
     store: Arc<Store>,
     metrics: Metrics,
     health: Arc<Health>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<crate::stop::StopSignal>,
 ) -> Result<(), SequencerError> {
     // Merge the per-shard SPSC queues into one local queue, keeping each shard's order.
     let (merged_tx, merged_rx) = local_channel::new_bounded(config.max_batch_events.max(1) * 4);
@@ -146,12 +154,11 @@ pub async fn run(
     };
     metrics.last_seq.set(state.last_seq as i64);
     tracing::info!(seq = state.last_seq, "sequencer starting after the last stored seq");
+    let mut pace = pace::CommitPace::new(config.commit_interval);
     loop {
         // Between batches: a shutdown stops here, after the last batch is durable and published.
         let next = futures_lite::future::or(async { merged_rx.recv().await.map(Some) }, async {
-            while !stop.load(Ordering::Acquire) {
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-            }
+            stop.wait().await;
             Some(None)
         })
         .await;
@@ -163,6 +170,12 @@ pub async fn run(
             }
             None => return Ok(()),
         };
+        // Events that come within the commit interval of the previous commit wait and share the
+        // next one (one fsync for all of them).
+        let wait = pace.wait(std::time::Instant::now());
+        if !wait.is_zero() {
+            glommio::timer::sleep(wait).await;
+        }
         let mut msgs = vec![first];
         while msgs.len() < config.max_batch_events {
             match poll_once(merged_rx.recv()).await {
@@ -191,6 +204,7 @@ pub async fn run(
         let events = commit.events.len();
         let writer = Arc::clone(&store);
         let started = std::time::Instant::now();
+        pace.started(started);
         glommio::executor().spawn_blocking(move || writer.commit(&commit)).await?;
         let committed_at = std::time::Instant::now();
         metrics.commit_seconds.observe((committed_at - started).as_secs_f64());

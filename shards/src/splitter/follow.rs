@@ -27,6 +27,7 @@ use crate::health::Health;
 use crate::messages::{Published, PublishedBatch};
 use crate::metrics::Metrics;
 use crate::net::{self, HttpClient};
+use crate::sequencer::pace::CommitPace;
 
 /// The follower's settings.
 #[derive(Debug, Clone)]
@@ -47,6 +48,10 @@ pub struct FollowConfig {
     /// Free bytes the data directory must keep; below it the follower stops reading (the upstream's
     /// TCP pushes back) until there is room. Default 1 GiB; 0: no check.
     pub min_free_disk_bytes: u64,
+    /// Shortest time between the starts of two group commits (`--commit-interval`, as the relay's
+    /// sequencer: [`crate::sequencer::pace::CommitPace`]). Default
+    /// [`crate::sequencer::DEFAULT_COMMIT_INTERVAL`].
+    pub commit_interval: Duration,
 }
 
 impl FollowConfig {
@@ -60,6 +65,7 @@ impl FollowConfig {
             backoff_max: Duration::from_secs(30),
             max_batch_frames: 4096,
             min_free_disk_bytes: 1 << 30,
+            commit_interval: crate::sequencer::DEFAULT_COMMIT_INTERVAL,
         }
     }
 }
@@ -123,6 +129,8 @@ struct Writer {
     min_free_disk_bytes: u64,
     /// The newest `time_index` entry: (unix second, its first seq).
     last_indexed: (u64, RelaySeq),
+    /// When the next group commit may start.
+    pace: CommitPace,
 }
 
 impl Writer {
@@ -158,6 +166,7 @@ impl Writer {
         let last = commit.events.last().map_or(first, |(s, _)| *s);
         let writer = Arc::clone(&self.store);
         let started = Instant::now();
+        self.pace.started(started);
         glommio::executor().spawn_blocking(move || writer.commit(&commit)).await?;
         let committed_at = Instant::now();
         self.metrics.commit_seconds.observe((committed_at - started).as_secs_f64());
@@ -263,6 +272,7 @@ pub async fn run(
         health,
         state: Arc::clone(&state),
         min_free_disk_bytes: config.min_free_disk_bytes,
+        pace: CommitPace::new(config.commit_interval),
     };
     let mut stream = UpstreamStream::new(last);
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_max, 0x5eed);
@@ -434,7 +444,15 @@ async fn read(
             if batch.frames.len() >= config.max_batch_frames {
                 break;
             }
-            match futures_lite::future::poll_once(ws.next()).await {
+            // What is ready now joins the batch; within the commit interval of the previous
+            // commit, so does what arrives before the interval is over.
+            let wait = writer.pace.wait(Instant::now());
+            let more = if wait.is_zero() {
+                futures_lite::future::poll_once(ws.next()).await
+            } else {
+                net::with_timeout(wait, ws.next()).await
+            };
+            match more {
                 Some(m) => next = Some(m),
                 None => break,
             }

@@ -64,7 +64,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Rocks`] or [`StoreError::Corrupt`].
     pub fn repo(&self, did: &Did) -> Result<Option<RepoState>, StoreError> {
-        self.get_decoded(cf::REPOS, did.as_str().as_bytes(), RepoState::decode)
+        self.repo_cache.get_or_read(did, || self.get_decoded(cf::REPOS, did.as_str().as_bytes(), RepoState::decode))
     }
 
     /// Up to `limit` accounts in DID order, starting after `after` (exclusive) when given.

@@ -119,6 +119,7 @@ mod error;
 mod events;
 mod hosts;
 mod layout;
+pub mod repo_cache;
 pub mod retention;
 mod store;
 

@@ -42,6 +42,9 @@ pub struct StoreOptions {
     /// relay refreshes an identity after a day anyway; this bounds the `identities` column family
     /// to the accounts seen recently). Default 7 days.
     pub identity_ttl: std::time::Duration,
+    /// Account states kept in memory in front of the `repos` column family
+    /// ([`crate::repo_cache`]). Default [`crate::repo_cache::DEFAULT_ENTRIES`]; 0: none.
+    pub repo_cache_entries: usize,
 }
 
 impl Default for StoreOptions {
@@ -52,6 +55,7 @@ impl Default for StoreOptions {
             write_buffer_bytes: 64 << 20,
             max_wal_bytes: 64 << 20,
             identity_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
+            repo_cache_entries: crate::repo_cache::DEFAULT_ENTRIES,
         }
     }
 }
@@ -106,6 +110,8 @@ pub struct Store {
     /// `meta.retained_from` in memory (written only by [`Store::trim_before`]): read by every
     /// `/xrpc/_health`, where a RocksDB read of it cost more than the rest of the answer.
     pub(crate) retained_from: std::sync::atomic::AtomicU64,
+    /// Account states in memory ([`crate::repo_cache`]), written through by [`Store::commit`].
+    pub(crate) repo_cache: crate::repo_cache::RepoCache,
 }
 
 /// What the data directory holds on disk ([`Store::disk_usage`]), in bytes.
@@ -237,6 +243,7 @@ impl Store {
             tombstone_writes: std::sync::Mutex::new(()),
             db_opts,
             retained_from: std::sync::atomic::AtomicU64::new(0),
+            repo_cache: crate::repo_cache::RepoCache::new(options.repo_cache_entries),
         };
         let meta = store.cf(cf::META);
         match store.db.get_cf(meta, META_FORMAT_VERSION)? {
@@ -349,6 +356,9 @@ impl Store {
             for (did, seq) in &batch.tombstones {
                 map.insert(did.to_string(), seq.0);
             }
+        }
+        for (did, state) in &batch.repos {
+            self.repo_cache.wrote(did, state);
         }
         Ok(())
     }

@@ -61,6 +61,17 @@ pub(crate) fn jetstream_result(subs: &Fleetwide, secs: f64) -> Value {
     })
 }
 
+/// Whether a connection error is the relay refusing the connection with HTTP 429 (its
+/// `--max-connections-per-ip`), as the lean fleet ("handshake: HTTP/1.1 429 ...") and tungstenite
+/// ("HTTP error: 429 ...") report it.
+pub(crate) fn refused_429(error: &str) -> bool {
+    error.contains("HTTP/1.1 429") || error.contains("HTTP error: 429")
+}
+
+fn sub_refused(x: &crate::subscriber::SubStats) -> bool {
+    x.error.lock().is_ok_and(|e| e.as_deref().is_some_and(refused_429))
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn result(
     mode: &str,
@@ -79,9 +90,11 @@ pub(crate) fn result(
 ) -> Value {
     let max_seq = subs.healthy.iter().map(|x| x.last_seq.load(Ordering::Relaxed)).max().unwrap_or(0);
     // Gaps inside a stream are losses; a subscriber whose stream ended early (cut off) lost its tail.
+    // One the relay refused (429) never had a stream: it is counted apart, not as lost.
     let lost_by_seq: u64 = subs
         .healthy
         .iter()
+        .filter(|x| !sub_refused(x))
         .map(|x| {
             let tail = if x.ended.load(Ordering::Relaxed) { max_seq - x.last_seq.load(Ordering::Relaxed) } else { 0 };
             x.gaps.load(Ordering::Relaxed) + tail
@@ -96,8 +109,13 @@ pub(crate) fn result(
     } else {
         0
     };
-    let healthy_cut: usize =
-        subs.healthy.iter().filter(|x| x.error.lock().map(|e| e.is_some()).unwrap_or(false)).count();
+    let healthy_cut: usize = subs
+        .healthy
+        .iter()
+        .filter(|x| !sub_refused(x) && x.error.lock().map(|e| e.is_some()).unwrap_or(false))
+        .count();
+    let refused = subs.healthy.iter().chain(&subs.stalled).chain(&subs.slow).filter(|x| sub_refused(x)).count()
+        + subs.jet.iter().filter(|j| j.error.lock().is_ok_and(|e| e.as_deref().is_some_and(refused_429))).count();
     let repeated_by_seq: u64 = subs.healthy.iter().map(|x| x.repeats.load(Ordering::Relaxed)).sum();
     let mut lost_by_key = 0u64;
     let mut repeated_by_key = 0u64;
@@ -114,7 +132,7 @@ pub(crate) fn result(
     let rss_max = samples.iter().map(|p| p.rss_bytes).max().unwrap_or(0) >> 20;
     let threads_max = samples.iter().map(|p| p.threads).max().unwrap_or(0);
     let delivered: u64 = received(&subs.healthy);
-    let n_healthy = subs.healthy.len().max(1) as f64;
+    let n_healthy = subs.healthy.iter().filter(|x| !sub_refused(x)).count().max(1) as f64;
     let late = gen_stats.late.load(Ordering::Relaxed);
     let generated = gen_stats.generated.load(Ordering::Relaxed).max(1);
     let lateness = s.host_stats.lateness_us.lock().map(|h| h.value_at_quantile(0.99)).unwrap_or(0);
@@ -151,6 +169,7 @@ pub(crate) fn result(
         "lost_by_seq": lost_by_seq,
         "behind_at_end": behind_at_end,
         "healthy_cut_off": healthy_cut,
+        "refused_429": refused,
         "repeated_by_seq": repeated_by_seq,
         "lost_by_repo_rev": lost_by_key,
         "repeated_by_repo_rev": repeated_by_key,
@@ -181,6 +200,16 @@ pub(crate) fn result(
 pub(crate) fn write_outputs(c: &Common, v: &Value, latency: &Histogram<u64>) -> anyhow::Result<()> {
     println!("{}", report::table(v));
     println!("{v}");
+    let refused = v["refused_429"].as_u64().unwrap_or(0);
+    if refused > 0 {
+        eprintln!(
+            "relay-bench: the relay REFUSED {refused} of the subscriber connections with 429 RateLimitExceeded: \
+             its --max-connections-per-ip (default 100) counts every connection from this address. They are \
+             left out of `lost_by_seq`; to benchmark more subscribers from one machine, start the relay with \
+             --max-connections-per-ip 0 (no limit) or a limit above the subscriber count (relay-bench does \
+             this for a relay it starts itself). Health polls refused the same way count in `health_failures`."
+        );
+    }
     if let Some(p) = &c.json_out {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;

@@ -168,6 +168,7 @@ pub fn table(r: &Value) -> String {
         ("lost / repeated (by seq)", format!("{} / {}", r["lost_by_seq"], r["repeated_by_seq"])),
         ("not yet delivered at end (events, all subs)", r["behind_at_end"].to_string()),
         ("healthy subscribers cut off", r["healthy_cut_off"].to_string()),
+        ("subscribers refused by the relay (429)", r["refused_429"].to_string()),
         ("lost / repeated (by repo+rev, sample)", format!("{} / {}", r["lost_by_repo_rev"], r["repeated_by_repo_rev"])),
         ("generator late events (bound?)", format!("{} ({})", r["generator_late"], r["generator_bound"])),
         (

@@ -109,11 +109,8 @@ pub(crate) fn result(
     } else {
         0
     };
-    let healthy_cut: usize = subs
-        .healthy
-        .iter()
-        .filter(|x| !sub_refused(x) && x.error.lock().map(|e| e.is_some()).unwrap_or(false))
-        .count();
+    let healthy_cut: usize =
+        subs.healthy.iter().filter(|x| !sub_refused(x) && x.error.lock().map(|e| e.is_some()).unwrap_or(false)).count();
     let refused = subs.healthy.iter().chain(&subs.stalled).chain(&subs.slow).filter(|x| sub_refused(x)).count()
         + subs.jet.iter().filter(|j| j.error.lock().is_ok_and(|e| e.as_deref().is_some_and(refused_429))).count();
     let repeated_by_seq: u64 = subs.healthy.iter().map(|x| x.repeats.load(Ordering::Relaxed)).sum();

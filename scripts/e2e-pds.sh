@@ -8,7 +8,8 @@
 # Bluesky's validators (scripts/lexicon-conformance.mjs). Then a restart (the host is reconnected
 # from the host table, no flag names it):
 # replay from cursor 0 still verifies, and new traffic continues the relay seq with no gap and no
-# repeat.
+# repeat. Last, the fan-out tier: relay -> `relay splitter` -> `relay splitter`, byte-identical by seq,
+# with the verifier, the Python SDK and @skyware/firehose on the second splitter from cursor 0.
 #
 #   scripts/e2e-pds.sh            installs what is missing (clang, libclang-dev, node 22 + peers),
 #                                 builds the relay, runs the scenario, exits non-zero on any failure.
@@ -32,8 +33,10 @@ build_relay
 WORK=$(mktemp -d /tmp/relay-e2e.XXXXXX)
 RELAY_PID=
 ARROBA_PID=
+SPLITTER_PIDS=()
 cleanup() {
   [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null && wait "$RELAY_PID" 2>/dev/null
+  for p in "${SPLITTER_PIDS[@]}"; do kill "$p" 2>/dev/null; done
   [ -n "$ARROBA_PID" ] && kill "$ARROBA_PID" 2>/dev/null
   "$PEERS" stop "$WORK/peers" || true
   if [ "${KEEP:-0}" = 1 ] || [ "${FAILED:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
@@ -197,4 +200,38 @@ log "Jetstream v2 with Python atproto_jetstream (zstd dictionary negotiated)"
   || { cat "$WORK/jetstream-v2.log" >&2; fail "Jetstream v2"; }
 log "$(grep '^JETSTREAM' "$WORK/jetstream-v2.log")"
 conformance jetstream
+
+# The fan-out tier: relay -> splitter A -> splitter B (`relay splitter`, issue #20). Each splitter
+# starts empty (it follows its upstream's live tail) and is told to begin after seq 0 over its admin
+# API, so it fetches the upstream's whole replay. B's store must then hold the relay's frames byte for
+# byte under the relay's seqs, and the consumers people use must pass on B from cursor 0.
+SPLIT_PW=e2e-splitter
+start_splitter() { # start_splitter NAME PORT UPSTREAM_WS
+  "$RELAY_BIN" splitter --upstream "$3" --data-dir "$WORK/$1" --listen "127.0.0.1:$2" \
+    --admin-password "$SPLIT_PW" >>"$WORK/$1.log" 2>&1 &
+  SPLITTER_PIDS+=($!)
+  wait_http "http://127.0.0.1:$2/xrpc/_health" 30 || { tail -n 20 "$WORK/$1.log" >&2; fail "splitter $1 did not answer"; }
+  curl -fsS -u "admin:$SPLIT_PW" -H 'content-type: application/json' -d '{"cursor":0}' \
+    "http://127.0.0.1:$2/admin/upstream/resetCursor" >/dev/null || fail "resetCursor on splitter $1"
+  local want got=; want=$(curl -fsS "$BASE/xrpc/_health" | sed -E 's/.*"seq":([0-9]+).*/\1/')
+  for _ in $(seq 1 300); do
+    got=$(curl -fsS "http://127.0.0.1:$2/xrpc/_health" | sed -E 's/.*"seq":([0-9]+).*/\1/')
+    [ "$got" = "$want" ] && break
+    sleep 0.1
+  done
+  [ "$got" = "$want" ] || { tail -n 20 "$WORK/$1.log" >&2; fail "splitter $1 is at seq $got, the relay at $want"; }
+  log "splitter $1 on :$2 following $3 holds the relay's seqs up to $got"
+}
+start_splitter split-a 2471 "$WS"
+start_splitter split-b 2472 ws://127.0.0.1:2471
+cp "$ROOT/scripts/splitter-chain.mjs" "$ROOT/target/node/"
+"$NODE" "$ROOT/target/node/splitter-chain.mjs" "$WS" ws://127.0.0.1:2471 ws://127.0.0.1:2472 >"$WORK/splitters.log" 2>&1 \
+  || { cat "$WORK/splitters.log" >&2; fail "relay -> splitter -> splitter"; }
+log "$(grep '^SPLITTERS' "$WORK/splitters.log")"
+"$PEERS" verify ws://127.0.0.1:2472 "$PLC" "$VERIFY_SECS" 0 >"$WORK/verify-splitter.log" 2>&1 \
+  || { cat "$WORK/verify-splitter.log" >&2; fail "Bluesky's verifying consumer on splitter B"; }
+log "verify on splitter B: $(grep '^STATS' "$WORK/verify-splitter.log")"
+"$PY" "$ROOT/scripts/py/firehose_consumer.py" ws://127.0.0.1:2472 "$PLC" 0 4 >"$WORK/python-splitter.log" 2>&1 \
+  || { cat "$WORK/python-splitter.log" >&2; fail "the Python atproto consumer on splitter B"; }
+log "python consumer on splitter B: $(grep '^STATS' "$WORK/python-splitter.log")"
 log "PASS"

@@ -146,6 +146,19 @@ pub(crate) struct Common {
     /// Extra argument for `relay serve` (repeatable), e.g. --relay-arg=--fanout-cores=1.
     #[arg(long = "relay-arg", allow_hyphen_values = true)]
     pub(crate) relay_args: Vec<String>,
+    /// Topology mode: also start this many `relay splitter` processes (each its own data directory),
+    /// following the spawned relay (or, with `--splitter-chain`, each the one before it), and spread the
+    /// healthy subscribers round-robin over the relay and the splitters. The JSON line's `topology`
+    /// gives each process's subscribers, latency p50/p99, the latency each splitter adds to its upstream
+    /// (per hop), and its CPU per delivery. Needs a relay started here (not `--relay`).
+    #[arg(long, default_value_t = 0, conflicts_with = "relay")]
+    pub(crate) splitters: usize,
+    /// With `--splitters`: splitter k follows splitter k-1 (a chain), not the relay.
+    #[arg(long, requires = "splitters")]
+    pub(crate) splitter_chain: bool,
+    /// Extra argument for every `relay splitter` (repeatable), e.g. --splitter-arg=--fanout-coalesce=5ms.
+    #[arg(long = "splitter-arg", allow_hyphen_values = true)]
+    pub(crate) splitter_args: Vec<String>,
     /// Seconds to wait for the relay to connect to every host.
     #[arg(long, default_value_t = 180)]
     pub(crate) connect_timeout: u64,

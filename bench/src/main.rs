@@ -21,6 +21,7 @@ use crate::setup::{Setup, Source, setup};
 mod cli;
 mod outcome;
 mod setup;
+mod topology;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -32,6 +33,8 @@ struct Fleetwide {
     slow: Vec<Arc<SubStats>>,
     stalled: Vec<Arc<SubStats>>,
     stop: Arc<AtomicBool>,
+    /// Topology mode: the healthy subscribers' endpoints and latency by endpoint.
+    tiers: Option<topology::Tiers>,
 }
 
 fn subscribe_urls(s: &Setup, c: &Common, cursor: Option<u64>) -> Vec<String> {
@@ -73,17 +76,27 @@ async fn start_subscribers(s: &Setup, c: &Common) -> anyhow::Result<Fleetwide> {
     }
     let urls = subscribe_urls(s, c, None);
     let n_healthy = c.subscribers.saturating_sub(c.stalled + c.slow).max(1);
+    // Topology mode: healthy subscriber i reads endpoint i % (splitters + 1) (0: the relay).
+    let tiers = (!s.splitters.is_empty()).then(|| topology::Tiers::new(n_healthy, s.splitters.len() + 1));
+    let urls_of = |i: usize| -> Vec<String> {
+        let endpoint = tiers.as_ref().and_then(|t| t.endpoint_of.get(i)).copied().unwrap_or(0);
+        match endpoint.checked_sub(1).and_then(|k| s.splitters.get(k)) {
+            Some(sp) => vec![format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", sp.addr)],
+            None => urls.clone(),
+        }
+    };
     let healthy: Vec<Arc<SubStats>> = if c.tungstenite_subscribers {
         (0..n_healthy)
             .map(|i| {
-                subscriber::spawn(urls.clone(), Behavior::Healthy, i < 2, Arc::clone(&stop), Arc::clone(&s.host_stats))
+                subscriber::spawn(urls_of(i), Behavior::Healthy, i < 2, Arc::clone(&stop), Arc::clone(&s.host_stats))
             })
             .collect()
     } else {
         let stats: Vec<Arc<SubStats>> = (0..n_healthy).map(|i| Arc::new(SubStats::new(i < 2))).collect();
         let conns = stats
             .iter()
-            .flat_map(|st| urls.iter().map(|u| bench::fleet::Conn { url: u.clone(), stats: Arc::clone(st) }))
+            .enumerate()
+            .flat_map(|(i, st)| urls_of(i).into_iter().map(|u| bench::fleet::Conn { url: u, stats: Arc::clone(st) }))
             .collect();
         bench::fleet::run(conns, c.fleet_threads, Arc::clone(&stop), Arc::clone(&s.host_stats));
         stats
@@ -99,14 +112,18 @@ async fn start_subscribers(s: &Setup, c: &Common) -> anyhow::Result<Fleetwide> {
             subscriber::spawn(urls.clone(), Behavior::Stalled, false, Arc::clone(&stop), Arc::clone(&s.host_stats))
         })
         .collect();
-    Ok(Fleetwide { jet, healthy, slow, stalled, stop })
+    Ok(Fleetwide { jet, healthy, slow, stalled, stop, tiers })
 }
 
-/// Moves every healthy subscriber's window histogram into `window`.
-fn drain_latency(subs: &[Arc<SubStats>], window: &mut Histogram<u64>) {
-    for s in subs {
+/// Moves every healthy subscriber's window histogram into `window` (and, in topology mode, into
+/// its endpoint's).
+fn drain_latency(subs: &Fleetwide, window: &mut Histogram<u64>) {
+    for (i, s) in subs.healthy.iter().enumerate() {
         if let Ok(mut h) = s.latency.lock() {
             let _ = window.add(&*h);
+            if let Some(t) = &subs.tiers {
+                t.add(i, &h);
+            }
             h.reset();
         }
     }
@@ -124,6 +141,8 @@ struct Probes {
     /// `[secs, relay_events_disk_bytes, relay_events_oldest_seq, relay_last_seq,
     /// relay_data_dir_bytes, relay_wal_bytes, du]` every `--storage-every` seconds.
     storage: Arc<Mutex<Vec<[u64; 7]>>>,
+    /// Topology mode: each splitter's CPU, RSS and threads, in splitter order.
+    splitters: Vec<Arc<Mutex<Vec<ProcSample>>>>,
 }
 
 fn start_probes(s: &Setup) -> Probes {
@@ -133,7 +152,11 @@ fn start_probes(s: &Setup) -> Probes {
         health: probe::health_histogram(),
         health_failures: Arc::default(),
         storage: Arc::default(),
+        splitters: s.splitters.iter().map(|_| Arc::default()).collect(),
     };
+    for (sp, out) in s.splitters.iter().zip(&p.splitters) {
+        tokio::spawn(probe::sample_process(sp.pid, Duration::from_secs(1), Arc::clone(&p.stop), Arc::clone(out)));
+    }
     if let Some(pid) = s.relay_pid {
         tokio::spawn(probe::sample_process(
             pid,
@@ -219,7 +242,7 @@ async fn progress(s: &Setup, subs: &Fleetwide, secs: u64, label: &str, probes: &
         tokio::time::sleep(Duration::from_secs(1)).await;
         s.host_stats.send_times.prune(now_us().saturating_sub(120_000_000));
         let mut window = histogram();
-        drain_latency(&subs.healthy, &mut window);
+        drain_latency(subs, &mut window);
         let _ = total.add(&window);
         let sent = s.host_stats.sent.load(Ordering::Relaxed) as u64;
         let acc = accepted_now(s, subs).await;
@@ -322,7 +345,7 @@ async fn run_fixed(c: Common, rate: u64, duration: u64, direct: bool) -> anyhow:
     // Before the fleet stops: its threads' CPU time leaves /proc with them.
     let fleet_cpu = probe::own_threads_cpu_secs("fleet-") - fleet_cpu0;
     let mut tail = histogram();
-    drain_latency(&subs.healthy, &mut tail);
+    drain_latency(&subs, &mut tail);
     let _ = latency.add(&tail);
     let offered = s.host_stats.sent.load(Ordering::Relaxed) as u64 - sent0;
     let accepted = accepted_now(&s, &subs).await - acc0;
@@ -359,6 +382,20 @@ async fn run_fixed(c: Common, rate: u64, duration: u64, direct: bool) -> anyhow:
         v["relay_cpu_us_per_delivery"] = json!(cpu / 100.0 * 1e6 / per_s.max(1.0));
     }
     v["jetstream"] = jet;
+    if let Some(tiers) = &subs.tiers {
+        let relay_cpu = v["relay_cpu_pct_avg"].as_f64().unwrap_or(0.0);
+        let events_per_s = accepted as f64 / secs.max(1e-9);
+        v["topology"] = topology::result(
+            tiers,
+            &s.splitters,
+            &subs.healthy,
+            relay_cpu,
+            &probes.splitters,
+            events_per_s,
+            delivery_secs,
+        );
+        v["splitter_chain"] = json!(c.splitter_chain);
+    }
     write_outputs(&c, &v, &latency)
 }
 
@@ -371,6 +408,9 @@ async fn run_ramp(
     max_p99_ms: f64,
     max_steps: u32,
 ) -> anyhow::Result<()> {
+    if c.splitters > 0 {
+        anyhow::bail!("--splitters is a `run` option (the topology is reported for one fixed rate)");
+    }
     let mut s = setup(&c, false).await?;
     let subs = start_subscribers(&s, &c).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;

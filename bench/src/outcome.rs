@@ -196,6 +196,9 @@ pub(crate) fn result(
 /// Prints the table and the JSON line, and writes `--json-out`, `--hgrm` and `--svg` when given.
 pub(crate) fn write_outputs(c: &Common, v: &Value, latency: &Histogram<u64>) -> anyhow::Result<()> {
     println!("{}", report::table(v));
+    if v["topology"].is_array() {
+        println!("{}", crate::topology::table(&v["topology"]));
+    }
     println!("{v}");
     let refused = v["refused_429"].as_u64().unwrap_or(0);
     if refused > 0 {

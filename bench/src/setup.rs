@@ -94,8 +94,15 @@ pub(crate) fn spawn_relay(c: &Common, hosts: &[String], plc: &str) -> anyhow::Re
     for h in hosts {
         cmd.args(["--host", h]);
     }
-    // The relay's CPUs: --relay-cpus, else every CPU (not relay-bench's own --bench-cpus mask, which
-    // a child would inherit).
+    pin_command(&mut cmd, c)?;
+    let child = cmd.stdout(Stdio::null()).stderr(log).spawn().with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id();
+    Ok((Spawned { child, _data: tempdir::Dir(data) }, format!("127.0.0.1:{port}"), pid, layout))
+}
+
+/// Pins a process this tool starts (relay or splitter) to `--relay-cpus`, else every CPU (not
+/// relay-bench's own `--bench-cpus` mask, which a child would inherit).
+pub(crate) fn pin_command(cmd: &mut Command, c: &Common) -> anyhow::Result<()> {
     let relay_cpus = match &c.relay_cpus {
         Some(list) => bench::parse_cpu_list(list).map_err(anyhow::Error::msg)?,
         // SAFETY: sysconf only reads a system constant.
@@ -107,9 +114,7 @@ pub(crate) fn spawn_relay(c: &Common, hosts: &[String], plc: &str) -> anyhow::Re
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(move || bench::pin_to(&relay_cpus));
     }
-    let child = cmd.stdout(Stdio::null()).stderr(log).spawn().with_context(|| format!("starting {}", bin.display()))?;
-    let pid = child.id();
-    Ok((Spawned { child, _data: tempdir::Dir(data) }, format!("127.0.0.1:{port}"), pid, layout))
+    Ok(())
 }
 
 /// Where a run's events come from.
@@ -134,6 +139,8 @@ pub(crate) struct Setup {
     pub(crate) relay_pid: Option<u32>,
     pub(crate) layout: String,
     pub(crate) _spawned: Option<Spawned>,
+    /// `--splitters`: the splitters started in front of the relay (topology mode).
+    pub(crate) splitters: Vec<crate::topology::Splitter>,
     pub(crate) connect_all_s: Option<f64>,
     /// `/xrpc/_health` latency (µs) while the relay connected to the hosts, and failed polls.
     pub(crate) connect_health: Option<(Histogram<u64>, u64)>,
@@ -199,11 +206,15 @@ pub(crate) async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
         relay_pid: c.relay_pid,
         layout: c.relay_layout.clone().unwrap_or_default(),
         _spawned: None,
+        splitters: Vec::new(),
         connect_all_s: None,
         connect_health: None,
         storage_every: c.storage_every,
         health_every_ms: c.health_every_ms,
     };
+    if direct && c.splitters > 0 {
+        bail!("--splitters needs a relay: it is not a `direct` option");
+    }
     if direct {
         s.layout = "direct (no relay)".into();
         return Ok(s);
@@ -254,5 +265,8 @@ pub(crate) async fn setup(c: &Common, direct: bool) -> anyhow::Result<Setup> {
     health_stop.store(true, Ordering::Release);
     s.connect_health = health.lock().ok().map(|h| (h.clone(), failures.load(Ordering::Relaxed)));
     eprintln!("relay-bench: all hosts connected {:.2} s after the relay started", t0.elapsed().as_secs_f64());
+    if c.splitters > 0 {
+        s.splitters = crate::topology::spawn_splitters(c, &addr).await?;
+    }
     Ok(s)
 }

@@ -39,6 +39,7 @@ impl RepoCache {
         }
     }
 
+    #[allow(clippy::indexing_slicing, reason = "the index is masked to SLOTS - 1 and `generations` has SLOTS entries")]
     fn slot(&self, did: &Did) -> &Mutex<u64> {
         // FNV-1a: cheap, and only spreads accounts over the locks.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;

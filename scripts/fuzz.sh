@@ -37,7 +37,11 @@ if [ -n "$rocksdb_a" ]; then
   export ROCKSDB_LIB_DIR=$(dirname "$rocksdb_a") ROCKSDB_STATIC=1
   log "linking the workspace's RocksDB build: $ROCKSDB_LIB_DIR"
 fi
-cargo fuzz build --sanitizer none 2>&1 | tail -n 1
+if ! cargo fuzz build --sanitizer none >"$ROOT/target/fuzz-build.log" 2>&1; then
+  grep -E '^(error|warning: unused)' -A12 "$ROOT/target/fuzz-build.log" | head -n 80 >&2
+  log "FAIL: the fuzz targets do not build (target/fuzz-build.log)"
+  exit 1
+fi
 for t in "${TARGETS[@]}"; do
   log "fuzzing $t for ${SECS}s"
   cargo fuzz run --sanitizer none "$t" -- -max_total_time="$SECS" -print_final_stats=1 2>&1 \

@@ -199,7 +199,7 @@ struct Harness {
 }
 
 /// The sequencer's end of the admin queue: drained on a thread of its own, as in the relay.
-fn drain(rx: glommio::channels::shared_channel::SharedReceiver<shards::messages::IngestMsg>) {
+fn drain(rx: glommio::channels::shared_channel::SharedReceiver<shards::messages::ToSequencer>) {
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(1 << 20)
         .name("fuzz-sequencer")

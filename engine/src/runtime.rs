@@ -192,6 +192,36 @@ pub(crate) fn open_store(args: &crate::cli::StoreArgs, compaction_cpu: usize) ->
     Ok(Arc::new(opened.with_context(|| format!("opening the store in {}", args.data_dir.display()))?))
 }
 
+/// Measures the data directory every second (`relay_data_dir_bytes`, `relay_wal_bytes`) on a thread
+/// of its own (pinned to the compaction CPU, nice 10), so the gauges stay current while a retention
+/// pass deletes and compacts: that is when compaction output and the files it replaces are both on
+/// disk, the directory's peak, which a measurement on the retention thread could never see.
+fn start_disk_gauges(store: Arc<Store>, cpu: usize, control: Arc<Control>, metrics: Metrics) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("relay-disk".into())
+        .spawn(move || {
+            if let Err(e) = layout::pin_current_thread(cpu) {
+                tracing::warn!(cpu, error = %e, "cannot pin the disk gauge thread");
+            }
+            // SAFETY: setpriority on this thread's id (gettid) changes only this thread's nice value.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) } != 0 {
+                tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the disk gauge thread's priority");
+            }
+            while !control.stop.is_stopped() {
+                match store.disk_usage() {
+                    Ok(usage) => {
+                        metrics.data_dir_bytes.set(i64::try_from(usage.total_bytes).unwrap_or(i64::MAX));
+                        metrics.wal_bytes.set(i64::try_from(usage.wal_bytes).unwrap_or(i64::MAX));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot measure the data directory"),
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+        .context("starting the disk gauge thread")?;
+    Ok(())
+}
+
 /// Runs retention ([`storage::retention::enforce`]) every [`storage::retention::interval`] on a thread
 /// pinned to the compaction CPU, off every executor, until `control` stops; keeps the storage gauges
 /// current.
@@ -202,6 +232,7 @@ pub(crate) fn start_retention(
     control: Arc<Control>,
     metrics: Metrics,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    start_disk_gauges(Arc::clone(&store), cpu, Arc::clone(&control), metrics.clone())?;
     let every = storage::retention::interval(&policy);
     std::thread::Builder::new()
         .name("relay-retention".into())
@@ -215,18 +246,7 @@ pub(crate) fn start_retention(
                 tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the retention thread's priority");
             }
             let mut next = std::time::Instant::now();
-            let mut measured = std::time::Instant::now();
             while !control.stop.is_stopped() {
-                if measured.elapsed() >= Duration::from_secs(1) {
-                    measured = std::time::Instant::now();
-                    match store.disk_usage() {
-                        Ok(usage) => {
-                            metrics.data_dir_bytes.set(i64::try_from(usage.total_bytes).unwrap_or(i64::MAX));
-                            metrics.wal_bytes.set(i64::try_from(usage.wal_bytes).unwrap_or(i64::MAX));
-                        }
-                        Err(e) => tracing::debug!(error = %e, "cannot measure the data directory"),
-                    }
-                }
                 if std::time::Instant::now() < next {
                     std::thread::sleep(Duration::from_millis(100));
                     continue;

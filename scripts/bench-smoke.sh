@@ -2,7 +2,8 @@
 # A few seconds of relay-bench against our relay, twice: small fleet, lean subscribers, Jetstream
 # subscribers and a prefilled store with events made live; then the same traffic from a pre-generated
 # corpus (built, cached, loaded). The tool works end to end, events are delivered, nothing is lost or
-# repeated, and the JSON lines parse. No speed threshold.
+# repeated, and the JSON lines parse; last, topology mode (relay -> splitter -> splitter). No speed
+# threshold.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 raise_memlock
@@ -51,4 +52,26 @@ for k in ("commit", "kernel", "cpu_model", "layout"):
 print(f"bench smoke: offered {r['offered']}, delivered {r['deliveries_per_s']:.0f}/s, p99 {r['latency_us']['p99']} us")
 if problems:
     print("bench smoke FAILED: " + "; ".join(problems)); sys.exit(1)
+PY
+# Topology mode: the relay and a chain of two `relay splitter`s, subscribers spread over the three.
+topo=$(mktemp /tmp/relay-bench-topology.XXXXXX.json)
+trap 'rm -rf "$out" "$corpus" "$topo"' EXIT
+target/debug/relay-bench run --spawn target/debug/relay --relay-arg=--fsync=never --splitter-arg=--fsync=never \
+  --hosts 4 --accounts-per-host 5 --subscribers 3 --splitters 2 --splitter-chain --rate 200 --duration 3 \
+  --label smoke-topology --json-out "$topo" >/dev/null
+python3 - "$topo" <<'PY'
+import json, sys
+r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+t = r.get("topology") or []
+problems = []
+if [p.get("name") for p in t] != ["relay", "splitter 1", "splitter 2"]: problems.append(f"processes {[p.get('name') for p in t]}")
+if [p.get("upstream") for p in t[1:]] != ["relay", "splitter 1"]: problems.append("not a chain")
+for p in t:
+    if p.get("subscribers") != 1 or not p.get("deliveries_per_s"): problems.append(f"{p.get('name')}: {p}")
+    if p.get("name") != "relay" and "added_ms" not in p: problems.append(f"{p.get('name')}: no added latency")
+for k in ("lost_by_seq", "repeated_by_seq"):
+    if r[k] != 0: problems.append(f"{k} = {r[k]}")
+print(f"bench smoke topology: {[(p['name'], round(p['latency_ms']['p50'], 1)) for p in t]}")
+if problems:
+    print("bench smoke topology FAILED: " + "; ".join(problems)); sys.exit(1)
 PY

@@ -5,6 +5,7 @@
 // Usage: node splitter-chain.mjs ws://relay ws://splitterA ws://splitterB ...
 // Prints one line `SPLITTERS {...}`; exits 1 on any difference.
 import crypto from 'node:crypto';
+import { decode, decodeFirst } from '@atcute/cbor';
 import { Firehose } from '@skyware/firehose';
 import WebSocket from 'ws';
 
@@ -12,22 +13,16 @@ const bases = process.argv.slice(2);
 const failures = [];
 const fail = (m) => { failures.push(m); console.error('FAIL', m); };
 
-// Reads the seq of a frame's body without a CBOR library: the body map holds `seq` as a key; the
-// header map ({op, t}) comes first. Good enough for comparing, since the hash is of the whole frame.
+// The seq of a frame's body (header, then body: two DAG-CBOR items); undefined for a frame that is
+// not two items or whose body has no integer seq.
 function seqOf(buf) {
-  const key = Buffer.from([0x63, 0x73, 0x65, 0x71]); // text(3) "seq"
-  const at = buf.indexOf(key);
-  if (at < 0) return undefined;
-  const i = at + key.length;
-  const major = buf[i] >> 5;
-  const info = buf[i] & 0x1f;
-  if (major !== 0) return undefined;
-  if (info < 24) return info;
-  if (info === 24) return buf[i + 1];
-  if (info === 25) return buf.readUInt16BE(i + 1);
-  if (info === 26) return buf.readUInt32BE(i + 1);
-  if (info === 27) return Number(buf.readBigUInt64BE(i + 1));
-  return undefined;
+  try {
+    const [, rest] = decodeFirst(new Uint8Array(buf));
+    const body = decode(rest);
+    return Number.isInteger(body?.seq) ? body.seq : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 // seq -> sha256 of the frame's bytes, every frame from cursor 0 until none came for 3 s.

@@ -77,9 +77,9 @@ async fn start_subscribers(s: &Setup, c: &Common) -> anyhow::Result<Fleetwide> {
     let urls = subscribe_urls(s, c, None);
     let n_healthy = c.subscribers.saturating_sub(c.stalled + c.slow).max(1);
     // Topology mode: healthy subscriber i reads endpoint i % (splitters + 1) (0: the relay).
-    let tiers = (!s.splitters.is_empty()).then(|| topology::Tiers::new(n_healthy, s.splitters.len() + 1));
+    let tiers = (!s.splitters.is_empty()).then(|| topology::Tiers::new(s.splitters.len() + 1));
     let urls_of = |i: usize| -> Vec<String> {
-        let endpoint = tiers.as_ref().and_then(|t| t.endpoint_of.get(i)).copied().unwrap_or(0);
+        let endpoint = tiers.as_ref().map_or(0, |t| t.endpoint_of(i));
         match endpoint.checked_sub(1).and_then(|k| s.splitters.get(k)) {
             Some(sp) => vec![format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", sp.addr)],
             None => urls.clone(),

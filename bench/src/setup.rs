@@ -84,13 +84,7 @@ pub(crate) fn spawn_relay(c: &Common, hosts: &[String], plc: &str) -> anyhow::Re
         .arg("--data-dir")
         .arg(&data)
         .args(&c.relay_args);
-    // The whole subscriber fleet connects from 127.0.0.1: lift the per-address and subscriber limits
-    // unless the run sets them itself.
-    for flag in ["--max-connections-per-ip", "--max-subscribers"] {
-        if !c.relay_args.iter().any(|a| a.starts_with(flag)) {
-            cmd.arg(format!("{flag}=0"));
-        }
-    }
+    lift_limits(&mut cmd, &c.relay_args);
     for h in hosts {
         cmd.args(["--host", h]);
     }
@@ -98,6 +92,16 @@ pub(crate) fn spawn_relay(c: &Common, hosts: &[String], plc: &str) -> anyhow::Re
     let child = cmd.stdout(Stdio::null()).stderr(log).spawn().with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id();
     Ok((Spawned { child, _data: tempdir::Dir(data) }, format!("127.0.0.1:{port}"), pid, layout))
+}
+
+/// The whole subscriber fleet connects from 127.0.0.1: lifts the per-address and subscriber limits of
+/// a relay or splitter this tool starts, unless its own arguments `args` set them.
+pub(crate) fn lift_limits(cmd: &mut Command, args: &[String]) {
+    for flag in ["--max-connections-per-ip", "--max-subscribers"] {
+        if !args.iter().any(|a| a.starts_with(flag)) {
+            cmd.arg(format!("{flag}=0"));
+        }
+    }
 }
 
 /// Pins a process this tool starts (relay or splitter) to `--relay-cpus`, else every CPU (not

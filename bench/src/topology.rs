@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::cli::Common;
-use crate::setup::{Spawned, free_port, pin_command, relay_binary, tempdir};
+use crate::setup::{Spawned, free_port, lift_limits, pin_command, relay_binary, tempdir};
 
 /// A `relay splitter` this tool started.
 pub(crate) struct Splitter {
@@ -48,11 +48,7 @@ pub(crate) async fn spawn_splitters(c: &Common, relay_addr: &str) -> anyhow::Res
             .arg("--data-dir")
             .arg(&data)
             .args(&c.splitter_args);
-        for flag in ["--max-connections-per-ip", "--max-subscribers"] {
-            if !c.splitter_args.iter().any(|a| a.starts_with(flag)) {
-                cmd.arg(format!("{flag}=0"));
-            }
-        }
+        lift_limits(&mut cmd, &c.splitter_args);
         pin_command(&mut cmd, c)?;
         let child =
             cmd.stdout(Stdio::null()).stderr(log).spawn().with_context(|| format!("starting {}", bin.display()))?;
@@ -78,23 +74,27 @@ pub(crate) async fn spawn_splitters(c: &Common, relay_addr: &str) -> anyhow::Res
 
 /// Latency of the healthy subscribers by endpoint, filled as the run drains their histograms.
 pub(crate) struct Tiers {
-    /// The endpoint of each healthy subscriber, in the fleet's order.
-    pub(crate) endpoint_of: Vec<usize>,
+    /// Endpoints: the relay and the splitters, at least one.
+    endpoints: usize,
+    /// One histogram per endpoint.
     pub(crate) latency: Mutex<Vec<Histogram<u64>>>,
 }
 
 impl Tiers {
-    /// `endpoints` endpoints (relay + splitters), subscriber `i` on endpoint `i % endpoints`.
-    pub(crate) fn new(subscribers: usize, endpoints: usize) -> Tiers {
-        Tiers {
-            endpoint_of: (0..subscribers).map(|i| i % endpoints.max(1)).collect(),
-            latency: Mutex::new((0..endpoints).map(|_| bench::subscriber::histogram()).collect()),
-        }
+    /// `endpoints` endpoints (relay + splitters), at least one.
+    pub(crate) fn new(endpoints: usize) -> Tiers {
+        let endpoints = endpoints.max(1);
+        Tiers { endpoints, latency: Mutex::new((0..endpoints).map(|_| bench::subscriber::histogram()).collect()) }
+    }
+
+    /// The endpoint healthy subscriber `i` reads: `i % endpoints`.
+    pub(crate) fn endpoint_of(&self, i: usize) -> usize {
+        i % self.endpoints
     }
 
     /// Adds subscriber `i`'s window histogram to its endpoint's.
     pub(crate) fn add(&self, i: usize, h: &Histogram<u64>) {
-        let Some(&e) = self.endpoint_of.get(i) else { return };
+        let e = self.endpoint_of(i);
         if let Ok(mut l) = self.latency.lock()
             && let Some(t) = l.get_mut(e)
         {
@@ -128,7 +128,7 @@ pub(crate) fn result(
     let n = splitters.len() + 1;
     (0..n)
         .map(|e| {
-            let subs = || healthy.iter().enumerate().filter(move |(i, _)| tiers.endpoint_of.get(*i) == Some(&e));
+            let subs = || healthy.iter().enumerate().filter(move |(i, _)| tiers.endpoint_of(*i) == e);
             let received: u64 = subs().map(|(_, s)| s.received.load(std::sync::atomic::Ordering::Relaxed)).sum();
             let deliveries_per_s = received as f64 / secs.max(1e-9);
             let followers = splitters.iter().filter(|s| s.upstream == e).count();

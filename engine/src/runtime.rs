@@ -192,21 +192,34 @@ pub(crate) fn open_store(args: &crate::cli::StoreArgs, compaction_cpu: usize) ->
     Ok(Arc::new(opened.with_context(|| format!("opening the store in {}", args.data_dir.display()))?))
 }
 
+/// Pins the calling thread to `cpu` and lowers it to nice 10, so its work waits for the executors
+/// sharing the core; failures are logged (`what` names the thread), the thread runs anyway.
+fn pin_background_thread(cpu: usize, what: &str) {
+    if let Err(e) = layout::pin_current_thread(cpu) {
+        tracing::warn!(cpu, error = %e, "cannot pin the {what} thread");
+    }
+    // SAFETY: setpriority on this thread's id (gettid) changes only this thread's nice value.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the {what} thread's priority");
+    }
+}
+
 /// Measures the data directory every second (`relay_data_dir_bytes`, `relay_wal_bytes`) on a thread
 /// of its own (pinned to the compaction CPU, nice 10), so the gauges stay current while a retention
 /// pass deletes and compacts: that is when compaction output and the files it replaces are both on
-/// disk, the directory's peak, which a measurement on the retention thread could never see.
-fn start_disk_gauges(store: Arc<Store>, cpu: usize, control: Arc<Control>, metrics: Metrics) -> anyhow::Result<()> {
+/// disk, the directory's peak, which a measurement on the retention thread could never see. Stops
+/// once `control` has stopped and the thread is unparked (the retention thread does both, then
+/// joins it).
+fn start_disk_gauges(
+    store: Arc<Store>,
+    cpu: usize,
+    control: Arc<Control>,
+    metrics: Metrics,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("relay-disk".into())
         .spawn(move || {
-            if let Err(e) = layout::pin_current_thread(cpu) {
-                tracing::warn!(cpu, error = %e, "cannot pin the disk gauge thread");
-            }
-            // SAFETY: setpriority on this thread's id (gettid) changes only this thread's nice value.
-            if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) } != 0 {
-                tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the disk gauge thread's priority");
-            }
+            pin_background_thread(cpu, "disk gauge");
             while !control.stop.is_stopped() {
                 match store.disk_usage() {
                     Ok(usage) => {
@@ -215,11 +228,10 @@ fn start_disk_gauges(store: Arc<Store>, cpu: usize, control: Arc<Control>, metri
                     }
                     Err(e) => tracing::debug!(error = %e, "cannot measure the data directory"),
                 }
-                std::thread::sleep(Duration::from_secs(1));
+                std::thread::park_timeout(Duration::from_secs(1));
             }
         })
-        .context("starting the disk gauge thread")?;
-    Ok(())
+        .context("starting the disk gauge thread")
 }
 
 /// Runs retention ([`storage::retention::enforce`]) every [`storage::retention::interval`] on a thread
@@ -232,19 +244,13 @@ pub(crate) fn start_retention(
     control: Arc<Control>,
     metrics: Metrics,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    start_disk_gauges(Arc::clone(&store), cpu, Arc::clone(&control), metrics.clone())?;
+    let disk = start_disk_gauges(Arc::clone(&store), cpu, Arc::clone(&control), metrics.clone())?;
     let every = storage::retention::interval(&policy);
     std::thread::Builder::new()
         .name("relay-retention".into())
         .spawn(move || {
-            if let Err(e) = layout::pin_current_thread(cpu) {
-                tracing::warn!(cpu, error = %e, "cannot pin the retention thread");
-            }
             // Nice 10: deleting and compacting old events waits for the executors sharing the core.
-            // SAFETY: setpriority on this thread's id (gettid) changes only this thread's nice value.
-            if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) } != 0 {
-                tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the retention thread's priority");
-            }
+            pin_background_thread(cpu, "retention");
             let mut next = std::time::Instant::now();
             while !control.stop.is_stopped() {
                 if std::time::Instant::now() < next {
@@ -277,6 +283,10 @@ pub(crate) fn start_retention(
                 }
                 metrics.tombstones.set(i64::try_from(store.tombstone_count()).unwrap_or(i64::MAX));
             }
+            // The disk gauge thread holds the store too: stopped and joined here, so the store
+            // closes when the caller joins this thread.
+            disk.thread().unpark();
+            let _ = disk.join();
         })
         .context("starting the retention thread")
 }

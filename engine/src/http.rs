@@ -207,7 +207,8 @@ async fn handle_connection(mut stream: TcpStream, ctx: Rc<Ctx>) {
                 xrpc::Stream::Jetstream(j) => (
                     match j.start {
                         shards::fanout::JetStart::Live => None,
-                        shards::fanout::JetStart::Seq(s) | shards::fanout::JetStart::TimeUs(s) => Some(s),
+                        shards::fanout::JetStart::Seq(s) => Some(s.0),
+                        shards::fanout::JetStart::TimeUs(us) => Some(us),
                     },
                     match j.format {
                         shards::fanout::JetFormat::V1 => "jetstream-v1",

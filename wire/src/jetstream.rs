@@ -27,7 +27,7 @@ use ipld_core::ipld::Ipld;
 use serde_json::{Map, Value, json};
 
 use crate::frame::{AccountEvent, Event, IdentityEvent, SyncEvent};
-use crate::syntax::{Did, Tid, datetime_from_unix_us};
+use crate::syntax::{Did, RelaySeq, Tid, datetime_from_unix_us};
 
 mod filter;
 
@@ -193,14 +193,48 @@ pub struct Converted {
     pub unconvertible: usize,
 }
 
-/// The v2 `seq` of op `index` of relay event `relay_seq`.
-pub fn v2_seq(relay_seq: u64, index: u8) -> u64 {
-    relay_seq << 8 | u64::from(index)
+/// A Jetstream v2 `seq`: relay seq × 256 + the op's index in its commit (0 for other kinds). It
+/// orders the Jetstream stream as the relay seq orders the firehose, and tells the relay where to
+/// resume inside a commit. Relay seqs below 2^56 map one to one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JetSeq(pub u64);
+
+impl JetSeq {
+    /// The seq of op `index` of relay event `relay`.
+    pub fn new(relay: RelaySeq, index: u8) -> Self {
+        Self(relay.0 << 8 | u64::from(index))
+    }
+
+    /// The relay seq of the firehose event it comes from.
+    pub fn relay(self) -> RelaySeq {
+        RelaySeq(self.0 >> 8)
+    }
+
+    /// The op's index in its commit.
+    pub fn index(self) -> u8 {
+        (self.0 & 0xff) as u8
+    }
+
+    /// The position just before the first op of relay seq `relay` (0 for relay seq 0).
+    pub fn before(relay: RelaySeq) -> Self {
+        Self((relay.0 << 8).saturating_sub(1))
+    }
+
+    /// The seq of the last op any event at relay seq `relay` can have.
+    pub fn end_of(relay: RelaySeq) -> Self {
+        Self(relay.0 << 8 | 0xff)
+    }
+
+    /// The seq just before this one (0 stays 0).
+    pub fn prev(self) -> Self {
+        Self(self.0.saturating_sub(1))
+    }
 }
 
-/// The relay seq and op index a v2 `seq` names.
-pub fn split_v2_seq(seq: u64) -> (u64, u8) {
-    (seq >> 8, (seq & 0xff) as u8)
+impl std::fmt::Display for JetSeq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// Converts a firehose event (carrying its relay seq) to Jetstream events at `time_us`.
@@ -286,8 +320,8 @@ impl JetEvent {
     }
 
     /// Its v2 `seq`.
-    pub fn seq(&self) -> u64 {
-        v2_seq(self.relay_seq, self.index)
+    pub fn seq(&self) -> JetSeq {
+        JetSeq::new(RelaySeq(self.relay_seq), self.index)
     }
 
     fn commit_fields(&self) -> Option<Map<String, Value>> {
@@ -325,7 +359,7 @@ impl JetEvent {
         let mut payload = Map::new();
         payload.insert("$type".into(), format!("{V2_NSID}#{}", self.kind().as_str()).into());
         payload.insert("did".into(), self.did.as_str().into());
-        payload.insert("seq".into(), self.seq().into());
+        payload.insert("seq".into(), self.seq().0.into());
         payload.insert("time".into(), time.clone().into());
         payload.insert("witnessedAt".into(), time.into());
         match &self.body {

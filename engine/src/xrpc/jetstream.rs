@@ -84,7 +84,7 @@ pub fn subscribe_v2(req: &Request, ctx: &Ctx) -> Routed {
     // seq"); a timestamp cursor is clamped with `#info OutdatedCursor` instead. 0 asks for
     // everything still stored.
     if let Some(V2Cursor::Seq(s)) = parsed.cursor
-        && s > 0
+        && s.0 > 0
     {
         match ctx.fanout.jet_floor() {
             Ok(floor) if s < floor => {

@@ -7,8 +7,8 @@ mod directory;
 pub mod jet;
 pub mod pace;
 mod queue;
-pub(crate) mod replay;
 mod send;
+mod session;
 mod subscriber;
 
 use std::cell::{Cell, RefCell};

@@ -1,7 +1,7 @@
 //! Replay at each subscriber's own pace, so that slow readers cost only themselves.
 //!
-//! Two rules, both without I/O (the replay loops of `fanout::replay` and the Jetstream replay drive
-//! them):
+//! Two rules, both without I/O (the replay loop of `fanout::session` drives them, for the firehose
+//! and for Jetstream):
 //! - [`ReplayPacer`]: a subscriber's replay chunks start small and double while it reads them quickly,
 //!   halving when it does not: a fast consumer reaches the full chunk within a few chunks, a client
 //!   reading a trickle ends up with the smallest, so it holds little of the shard's replay memory.

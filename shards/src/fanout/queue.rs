@@ -8,13 +8,13 @@ use std::task::{Poll, Waker};
 use bytes::Bytes;
 use wire::RelaySeq;
 
-/// Something to write to a subscriber.
+/// Something to write to a subscriber whose stream is ordered by `S` (a [`RelaySeq`] for the
+/// firehose, a [`wire::jetstream::JetSeq`] for Jetstream).
 #[derive(Debug, Clone)]
-pub enum Outgoing {
-    /// An event frame (complete websocket frame) with its position in the subscriber's stream (the
-    /// relay seq for the firehose; the Jetstream seq, relay seq × 256 + op index, for Jetstream) and
+pub enum Outgoing<S = RelaySeq> {
+    /// An event frame (complete websocket frame) with its position in the subscriber's stream and
     /// when its batch became durable.
-    Event(RelaySeq, Bytes, std::time::Instant),
+    Event(S, Bytes, std::time::Instant),
     /// A control frame (pong), written in order with events.
     Control(Bytes),
 }
@@ -24,8 +24,8 @@ const MAX_PENDING_CONTROL: usize = 16;
 
 /// A subscriber's queue. Events beyond the capacity are refused (the publisher then marks the
 /// subscriber [`Queue::mark_behind`]); control frames have their own small bound.
-pub(crate) struct Queue {
-    items: RefCell<VecDeque<Outgoing>>,
+pub(crate) struct Queue<S = RelaySeq> {
+    items: RefCell<VecDeque<Outgoing<S>>>,
     capacity: usize,
     controls: Cell<usize>,
     behind: Cell<bool>,
@@ -33,7 +33,7 @@ pub(crate) struct Queue {
     waker: Cell<Option<Waker>>,
 }
 
-impl Queue {
+impl<S> Queue<S> {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             items: RefCell::new(VecDeque::new()),
@@ -52,7 +52,7 @@ impl Queue {
     }
 
     /// Queues an event; `Err` when the queue is full.
-    pub(crate) fn push(&self, item: Outgoing) -> Result<(), Outgoing> {
+    pub(crate) fn push(&self, item: Outgoing<S>) -> Result<(), Outgoing<S>> {
         let mut items = self.items.borrow_mut();
         if items.len() >= self.capacity {
             return Err(item);
@@ -64,7 +64,7 @@ impl Queue {
     }
 
     /// Queues a control frame; closes the subscriber instead when too many are waiting.
-    pub(crate) fn push_control(&self, item: Outgoing) {
+    pub(crate) fn push_control(&self, item: Outgoing<S>) {
         if self.controls.get() >= MAX_PENDING_CONTROL {
             self.close();
             return;
@@ -149,7 +149,7 @@ impl Queue {
 
     /// Waits for items and takes up to `max_bytes` of them; `None` once the subscriber is behind or
     /// gone.
-    pub(crate) async fn next_batch(&self, out: &mut Vec<Outgoing>, max_bytes: usize) -> Option<()> {
+    pub(crate) async fn next_batch(&self, out: &mut Vec<Outgoing<S>>, max_bytes: usize) -> Option<()> {
         std::future::poll_fn(|cx| {
             if self.behind.get() || self.closed.get() {
                 return Poll::Ready(None);
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn overflow_marks_behind_and_reset_keeps_pongs() {
-        let q = Queue::new(2);
+        let q: Queue = Queue::new(2);
         assert!(q.push(ev(1)).is_ok() && q.push(ev(2)).is_ok());
         assert!(q.push(ev(3)).is_err());
         q.push_control(Outgoing::Control(Bytes::from_static(b"pong")));

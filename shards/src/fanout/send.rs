@@ -58,11 +58,11 @@ fn send_now(fd: RawFd, parts: &[Bytes]) -> std::io::Result<usize> {
 /// Writes `parts` in order: what the socket takes at once straight from the shared buffers, the rest
 /// copied once and written asynchronously (see [`write`]: a write that makes no progress for the
 /// stall timeout ends the subscriber).
-pub(super) async fn write_parts(
+pub(super) async fn write_parts<S>(
     wr: &mut WriteHalf<TcpStream>,
     fd: RawFd,
     parts: &[Bytes],
-    queue: &Queue,
+    queue: &Queue<S>,
     metrics: &Metrics,
 ) -> Result<(), End> {
     let total: usize = parts.iter().map(Bytes::len).sum();
@@ -130,7 +130,7 @@ mod tests {
                 let fd = stream.as_raw_fd();
                 let first = send_now(fd, &parts[..1]).unwrap();
                 let (_rd, mut wr) = futures_lite::io::split(stream);
-                let queue = Queue::new(4);
+                let queue: Queue = Queue::new(4);
                 let metrics = Metrics::default();
                 write_parts(&mut wr, fd, &parts[1..], &queue, &metrics).await.map_err(|_| ()).unwrap();
                 futures_lite::AsyncWriteExt::close(&mut wr).await.unwrap();

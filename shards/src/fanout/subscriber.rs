@@ -1,31 +1,20 @@
-//! One subscriber connection: replay from the store at its own pace ([`super::replay`]), live from
-//! its bounded queue, back to the store whenever its queue overflows, and the reader that answers
-//! its pings and notices its close.
-//!
-//! The rules, in one place:
-//! - A subscriber behind the live tail (a cursor, or a queue that overflowed) reads from the store in
-//!   chunks bounded in bytes, at its own pace: it is never cut off for being behind.
-//! - A live subscriber's queue holds `subscriber_queue` frames; when the publisher finds it full,
-//!   the subscriber goes back to the store from its last frame (`relay_subscriber_fallbacks_total`),
-//!   with no gap and no duplicate, and joins the live tail again once caught up.
-//! - A subscriber whose socket accepts nothing for `stall_timeout` is closed
-//!   (`relay_subscribers_closed_total{reason="consumer_too_slow"}`); the `ConsumerTooSlow` error
-//!   frame goes with it when the socket still takes it within a second.
-//! - Pings are answered in order with the frames, between replay chunks too.
+//! A firehose (`com.atproto.sync.subscribeRepos`) subscriber: its [`Wire`] (relay seqs, stored
+//! frames as they are), its goodbye, and the reader that answers its pings (in order with the
+//! frames, between replay chunks too) and notices its close. The stream's rules are in
+//! [`super::session`].
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use futures_lite::io::{ReadHalf, WriteHalf};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use wire::RelaySeq;
-use wire::frame::ErrorBody;
+use wire::frame::{ErrorBody, Event, Info};
 use wire::ws::{self, Opcode};
 
 use super::queue::{Outgoing, Queue};
+use super::session::{RelayPositions, Start, Wire, close_with};
 use super::{FanoutShard, SubscriberProgress};
 use crate::metrics::Metrics;
 
@@ -102,10 +91,10 @@ impl End {
 }
 
 /// Writes `buf`; a write that makes no progress for the socket's write timeout is a stall.
-pub(super) async fn write(
+pub(super) async fn write<S>(
     wr: &mut WriteHalf<TcpStream>,
     buf: &[u8],
-    queue: &Queue,
+    queue: &Queue<S>,
     metrics: &Metrics,
 ) -> Result<(), End> {
     if buf.is_empty() {
@@ -122,11 +111,53 @@ pub(super) async fn write(
     }
 }
 
-/// How a live stretch ended.
-enum Live {
-    /// The queue overflowed: back to the store.
-    Behind,
-    Ended(End),
+/// The `#info` frame for a cursor older than the oldest stored event.
+fn outdated_cursor_frame(oldest: u64) -> Vec<u8> {
+    let info = Event::Info(Info {
+        name: "OutdatedCursor".into(),
+        message: Some(format!(
+            "the cursor is older than the relay's retention window; replay starts at the oldest stored event, seq {oldest}"
+        )),
+    });
+    // An #info of two strings always encodes.
+    ws::encode_frame(Opcode::Binary, &info.encode().unwrap_or_default())
+}
+
+/// The firehose's wire: positions are relay seqs and a stored frame goes out as it is.
+pub(crate) struct Firehose;
+
+impl Wire for Firehose {
+    type P = RelayPositions;
+    type Extra = ();
+
+    fn read_extra(_: &storage::Store, _: &storage::ReplayChunk) -> Result<(), storage::StoreError> {
+        Ok(())
+    }
+
+    /// `#info OutdatedCursor`, as the lexicon of `com.atproto.sync.subscribeRepos` names it: "If
+    /// the consumer cursor is older than the oldest event still available, the server will send
+    /// this info message and then start from the oldest event" (bluesky-social/atproto,
+    /// lexicons/com/atproto/sync/subscribeRepos.json).
+    fn outdated(&self, _: &FanoutShard, oldest: RelaySeq) -> Option<Vec<u8>> {
+        Some(outdated_cursor_frame(oldest.0))
+    }
+
+    fn replayed(&self, _: &FanoutShard, _: RelaySeq, frame: &[u8], _: &mut (), _: RelaySeq, out: &mut Vec<u8>) -> u64 {
+        // The store is read after the position: every event of a chunk follows it.
+        ws::push_frame_header(out, Opcode::Binary, frame.len());
+        out.extend_from_slice(frame);
+        1
+    }
+
+    fn register(self: &Rc<Self>, shard: &FanoutShard, queue: &Rc<Queue>, progress: &Arc<SubscriberProgress>) -> u64 {
+        shard.register(Rc::clone(queue), progress)
+    }
+
+    fn unregister(&self, shard: &FanoutShard, id: u64) {
+        shard.unregister(id);
+    }
+
+    fn count_sent(&self, _: &FanoutShard, _: u64) {}
 }
 
 impl FanoutShard {
@@ -150,7 +181,15 @@ impl FanoutShard {
         let reader = glommio::spawn_local(read_client(rd, Rc::clone(&queue), leftover));
         let progress = Arc::clone(&listed.progress);
         let epoch = self.epoch();
-        let (wr, end) = Rc::clone(&self).stream_events(wr, fd, Rc::clone(&queue), cursor, progress).await;
+        let (wr, end) = match cursor {
+            Some(c) if c > self.committed() => (Some(wr), End::FutureCursor),
+            // The highest seq this subscriber has been given (or skipped: hidden by a tombstone).
+            Some(c) => Rc::clone(&self).stream(wr, fd, &queue, &Rc::new(Firehose), Start::Replay(c), progress).await,
+            None => {
+                let head = Start::Live(self.head());
+                Rc::clone(&self).stream(wr, fd, &queue, &Rc::new(Firehose), head, progress).await
+            }
+        };
         let end = if self.epoch() != epoch && matches!(end, End::ClientClosed) { End::Reset } else { end };
         let bye = match end {
             End::Stalled => {
@@ -171,125 +210,12 @@ impl FanoutShard {
             End::Reset => Some(ws::encode_close(1012, "the upstream's sequence was reset; reconnect")),
             End::WriteError | End::BadMessage => None,
         };
-        if let Some(mut wr) = wr {
-            if let Some(bye) = bye {
-                let _ = crate::net::with_timeout(Duration::from_secs(1), wr.write_all(&bye)).await;
-            }
-            let _ = wr.close().await;
-        }
+        close_with(wr, bye).await;
         drop(reader);
         Metrics::inc(&self.metrics.subscribers_closed, "reason", end.as_str());
         self.metrics.subscribers.dec();
         self.serving.set(self.serving.get().saturating_sub(1));
         drop(listed);
-    }
-
-    /// Replay and live, in turn, until the subscriber is done. Returns the write half for the
-    /// goodbye (`None` if it was lost with a replay task that could not start).
-    async fn stream_events(
-        self: Rc<Self>,
-        mut wr: WriteHalf<TcpStream>,
-        fd: std::os::fd::RawFd,
-        queue: Rc<Queue>,
-        cursor: Option<RelaySeq>,
-        progress: Arc<SubscriberProgress>,
-    ) -> (Option<WriteHalf<TcpStream>>, End) {
-        // The highest seq this subscriber has been given (or skipped: hidden by a tombstone).
-        let mut position = match cursor {
-            Some(c) if c > self.committed() => return (Some(wr), End::FutureCursor),
-            Some(c) => c.0,
-            None => self.head.get(),
-        };
-        let mut replaying = cursor.is_some();
-        let mut parts = Vec::with_capacity(256);
-        loop {
-            let id = if replaying {
-                progress.replaying.store(true, Ordering::Relaxed);
-                let replay =
-                    super::replay::run(Rc::clone(&self), wr, Rc::clone(&queue), position, Arc::clone(&progress));
-                let (back, outcome) = match self.replay_tq.get() {
-                    // Replay runs in its own task queue, with fewer shares than live delivery.
-                    Some(tq) => match glommio::spawn_local_into(replay, tq) {
-                        Ok(task) => task.await,
-                        // Not reachable: the queue is this executor's own.
-                        Err(_) => return (None, End::StoreError),
-                    },
-                    None => replay.await,
-                };
-                wr = back;
-                match outcome {
-                    // Registered for live events by the replay itself, the moment it caught up.
-                    Ok((p, id)) => {
-                        position = p;
-                        id
-                    }
-                    Err(end) => return (Some(wr), end),
-                }
-            } else {
-                self.register(Rc::clone(&queue), &progress)
-            };
-            let live = self.stream_live(&mut wr, fd, &queue, &mut parts, &mut position, &progress).await;
-            self.unregister(id);
-            match live {
-                Live::Behind if progress.kill.load(Ordering::Acquire) => return (Some(wr), End::Killed),
-                Live::Behind => {
-                    queue.reset_events();
-                    self.metrics.subscriber_fallbacks.inc();
-                    replaying = true;
-                }
-                Live::Ended(end) => return (Some(wr), end),
-            }
-        }
-    }
-
-    async fn stream_live(
-        &self,
-        wr: &mut WriteHalf<TcpStream>,
-        fd: std::os::fd::RawFd,
-        queue: &Queue,
-        parts: &mut Vec<bytes::Bytes>,
-        position: &mut u64,
-        progress: &SubscriberProgress,
-    ) -> Live {
-        let mut items = Vec::new();
-        loop {
-            // Let latency-sensitive task queues (the API) run when this one has had its slice.
-            glommio::yield_if_needed().await;
-            items.clear();
-            if queue.next_batch(&mut items, MAX_WRITE_BATCH_BYTES).await.is_none() {
-                if self.closing.get() {
-                    return Live::Ended(End::Shutdown);
-                }
-                return match (queue.is_behind(), progress.kill.load(Ordering::Acquire)) {
-                    (_, true) => Live::Ended(End::Killed),
-                    (true, false) => Live::Behind,
-                    (false, false) => Live::Ended(End::ClientClosed),
-                };
-            }
-            parts.clear();
-            let mut last = *position;
-            let mut committed_at = None;
-            for item in items.drain(..) {
-                match item {
-                    Outgoing::Event(seq, frame, at) => {
-                        if seq.0 > last {
-                            parts.push(frame);
-                            last = seq.0;
-                            committed_at = Some(at);
-                        }
-                    }
-                    Outgoing::Control(frame) => parts.push(frame),
-                }
-            }
-            if let Err(end) = super::send::write_parts(wr, fd, parts, queue, &self.metrics).await {
-                return Live::Ended(end);
-            }
-            if let Some(at) = committed_at {
-                self.metrics.fanout_delay_seconds.observe(at.elapsed().as_secs_f64());
-            }
-            *position = last;
-            progress.position.store(last, Ordering::Relaxed);
-        }
     }
 }
 

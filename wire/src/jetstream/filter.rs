@@ -173,7 +173,7 @@ pub fn parse_v1(params: &[(String, String)]) -> Result<V1Request, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum V2Cursor {
     /// Events with `seq >= ` this (a v2 seq: relay seq × 256 + op index).
-    Seq(u64),
+    Seq(super::JetSeq),
     /// The first event at or after this unix-microseconds instant.
     TimeUs(u64),
 }
@@ -229,7 +229,8 @@ pub fn parse_v2(params: &[(String, String)]) -> Result<V2Request, String> {
     }
     if let Some(v) = values("cursor").next_back() {
         let c = v.parse::<u64>().map_err(|_| format!("cursor must be a non-negative integer, got {v:?}"))?;
-        req.cursor = Some(if c >= V2_TIMESTAMP_CURSOR_FLOOR { V2Cursor::TimeUs(c) } else { V2Cursor::Seq(c) });
+        req.cursor =
+            Some(if c >= V2_TIMESTAMP_CURSOR_FLOOR { V2Cursor::TimeUs(c) } else { V2Cursor::Seq(super::JetSeq(c)) });
     }
     if let Some(v) = values("zstdDictionary").next_back() {
         let id = v.parse::<u32>().ok().filter(|id| *id >= 1);
@@ -337,7 +338,7 @@ mod tests {
     fn v2_kinds_cursor_and_dictionary() {
         let r = parse_v2(&q(&[("kinds", "commit"), ("kinds", "sync"), ("cursor", "512"), ("zstdDictionary", "7")]))
             .unwrap();
-        assert_eq!(r.cursor, Some(V2Cursor::Seq(512)));
+        assert_eq!(r.cursor, Some(V2Cursor::Seq(super::super::JetSeq(512))));
         assert_eq!(r.zstd_dictionary, Some(7));
         assert!(r.filter.wants(DID, Kind::Sync, None) && !r.filter.wants(DID, Kind::Identity, None));
         let t = parse_v2(&q(&[("cursor", "1700000000000000")])).unwrap();

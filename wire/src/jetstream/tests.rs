@@ -53,8 +53,8 @@ fn a_commit_becomes_one_event_per_op_in_both_formats() {
     assert_eq!(converted.unconvertible, 0);
     let events = converted.events;
     assert_eq!(events.len(), 3);
-    assert_eq!(events.iter().map(JetEvent::seq).collect::<Vec<_>>(), [77 << 8, (77 << 8) + 1, (77 << 8) + 2]);
-    assert_eq!(split_v2_seq(events[2].seq()), (77, 2));
+    assert_eq!(events.iter().map(|e| e.seq().0).collect::<Vec<_>>(), [77 << 8, (77 << 8) + 1, (77 << 8) + 2]);
+    assert_eq!((events[2].seq().relay(), events[2].seq().index()), (RelaySeq(77), 2));
     assert_eq!(events[1].collection(), Some("app.bsky.feed.like"));
 
     let v1: Value = serde_json::from_slice(&events[0].v1_json().unwrap()).unwrap();
@@ -129,4 +129,27 @@ fn time_us_and_its_inverse() {
     assert_eq!(seq_for_time_us(101_000_000, Some((100, 10)), Some(50)), Some(50));
     assert_eq!(seq_for_time_us(101_000_000, Some((100, 10)), None), None);
     assert_eq!(time_us(5, 0, 5_000_000), 5_999_999, "offsets saturate within the second");
+}
+
+#[test]
+fn jetstream_seqs_order_as_relay_seqs_then_op_indexes() {
+    let at = |r, i| JetSeq::new(RelaySeq(r), i);
+    assert_eq!(at(77, 2).0, (77 << 8) + 2);
+    assert!(at(5, 255) < at(6, 0) && at(6, 0) < at(6, 1));
+    assert_eq!(JetSeq::before(RelaySeq(6)), at(5, 255));
+    assert_eq!(JetSeq::end_of(RelaySeq(6)), at(6, 255));
+    assert_eq!(JetSeq::before(RelaySeq(0)), JetSeq(0));
+    assert_eq!(JetSeq(0).prev(), JetSeq(0));
+    assert_eq!(at(6, 0).prev(), at(5, 255));
+}
+
+proptest::proptest! {
+    /// `before` and `end_of` bracket every op of a relay seq, and `relay`/`index` invert `new`.
+    #[test]
+    fn a_relay_seqs_ops_lie_between_before_and_end_of(relay in 1u64..(1 << 56), index: u8) {
+        let s = JetSeq::new(RelaySeq(relay), index);
+        proptest::prop_assert_eq!((s.relay(), s.index()), (RelaySeq(relay), index));
+        proptest::prop_assert!(JetSeq::before(RelaySeq(relay)) < s && s <= JetSeq::end_of(RelaySeq(relay)));
+        proptest::prop_assert_eq!(JetSeq::end_of(RelaySeq(relay - 1)), JetSeq::before(RelaySeq(relay)));
+    }
 }

@@ -17,25 +17,27 @@
 
 pub mod codec;
 mod reader;
-mod replay;
+mod seconds;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use futures_lite::AsyncWriteExt;
 use futures_lite::io::WriteHalf;
 use glommio::net::TcpStream;
-use wire::jetstream::{self, Filter};
+use wire::RelaySeq;
+use wire::frame::Frame;
+use wire::jetstream::{self, Filter, JetSeq};
 use wire::ws;
 
 use super::queue::{Outgoing, Queue};
+use super::session::{JetPositions, Start, Wire, close_with};
 use super::subscriber::{End, SubscriberInfo, write};
 use super::{FanoutShard, SubscriberProgress};
 use crate::messages::Published;
 use crate::metrics::Metrics;
+use seconds::Seconds;
 
 /// Which Jetstream wire a subscriber speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +63,7 @@ pub enum JetStart {
     /// The live tail.
     Live,
     /// The first event with a Jetstream seq at or above this (v2 seq cursors).
-    Seq(u64),
+    Seq(JetSeq),
     /// The first event whose `time_us` is at or after this (v1 cursors, v2 timestamp cursors).
     TimeUs(u64),
 }
@@ -105,7 +107,7 @@ impl JetSub {
 
 /// A live Jetstream subscriber, as the publisher sees it.
 pub(crate) struct JetRegistered {
-    pub(super) queue: Rc<Queue>,
+    pub(super) queue: Rc<Queue<JetSeq>>,
     sub: Rc<JetSub>,
 }
 
@@ -122,14 +124,73 @@ pub(crate) fn prepare(batch: &Published, metrics: &Metrics) -> Vec<codec::Prepar
     out
 }
 
-/// The Jetstream seq just below the first op of relay seq `seq`.
-fn before_relay_seq(seq: u64) -> u64 {
-    (seq << 8).saturating_sub(1)
+/// Jetstream's wire: positions are [`JetSeq`]s; a stored event is converted, filtered and encoded
+/// for this subscriber.
+impl Wire for JetSub {
+    type P = JetPositions;
+    type Extra = Seconds;
+
+    fn read_extra(store: &storage::Store, chunk: &storage::ReplayChunk) -> Result<Seconds, storage::StoreError> {
+        Seconds::read(store, chunk)
+    }
+
+    /// v2: `#info OutdatedCursor`, as at the start ([`FanoutShard::jet_position`]); v1 has no
+    /// frame for it.
+    fn outdated(&self, _: &FanoutShard, oldest: RelaySeq) -> Option<Vec<u8>> {
+        (self.format == JetFormat::V2).then(|| outdated_info(oldest))
+    }
+
+    fn replayed(
+        &self,
+        shard: &FanoutShard,
+        seq: RelaySeq,
+        frame: &[u8],
+        seconds: &mut Seconds,
+        pos: JetSeq,
+        out: &mut Vec<u8>,
+    ) -> u64 {
+        let Ok(Frame::Message(event)) = wire::frame::decode_frame(frame) else { return 0 };
+        let (second, first) = seconds.of(seq);
+        let converted = jetstream::convert(&event, jetstream::time_us(second, first, seq.0));
+        shard.metrics.jetstream_unconvertible.inc_by(converted.unconvertible as u64);
+        let mut sent = 0;
+        // A commit cut by an overflow resumes at its next op.
+        for ev in converted.events.into_iter().filter(|ev| ev.seq() > pos) {
+            if let Some(frame) = self.frame(&codec::Prepared::new(ev), shard) {
+                out.extend_from_slice(&frame);
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    fn register(
+        self: &Rc<Self>,
+        shard: &FanoutShard,
+        queue: &Rc<Queue<JetSeq>>,
+        progress: &Arc<SubscriberProgress>,
+    ) -> u64 {
+        let id = shard.next_id.get();
+        shard.next_id.set(id + 1);
+        progress.replaying.store(false, Ordering::Relaxed);
+        shard.jet_live.borrow_mut().insert(id, JetRegistered { queue: Rc::clone(queue), sub: Rc::clone(self) });
+        id
+    }
+
+    fn unregister(&self, shard: &FanoutShard, id: u64) {
+        shard.jet_live.borrow_mut().remove(&id);
+    }
+
+    fn count_sent(&self, shard: &FanoutShard, n: u64) {
+        Metrics::inc_by(&shard.metrics.jetstream_messages, "endpoint", self.format.label(), n);
+    }
 }
 
-/// The Jetstream seq of the last op any event at relay seq `seq` can have.
-fn end_of_relay_seq(seq: u64) -> u64 {
-    seq << 8 | 0xff
+/// The v2 `#info OutdatedCursor` for a stream resuming at relay seq `oldest`.
+fn outdated_info(oldest: RelaySeq) -> Vec<u8> {
+    let message =
+        format!("the cursor is older than the relay's retention window; resuming from seq {}", JetSeq::new(oldest, 0));
+    ws::encode_frame(ws::Opcode::Text, &jetstream::v2_info("OutdatedCursor", &message))
 }
 
 impl FanoutShard {
@@ -143,21 +204,13 @@ impl FanoutShard {
         live.retain(|_, reg| {
             for p in &prepared {
                 let Some(frame) = reg.sub.frame(p, self) else { continue };
-                if reg.queue.push(Outgoing::Event(wire::RelaySeq(p.event.seq()), frame, batch.committed_at)).is_err() {
+                if reg.queue.push(Outgoing::Event(p.event.seq(), frame, batch.committed_at)).is_err() {
                     reg.queue.mark_behind();
                     return false;
                 }
             }
             true
         });
-    }
-
-    fn register_jet(&self, queue: Rc<Queue>, sub: &Rc<JetSub>, progress: &Arc<SubscriberProgress>) -> u64 {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        progress.replaying.store(false, Ordering::Relaxed);
-        self.jet_live.borrow_mut().insert(id, JetRegistered { queue, sub: Rc::clone(sub) });
-        id
     }
 
     /// Serves one Jetstream subscriber whose websocket handshake has been answered, until it closes,
@@ -216,12 +269,7 @@ impl FanoutShard {
             (End::Reset, _) => Some(ws::encode_close(1012, "the upstream's sequence was reset; reconnect")),
             (End::FutureCursor | End::WriteError, _) => None,
         };
-        if let Some(mut wr) = wr {
-            if let Some(bye) = bye {
-                let _ = crate::net::with_timeout(Duration::from_secs(1), wr.write_all(&bye)).await;
-            }
-            let _ = wr.close().await;
-        }
+        close_with(wr, bye).await;
         drop(reader);
         Metrics::inc(&self.metrics.subscribers_closed, "reason", end.as_str());
         gauge.dec();
@@ -235,67 +283,64 @@ impl FanoutShard {
     ///
     /// # Errors
     /// The store's.
-    pub fn jet_floor(&self) -> Result<u64, storage::StoreError> {
+    pub fn jet_floor(&self) -> Result<JetSeq, storage::StoreError> {
         // 0: retention has deleted nothing, every seq is still served.
-        Ok(match self.store.retained_from()?.0 {
-            0 | 1 => 0,
-            retained => retained << 8,
+        Ok(match self.store.retained_from()? {
+            RelaySeq(0 | 1) => JetSeq(0),
+            retained => JetSeq::new(retained, 0),
         })
     }
 
     /// Where a subscriber starts: its position (the Jetstream seq before its first event), and the
     /// `#info` frame a v2 subscriber gets first, if any.
-    fn jet_position(&self, start: JetStart, format: JetFormat) -> Result<(u64, Option<Vec<u8>>), End> {
+    fn jet_position(&self, start: JetStart, format: JetFormat) -> Result<(JetSeq, Option<Vec<u8>>), End> {
         let store_error = |e: storage::StoreError| {
             tracing::error!(error = %e, "jetstream cursor lookup failed");
             End::StoreError
         };
-        let head = self.head.get();
-        let live = end_of_relay_seq(head);
+        let head = self.head();
+        let live = JetSeq::end_of(head);
         // The lowest relay seq still stored (relay seqs start at 1; 0: nothing deleted).
-        let retained = self.store.retained_from().map_err(store_error)?.0.max(1);
-        let info = |name: &str, message: String| {
-            (format == JetFormat::V2).then(|| ws::encode_frame(ws::Opcode::Text, &jetstream::v2_info(name, &message)))
-        };
-        let outdated = |from: u64| {
+        let retained = RelaySeq(self.store.retained_from().map_err(store_error)?.0.max(1));
+        let v2 = format == JetFormat::V2;
+        let outdated = |from: RelaySeq| {
             self.metrics.outdated_cursors.inc();
-            info(
-                "OutdatedCursor",
-                format!("the cursor is older than the relay's retention window; resuming from seq {}", from << 8),
-            )
+            (JetSeq::before(from), v2.then(|| outdated_info(from)))
         };
         match start {
             JetStart::Live => Ok((live, None)),
-            JetStart::Seq(s) if s >> 8 > self.committed().0 => Ok((
+            JetStart::Seq(s) if s.relay() > self.committed() => Ok((
                 live,
-                info(
-                    "FutureCursor",
-                    format!("the cursor is ahead of the relay; starting at the live tail, seq {}", live + 1),
-                ),
+                v2.then(|| {
+                    let message =
+                        format!("the cursor is ahead of the relay; starting at the live tail, seq {}", live.0 + 1);
+                    ws::encode_frame(ws::Opcode::Text, &jetstream::v2_info("FutureCursor", &message))
+                }),
             )),
-            JetStart::Seq(s) if (s >> 8).max(1) < retained => Ok((before_relay_seq(retained), outdated(retained))),
-            JetStart::Seq(s) => Ok((s.saturating_sub(1), None)),
+            JetStart::Seq(s) if s.relay().max(RelaySeq(1)) < retained => Ok(outdated(retained)),
+            JetStart::Seq(s) => Ok((s.prev(), None)),
             JetStart::TimeUs(us) => {
                 let second = us / 1_000_000;
                 let entry = self.store.time_entry_at(second).map_err(store_error)?.map(|(s, f)| (s, f.0));
                 let next = self.store.time_entry_after(second).map_err(store_error)?.map(|(_, f)| f.0);
-                match jetstream::seq_for_time_us(us, entry, next) {
+                match jetstream::seq_for_time_us(us, entry, next).map(RelaySeq) {
                     // Nothing committed at or after that time: the live tail.
                     None => Ok((live, None)),
                     Some(seq) if seq > head => Ok((live, None)),
-                    Some(seq) if seq.max(1) < retained => Ok((before_relay_seq(retained), outdated(retained))),
-                    Some(seq) => Ok((before_relay_seq(seq), None)),
+                    Some(seq) if seq.max(RelaySeq(1)) < retained => Ok(outdated(retained)),
+                    Some(seq) => Ok((JetSeq::before(seq), None)),
                 }
             }
         }
     }
 
-    /// Replay and live, in turn, until the subscriber is done.
+    /// `requireHello`, the start position, then replay and live in turn until the subscriber is
+    /// done ([`super::session`]).
     async fn stream_jet(
         self: Rc<Self>,
         mut wr: WriteHalf<TcpStream>,
         fd: std::os::fd::RawFd,
-        queue: &Rc<Queue>,
+        queue: &Rc<Queue<JetSeq>>,
         sub: &Rc<JetSub>,
         start: JetStart,
         progress: Arc<SubscriberProgress>,
@@ -313,7 +358,7 @@ impl FanoutShard {
             // Woken by the hello, a ping or the close; never on a timer.
             queue.wait_for(|| sub.hello.get()).await;
         }
-        let (mut position, first) = match self.jet_position(start, sub.format) {
+        let (position, first) = match self.jet_position(start, sub.format) {
             Ok(p) => p,
             Err(end) => return (Some(wr), end),
         };
@@ -322,102 +367,8 @@ impl FanoutShard {
         {
             return (Some(wr), end);
         }
-        let mut replaying = position < end_of_relay_seq(self.head.get());
-        let mut parts = Vec::with_capacity(256);
-        loop {
-            let id = if replaying {
-                progress.replaying.store(true, Ordering::Relaxed);
-                let run = replay::run(
-                    Rc::clone(&self),
-                    wr,
-                    Rc::clone(queue),
-                    Rc::clone(sub),
-                    position,
-                    Arc::clone(&progress),
-                );
-                let (back, outcome) = match self.replay_tq.get() {
-                    Some(tq) => match glommio::spawn_local_into(run, tq) {
-                        Ok(task) => task.await,
-                        Err(_) => return (None, End::StoreError),
-                    },
-                    None => run.await,
-                };
-                wr = back;
-                match outcome {
-                    Ok((p, id)) => {
-                        position = p;
-                        id
-                    }
-                    Err(end) => return (Some(wr), end),
-                }
-            } else {
-                self.register_jet(Rc::clone(queue), sub, &progress)
-            };
-            let live = self.stream_live_jet(&mut wr, fd, queue, sub, &mut parts, &mut position, &progress).await;
-            self.jet_live.borrow_mut().remove(&id);
-            match live {
-                Err(end) => return (Some(wr), end),
-                Ok(()) if progress.kill.load(Ordering::Acquire) => return (Some(wr), End::Killed),
-                Ok(()) => {
-                    queue.reset_events();
-                    self.metrics.subscriber_fallbacks.inc();
-                    replaying = true;
-                }
-            }
-        }
-    }
-
-    /// Writes live messages until the queue overflows (`Ok`: back to the store) or the subscriber is
-    /// done (`Err`).
-    #[allow(clippy::too_many_arguments)]
-    async fn stream_live_jet(
-        &self,
-        wr: &mut WriteHalf<TcpStream>,
-        fd: std::os::fd::RawFd,
-        queue: &Queue,
-        sub: &JetSub,
-        parts: &mut Vec<bytes::Bytes>,
-        position: &mut u64,
-        progress: &SubscriberProgress,
-    ) -> Result<(), End> {
-        let mut items = Vec::new();
-        let endpoint = sub.format.label();
-        loop {
-            glommio::yield_if_needed().await;
-            items.clear();
-            if queue.next_batch(&mut items, super::subscriber::MAX_WRITE_BATCH_BYTES).await.is_none() {
-                if self.closing.get() {
-                    return Err(End::Shutdown);
-                }
-                return match (queue.is_behind(), progress.kill.load(Ordering::Acquire)) {
-                    (_, true) => Err(End::Killed),
-                    (true, false) => Ok(()),
-                    (false, false) => Err(End::ClientClosed),
-                };
-            }
-            parts.clear();
-            let mut last = *position;
-            let mut sent = 0;
-            let mut committed_at = None;
-            for item in items.drain(..) {
-                match item {
-                    Outgoing::Event(seq, frame, at) if seq.0 > last => {
-                        parts.push(frame);
-                        last = seq.0;
-                        sent += 1;
-                        committed_at = Some(at);
-                    }
-                    Outgoing::Event(..) => {}
-                    Outgoing::Control(frame) => parts.push(frame),
-                }
-            }
-            super::send::write_parts(wr, fd, parts, queue, &self.metrics).await?;
-            if let Some(at) = committed_at {
-                self.metrics.fanout_delay_seconds.observe(at.elapsed().as_secs_f64());
-            }
-            Metrics::inc_by(&self.metrics.jetstream_messages, "endpoint", endpoint, sent);
-            *position = last;
-            progress.position.store(last >> 8, Ordering::Relaxed);
-        }
+        let start =
+            if position < JetSeq::end_of(self.head()) { Start::Replay(position) } else { Start::Live(position) };
+        Rc::clone(&self).stream(wr, fd, queue, sub, start, progress).await
     }
 }

@@ -18,7 +18,7 @@ use super::{JetFormat, JetSub};
 
 pub(super) async fn read_client(
     mut rd: ReadHalf<TcpStream>,
-    queue: Rc<Queue>,
+    queue: Rc<Queue<wire::jetstream::JetSeq>>,
     sub: Rc<JetSub>,
     mut buf: Vec<u8>,
     bad_message: Rc<Cell<bool>>,

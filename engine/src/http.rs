@@ -306,7 +306,13 @@ async fn read_head(
             Ok(n) => n,
         };
         let old = buf.len();
-        take_memory(budget, held, MEMORY_UNIT + old + n)?;
+        if old + n > buf.capacity() {
+            // Grown by doubling, as a Vec would, but with the memory taken for the whole new
+            // capacity first: what is held is what is allocated, not half of it.
+            let capacity = (buf.capacity() * 2).max(old + n).min(wire::http::MAX_HEAD_BYTES + MEMORY_UNIT);
+            take_memory(budget, held, MEMORY_UNIT + capacity.max(old + n))?;
+            buf.reserve_exact(capacity.max(old + n) - old);
+        }
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         // Parse only once the head's end (a blank line) may have arrived, or the limit is passed:
         // a long head (Jetstream's wantedDids) is not re-parsed chunk after chunk.
@@ -328,8 +334,10 @@ async fn read_head(
         if length > MAX_BODY_BYTES {
             return Err(Response::xrpc_error(413, "PayloadTooLarge", "request entity too large"));
         }
-        let mut rest = buf.split_off(len);
-        take_memory(budget, held, MEMORY_UNIT + len + length)?;
+        // The head's buffer and the body, allocated at its length once.
+        take_memory(budget, held, MEMORY_UNIT + buf.capacity() + length)?;
+        let mut rest = Vec::with_capacity(length);
+        rest.extend_from_slice(buf.get(len..).unwrap_or_default());
         while rest.len() < length {
             let n = match stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => return Ok(None),
@@ -337,7 +345,7 @@ async fn read_head(
             };
             rest.extend_from_slice(chunk.get(..n).unwrap_or_default());
         }
-        let after = rest.split_off(length);
+        let after = rest.split_off(length.min(rest.len()));
         return Ok(Some((Request { head, body: rest }, after)));
     }
 }

@@ -391,3 +391,78 @@ fn get_repo_refuses_inactive_accounts_and_keeps_the_hosts_scheme() {
     assert_eq!((status, v["error"].as_str()), (400, Some("RepoTakendown")), "{v}");
     relay.stop();
 }
+
+/// The relay process's resident memory, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB");
+    kb.trim().parse::<u64>().unwrap() * 1024
+}
+
+/// 400 clients each send 500 KiB of a request head (under the 512 KiB head limit, so each is a
+/// request still being read) and wait: 200 MiB if every head were buffered. The one fanout core's
+/// request memory (`REQUEST_MEMORY_BYTES`, 64 MiB) is taken first; past it a request is answered
+/// `503 NotEnoughResources`, the relay's memory grows by little more than the cap, and once the
+/// clients go away requests are served again. The per-address limit is lifted here so that one
+/// address can hold 400 connections: the cap must hold whatever the number of clients.
+#[test]
+fn request_memory_is_capped_whatever_the_number_of_clients() {
+    let plc = FakePlc::start();
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--ingest-cores",
+        "0",
+        "--fanout-cores",
+        "1",
+        "--sequencer-core",
+        "0",
+        "--compaction-core",
+        "0",
+        "--max-connections-per-ip",
+        "1000",
+    ];
+    let relay = Relay::start_hosts(support::free_port(), &dir.path().join("data"), &[], &plc.url, &args);
+    assert_eq!(relay.get("/xrpc/_health").0, 200);
+    let before = rss_bytes(relay.pid());
+    let mut head = b"GET /xrpc/_health HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
+    head.resize(500 * 1024, b'a');
+    let mut clients = Vec::new();
+    for _ in 0..400 {
+        let mut s = TcpStream::connect(("127.0.0.1", relay.port)).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        // A client refused part-way (503, then closed) stops taking bytes; that is the point.
+        let _ = s.write_all(&head);
+        clients.push(s);
+    }
+    // Answers come as the relay reads the heads: collect them for up to 20 s.
+    let mut answered = vec![false; clients.len()];
+    let mut refused = 0;
+    let started = std::time::Instant::now();
+    while refused < 272 && started.elapsed() < Duration::from_secs(20) {
+        for (s, done) in clients.iter_mut().zip(answered.iter_mut()).filter(|(_, d)| !**d) {
+            s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+            let mut buf = [0u8; 512];
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    let resp = String::from_utf8_lossy(&buf[..n]);
+                    assert!(resp.starts_with("HTTP/1.1 503") && resp.contains("NotEnoughResources"), "{resp}");
+                    refused += 1;
+                    *done = true;
+                }
+                // Closed unanswered: the head's read timed out (it would, uncapped, after buffering).
+                Ok(_) => *done = true,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("a client's connection: {e}"),
+            }
+        }
+    }
+    let during = rss_bytes(relay.pid());
+    let waiting = answered.iter().filter(|a| !**a).count();
+    let grown = during.saturating_sub(before);
+    eprintln!("rss {before} -> {during} (+{grown}); {refused} refused with 503, {waiting} still being read");
+    assert!(refused >= 200, "past 64 MiB of heads (~128 of them) requests are refused: {refused} of 400");
+    assert!(waiting >= 100, "what fits in the cap is still read: {waiting}");
+    assert!(grown < 110 << 20, "memory grew by {grown} bytes for 200 MiB offered");
+    drop(clients);
+    relay.wait_until(WAIT, "requests are served again", || relay.get("/xrpc/_health").0 == 200);
+}

@@ -309,9 +309,9 @@ async fn read_head(
         if old + n > buf.capacity() {
             // Grown by doubling, as a Vec would, but with the memory taken for the whole new
             // capacity first: what is held is what is allocated, not half of it.
-            let capacity = (buf.capacity() * 2).max(old + n).min(wire::http::MAX_HEAD_BYTES + MEMORY_UNIT);
-            take_memory(budget, held, MEMORY_UNIT + capacity.max(old + n))?;
-            buf.reserve_exact(capacity.max(old + n) - old);
+            let capacity = (buf.capacity() * 2).min(wire::http::MAX_HEAD_BYTES + MEMORY_UNIT).max(old + n);
+            take_memory(budget, held, MEMORY_UNIT + capacity)?;
+            buf.reserve_exact(capacity - old);
         }
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         // Parse only once the head's end (a blank line) may have arrived, or the limit is passed:

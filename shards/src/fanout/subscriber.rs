@@ -134,10 +134,11 @@ impl Wire for Firehose {
         Ok(())
     }
 
-    /// `#info OutdatedCursor`, as the lexicon of `com.atproto.sync.subscribeRepos` names it: "If
-    /// the consumer cursor is older than the oldest event still available, the server will send
-    /// this info message and then start from the oldest event" (bluesky-social/atproto,
-    /// lexicons/com/atproto/sync/subscribeRepos.json).
+    /// `#info` with `name: "OutdatedCursor"`, the one name the `#info` message of
+    /// `com.atproto.sync.subscribeRepos` knows (bluesky-social/atproto,
+    /// lexicons/com/atproto/sync/subscribeRepos.json, `defs.info.properties.name.knownValues`);
+    /// replay then goes on from the oldest stored event, as the reference PDS does (indigo's relay
+    /// sends nothing: bluesky-social/indigo#1328).
     fn outdated(&self, _: &FanoutShard, oldest: RelaySeq) -> Option<Vec<u8>> {
         Some(outdated_cursor_frame(oldest.0))
     }

@@ -88,7 +88,7 @@ impl<P: Items> Model<P> {
 
 /// Writes enough for any replay to catch up after `steps`: one chunk per `max` events stored, and
 /// one more write to go live and one to drain the queue.
-fn m_bound(initial: &[(u8, u8)], steps: &[Step], max: usize) -> usize {
+fn quiet_writes(initial: &[(u8, u8)], steps: &[Step], max: usize) -> usize {
     let published: usize = steps
         .iter()
         .map(|s| match s {
@@ -119,7 +119,7 @@ fn run<P: Items>(
     let quiet = Step::Write { before: vec![], after: vec![] };
     // The steps, then writes with nothing published until the subscriber is live and has written
     // its queue (replay catches up with a quiet publisher: every chunk moves the position).
-    let tail = std::iter::from_fn(|| Some(&quiet)).take(m_bound(initial, steps, max));
+    let tail = std::iter::from_fn(|| Some(&quiet)).take(quiet_writes(initial, steps, max));
     for step in steps.iter().chain(tail) {
         match step {
             Step::Publish(events) => m.publish(events, live.as_mut()),

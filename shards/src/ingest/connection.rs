@@ -13,6 +13,7 @@ use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::http::HeaderValue;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures_util::StreamExt;
+use futures_util::future::LocalBoxFuture;
 use futures_util::stream::FuturesUnordered;
 use wire::HostSeq;
 use wire::Hostname;
@@ -160,15 +161,20 @@ async fn decide(
     loop {
         let input = process::Input { bytes: &frame.bytes, host, label, now_ms: now_ms(), received: frame.received };
         let started = Instant::now();
-        let processing = process::process_frame(input, &shard.ctx);
-        let verdict = if did_web {
-            let left = session::DID_WEB_MAX_WAIT.saturating_sub(first.elapsed());
-            match net::with_timeout(left, processing).await {
-                Some(v) => v,
-                None => return give_up(host, frame.seq, first),
+        // One await of `process_frame` whether or not a deadline applies: the future is the largest
+        // part of a frame's decision, and two awaits of it (with and without a timeout) would lay
+        // out two copies of it.
+        let deadline = did_web.then(|| session::DID_WEB_MAX_WAIT.saturating_sub(first.elapsed()));
+        let processing = async { Some(process::process_frame(input, &shard.ctx).await) };
+        let timeout = async {
+            match deadline {
+                Some(left) => glommio::timer::sleep(left).await,
+                None => std::future::pending().await,
             }
-        } else {
-            processing.await
+            None
+        };
+        let Some(verdict) = futures_lite::future::or(processing, timeout).await else {
+            return give_up(host, frame.seq, first);
         };
         let (outage, seq) = match verdict {
             process::Verdict::Wait(outage, seq) => (outage, seq),
@@ -301,15 +307,17 @@ pub(super) async fn read_frames(
 ) -> ReadOutcome {
     handle.session.borrow_mut().begin();
     handle.closing.set(None);
-    let mut deciding = FuturesUnordered::new();
+    // Boxed: a `FuturesUnordered` keeps a stub task with room for one future from its creation on,
+    // so unboxed, every connected host would hold a whole frame's decision (~20 KB) while idle.
+    let mut deciding: FuturesUnordered<LocalBoxFuture<'_, Step>> = FuturesUnordered::new();
     // Frames read and waiting for an earlier frame of their account, by read index.
     let mut queued: HashMap<u64, Pending> = HashMap::new();
     let mut progressed = false;
     let mut reason = "host_closed";
     let mut reading = true;
     let web_slots = &handle.did_web_slots;
-    let decide_one = |index: u64, frame: Pending| async move {
-        Step::Decided(index, decide(shard, host, label, web_slots, frame).await)
+    let decide_one = |index: u64, frame: Pending| -> LocalBoxFuture<'_, Step> {
+        Box::pin(async move { Step::Decided(index, decide(shard, host, label, web_slots, frame).await) })
     };
     let outcome = loop {
         glommio::yield_if_needed().await;

@@ -161,19 +161,11 @@ async fn decide(
     loop {
         let input = process::Input { bytes: &frame.bytes, host, label, now_ms: now_ms(), received: frame.received };
         let started = Instant::now();
-        // One await of `process_frame` whether or not a deadline applies: the future is the largest
-        // part of a frame's decision, and two awaits of it (with and without a timeout) would lay
-        // out two copies of it.
+        // One await of `process_frame`, with or without the did:web deadline: it is the largest
+        // part of a frame's decision, and two awaits of it would lay out two copies.
         let deadline = did_web.then(|| session::DID_WEB_MAX_WAIT.saturating_sub(first.elapsed()));
-        let processing = async { Some(process::process_frame(input, &shard.ctx).await) };
-        let timeout = async {
-            match deadline {
-                Some(left) => glommio::timer::sleep(left).await,
-                None => std::future::pending().await,
-            }
-            None
-        };
-        let Some(verdict) = futures_lite::future::or(processing, timeout).await else {
+        let processing = || process::process_frame(input, &shard.ctx);
+        let Some(verdict) = net::with_optional_timeout(deadline, processing).await else {
             return give_up(host, frame.seq, first);
         };
         let (outage, seq) = match verdict {
@@ -308,7 +300,8 @@ pub(super) async fn read_frames(
     handle.session.borrow_mut().begin();
     handle.closing.set(None);
     // Boxed: a `FuturesUnordered` keeps a stub task with room for one future from its creation on,
-    // so unboxed, every connected host would hold a whole frame's decision (~20 KB) while idle.
+    // so unboxed, every connected host would hold room for a whole frame's decision (6.8 KB) while
+    // idle.
     let mut deciding: FuturesUnordered<LocalBoxFuture<'_, Step>> = FuturesUnordered::new();
     // Frames read and waiting for an earlier frame of their account, by read index.
     let mut queued: HashMap<u64, Pending> = HashMap::new();

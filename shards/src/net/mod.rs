@@ -7,6 +7,7 @@
 
 pub mod dns;
 
+use std::future::Future;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -399,12 +400,25 @@ async fn request<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Runs `fut` for at most `dur`; `None` when the deadline passed first.
-pub async fn with_timeout<T>(dur: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
-    futures_lite::future::or(async { Some(fut.await) }, async {
-        glommio::timer::sleep(dur).await;
+pub fn with_timeout<F: Future>(dur: Duration, fut: F) -> impl Future<Output = Option<F::Output>> {
+    with_optional_timeout(Some(dur), || fut)
+}
+
+/// [`with_timeout`] when `dur` is `Some`, else the future to its end (always `Some`). The future is
+/// made by `make` inside the race, so it is laid out once, in place: a caller that needs a deadline
+/// only sometimes does not hold two copies of a large future (awaiting it with and without a
+/// timeout), nor a moved-in copy beside the running one. Not an `async fn` for the same reason.
+pub fn with_optional_timeout<F: Future>(
+    dur: Option<Duration>,
+    make: impl FnOnce() -> F,
+) -> impl Future<Output = Option<F::Output>> {
+    futures_lite::future::or(async move { Some(make().await) }, async move {
+        match dur {
+            Some(dur) => glommio::timer::sleep(dur).await,
+            None => std::future::pending().await,
+        }
         None
     })
-    .await
 }
 
 async fn read_response<S: AsyncRead + Unpin>(stream: &mut S, max_body: usize) -> Result<(u16, Vec<u8>), NetError> {

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pull_hosts;
 pub mod runtime;
 pub mod splitter;
+mod store_threads;
 pub mod xrpc;
 
 pub use cli::{Cli, Command, Fsync, HostPolicyArgs, ServeArgs};

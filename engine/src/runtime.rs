@@ -1,6 +1,6 @@
 //! Process start-up and shutdown: the store (opened on the compaction core so RocksDB's threads
-//! inherit that pinning), the channels between roles, one pinned glommio executor per CPU with a task
-//! queue per role, and signal handling.
+//! inherit that pinning, with retention beside it: `store_threads.rs`), the channels between
+//! roles, one pinned glommio executor per CPU with a task queue per role, and signal handling.
 
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
@@ -20,10 +20,10 @@ use shards::net::HttpClient;
 use shards::sequencer::SequencerConfig;
 use shards::stop::StopSignal;
 use shards::{Metrics, ingest, sequencer};
-use storage::{Store, StoreOptions};
+use storage::Store;
 
+use crate::ServeArgs;
 use crate::layout;
-use crate::{Fsync, ServeArgs};
 
 /// Capacity of each ingest → sequencer queue, in messages.
 const INGEST_QUEUE: usize = 4096;
@@ -167,130 +167,6 @@ fn add_flag_hosts(registry: &HostRegistry, hosts: &[Upstream], trusted_limit: u6
     Ok(())
 }
 
-/// Opens the store from a thread pinned to the compaction CPU, so RocksDB's background threads
-/// (created during open) inherit that affinity.
-pub(crate) fn open_store(args: &crate::cli::StoreArgs, compaction_cpu: usize) -> anyhow::Result<Arc<Store>> {
-    let path = args.data_dir.clone();
-    let options = StoreOptions {
-        sync_writes: args.fsync == Fsync::Always,
-        background_threads: args.rocksdb_threads,
-        max_wal_bytes: args.max_wal_size,
-        ..StoreOptions::default()
-    };
-    std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-    let opened = std::thread::Builder::new()
-        .name("relay-store-open".into())
-        .spawn(move || {
-            if let Err(e) = layout::pin_current_thread(compaction_cpu) {
-                tracing::warn!(cpu = compaction_cpu, error = %e, "cannot pin RocksDB threads");
-            }
-            Store::open(&path, &options)
-        })
-        .context("spawning the store thread")?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
-    Ok(Arc::new(opened.with_context(|| format!("opening the store in {}", args.data_dir.display()))?))
-}
-
-/// Pins the calling thread to `cpu` and lowers it to nice 10, so its work waits for the executors
-/// sharing the core; failures are logged (`what` names the thread), the thread runs anyway.
-fn pin_background_thread(cpu: usize, what: &str) {
-    if let Err(e) = layout::pin_current_thread(cpu) {
-        tracing::warn!(cpu, error = %e, "cannot pin the {what} thread");
-    }
-    // SAFETY: setpriority on this thread's id (gettid) changes only this thread's nice value.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) } != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the {what} thread's priority");
-    }
-}
-
-/// Measures the data directory every second (`relay_data_dir_bytes`, `relay_wal_bytes`) on a thread
-/// of its own (pinned to the compaction CPU, nice 10), so the gauges stay current while a retention
-/// pass deletes and compacts: that is when compaction output and the files it replaces are both on
-/// disk, the directory's peak, which a measurement on the retention thread could never see. Stops
-/// once `control` has stopped and the thread is unparked (the retention thread does both, then
-/// joins it).
-fn start_disk_gauges(
-    store: Arc<Store>,
-    cpu: usize,
-    control: Arc<Control>,
-    metrics: Metrics,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("relay-disk".into())
-        .spawn(move || {
-            pin_background_thread(cpu, "disk gauge");
-            while !control.stop.is_stopped() {
-                match store.disk_usage() {
-                    Ok(usage) => {
-                        metrics.data_dir_bytes.set(i64::try_from(usage.total_bytes).unwrap_or(i64::MAX));
-                        metrics.wal_bytes.set(i64::try_from(usage.wal_bytes).unwrap_or(i64::MAX));
-                    }
-                    Err(e) => tracing::debug!(error = %e, "cannot measure the data directory"),
-                }
-                std::thread::park_timeout(Duration::from_secs(1));
-            }
-        })
-        .context("starting the disk gauge thread")
-}
-
-/// Runs retention ([`storage::retention::enforce`]) every [`storage::retention::interval`] on a thread
-/// pinned to the compaction CPU, off every executor, until `control` stops; keeps the storage gauges
-/// current.
-pub(crate) fn start_retention(
-    store: Arc<Store>,
-    policy: storage::retention::RetentionPolicy,
-    cpu: usize,
-    control: Arc<Control>,
-    metrics: Metrics,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let disk = start_disk_gauges(Arc::clone(&store), cpu, Arc::clone(&control), metrics.clone())?;
-    let every = storage::retention::interval(&policy);
-    std::thread::Builder::new()
-        .name("relay-retention".into())
-        .spawn(move || {
-            // Nice 10: deleting and compacting old events waits for the executors sharing the core.
-            pin_background_thread(cpu, "retention");
-            let mut next = std::time::Instant::now();
-            while !control.stop.is_stopped() {
-                if std::time::Instant::now() < next {
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-                next = std::time::Instant::now() + every;
-                match storage::retention::enforce(&store, &policy, shards::unix_ms() / 1000) {
-                    Ok(trims) => {
-                        for t in trims {
-                            tracing::info!(
-                                reason = t.reason.as_str(),
-                                before = t.before.0,
-                                events = t.events,
-                                "retention deleted events"
-                            );
-                            metrics
-                                .retention_trimmed
-                                .get_or_create(&vec![("reason", t.reason.as_str())])
-                                .inc_by(t.events);
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "retention pass failed; retried at the next one"),
-                }
-                if let Ok(Some(oldest)) = store.first_seq() {
-                    metrics.events_oldest_seq.set(i64::try_from(oldest.0).unwrap_or(i64::MAX));
-                }
-                if let Ok(bytes) = store.events_disk_bytes() {
-                    metrics.events_disk_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
-                }
-                metrics.tombstones.set(i64::try_from(store.tombstone_count()).unwrap_or(i64::MAX));
-            }
-            // The disk gauge thread holds the store too: stopped and joined here, so the store
-            // closes when the caller joins this thread.
-            disk.thread().unpark();
-            let _ = disk.join();
-        })
-        .context("starting the retention thread")
-}
-
 /// Runs `relay serve` until SIGINT/SIGTERM or a fatal error.
 pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     // `RELAY_MAX_DISK` was `RELAY_MAX_EVENTS_DISK` (it bounded the events alone); an environment
@@ -332,7 +208,7 @@ pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     }
     raise_limits(&args);
 
-    let store = open_store(&args.store, layout.compaction)?;
+    let store = crate::store_threads::open_store(&args.store, layout.compaction)?;
     if let Some(floor) = args.initial_seq_number.and_then(|n| n.checked_sub(1))
         && store.raise_last_seq(wire::RelaySeq(floor)).context("recording --initial-seq-number")?
     {
@@ -420,8 +296,13 @@ pub fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     if policy.window.is_none() {
         tracing::warn!("--retention off: every event is kept and the data directory grows without bound");
     }
-    let retention =
-        start_retention(Arc::clone(&store), policy, layout.compaction, Arc::clone(&control), metrics.clone())?;
+    let retention = crate::store_threads::start_retention(
+        Arc::clone(&store),
+        policy,
+        layout.compaction,
+        Arc::clone(&control),
+        metrics.clone(),
+    )?;
     // The main thread waits for SIGINT/SIGTERM (or a fatal error an executor reports) instead of a
     // thread of its own.
     control.wait_for_stop(signals);

@@ -100,7 +100,7 @@ pub fn run(args: SplitterArgs) -> anyhow::Result<()> {
     let http = HttpClient::new(extra_ca.as_deref(), shards::net::dns::Dns::default()).context("--tls-ca")?;
     crate::runtime::raise_soft_limit(libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK");
     crate::runtime::raise_soft_limit(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE");
-    let store = crate::runtime::open_store(&args.store, lay.compaction)?;
+    let store = crate::store_threads::open_store(&args.store, lay.compaction)?;
     let committed = Arc::new(AtomicU64::new(store.last_seq()?.map_or(0, |s| s.0)));
     // The relay's host table is not used (host calls are the upstream's), but the API's context
     // holds one.
@@ -173,7 +173,7 @@ pub fn run(args: SplitterArgs) -> anyhow::Result<()> {
     }
     let policy =
         storage::retention::RetentionPolicy { window: args.store.retention.0, max_disk_bytes: args.store.max_disk };
-    let retention = crate::runtime::start_retention(
+    let retention = crate::store_threads::start_retention(
         Arc::clone(&store),
         policy,
         lay.compaction,

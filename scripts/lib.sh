@@ -75,3 +75,20 @@ metric() {
   curl -fsS "$base/metrics" | awk -v n="$name" -v l="$labels" '
     $1 ~ "^"n"({|$)" && (l == "" || $1 ~ l) { s += $2 } END { printf "%d\n", s }'
 }
+
+# Starts `target/release/relay-bench run "$@"` in the background, its output in $WORK/bench.out and
+# $WORK/bench.err, and waits until the relay it spawned has every host connected (at most 300 s).
+# Sets BENCH (the bench's pid) and PID (the relay's); exits when the bench fails before that.
+start_bench_relay() {
+  target/release/relay-bench run "$@" >"$WORK/bench.out" 2>"$WORK/bench.err" &
+  BENCH=$!
+  PID=
+  for _ in $(seq 1 600); do
+    PID=$(sed -nE 's/.*started relay pid ([0-9]+).*/\1/p' "$WORK/bench.err" | head -n 1)
+    grep -q "all hosts connected" "$WORK/bench.err" && [ -n "$PID" ] && return 0
+    kill -0 $BENCH 2>/dev/null || { cat "$WORK/bench.err" >&2; exit 1; }
+    sleep 0.5
+  done
+  log "relay-bench did not start a relay with every host connected"
+  exit 1
+}

@@ -24,16 +24,7 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/relay-profile.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 # The run lasts SECS + 10: perf starts 5 s in (after connections) and samples SECS seconds.
-target/release/relay-bench run --duration $((SECS + 10)) --label "profile-$NAME" "$@" >"$WORK/bench.out" 2>"$WORK/bench.err" &
-BENCH=$!
-PID=
-for _ in $(seq 1 600); do
-  PID=$(sed -nE 's/.*started relay pid ([0-9]+).*/\1/p' "$WORK/bench.err" | head -n 1)
-  grep -q "all hosts connected" "$WORK/bench.err" && [ -n "$PID" ] && break
-  kill -0 $BENCH 2>/dev/null || { cat "$WORK/bench.err" >&2; exit 1; }
-  sleep 0.5
-done
-[ -n "$PID" ] || { log "relay-bench did not start a relay"; exit 1; }
+start_bench_relay --duration $((SECS + 10)) --label "profile-$NAME" "$@"
 sleep 5
 log "perf record of relay pid $PID for $SECS s"
 perf record -F 499 --call-graph dwarf,16384 -p "$PID" -o "$WORK/perf.data" -- sleep "$SECS" 2>"$WORK/perf.err" >/dev/null

@@ -21,16 +21,7 @@ cd "$ROOT"
 [ -x target/release/relay-bench ] || { log "build first: cargo build --release -p engine -p bench"; exit 1; }
 WORK=$(mktemp -d /tmp/relay-wakeups.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-target/release/relay-bench run --spawn "$BIN" --duration $((SECS + 10)) "$@" >"$WORK/bench.out" 2>"$WORK/bench.err" &
-BENCH=$!
-PID=
-for _ in $(seq 1 600); do
-  PID=$(sed -nE 's/.*started relay pid ([0-9]+).*/\1/p' "$WORK/bench.err" | head -n 1)
-  grep -q "all hosts connected" "$WORK/bench.err" && [ -n "$PID" ] && break
-  kill -0 $BENCH 2>/dev/null || { cat "$WORK/bench.err" >&2; exit 1; }
-  sleep 0.5
-done
-[ -n "$PID" ] || { log "relay-bench did not start a relay"; exit 1; }
+start_bench_relay --spawn "$BIN" --duration $((SECS + 10)) "$@"
 sleep 5
 EVENTS=task-clock,context-switches
 for call in io_uring_enter membarrier fdatasync recvfrom write futex; do EVENTS+=",syscalls:sys_enter_$call"; done
